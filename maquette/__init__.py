@@ -1,0 +1,1 @@
+"""Maquette: Uber's Michelangelo workflow on one machine (Feast, Prefect, BentoML, Evidently)."""

@@ -1,0 +1,162 @@
+"""Settings: one typed object, read once from `maquette.yaml` plus `MAQUETTE_*` environment overrides.
+
+Every path, port and URL Maquette uses lives here. Relative paths are relative to the project
+directory (the folder holding `maquette.yaml`). Environment variables override the file, one
+underscore between section and field: `MAQUETTE_REDIS_URL`, `MAQUETTE_PATHS_STATE`,
+`MAQUETTE_FEAST_PROJECT`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from maquette.errors import ConfigError
+
+SETTINGS_FILE = "maquette.yaml"
+
+
+class PathsSettings(BaseModel):
+    """Where Maquette keeps things on disk."""
+
+    state: Path = Field(Path(".maquette"), description="Git-ignored folder for all runtime state.")
+    offline_store: Path = Field(
+        Path(".maquette/offline"), description="Parquet offline store (sources and feature tables)."
+    )
+    feature_repo: Path = Field(Path("feature_repo"), description="Feast feature repository.")
+    reports: Path = Field(Path(".maquette/reports"), description="HTML reports.")
+
+
+class RedisSettings(BaseModel):
+    """The online store. Without `url`, Maquette runs its own redis-server."""
+
+    url: str | None = Field(
+        None, description="Use this Redis (redis://host:port/db) instead of the embedded one."
+    )
+    host: str = Field("127.0.0.1", description="Interface the embedded redis-server binds to.")
+    # 6379 is every Redis's default; a different port keeps the user's own Redis untouched.
+    port: int = Field(6399, description="Port of the embedded redis-server.")
+    appendfsync: str = Field("everysec", description="AOF fsync policy of the embedded Redis.")
+    start_timeout_s: float = Field(10.0, description="How long to wait for the server to answer.")
+
+
+class FeastSettings(BaseModel):
+    """How Maquette drives Feast in-process (feature_store.yaml mirrors the defaults)."""
+
+    project: str = Field("maquette", description="Feast project name.")
+    registry: Path = Field(
+        Path(".maquette/feast/registry.db"), description="Feast file registry."
+    )
+    feature_service: str = Field(
+        "flight_delay", description="Feature service used when none is named."
+    )
+    materialize_batch_rows: int = Field(
+        50_000, description="Rows encoded and written to Redis per batch (bounds memory)."
+    )
+    duckdb_memory_limit: str = Field(
+        "4GB", description="DuckDB memory cap for training frames; larger work spills to disk."
+    )
+
+
+class DatasetSettings(BaseModel):
+    """The data loaded into the offline store by `maquette data load`."""
+
+    module: str | None = Field(
+        "maquette.demo.nycflights13",
+        description="Python module with source_tables() and FEATURE_TABLES (SQL by table name).",
+    )
+    sources: dict[str, Path] = Field(
+        default_factory=dict, description="Source tables as Parquet/CSV paths, by table name."
+    )
+    feature_sql: Path | None = Field(
+        None, description="Folder of <feature_table>.sql files run by DuckDB over the sources."
+    )
+    entity_source: str = Field(
+        "flights", description="Source table holding entities, event times and labels."
+    )
+
+
+class Settings(BaseSettings):
+    """All of Maquette's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAQUETTE_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+    )
+
+    project_dir: Path = Field(Path("."), description="Folder holding maquette.yaml.")
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the project file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+    def path(self, relative: Path) -> Path:
+        """Absolute path of a setting relative to the project directory."""
+        return relative if relative.is_absolute() else (self.project_dir / relative).resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path(self.paths.state)
+
+    @property
+    def offline_store(self) -> Path:
+        return self.path(self.paths.offline_store)
+
+    @property
+    def feature_repo(self) -> Path:
+        return self.path(self.paths.feature_repo)
+
+    @property
+    def registry_path(self) -> Path:
+        return self.path(self.feast.registry)
+
+
+def find_project_dir(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` holding maquette.yaml (else `start`)."""
+    if env_dir := os.environ.get("MAQUETTE_PROJECT_DIR"):
+        return Path(env_dir).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / SETTINGS_FILE).is_file():
+            return folder
+    return here
+
+
+def load_settings(project_dir: Path | str | None = None) -> Settings:
+    """Read maquette.yaml from the project directory and apply MAQUETTE_* overrides."""
+    folder = Path(project_dir).resolve() if project_dir else find_project_dir()
+    file = folder / SETTINGS_FILE
+    data: dict[str, Any] = {}
+    if file.is_file():
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file} is not valid YAML: {exc}", "Fix the file and retry.") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file} must hold a mapping of sections.", "See README 'Settings'.")
+    try:
+        return Settings(**{**data, "project_dir": folder})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"invalid settings in {file} or MAQUETTE_* variables:\n{exc}",
+            "Fix the named field (README 'Settings' lists every field).",
+        ) from exc

@@ -1,0 +1,409 @@
+"""The feature layer: Feast definitions applied, materialized, and read for training and serving.
+
+`FeatureLayer(settings)` holds one in-process Feast `FeatureStore` (importing Feast costs ~4 s,
+so never shell out to its CLI on a hot path) and the fast paths around it:
+
+- `materialize(start, end)` writes Feast's Redis layout in bulk (see `online_store`);
+- `training_frame(entities, service)` joins point-in-time with DuckDB ASOF joins and returns the
+  same values as `FeatureStore.get_historical_features`, TTL included;
+- `online_features(rows, service)` reads one pipelined HMGET per entity key and flags values
+  older than their view's TTL, which Feast's own online read does not do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import redis
+from feast import FeatureService, FeatureStore, FeatureView, OnDemandFeatureView, RepoConfig
+from feast.infra.offline_stores.file_source import FileSource
+from feast.type_map import feast_value_type_to_pa
+from feast.types import FeastType
+
+from maquette import online_store as wire
+from maquette.config import Settings
+from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame, StoreUnavailable
+from maquette.point_in_time import ViewSource, latest_rows_sql, point_in_time_join
+from maquette.redis_server import feast_connection_string, redis_url
+
+PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """Feast's configuration built from Maquette's settings (feature_store.yaml mirrors it)."""
+    return RepoConfig(
+        project=settings.feast.project,
+        provider="local",
+        registry={"registry_type": "file", "path": str(settings.registry_path)},
+        online_store={"type": "redis",
+                      "connection_string": feast_connection_string(redis_url(settings))},
+        offline_store={"type": "duckdb"},
+        entity_key_serialization_version=3,
+        repo_path=str(settings.feature_repo),
+    )
+
+
+@dataclass
+class MaterializeResult:
+    """Rows read per view, rows written (newer than what Redis held), and the wall time."""
+
+    start: datetime
+    end: datetime
+    rows_read: dict[str, int] = field(default_factory=dict)
+    rows_written: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class OnlineFeatures:
+    """Features for a list of entity rows, with a status per value (Feast's status names)."""
+
+    names: list[str]
+    values: list[dict[str, Any]]
+    statuses: list[dict[str, str]]
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        """Column-oriented like Feast's `OnlineResponse.to_dict()`."""
+        return {n: [row[n] for row in self.values] for n in self.names}
+
+    def missing(self, i: int) -> list[str]:
+        return [n for n, s in self.statuses[i].items() if s == NOT_FOUND]
+
+    def stale(self, i: int) -> list[str]:
+        return [n for n, s in self.statuses[i].items() if s == OUTSIDE_MAX_AGE]
+
+
+@dataclass(frozen=True)
+class _ViewRead:
+    name: str
+    features: tuple[str, ...]
+    ttl_s: float | None
+    fields: tuple[bytes, ...]  # feature hash fields followed by "_ts:<view>"
+
+
+@dataclass(frozen=True)
+class _KeyGroup:
+    join_keys: tuple[str, ...]
+    key_types: dict[str, FeastType]
+    views: tuple[_ViewRead, ...]
+    fields: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class _ReadPlan:
+    groups: tuple[_KeyGroup, ...]
+    odfvs: tuple[OnDemandFeatureView, ...]
+    request_fields: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+class FeatureLayer:
+    """Feast plus Maquette's fast paths, for one project's settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: FeatureStore | None = None
+        self._redis: redis.Redis | None = None
+        self._plans: dict[str, _ReadPlan] = {}
+
+    # ------------------------------------------------------------------ Feast objects
+
+    @property
+    def store(self) -> FeatureStore:
+        if self._store is None:
+            repo = str(self.settings.feature_repo)
+            # On-demand views are stored as references to the repo's modules: keep them importable.
+            if repo not in sys.path:
+                sys.path.insert(0, repo)
+            self._store = FeatureStore(config=repo_config(self.settings))
+        return self._store
+
+    def apply(self) -> list[str]:
+        """`feast apply` in-process; returns the names of the objects now registered."""
+        from feast.repo_operations import apply_total
+
+        repo = self.settings.feature_repo
+        if not (repo / "feature_store.yaml").is_file():
+            raise DataNotLoaded(f"no Feast feature repository at {repo}.",
+                                "Set paths.feature_repo in maquette.yaml.")
+        self.settings.registry_path.parent.mkdir(parents=True, exist_ok=True)
+        cwd = os.getcwd()
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                apply_total(repo_config(self.settings), repo, skip_source_validation=False)
+            finally:
+                os.chdir(cwd)
+        self._store, self._plans = None, {}
+        return sorted(fv.name for fv in self._feature_views()) + sorted(
+            s.name for s in self.store.list_feature_services())
+
+    def _feature_views(self) -> list[FeatureView]:
+        if not self.settings.registry_path.is_file():
+            raise DataNotLoaded(f"the Feast registry {self.settings.registry_path} does not exist.",
+                                "Run `maquette features apply` (or `feast apply` in feature_repo/).")
+        return list(self.store.list_feature_views())
+
+    def feature_service(self, name: str) -> FeatureService:
+        services = {s.name: s for s in self.store.list_feature_services()}
+        if name not in services:
+            raise FeatureNotFound(f"unknown feature service {name!r}.",
+                                  f"Known feature services: {', '.join(sorted(services)) or 'none'}.")
+        return services[name]
+
+    def _views_for(self, features: str | Sequence[str]) -> list[tuple[Any, tuple[str, ...]]]:
+        """(view, feature names) pairs for a feature service name or "view:feature" refs."""
+        if isinstance(features, str):
+            return [(self._view(p.name), tuple(f.name for f in p.features))
+                    for p in self.feature_service(features).feature_view_projections]
+        chosen: dict[str, list[str]] = {}
+        for ref in features:
+            view_name, _, feature = ref.partition(":")
+            view = self._view(view_name)
+            known = [f.name for f in view.features]
+            if feature not in known:
+                raise FeatureNotFound(f"feature view {view_name!r} has no feature {feature!r}.",
+                                      f"Its features: {', '.join(known)}.")
+            chosen.setdefault(view_name, []).append(feature)
+        return [(self._view(v), tuple(fs)) for v, fs in chosen.items()]
+
+    def _view(self, name: str) -> FeatureView | OnDemandFeatureView:
+        views: dict[str, Any] = {v.name: v for v in self._feature_views()}
+        views.update({v.name: v for v in self.store.list_on_demand_feature_views()})
+        if name not in views:
+            raise FeatureNotFound(f"unknown feature view {name!r}.",
+                                  f"Known feature views: {', '.join(sorted(views))}.")
+        return views[name]
+
+    def _source(self, view: FeatureView, features: Sequence[str]) -> ViewSource:
+        source = view.batch_source
+        assert isinstance(source, FileSource), "Maquette's fast paths read FileSource views"
+        path = Path(source.path)
+        if not path.is_file():
+            raise DataNotLoaded(f"feature view {view.name!r} reads {path}, which does not exist.",
+                                "Run `maquette data load` first.")
+        ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None
+        return ViewSource(view.name, path, source.timestamp_field,
+                          source.created_timestamp_column or None,
+                          tuple(c.name for c in view.entity_columns), tuple(features), ttl)
+
+    # ------------------------------------------------------------------ offline -> online
+
+    def materialize(self, start: datetime, end: datetime, views: Sequence[str] | None = None,
+                    progress: Callable[[str, int, int], None] | None = None) -> MaterializeResult:
+        """Write the newest row per entity in [start, end] of each view into Redis (Feast layout)."""
+        start, end = _utc(start, "start"), _utc(end, "end")
+        chosen = [self._view(v) for v in views] if views else self._feature_views()
+        result = MaterializeResult(start, end)
+        began = time.perf_counter()
+        writer = wire.RespWriter(redis_url(self.settings))
+        try:
+            sha = writer.call("SCRIPT", "LOAD", wire.WRITE_IF_NEWER_LUA).decode()
+            for view in chosen:
+                if isinstance(view, OnDemandFeatureView):
+                    continue
+                read, written = self._materialize_view(writer, sha, view, start, end, progress)
+                result.rows_read[view.name], result.rows_written[view.name] = read, written
+                self.store.registry.apply_materialization(view, self.settings.feast.project, start, end)
+        finally:
+            writer.close()
+        result.seconds = time.perf_counter() - began
+        return result
+
+    def _materialize_view(self, writer: wire.RespWriter, sha: str, view: FeatureView,
+                          start: datetime, end: datetime,
+                          progress: Callable[[str, int, int], None] | None) -> tuple[int, int]:
+        source = self._source(view, [f.name for f in view.features])
+        dtypes = {f.name: f.dtype for f in view.features}
+        key_types = {c.name: c.dtype for c in view.entity_columns}
+        fields = [wire.field_hash(view.name, f) for f in source.features]
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        sql = latest_rows_sql(source, start, end)
+        (total,) = con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0]
+        reader = con.sql(sql).to_arrow_reader(self.settings.feast.materialize_batch_rows)
+        read = written = in_flight = 0
+        for batch in reader:
+            commands = wire.write_commands(
+                sha,
+                wire.encode_entity_keys({k: batch[k] for k in source.join_keys}, key_types,
+                                        self.settings.feast.project),
+                wire.ts_field(view.name), wire.encode_timestamps(batch["__ts"]), fields,
+                [wire.encode_values(batch[f], dtypes[f]) for f in source.features])
+            # Collect the previous batch's replies only now: Redis works while we encode.
+            if in_flight:
+                written += sum(r == b":1" for r in writer.replies(in_flight))
+            writer.send(commands)
+            in_flight = batch.num_rows
+            read += batch.num_rows
+            if progress:
+                progress(view.name, read, total)
+        if in_flight:
+            written += sum(r == b":1" for r in writer.replies(in_flight))
+        return read, written
+
+    # ------------------------------------------------------------------ training
+
+    def training_frame(self, entities: pd.DataFrame | pa.Table,
+                       features: str | Sequence[str] | None = None,
+                       timestamp_column: str = "event_timestamp") -> pa.Table:
+        """Point-in-time correct features for every entity row, in the rows' original order."""
+        table = entities if isinstance(entities, pa.Table) else pa.Table.from_pandas(
+            entities, preserve_index=False)
+        selected = self._views_for(features or self.settings.feast.feature_service)
+        batch_views = [(v, fs) for v, fs in selected if isinstance(v, FeatureView)]
+        odfvs = [v for v, _ in selected if isinstance(v, OnDemandFeatureView)]
+        needed = {k for v, _ in batch_views for k in (c.name for c in v.entity_columns)}
+        needed |= {f for o in odfvs for f in _request_fields(o)}
+        _check_entities(table, needed, timestamp_column)
+        table = table.set_column(table.schema.get_field_index(timestamp_column), timestamp_column,
+                                 table[timestamp_column].cast(pa.timestamp("us", tz="UTC")))
+        sources = [self._source(v, fs) for v, fs in batch_views]
+        joined = point_in_time_join(table, sources, timestamp_column,
+                                    self.settings.feast.duckdb_memory_limit,
+                                    self.settings.state_dir / "duckdb_tmp")
+        for odfv in odfvs:
+            inputs = _request_fields(odfv) + [f.name for p in odfv.source_feature_view_projections.values()
+                                              for f in p.features]
+            out = odfv.transform_arrow(joined.select(inputs))
+            for f in odfv.features:
+                joined = joined.append_column(f.name, out[f.name].cast(feast_value_type_to_pa(f.dtype.to_value_type())))
+        return joined
+
+    # ------------------------------------------------------------------ serving
+
+    def _plan(self, features: str | Sequence[str]) -> _ReadPlan:
+        cache_key = features if isinstance(features, str) else "\x00".join(features)
+        if cache_key in self._plans:
+            return self._plans[cache_key]
+        groups: dict[tuple[str, ...], list[_ViewRead]] = {}
+        key_types: dict[tuple[str, ...], dict[str, FeastType]] = {}
+        odfvs, names = [], []
+        for view, feats in self._views_for(features):
+            names += feats
+            if isinstance(view, OnDemandFeatureView):
+                odfvs.append(view)
+                continue
+            keys = tuple(sorted(c.name for c in view.entity_columns))
+            key_types[keys] = {c.name: c.dtype for c in view.entity_columns}
+            ttl = view.ttl.total_seconds() if view.ttl and view.ttl > timedelta(0) else None
+            fields = tuple(wire.field_hash(view.name, f) for f in feats) + (wire.ts_field(view.name),)
+            groups.setdefault(keys, []).append(_ViewRead(view.name, feats, ttl, fields))
+        plan = _ReadPlan(
+            tuple(_KeyGroup(k, key_types[k], tuple(v), tuple(f for r in v for f in r.fields))
+                  for k, v in groups.items()),
+            tuple(odfvs), tuple(dict.fromkeys(f for o in odfvs for f in _request_fields(o))),
+            tuple(names))
+        self._plans[cache_key] = plan
+        return plan
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(redis_url(self.settings), socket_timeout=5,
+                                               socket_connect_timeout=2)
+        return self._redis
+
+    def online_features(self, rows: Sequence[dict[str, Any]],
+                        features: str | Sequence[str] | None = None,
+                        as_of: datetime | None = None) -> OnlineFeatures:
+        """Features for entity rows from Redis, flagged NOT_FOUND or OUTSIDE_MAX_AGE (vs `as_of`)."""
+        plan = self._plan(features or self.settings.feast.feature_service)
+        now = (as_of or datetime.now(UTC)).timestamp()
+        project = self.settings.feast.project
+        values: list[dict[str, Any]] = [{} for _ in rows]
+        statuses: list[dict[str, str]] = [{} for _ in rows]
+        pipe = self.redis.pipeline(transaction=False)
+        for group in plan.groups:
+            for i, row in enumerate(rows):
+                missing = [k for k in group.join_keys if k not in row]
+                if missing:
+                    raise InvalidEntityFrame(f"entity row {i} lacks join key(s) {missing}.",
+                                             f"Each row needs {list(group.join_keys)}.")
+                pipe.hmget(wire.entity_key_bytes({k: row[k] for k in group.join_keys},
+                                                 group.key_types, project), group.fields)
+        try:
+            replies = iter(pipe.execute())
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis at {redis_url(self.settings)} is unreachable: {exc}",
+                                   "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.") from exc
+        for group in plan.groups:
+            for i in range(len(rows)):
+                _decode_group(group, next(replies), now, values[i], statuses[i])
+        for odfv in plan.odfvs:
+            _apply_odfv(odfv, rows, values, statuses)
+        return OnlineFeatures(list(plan.names), values, statuses)
+
+
+def _decode_group(group: _KeyGroup, reply: list[bytes | None], now: float,
+                  values: dict[str, Any], statuses: dict[str, str]) -> None:
+    pos = 0
+    for view in group.views:
+        raw_ts = reply[pos + len(view.features)]
+        written = wire.decode_timestamp_seconds(raw_ts)
+        status = NOT_FOUND if written is None else (
+            OUTSIDE_MAX_AGE if view.ttl_s is not None and written + view.ttl_s < now else PRESENT)
+        for j, name in enumerate(view.features):
+            raw = reply[pos + j]
+            values[name] = wire.decode_value(raw)
+            statuses[name] = NOT_FOUND if raw is None else status
+        pos += len(view.features) + 1
+
+
+def _apply_odfv(odfv: OnDemandFeatureView, rows: Sequence[dict[str, Any]],
+                values: list[dict[str, Any]], statuses: list[dict[str, str]]) -> None:
+    inputs: dict[str, list[Any]] = {}
+    for name in _request_fields(odfv):
+        try:
+            inputs[name] = [row[name] for row in rows]
+        except KeyError as exc:
+            raise InvalidEntityFrame(f"on-demand view {odfv.name!r} needs request field {name!r}.",
+                                     f"Add {name!r} to every entity row.") from exc
+    for projection in odfv.source_feature_view_projections.values():
+        for feature in projection.features:
+            inputs[feature.name] = [v.get(feature.name) for v in values]
+    out = odfv.transform_dict(inputs)
+    for feature in odfv.features:
+        for i, value in enumerate(out[feature.name]):
+            values[i][feature.name] = value
+            statuses[i][feature.name] = PRESENT
+
+
+def _request_fields(odfv: OnDemandFeatureView) -> list[str]:
+    return [f.name for rs in odfv.source_request_sources.values() for f in rs.schema]
+
+
+def _check_entities(table: pa.Table, needed: set[str], timestamp_column: str) -> None:
+    missing = sorted(needed - set(table.column_names))
+    if missing:
+        raise InvalidEntityFrame(f"the entity frame lacks column(s) {missing}.",
+                                 f"It has {table.column_names}; add the missing keys.")
+    if timestamp_column not in table.column_names:
+        raise InvalidEntityFrame(f"the entity frame has no timestamp column {timestamp_column!r}.",
+                                 "Add the event time of each row, or pass timestamp_column=...")
+    dtype = table.schema.field(timestamp_column).type
+    if not pa.types.is_timestamp(dtype) or dtype.tz is None:
+        raise InvalidEntityFrame(f"column {timestamp_column!r} is {dtype}, not a timezone-aware timestamp.",
+                                 "Convert it, e.g. pd.to_datetime(col, utc=True).")
+
+
+def _utc(when: datetime, what: str) -> datetime:
+    if when.tzinfo is None:
+        raise InvalidEntityFrame(f"{what} time {when.isoformat()} has no time zone.",
+                                 "Pass an aware datetime, e.g. datetime(2013, 12, 1, tzinfo=UTC).")
+    return when.astimezone(UTC)
+
+
+def iter_batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

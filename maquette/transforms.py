@@ -1,0 +1,54 @@
+"""Pure, typed feature functions, shared by training (batch) and serving (one row).
+
+Each takes a sequence of timezone-aware datetimes (what Feast hands a python-mode on-demand
+feature view) and returns one value per input, vectorized with numpy so the same code serves
+336,776 training rows and a single request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+
+def _local(timestamps: Sequence[datetime], tz: str) -> pd.DatetimeIndex:
+    index = pd.DatetimeIndex(timestamps)
+    if index.tz is None:
+        raise ValueError("timestamps must be timezone-aware (UTC); got naive datetimes")
+    return index.tz_convert(tz)
+
+
+def local_hour(timestamps: Sequence[datetime], tz: str) -> list[int]:
+    """Hour of day (0-23) in time zone `tz`."""
+    return _local(timestamps, tz).hour.tolist()
+
+
+def day_of_week(timestamps: Sequence[datetime], tz: str) -> list[int]:
+    """Day of week in `tz`, Monday = 0."""
+    return _local(timestamps, tz).dayofweek.tolist()
+
+
+@lru_cache(maxsize=8)
+def _us_holiday_days(first_year: int, last_year: int) -> np.ndarray:
+    from pandas.tseries.holiday import USFederalHolidayCalendar
+
+    days = USFederalHolidayCalendar().holidays(f"{first_year}-01-01", f"{last_year}-12-31")
+    return days.values.astype("datetime64[D]").astype(np.int64)
+
+
+def days_to_nearest_us_holiday(timestamps: Sequence[datetime], tz: str) -> list[int]:
+    """Absolute days between the local date and the nearest US federal holiday."""
+    local = _local(timestamps, tz)
+    if len(local) == 0:
+        return []
+    days = local.tz_localize(None).values.astype("datetime64[D]").astype(np.int64)
+    # One year of margin on each side so the nearest holiday may lie across New Year.
+    holidays = _us_holiday_days(int(local.year.min()) - 1, int(local.year.max()) + 1)
+    right = np.clip(np.searchsorted(holidays, days), 0, len(holidays) - 1)
+    left = np.clip(right - 1, 0, len(holidays) - 1)
+    nearest = np.minimum(np.abs(holidays[right] - days), np.abs(days - holidays[left]))
+    return nearest.tolist()
