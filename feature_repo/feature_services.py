@@ -1,7 +1,6 @@
 """Feature services: the named feature sets models are trained and served with."""
 
 from feast import FeatureService
-
 from feature_views import (
     carrier_daily,
     departure_calendar,

@@ -3,11 +3,10 @@
 from datetime import timedelta
 from typing import Any
 
+from entities import carrier, origin, route, tailnum
 from feast import FeatureView, Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
-
-from entities import carrier, origin, route, tailnum
 from sources import (
     carrier_daily_source,
     flight_request,
@@ -22,9 +21,20 @@ weather_hourly = FeatureView(
     name="weather_hourly",
     entities=[origin],
     ttl=timedelta(hours=3),
-    schema=[Field(name=n, dtype=Float64) for n in (
-        "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip", "pressure",
-        "visib")],
+    schema=[
+        Field(name=n, dtype=Float64)
+        for n in (
+            "temp",
+            "dewp",
+            "humid",
+            "wind_dir",
+            "wind_speed",
+            "wind_gust",
+            "precip",
+            "pressure",
+            "visib",
+        )
+    ],
     source=weather_hourly_source,
 )
 
@@ -78,6 +88,7 @@ origin_daily = FeatureView(
     ],
     source=origin_daily_source,
 )
+
 
 @on_demand_feature_view(
     sources=[flight_request],

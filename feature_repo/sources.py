@@ -13,8 +13,11 @@ _settings = load_settings(Path(__file__).resolve().parent.parent)
 
 
 def _table(name: str) -> FileSource:
-    return FileSource(name=f"{name}_source", path=str(feature_table_path(_settings, name)),
-                      timestamp_field="event_timestamp")
+    return FileSource(
+        name=f"{name}_source",
+        path=str(feature_table_path(_settings, name)),
+        timestamp_field="event_timestamp",
+    )
 
 
 weather_hourly_source = _table("weather_hourly")

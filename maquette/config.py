@@ -49,9 +49,7 @@ class FeastSettings(BaseModel):
     """How Maquette drives Feast in-process (feature_store.yaml mirrors the defaults)."""
 
     project: str = Field("maquette", description="Feast project name.")
-    registry: Path = Field(
-        Path(".maquette/feast/registry.db"), description="Feast file registry."
-    )
+    registry: Path = Field(Path(".maquette/feast/registry.db"), description="Feast file registry.")
     feature_service: str = Field(
         "flight_delay", description="Feature service used when none is named."
     )
@@ -150,7 +148,9 @@ def load_settings(project_dir: Path | str | None = None) -> Settings:
         try:
             data = yaml.safe_load(file.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{file} is not valid YAML: {exc}", "Fix the file and retry.") from exc
+            raise ConfigError(
+                f"{file} is not valid YAML: {exc}", "Fix the file and retry."
+            ) from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{file} must hold a mapping of sections.", "See README 'Settings'.")
     try:

@@ -55,8 +55,10 @@ def require_loaded(settings: Settings, name: str) -> Path:
     for path in (feature_table_path(settings, name), source_path(settings, name)):
         if path.is_file():
             return path
-    raise DataNotLoaded(f"table {name!r} is not in the offline store ({settings.offline_store}).",
-                        "Run `maquette data load` first.")
+    raise DataNotLoaded(
+        f"table {name!r} is not in the offline store ({settings.offline_store}).",
+        "Run `maquette data load` first.",
+    )
 
 
 def with_utc_microseconds(table: pa.Table) -> pa.Table:
@@ -65,8 +67,10 @@ def with_utc_microseconds(table: pa.Table) -> pa.Table:
     for field, column in zip(table.schema, table.columns, strict=True):
         if pa.types.is_timestamp(field.type):
             if field.type.tz is None:
-                raise ConfigError(f"column {field.name!r} holds timestamps without a time zone.",
-                                  "Localize it (e.g. to UTC) in your source before loading.")
+                raise ConfigError(
+                    f"column {field.name!r} holds timestamps without a time zone.",
+                    "Localize it (e.g. to UTC) in your source before loading.",
+                )
             column = column.cast(TIMESTAMP_TYPE)
         columns.append(column)
     return pa.table(columns, names=table.column_names)
@@ -80,18 +84,24 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _dataset_parts(settings: Settings) -> tuple[Callable[[], Mapping[str, pa.Table]], dict[str, str]]:
+def _dataset_parts(
+    settings: Settings,
+) -> tuple[Callable[[], Mapping[str, pa.Table]], dict[str, str]]:
     spec = settings.dataset
     if spec.module:
         try:
             module = importlib.import_module(spec.module)
         except ImportError as exc:
-            raise ConfigError(f"dataset.module {spec.module!r} cannot be imported: {exc}",
-                              "Fix dataset.module in maquette.yaml.") from exc
+            raise ConfigError(
+                f"dataset.module {spec.module!r} cannot be imported: {exc}",
+                "Fix dataset.module in maquette.yaml.",
+            ) from exc
         return module.source_tables, dict(module.FEATURE_TABLES)
     if not spec.sources:
-        raise ConfigError("the dataset names neither a module nor source files.",
-                          "Set dataset.module, or dataset.sources and dataset.feature_sql.")
+        raise ConfigError(
+            "the dataset names neither a module nor source files.",
+            "Set dataset.module, or dataset.sources and dataset.feature_sql.",
+        )
     sql_dir = settings.path(spec.feature_sql) if spec.feature_sql else None
     feature_sql = {p.stem: p.read_text() for p in sorted(sql_dir.glob("*.sql"))} if sql_dir else {}
     return (lambda: _read_source_files(settings)), feature_sql
@@ -104,8 +114,10 @@ def _read_source_files(settings: Settings) -> dict[str, pa.Table]:
     for name, rel in settings.dataset.sources.items():
         path = settings.path(rel)
         if not path.exists():
-            raise ConfigError(f"dataset source {name!r}: {path} does not exist.",
-                              "Fix dataset.sources in maquette.yaml.")
+            raise ConfigError(
+                f"dataset source {name!r}: {path} does not exist.",
+                "Fix dataset.sources in maquette.yaml.",
+            )
         reader = "read_csv_auto" if path.suffix.lower() in {".csv", ".tsv"} else "read_parquet"
         tables[name] = con.sql(f"SELECT * FROM {reader}(?)", params=[str(path)]).to_arrow_table()
     return tables
@@ -116,15 +128,20 @@ def _sql_str(path: Path) -> str:
 
 
 def _summary(con: duckdb.DuckDBPyConnection, name: str, kind: str, path: Path) -> TableSummary:
-    cols = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()]
+    cols = [
+        r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
+    ]
     ts = "event_timestamp" if "event_timestamp" in cols else None
     rng = f"min({ts}), max({ts})" if ts else "NULL, NULL"
-    ((rows, first, last),) = con.execute(f"SELECT count(*), {rng} FROM read_parquet(?)",
-                                         [str(path)]).fetchall()
+    ((rows, first, last),) = con.execute(
+        f"SELECT count(*), {rng} FROM read_parquet(?)", [str(path)]
+    ).fetchall()
     return TableSummary(name, kind, path, rows, first, last)
 
 
-def load_dataset(settings: Settings, progress: Callable[[str], None] | None = None) -> list[TableSummary]:
+def load_dataset(
+    settings: Settings, progress: Callable[[str], None] | None = None
+) -> list[TableSummary]:
     """Write the dataset's source tables and computed feature tables into the offline store."""
     load_sources, feature_sql = _dataset_parts(settings)
     con = duckdb.connect()
@@ -135,7 +152,9 @@ def load_dataset(settings: Settings, progress: Callable[[str], None] | None = No
             progress(f"source {name}")
         path = source_path(settings, name)
         _write_parquet(with_utc_microseconds(table), path)
-        con.execute(f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM read_parquet({_sql_str(path)})")
+        con.execute(
+            f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_str(path)})'
+        )
         summaries.append(_summary(con, name, "source", path))
     for name, sql in feature_sql.items():
         if progress:
@@ -143,8 +162,10 @@ def load_dataset(settings: Settings, progress: Callable[[str], None] | None = No
         try:
             table = con.sql(sql).to_arrow_table()
         except duckdb.Error as exc:
-            raise ConfigError(f"feature table {name!r}: its SQL failed: {exc}",
-                              "Fix the SQL of that feature table.") from exc
+            raise ConfigError(
+                f"feature table {name!r}: its SQL failed: {exc}",
+                "Fix the SQL of that feature table.",
+            ) from exc
         path = feature_table_path(settings, name)
         _write_parquet(with_utc_microseconds(table), path)
         summaries.append(_summary(con, name, "feature", path))

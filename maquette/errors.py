@@ -1,11 +1,11 @@
 """Maquette's exceptions. Each one says what was wrong and what to do about it.
 
-    MaquetteError                 base: `.remedy` says what to do; the CLI exits non-zero with both
-    ├── ConfigError               maquette.yaml or MAQUETTE_* variables are invalid
-    ├── StoreUnavailable          Redis cannot be reached or started
-    ├── DataNotLoaded             the offline store or Feast registry is empty: run the named command
-    ├── FeatureNotFound           unknown feature, feature view or feature service (lists what exists)
-    └── InvalidEntityFrame        an entity frame or entity rows lack keys, timestamps or time zones
+MaquetteError                 base: `.remedy` says what to do; the CLI exits non-zero with both
+├── ConfigError               maquette.yaml or MAQUETTE_* variables are invalid
+├── StoreUnavailable          Redis cannot be reached or started
+├── DataNotLoaded             the offline store or Feast registry is empty: run the named command
+├── FeatureNotFound           unknown feature, feature view or feature service (lists what exists)
+└── InvalidEntityFrame        an entity frame or entity rows lack keys, timestamps or time zones
 """
 
 from __future__ import annotations

@@ -17,12 +17,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import redis
@@ -34,7 +36,7 @@ from feast.types import FeastType
 from maquette import online_store as wire
 from maquette.config import Settings
 from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame, StoreUnavailable
-from maquette.point_in_time import ViewSource, latest_rows_sql, point_in_time_join
+from maquette.point_in_time import ViewSource, latest_rows_sql, point_in_time_join, scan_sql
 from maquette.redis_server import feast_connection_string, redis_url
 
 PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"
@@ -46,8 +48,10 @@ def repo_config(settings: Settings) -> RepoConfig:
         project=settings.feast.project,
         provider="local",
         registry={"registry_type": "file", "path": str(settings.registry_path)},
-        online_store={"type": "redis",
-                      "connection_string": feast_connection_string(redis_url(settings))},
+        online_store={
+            "type": "redis",
+            "connection_string": feast_connection_string(redis_url(settings)),
+        },
         offline_store={"type": "duckdb"},
         entity_key_serialization_version=3,
         repo_path=str(settings.feature_repo),
@@ -101,9 +105,17 @@ class _KeyGroup:
 
 
 @dataclass(frozen=True)
+class _OnDemand:
+    view: OnDemandFeatureView
+    request_fields: tuple[str, ...]
+    source_features: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class _ReadPlan:
     groups: tuple[_KeyGroup, ...]
-    odfvs: tuple[OnDemandFeatureView, ...]
+    odfvs: tuple[_OnDemand, ...]
     request_fields: tuple[str, ...]
     names: tuple[str, ...]
 
@@ -122,12 +134,15 @@ class FeatureLayer:
     @property
     def store(self) -> FeatureStore:
         if self._store is None:
-            repo = str(self.settings.feature_repo)
-            # On-demand views are stored as references to the repo's modules: keep them importable.
-            if repo not in sys.path:
-                sys.path.insert(0, repo)
+            self._repo_importable()
             self._store = FeatureStore(config=repo_config(self.settings))
         return self._store
+
+    def _repo_importable(self) -> None:
+        # Feast imports the repo's modules by name (as its CLI does from inside the folder).
+        repo = str(self.settings.feature_repo)
+        if repo not in sys.path:
+            sys.path.insert(0, repo)
 
     def apply(self) -> list[str]:
         """`feast apply` in-process; returns the names of the objects now registered."""
@@ -135,9 +150,12 @@ class FeatureLayer:
 
         repo = self.settings.feature_repo
         if not (repo / "feature_store.yaml").is_file():
-            raise DataNotLoaded(f"no Feast feature repository at {repo}.",
-                                "Set paths.feature_repo in maquette.yaml.")
+            raise DataNotLoaded(
+                f"no Feast feature repository at {repo}.",
+                "Set paths.feature_repo in maquette.yaml.",
+            )
         self.settings.registry_path.parent.mkdir(parents=True, exist_ok=True)
+        self._repo_importable()
         cwd = os.getcwd()
         with contextlib.redirect_stdout(sys.stderr):
             try:
@@ -146,43 +164,59 @@ class FeatureLayer:
                 os.chdir(cwd)
         self._store, self._plans = None, {}
         return sorted(fv.name for fv in self._feature_views()) + sorted(
-            s.name for s in self.store.list_feature_services())
+            s.name for s in self.store.list_feature_services()
+        )
 
     def _feature_views(self) -> list[FeatureView]:
         if not self.settings.registry_path.is_file():
-            raise DataNotLoaded(f"the Feast registry {self.settings.registry_path} does not exist.",
-                                "Run `maquette features apply` (or `feast apply` in feature_repo/).")
-        return list(self.store.list_feature_views())
+            raise DataNotLoaded(
+                f"the Feast registry {self.settings.registry_path} does not exist.",
+                "Run `maquette features apply` (or `feast apply` in feature_repo/).",
+            )
+        return list(self.store.list_feature_views(allow_cache=True))
 
     def feature_service(self, name: str) -> FeatureService:
-        services = {s.name: s for s in self.store.list_feature_services()}
+        services = {
+            s.name: s
+            for s in self.store.registry.list_feature_services(
+                self.settings.feast.project, allow_cache=True
+            )
+        }
         if name not in services:
-            raise FeatureNotFound(f"unknown feature service {name!r}.",
-                                  f"Known feature services: {', '.join(sorted(services)) or 'none'}.")
+            raise FeatureNotFound(
+                f"unknown feature service {name!r}.",
+                f"Known feature services: {', '.join(sorted(services)) or 'none'}.",
+            )
         return services[name]
 
     def _views_for(self, features: str | Sequence[str]) -> list[tuple[Any, tuple[str, ...]]]:
         """(view, feature names) pairs for a feature service name or "view:feature" refs."""
         if isinstance(features, str):
-            return [(self._view(p.name), tuple(f.name for f in p.features))
-                    for p in self.feature_service(features).feature_view_projections]
+            return [
+                (self._view(p.name), tuple(f.name for f in p.features))
+                for p in self.feature_service(features).feature_view_projections
+            ]
         chosen: dict[str, list[str]] = {}
         for ref in features:
             view_name, _, feature = ref.partition(":")
             view = self._view(view_name)
             known = [f.name for f in view.features]
             if feature not in known:
-                raise FeatureNotFound(f"feature view {view_name!r} has no feature {feature!r}.",
-                                      f"Its features: {', '.join(known)}.")
+                raise FeatureNotFound(
+                    f"feature view {view_name!r} has no feature {feature!r}.",
+                    f"Its features: {', '.join(known)}.",
+                )
             chosen.setdefault(view_name, []).append(feature)
         return [(self._view(v), tuple(fs)) for v, fs in chosen.items()]
 
     def _view(self, name: str) -> FeatureView | OnDemandFeatureView:
         views: dict[str, Any] = {v.name: v for v in self._feature_views()}
-        views.update({v.name: v for v in self.store.list_on_demand_feature_views()})
+        views.update({v.name: v for v in self.store.list_on_demand_feature_views(allow_cache=True)})
         if name not in views:
-            raise FeatureNotFound(f"unknown feature view {name!r}.",
-                                  f"Known feature views: {', '.join(sorted(views))}.")
+            raise FeatureNotFound(
+                f"unknown feature view {name!r}.",
+                f"Known feature views: {', '.join(sorted(views))}.",
+            )
         return views[name]
 
     def _source(self, view: FeatureView, features: Sequence[str]) -> ViewSource:
@@ -190,94 +224,171 @@ class FeatureLayer:
         assert isinstance(source, FileSource), "Maquette's fast paths read FileSource views"
         path = Path(source.path)
         if not path.is_file():
-            raise DataNotLoaded(f"feature view {view.name!r} reads {path}, which does not exist.",
-                                "Run `maquette data load` first.")
+            raise DataNotLoaded(
+                f"feature view {view.name!r} reads {path}, which does not exist.",
+                "Run `maquette data load` first.",
+            )
         ttl = view.ttl if view.ttl and view.ttl > timedelta(0) else None
-        return ViewSource(view.name, path, source.timestamp_field,
-                          source.created_timestamp_column or None,
-                          tuple(c.name for c in view.entity_columns), tuple(features), ttl)
+        return ViewSource(
+            view.name,
+            path,
+            source.timestamp_field,
+            source.created_timestamp_column or None,
+            tuple(c.name for c in view.entity_columns),
+            tuple(features),
+            ttl,
+        )
 
     # ------------------------------------------------------------------ offline -> online
 
-    def materialize(self, start: datetime, end: datetime, views: Sequence[str] | None = None,
-                    progress: Callable[[str, int, int], None] | None = None) -> MaterializeResult:
+    def materialize(
+        self,
+        start: datetime,
+        end: datetime,
+        views: Sequence[str] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> MaterializeResult:
         """Write the newest row per entity in [start, end] of each view into Redis (Feast layout)."""
         start, end = _utc(start, "start"), _utc(end, "end")
         chosen = [self._view(v) for v in views] if views else self._feature_views()
         result = MaterializeResult(start, end)
         began = time.perf_counter()
-        writer = wire.RespWriter(redis_url(self.settings))
+        # Two connections: one reads stored timestamps, the other writes, each in its own thread.
+        reader, writer = (
+            wire.RespWriter(redis_url(self.settings)),
+            wire.RespWriter(redis_url(self.settings)),
+        )
         try:
-            sha = writer.call("SCRIPT", "LOAD", wire.WRITE_IF_NEWER_LUA).decode()
             for view in chosen:
                 if isinstance(view, OnDemandFeatureView):
                     continue
-                read, written = self._materialize_view(writer, sha, view, start, end, progress)
+                read, written = self._materialize_view(reader, writer, view, start, end, progress)
                 result.rows_read[view.name], result.rows_written[view.name] = read, written
-                self.store.registry.apply_materialization(view, self.settings.feast.project, start, end)
+                self.store.registry.apply_materialization(
+                    view, self.settings.feast.project, start, end
+                )
         finally:
+            reader.close()
             writer.close()
         result.seconds = time.perf_counter() - began
         return result
 
-    def _materialize_view(self, writer: wire.RespWriter, sha: str, view: FeatureView,
-                          start: datetime, end: datetime,
-                          progress: Callable[[str, int, int], None] | None) -> tuple[int, int]:
+    def materialize_incremental(
+        self,
+        end: datetime | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> MaterializeResult:
+        """Each view from where its last materialization ended (else the beginning) up to `end`."""
+        end = _utc(end or datetime.now(UTC), "end")
+        result = MaterializeResult(end, end)
+        for view in self._feature_views():
+            start = view.most_recent_end_time or datetime(1970, 1, 1, tzinfo=UTC)
+            part = self.materialize(start, end, [view.name], progress)
+            result.start = min(result.start, part.start)
+            result.rows_read.update(part.rows_read)
+            result.rows_written.update(part.rows_written)
+            result.seconds += part.seconds
+        return result
+
+    def _materialize_view(
+        self,
+        reader: wire.RespWriter,
+        writer: wire.RespWriter,
+        view: FeatureView,
+        start: datetime,
+        end: datetime,
+        progress: Callable[[str, int, int], None] | None,
+    ) -> tuple[int, int]:
         source = self._source(view, [f.name for f in view.features])
         dtypes = {f.name: f.dtype for f in view.features}
         key_types = {c.name: c.dtype for c in view.entity_columns}
         fields = [wire.field_hash(view.name, f) for f in source.features]
+        ts_name = wire.ts_field(view.name)
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         sql = latest_rows_sql(source, start, end)
-        (total,) = con.execute(f"SELECT count(*) FROM ({sql})").fetchall()[0]
-        reader = con.sql(sql).to_arrow_reader(self.settings.feast.materialize_batch_rows)
-        read = written = in_flight = 0
-        for batch in reader:
-            commands = wire.write_commands(
-                sha,
-                wire.encode_entity_keys({k: batch[k] for k in source.join_keys}, key_types,
-                                        self.settings.feast.project),
-                wire.ts_field(view.name), wire.encode_timestamps(batch["__ts"]), fields,
-                [wire.encode_values(batch[f], dtypes[f]) for f in source.features])
-            # Collect the previous batch's replies only now: Redis works while we encode.
-            if in_flight:
-                written += sum(r == b":1" for r in writer.replies(in_flight))
-            writer.send(commands)
-            in_flight = batch.num_rows
-            read += batch.num_rows
-            if progress:
-                progress(view.name, read, total)
-        if in_flight:
-            written += sum(r == b":1" for r in writer.replies(in_flight))
+        (total,) = con.execute(f"SELECT count(*) FROM ({scan_sql(source, start, end)})").fetchall()[
+            0
+        ]
+        batches = con.sql(sql).to_arrow_reader(self.settings.feast.materialize_batch_rows)
+        read = written = 0
+
+        def write(payload: bytes, rows: int) -> int:
+            writer.send(payload)
+            writer.replies(rows)
+            return rows
+
+        # Keys are unique within a run (newest row per entity), so batch k+1's timestamps can be
+        # read while batch k is written: Redis works on one core, encoding on the other.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: Future[int] | None = None
+            for batch in batches:
+                # Encode every row's HSET first (while Redis writes the previous batch); the
+                # stored timestamps then only decide which rows to keep.
+                keys = wire.encode_entity_keys(
+                    {k: batch[k] for k in source.join_keys}, key_types, self.settings.feast.project
+                )
+                ts_proto, seconds, nanos = wire.encode_timestamps(batch["__ts"])
+                commands = wire.hset_commands(
+                    keys,
+                    ts_name,
+                    ts_proto,
+                    fields,
+                    [wire.encode_values(batch[f], dtypes[f]) for f in source.features],
+                )
+                reader.send(wire.hget_commands(keys, ts_name))
+                newer = wire.newer_than_stored(reader.replies(batch.num_rows), seconds, nanos)
+                read += batch.num_rows
+                if progress:
+                    progress(view.name, read, total)
+                if not newer.all():
+                    commands = commands.filter(pa.array(newer))
+                if pending:
+                    written += pending.result()
+                pending = (
+                    pool.submit(write, wire.concat(commands), len(commands))
+                    if len(commands)
+                    else None
+                )
+            if pending:
+                written += pending.result()
         return read, written
 
     # ------------------------------------------------------------------ training
 
-    def training_frame(self, entities: pd.DataFrame | pa.Table,
-                       features: str | Sequence[str] | None = None,
-                       timestamp_column: str = "event_timestamp") -> pa.Table:
+    def training_frame(
+        self,
+        entities: pd.DataFrame | pa.Table,
+        features: str | Sequence[str] | None = None,
+        timestamp_column: str = "event_timestamp",
+    ) -> pa.Table:
         """Point-in-time correct features for every entity row, in the rows' original order."""
-        table = entities if isinstance(entities, pa.Table) else pa.Table.from_pandas(
-            entities, preserve_index=False)
+        table = (
+            entities
+            if isinstance(entities, pa.Table)
+            else pa.Table.from_pandas(entities, preserve_index=False)
+        )
         selected = self._views_for(features or self.settings.feast.feature_service)
         batch_views = [(v, fs) for v, fs in selected if isinstance(v, FeatureView)]
         odfvs = [v for v, _ in selected if isinstance(v, OnDemandFeatureView)]
         needed = {k for v, _ in batch_views for k in (c.name for c in v.entity_columns)}
         needed |= {f for o in odfvs for f in _request_fields(o)}
         _check_entities(table, needed, timestamp_column)
-        table = table.set_column(table.schema.get_field_index(timestamp_column), timestamp_column,
-                                 table[timestamp_column].cast(pa.timestamp("us", tz="UTC")))
+        table = table.set_column(
+            table.schema.get_field_index(timestamp_column),
+            timestamp_column,
+            table[timestamp_column].cast(pa.timestamp("us", tz="UTC")),
+        )
         sources = [self._source(v, fs) for v, fs in batch_views]
-        joined = point_in_time_join(table, sources, timestamp_column,
-                                    self.settings.feast.duckdb_memory_limit,
-                                    self.settings.state_dir / "duckdb_tmp")
+        joined = point_in_time_join(
+            table,
+            sources,
+            timestamp_column,
+            self.settings.feast.duckdb_memory_limit,
+            self.settings.state_dir / "duckdb_tmp",
+        )
         for odfv in odfvs:
-            inputs = _request_fields(odfv) + [f.name for p in odfv.source_feature_view_projections.values()
-                                              for f in p.features]
-            out = odfv.transform_arrow(joined.select(inputs))
-            for f in odfv.features:
-                joined = joined.append_column(f.name, out[f.name].cast(feast_value_type_to_pa(f.dtype.to_value_type())))
+            joined = _append_on_demand(odfv, joined)
         return joined
 
     # ------------------------------------------------------------------ serving
@@ -292,31 +403,53 @@ class FeatureLayer:
         for view, feats in self._views_for(features):
             names += feats
             if isinstance(view, OnDemandFeatureView):
-                odfvs.append(view)
+                odfvs.append(
+                    _OnDemand(
+                        view,
+                        tuple(_request_fields(view)),
+                        tuple(
+                            f.name
+                            for p in view.source_feature_view_projections.values()
+                            for f in p.features
+                        ),
+                        tuple(f.name for f in view.features),
+                    )
+                )
                 continue
             keys = tuple(sorted(c.name for c in view.entity_columns))
             key_types[keys] = {c.name: c.dtype for c in view.entity_columns}
             ttl = view.ttl.total_seconds() if view.ttl and view.ttl > timedelta(0) else None
-            fields = tuple(wire.field_hash(view.name, f) for f in feats) + (wire.ts_field(view.name),)
+            fields = (
+                *tuple(wire.field_hash(view.name, f) for f in feats),
+                wire.ts_field(view.name),
+            )
             groups.setdefault(keys, []).append(_ViewRead(view.name, feats, ttl, fields))
         plan = _ReadPlan(
-            tuple(_KeyGroup(k, key_types[k], tuple(v), tuple(f for r in v for f in r.fields))
-                  for k, v in groups.items()),
-            tuple(odfvs), tuple(dict.fromkeys(f for o in odfvs for f in _request_fields(o))),
-            tuple(names))
+            tuple(
+                _KeyGroup(k, key_types[k], tuple(v), tuple(f for r in v for f in r.fields))
+                for k, v in groups.items()
+            ),
+            tuple(odfvs),
+            tuple(dict.fromkeys(f for o in odfvs for f in o.request_fields)),
+            tuple(names),
+        )
         self._plans[cache_key] = plan
         return plan
 
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(redis_url(self.settings), socket_timeout=5,
-                                               socket_connect_timeout=2)
+            self._redis = redis.Redis.from_url(
+                redis_url(self.settings), socket_timeout=5, socket_connect_timeout=2
+            )
         return self._redis
 
-    def online_features(self, rows: Sequence[dict[str, Any]],
-                        features: str | Sequence[str] | None = None,
-                        as_of: datetime | None = None) -> OnlineFeatures:
+    def online_features(
+        self,
+        rows: Sequence[dict[str, Any]],
+        features: str | Sequence[str] | None = None,
+        as_of: datetime | None = None,
+    ) -> OnlineFeatures:
         """Features for entity rows from Redis, flagged NOT_FOUND or OUTSIDE_MAX_AGE (vs `as_of`)."""
         plan = self._plan(features or self.settings.feast.feature_service)
         now = (as_of or datetime.now(UTC)).timestamp()
@@ -328,15 +461,23 @@ class FeatureLayer:
             for i, row in enumerate(rows):
                 missing = [k for k in group.join_keys if k not in row]
                 if missing:
-                    raise InvalidEntityFrame(f"entity row {i} lacks join key(s) {missing}.",
-                                             f"Each row needs {list(group.join_keys)}.")
-                pipe.hmget(wire.entity_key_bytes({k: row[k] for k in group.join_keys},
-                                                 group.key_types, project), group.fields)
+                    raise InvalidEntityFrame(
+                        f"entity row {i} lacks join key(s) {missing}.",
+                        f"Each row needs {list(group.join_keys)}.",
+                    )
+                pipe.hmget(
+                    wire.entity_key_bytes(
+                        {k: row[k] for k in group.join_keys}, group.key_types, project
+                    ),
+                    group.fields,
+                )
         try:
             replies = iter(pipe.execute())
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis at {redis_url(self.settings)} is unreachable: {exc}",
-                                   "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.") from exc
+            raise StoreUnavailable(
+                f"Redis at {redis_url(self.settings)} is unreachable: {exc}",
+                "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",
+            ) from exc
         for group in plan.groups:
             for i in range(len(rows)):
                 _decode_group(group, next(replies), now, values[i], statuses[i])
@@ -345,14 +486,26 @@ class FeatureLayer:
         return OnlineFeatures(list(plan.names), values, statuses)
 
 
-def _decode_group(group: _KeyGroup, reply: list[bytes | None], now: float,
-                  values: dict[str, Any], statuses: dict[str, str]) -> None:
+def _decode_group(
+    group: _KeyGroup,
+    reply: list[bytes | None],
+    now: float,
+    values: dict[str, Any],
+    statuses: dict[str, str],
+) -> None:
     pos = 0
     for view in group.views:
         raw_ts = reply[pos + len(view.features)]
         written = wire.decode_timestamp_seconds(raw_ts)
-        status = NOT_FOUND if written is None else (
-            OUTSIDE_MAX_AGE if view.ttl_s is not None and written + view.ttl_s < now else PRESENT)
+        status = (
+            NOT_FOUND
+            if written is None
+            else (
+                OUTSIDE_MAX_AGE
+                if view.ttl_s is not None and written + view.ttl_s < now
+                else PRESENT
+            )
+        )
         for j, name in enumerate(view.features):
             raw = reply[pos + j]
             values[name] = wire.decode_value(raw)
@@ -360,23 +513,67 @@ def _decode_group(group: _KeyGroup, reply: list[bytes | None], now: float,
         pos += len(view.features) + 1
 
 
-def _apply_odfv(odfv: OnDemandFeatureView, rows: Sequence[dict[str, Any]],
-                values: list[dict[str, Any]], statuses: list[dict[str, str]]) -> None:
+def _apply_odfv(
+    odfv: _OnDemand,
+    rows: Sequence[dict[str, Any]],
+    values: list[dict[str, Any]],
+    statuses: list[dict[str, str]],
+) -> None:
     inputs: dict[str, list[Any]] = {}
-    for name in _request_fields(odfv):
+    for name in odfv.request_fields:
         try:
             inputs[name] = [row[name] for row in rows]
         except KeyError as exc:
-            raise InvalidEntityFrame(f"on-demand view {odfv.name!r} needs request field {name!r}.",
-                                     f"Add {name!r} to every entity row.") from exc
-    for projection in odfv.source_feature_view_projections.values():
-        for feature in projection.features:
-            inputs[feature.name] = [v.get(feature.name) for v in values]
-    out = odfv.transform_dict(inputs)
-    for feature in odfv.features:
-        for i, value in enumerate(out[feature.name]):
-            values[i][feature.name] = value
-            statuses[i][feature.name] = PRESENT
+            raise InvalidEntityFrame(
+                f"on-demand view {odfv.view.name!r} needs request field {name!r}.",
+                f"Add {name!r} to every entity row.",
+            ) from exc
+    for name in odfv.source_features:
+        inputs[name] = [v.get(name) for v in values]
+    out = odfv.view.transform_dict(inputs)
+    for name in odfv.outputs:
+        for i, value in enumerate(out[name]):
+            values[i][name] = value
+            statuses[i][name] = PRESENT
+
+
+def _append_on_demand(odfv: OnDemandFeatureView, table: pa.Table) -> pa.Table:
+    """Append an on-demand view's outputs, computing them once per distinct input row.
+
+    The transformation is Feast's own (`transform_arrow`); an on-demand view is a pure function
+    of its inputs, so repeated inputs (flights sharing a departure minute) need no second call.
+    """
+    inputs = list(
+        dict.fromkeys(
+            _request_fields(odfv)
+            + [f.name for p in odfv.source_feature_view_projections.values() for f in p.features]
+        )
+    )
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("rows_in", table.select(inputs))
+    distinct = con.sql("SELECT DISTINCT * FROM rows_in").to_arrow_table()
+    out = odfv.transform_arrow(distinct)
+    names = [f.name for f in odfv.features]
+    types = [feast_value_type_to_pa(f.dtype.to_value_type()) for f in odfv.features]
+    outputs = distinct.select(inputs)
+    for name, dtype in zip(names, types, strict=True):
+        outputs = outputs.append_column(f"__out_{name}", out[name].cast(dtype))
+    con.register("outputs", outputs)
+    con.register(
+        "rows",
+        table.select(inputs).append_column(
+            "__row", pa.array(np.arange(table.num_rows, dtype=np.int64))
+        ),
+    )
+    match = " AND ".join(f'r."{c}" IS NOT DISTINCT FROM o."{c}"' for c in inputs)
+    cols = ", ".join(f'o."__out_{n}" AS "{n}"' for n in names)
+    result = con.sql(
+        f"SELECT {cols} FROM rows r LEFT JOIN outputs o ON {match} ORDER BY r.__row"
+    ).to_arrow_table()
+    for name in names:
+        table = table.append_column(name, result[name])
+    return table
 
 
 def _request_fields(odfv: OnDemandFeatureView) -> list[str]:
@@ -386,24 +583,32 @@ def _request_fields(odfv: OnDemandFeatureView) -> list[str]:
 def _check_entities(table: pa.Table, needed: set[str], timestamp_column: str) -> None:
     missing = sorted(needed - set(table.column_names))
     if missing:
-        raise InvalidEntityFrame(f"the entity frame lacks column(s) {missing}.",
-                                 f"It has {table.column_names}; add the missing keys.")
+        raise InvalidEntityFrame(
+            f"the entity frame lacks column(s) {missing}.",
+            f"It has {table.column_names}; add the missing keys.",
+        )
     if timestamp_column not in table.column_names:
-        raise InvalidEntityFrame(f"the entity frame has no timestamp column {timestamp_column!r}.",
-                                 "Add the event time of each row, or pass timestamp_column=...")
+        raise InvalidEntityFrame(
+            f"the entity frame has no timestamp column {timestamp_column!r}.",
+            "Add the event time of each row, or pass timestamp_column=...",
+        )
     dtype = table.schema.field(timestamp_column).type
     if not pa.types.is_timestamp(dtype) or dtype.tz is None:
-        raise InvalidEntityFrame(f"column {timestamp_column!r} is {dtype}, not a timezone-aware timestamp.",
-                                 "Convert it, e.g. pd.to_datetime(col, utc=True).")
+        raise InvalidEntityFrame(
+            f"column {timestamp_column!r} is {dtype}, not a timezone-aware timestamp.",
+            "Convert it, e.g. pd.to_datetime(col, utc=True).",
+        )
 
 
 def _utc(when: datetime, what: str) -> datetime:
     if when.tzinfo is None:
-        raise InvalidEntityFrame(f"{what} time {when.isoformat()} has no time zone.",
-                                 "Pass an aware datetime, e.g. datetime(2013, 12, 1, tzinfo=UTC).")
+        raise InvalidEntityFrame(
+            f"{what} time {when.isoformat()} has no time zone.",
+            "Pass an aware datetime, e.g. datetime(2013, 12, 1, tzinfo=UTC).",
+        )
     return when.astimezone(UTC)
 
 
 def iter_batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]

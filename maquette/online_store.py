@@ -9,8 +9,8 @@ The layout is Feast's own (`feast.infra.online_stores.redis`, entity key seriali
 
 Stock Feast builds one protobuf object per value and one redis-py call per row (~10k rows/s).
 Here whole columns are encoded with numpy/Arrow into one RESP buffer per batch and written down
-a raw socket. Each row goes through a Lua script that, like Feast, only writes when the row is
-newer than the stored `_ts:{view}`.
+a raw socket. Feast's write rule is kept: read the stored `_ts:{view}` of every key first
+(pipelined HGET), then write only the rows that are newer.
 """
 
 from __future__ import annotations
@@ -18,16 +18,26 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import hiredis
 import mmh3
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.types import Array, Bool, FeastType, Float32, Float64, Int32, Int64, PrimitiveFeastType, String
+from feast.types import (
+    Array,
+    Bool,
+    FeastType,
+    Float32,
+    Float64,
+    Int32,
+    Int64,
+    PrimitiveFeastType,
+    String,
+)
 
 from maquette.errors import StoreUnavailable
 
@@ -36,8 +46,6 @@ _TAG_STRING, _TAG_INT32, _TAG_INT64 = 0x12, 0x18, 0x20
 _TAG_DOUBLE, _TAG_FLOAT, _TAG_BOOL = 0x29, 0x35, 0x38
 # Feast's ValueType enum values used in entity keys.
 _VT_STRING, _VT_INT32, _VT_INT64 = 2, 3, 4
-
-WRITE_IF_NEWER_LUA = (Path(__file__).parent / "write_if_newer.lua").read_text()
 
 
 def field_hash(view: str, feature: str) -> bytes:
@@ -89,8 +97,11 @@ def encode_values(column: pa.Array, dtype: FeastType) -> pa.BinaryArray:
     if dtype in (Float64, Float32):
         values = column.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
         valid &= ~np.isnan(values)  # Feast stores NaN as an empty value
-        matrix = _fixed(values, _TAG_DOUBLE, "<f8") if dtype == Float64 else _fixed(
-            values, _TAG_FLOAT, "<f4")
+        matrix = (
+            _fixed(values, _TAG_DOUBLE, "<f8")
+            if dtype == Float64
+            else _fixed(values, _TAG_FLOAT, "<f4")
+        )
         return _rows_to_binary(matrix, np.where(valid, matrix.shape[1], 0))
     if dtype in (Int64, Int32):
         values = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
@@ -104,7 +115,9 @@ def encode_values(column: pa.Array, dtype: FeastType) -> pa.BinaryArray:
         text = column.cast(pa.string()).fill_null("")
         lengths = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
         header, hlen = _varints(lengths, _TAG_STRING)
-        encoded = pc.binary_join_element_wise(_rows_to_binary(header, hlen), text.cast(pa.binary()), b"")
+        encoded = pc.binary_join_element_wise(
+            _rows_to_binary(header, hlen), text.cast(pa.binary()), b""
+        )
         return pc.if_else(pa.array(valid), encoded, pa.scalar(b"", pa.binary()))
     return _encode_values_with_feast(column, dtype)
 
@@ -123,12 +136,14 @@ def _le_u32(values: np.ndarray) -> pa.BinaryArray:
     return _rows_to_binary(raw, np.full(len(values), 4))
 
 
-def encode_entity_keys(columns: dict[str, pa.Array], types: dict[str, FeastType],
-                       project: str) -> pa.BinaryArray:
+def encode_entity_keys(
+    columns: dict[str, pa.Array], types: dict[str, FeastType], project: str
+) -> pa.BinaryArray:
     """Redis keys (serialize_entity_key v3 + project) for rows of join-key columns."""
     names = sorted(columns)
     header = struct.pack("<I", len(names)) + b"".join(
-        struct.pack("<II", _VT_STRING, len(k.encode())) + k.encode() for k in names)
+        struct.pack("<II", _VT_STRING, len(k.encode())) + k.encode() for k in names
+    )
     parts: list[Any] = [header]
     for name in names:
         col, dtype = columns[name], types[name]
@@ -140,7 +155,10 @@ def encode_entity_keys(columns: dict[str, pa.Array], types: dict[str, FeastType]
             values = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
             fmt, vt = ("<i8", _VT_INT64) if dtype == Int64 else ("<i4", _VT_INT32)
             raw = np.ascontiguousarray(values.astype(fmt)).view(np.uint8).reshape(len(values), -1)
-            parts += [struct.pack("<II", vt, raw.shape[1]), _rows_to_binary(raw, np.full(len(values), raw.shape[1]))]
+            parts += [
+                struct.pack("<II", vt, raw.shape[1]),
+                _rows_to_binary(raw, np.full(len(values), raw.shape[1])),
+            ]
         else:
             raise TypeError(f"entity key {name!r} of type {dtype} is not supported (string or int)")
     parts.append(project.encode())
@@ -169,9 +187,11 @@ def entity_key_bytes(values: dict[str, Any], types: dict[str, FeastType], projec
     return b"".join(out)
 
 
-def encode_timestamps(column: pa.Array) -> tuple[pa.BinaryArray, pa.Array, pa.Array]:
-    """Protobuf Timestamp bytes plus seconds and nanos as decimal strings (for the Lua compare)."""
-    micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+def encode_timestamps(column: pa.Array) -> tuple[pa.BinaryArray, np.ndarray, np.ndarray]:
+    """Protobuf Timestamp bytes of each value, plus its seconds and nanos."""
+    micros = (
+        column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    )
     seconds, rem = np.divmod(micros, 1_000_000)
     nanos = rem * 1000
     sec_m, sec_n = _varints(seconds, 0x08)
@@ -179,8 +199,10 @@ def encode_timestamps(column: pa.Array) -> tuple[pa.BinaryArray, pa.Array, pa.Ar
     # proto3 leaves zero-valued fields out, exactly as Timestamp.SerializeToString does.
     proto = pc.binary_join_element_wise(
         _rows_to_binary(sec_m, np.where(seconds != 0, sec_n, 0)),
-        _rows_to_binary(nan_m, np.where(nanos != 0, nan_n, 0)), b"")
-    return proto, pa.array(seconds).cast(pa.string()), pa.array(nanos).cast(pa.string())
+        _rows_to_binary(nan_m, np.where(nanos != 0, nan_n, 0)),
+        b"",
+    )
+    return proto, seconds, nanos
 
 
 # ---------------------------------------------------------------- RESP batch writer
@@ -196,17 +218,49 @@ def _const(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def write_commands(sha: str, keys: pa.Array, ts_name: bytes, ts: tuple[pa.Array, pa.Array, pa.Array],
-                   fields: Sequence[bytes], values: Sequence[pa.Array]) -> pa.BinaryArray:
-    """One `EVALSHA write_if_newer 1 key ts_field ts secs nanos f1 v1 ...` command per row."""
-    nargs = 4 + 4 + 2 * len(fields)
-    head = b"*%d\r\n" % nargs + _const(b"EVALSHA") + _const(sha.encode()) + _const(b"1")
-    parts: list[Any] = [head, *_bulk(keys), _const(ts_name)]
-    for col in ts:
-        parts += _bulk(col)
-    for field, col in zip(fields, values, strict=True):
-        parts += [_const(field), *_bulk(col)]
+def hget_commands(keys: pa.Array, field: bytes) -> bytes:
+    """Pipelined `HGET key field` for every key."""
+    return concat(
+        pc.binary_join_element_wise(b"*3\r\n$4\r\nHGET\r\n", *_bulk(keys), _const(field), b"")
+    )
+
+
+def hset_commands(
+    keys: pa.Array,
+    ts_name: bytes,
+    ts_proto: pa.Array,
+    fields: Sequence[bytes],
+    values: Sequence[pa.Array],
+) -> pa.BinaryArray:
+    """One `HSET key _ts:view ts f1 v1 ...` command per row (join them with `concat`)."""
+    parts: list[Any] = [
+        b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(fields)),
+        *_bulk(keys),
+        _const(ts_name),
+        *_bulk(ts_proto),
+    ]
+    for name, col in zip(fields, values, strict=True):
+        parts += [_const(name), *_bulk(col)]
     return pc.binary_join_element_wise(*parts, b"")
+
+
+def concat(array: pa.BinaryArray) -> bytes:
+    """All values of a binary array back to back (one slice of its data buffer)."""
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)
+    first, last = offsets[array.offset], offsets[array.offset + len(array)]
+    return memoryview(array.buffers()[2])[first:last].tobytes()  # type: ignore[index]
+
+
+def newer_than_stored(
+    stored: Sequence[bytes | None], seconds: np.ndarray, nanos: np.ndarray
+) -> np.ndarray:
+    """Feast's rule: a row is written only when no timestamp is stored or it is strictly newer."""
+    newer = np.ones(len(stored), dtype=bool)
+    for i, raw in enumerate(stored):
+        if raw is not None:
+            prev_s, prev_n = _timestamp_parts(raw)
+            newer[i] = (prev_s, prev_n) < (int(seconds[i]), int(nanos[i]))
+    return newer
 
 
 class RespWriter:
@@ -218,10 +272,12 @@ class RespWriter:
         try:
             self.sock = socket.create_connection(self.address, timeout=timeout_s)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot connect to Redis at {url}: {exc}",
-                                   "Start it with `maquette redis start`, or fix MAQUETTE_REDIS_URL.") from exc
+            raise StoreUnavailable(
+                f"cannot connect to Redis at {url}: {exc}",
+                "Start it with `maquette redis start`, or fix MAQUETTE_REDIS_URL.",
+            ) from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._pending = b""
+        self._parser = hiredis.Reader()
         setup = []
         if parsed.password:
             user = [unquote(parsed.username)] if parsed.username else []
@@ -241,45 +297,35 @@ class RespWriter:
             out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
         return b"".join(out)
 
-    def send(self, commands: pa.BinaryArray | bytes) -> None:
-        if isinstance(commands, bytes):
-            self.sock.sendall(commands)
-            return
-        offsets = commands.buffers()[1]
-        first, last = np.frombuffer(offsets, dtype=np.int32)[[commands.offset, commands.offset + len(commands)]]
-        self.sock.sendall(memoryview(commands.buffers()[2])[first:last])  # type: ignore[index]
+    def send(self, commands: bytes) -> None:
+        self.sock.sendall(commands)
 
-    def replies(self, count: int) -> list[bytes]:
-        """Read `count` single-line replies (integers, statuses or errors)."""
-        lines: list[bytes] = []
-        buf = self._pending
-        while True:
-            parts = buf.split(b"\r\n")
-            if len(parts) - 1 >= count - len(lines):
-                take = count - len(lines)
-                lines += parts[:take]
-                self._pending = b"\r\n".join(parts[take:])
-                break
-            lines += parts[:-1]
-            buf = parts[-1]
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise StoreUnavailable(f"Redis at {self.address} closed the connection.",
-                                       "Check the server log; retry once it is back.")
-            buf += chunk
-        if errors := [line for line in lines if line.startswith(b"-")]:
-            raise StoreUnavailable(f"Redis refused {len(errors)} writes: {errors[0].decode()}",
-                                   "Check the server's memory and configuration.")
-        return lines
+    def replies(self, count: int) -> list[Any]:
+        """Read `count` replies; an error reply raises StoreUnavailable with Redis's message."""
+        out: list[Any] = []
+        while len(out) < count:
+            reply = self._parser.gets()
+            if reply is False:
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    raise StoreUnavailable(
+                        f"Redis at {self.address} closed the connection.",
+                        "Check the server log; retry once it is back.",
+                    )
+                self._parser.feed(chunk)
+                continue
+            out.append(reply)
+        if errors := [r for r in out if isinstance(r, hiredis.ReplyError)]:
+            raise StoreUnavailable(
+                f"Redis refused {len(errors)} commands: {errors[0]}",
+                "Check the server's memory and configuration.",
+            )
+        return out
 
-    def call(self, *args: str | bytes) -> bytes:
-        """Send one command and return its single-line reply (bulk replies: the payload line)."""
+    def call(self, *args: str | bytes) -> Any:
+        """Send one command and return its reply."""
         self.send(self.pack(args))
-        (line,) = self.replies(1)
-        if line.startswith(b"$"):
-            (payload,) = self.replies(1)
-            return payload
-        return line
+        return self.replies(1)[0]
 
     def close(self) -> None:
         self.sock.close()
@@ -306,6 +352,11 @@ def decode_timestamp_seconds(raw: bytes | None) -> float | None:
     """Seconds since the epoch held in protobuf Timestamp bytes (None when missing)."""
     if raw is None:
         return None
+    seconds, nanos = _timestamp_parts(raw)
+    return seconds + nanos / 1e9
+
+
+def _timestamp_parts(raw: bytes) -> tuple[int, int]:
     seconds = nanos = 0
     i = 0
     while i < len(raw):
@@ -323,8 +374,15 @@ def decode_timestamp_seconds(raw: bytes | None) -> float | None:
             seconds = value - (1 << 64) if value >= 1 << 63 else value
         elif tag == 0x10:
             nanos = value
-    return seconds + nanos / 1e9
+    return seconds, nanos
 
 
-SUPPORTED_TYPES: tuple[PrimitiveFeastType | Array, ...] = (Float64, Float32, Int64, Int32, Bool, String)
+SUPPORTED_TYPES: tuple[PrimitiveFeastType | Array, ...] = (
+    Float64,
+    Float32,
+    Int64,
+    Int32,
+    Bool,
+    String,
+)
 ProgressFn = Callable[[int], None]

