@@ -1,1 +1,71 @@
-"""Maquette: Uber's Michelangelo workflow on one machine (Feast, Prefect, BentoML, Evidently)."""
+"""Maquette: Uber's Michelangelo workflow on one machine (Feast, Prefect, BentoML, Evidently).
+
+Contents, by platform concept:
+    config          Settings, load_settings: maquette.yaml plus MAQUETTE_* overrides
+    redis_server    ensure_redis: the online store's Redis, embedded unless configured
+    datasets        load_dataset: sources and point-in-time feature tables as Parquet
+    features        FeatureLayer: feast apply, materialize, training_frame, online_features
+    lifecycle       run_demo: the main job, every stage timed
+    errors          MaquetteError and its subclasses, each with a remedy
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "ConfigError",
+    "DataNotLoaded",
+    "FeatureLayer",
+    "FeatureNotFound",
+    "InvalidEntityFrame",
+    "MaquetteError",
+    "MaterializeResult",
+    "OnlineFeatures",
+    "Settings",
+    "StoreUnavailable",
+    "ensure_redis",
+    "load_dataset",
+    "load_settings",
+    "run_demo",
+]
+
+# Importing Feast takes seconds, so names load on first use (the CLI's --help stays fast).
+_HOMES = {
+    "ConfigError": "errors",
+    "DataNotLoaded": "errors",
+    "FeatureNotFound": "errors",
+    "InvalidEntityFrame": "errors",
+    "MaquetteError": "errors",
+    "StoreUnavailable": "errors",
+    "FeatureLayer": "features",
+    "MaterializeResult": "features",
+    "OnlineFeatures": "features",
+    "Settings": "config",
+    "load_settings": "config",
+    "ensure_redis": "redis_server",
+    "load_dataset": "datasets",
+    "run_demo": "lifecycle",
+}
+
+if TYPE_CHECKING:
+    from maquette.config import Settings, load_settings
+    from maquette.datasets import load_dataset
+    from maquette.errors import (
+        ConfigError,
+        DataNotLoaded,
+        FeatureNotFound,
+        InvalidEntityFrame,
+        MaquetteError,
+        StoreUnavailable,
+    )
+    from maquette.features import FeatureLayer, MaterializeResult, OnlineFeatures
+    from maquette.lifecycle import run_demo
+    from maquette.redis_server import ensure_redis
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'maquette' has no attribute {name!r}")
+    return getattr(import_module(f"maquette.{_HOMES[name]}"), name)

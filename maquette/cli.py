@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from maquette import datasets, lifecycle, redis_server
+from maquette import datasets, redis_server
 from maquette.config import Settings, load_settings
 from maquette.errors import MaquetteError
 
@@ -107,6 +106,8 @@ def demo(project: ProjectOpt = None) -> None:
 
     Example: maquette demo
     """
+    from maquette import lifecycle
+
     bar, update = _progress()
     with bar:
         report = lifecycle.run_demo(
@@ -299,4 +300,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from maquette.errors import ConfigError
@@ -21,7 +21,12 @@ from maquette.errors import ConfigError
 SETTINGS_FILE = "maquette.yaml"
 
 
-class PathsSettings(BaseModel):
+class _Section(BaseModel):
+    # A misspelt setting must fail loudly, not silently fall back to its default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathsSettings(_Section):
     """Where Maquette keeps things on disk."""
 
     state: Path = Field(Path(".maquette"), description="Git-ignored folder for all runtime state.")
@@ -32,7 +37,7 @@ class PathsSettings(BaseModel):
     reports: Path = Field(Path(".maquette/reports"), description="HTML reports.")
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(_Section):
     """The online store. Without `url`, Maquette runs its own redis-server."""
 
     url: str | None = Field(
@@ -45,7 +50,7 @@ class RedisSettings(BaseModel):
     start_timeout_s: float = Field(10.0, description="How long to wait for the server to answer.")
 
 
-class FeastSettings(BaseModel):
+class FeastSettings(_Section):
     """How Maquette drives Feast in-process (feature_store.yaml mirrors the defaults)."""
 
     project: str = Field("maquette", description="Feast project name.")
@@ -61,7 +66,7 @@ class FeastSettings(BaseModel):
     )
 
 
-class DatasetSettings(BaseModel):
+class DatasetSettings(_Section):
     """The data loaded into the offline store by `maquette data load`."""
 
     module: str | None = Field(

@@ -71,7 +71,8 @@ def with_utc_microseconds(table: pa.Table) -> pa.Table:
                     f"column {field.name!r} holds timestamps without a time zone.",
                     "Localize it (e.g. to UTC) in your source before loading.",
                 )
-            column = column.cast(TIMESTAMP_TYPE)
+            # Truncate sub-microsecond parts: Feast on DuckDB cannot read nanoseconds.
+            column = column.cast(TIMESTAMP_TYPE, safe=False)
         columns.append(column)
     return pa.table(columns, names=table.column_names)
 

@@ -399,7 +399,8 @@ class FeatureLayer:
             return self._plans[cache_key]
         groups: dict[tuple[str, ...], list[_ViewRead]] = {}
         key_types: dict[tuple[str, ...], dict[str, FeastType]] = {}
-        odfvs, names = [], []
+        odfvs: list[_OnDemand] = []
+        names: list[str] = []
         for view, feats in self._views_for(features):
             names += feats
             if isinstance(view, OnDemandFeatureView):

@@ -54,10 +54,10 @@ def entity_frame(settings: Settings, limit: int | None = None) -> pa.Table:
     path = datasets.require_loaded(settings, settings.dataset.entity_source)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    sql = "SELECT * FROM read_parquet(?) ORDER BY event_timestamp"
+    sql = "SELECT * FROM read_parquet($path) ORDER BY event_timestamp"
     if limit:
         sql += f" LIMIT {int(limit)}"
-    return con.execute(sql, [str(path)]).to_arrow_table()
+    return con.sql(sql, params={"path": str(path)}).to_arrow_table()
 
 
 def run_demo(

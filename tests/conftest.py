@@ -1,0 +1,88 @@
+"""Real components for the tests: a throwaway redis-server, a copied project, loaded data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Prefect's server tries to reach its analytics endpoint; offline that only fills the log.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+for name in [n for n in os.environ if n.startswith("MAQUETTE_")]:
+    del os.environ[name]  # the tests choose their own settings
+
+from maquette.config import Settings, load_settings  # noqa: E402
+from maquette.redis_server import redis_server_binary, server_command, wait_until_ready  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def running_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, with AOF, for the whole session."""
+    data_dir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    cmd = server_command(redis_server_binary(), port, "127.0.0.1", data_dir, daemonize=False)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_until_ready(url, 10, data_dir / "redis.log")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def make_project(folder: Path, redis_url: str | None, **overrides: object) -> Path:
+    """A copy of this project's maquette.yaml and feature_repo/ in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(
+        ROOT / "feature_repo",
+        folder / "feature_repo",
+        ignore=shutil.ignore_patterns("__pycache__", "data"),
+    )
+    config = yaml.safe_load((ROOT / "maquette.yaml").read_text())
+    config["redis"]["url"] = redis_url
+    for section, values in overrides.items():
+        config.setdefault(section, {}).update(values)  # type: ignore[arg-type]
+    (folder / "maquette.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def project_dir(tmp_path_factory: pytest.TempPathFactory, running_redis: str) -> Path:
+    return make_project(tmp_path_factory.mktemp("project"), running_redis)
+
+
+@pytest.fixture(scope="session")
+def loaded_project(project_dir: Path) -> Settings:
+    """Settings of a project with nycflights13 loaded, applied to Feast and fully materialized."""
+    from maquette.datasets import load_dataset
+    from maquette.features import FeatureLayer
+
+    settings = load_settings(project_dir)
+    load_dataset(settings)
+    layer = FeatureLayer(settings)
+    layer.apply()
+    layer.materialize(datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 2, tzinfo=UTC))
+    return settings
+
+
+@pytest.fixture(scope="session")
+def feature_layer(loaded_project: Settings):  # type: ignore[no-untyped-def]
+    from maquette.features import FeatureLayer
+
+    return FeatureLayer(loaded_project)

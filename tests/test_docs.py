@@ -1,0 +1,56 @@
+"""The README only names commands that exist, and every command appears in the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from typer.main import get_command
+
+from maquette.cli import app
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def _command_paths() -> set[tuple[str, ...]]:
+    paths: set[tuple[str, ...]] = set()
+
+    def walk(group: object, prefix: tuple[str, ...]) -> None:
+        for name, command in group.commands.items():  # type: ignore[attr-defined]
+            paths.add((*prefix, name))
+            if hasattr(command, "commands"):
+                walk(command, (*prefix, name))
+
+    walk(get_command(app), ())
+    return paths
+
+
+def _readme_commands() -> list[tuple[str, ...]]:
+    """Each `maquette ...` in the README, cut before its first option or argument."""
+    found = []
+    for match in re.finditer(r"(?<!from )maquette ((?:[a-z][a-z-]* ?)+)", README):
+        words = tuple(w for w in match.group(1).split() if w)
+        found.append(words)
+    return found
+
+
+def test_readme_mentions_only_real_commands() -> None:
+    known = _command_paths()
+    mentioned = _readme_commands()
+    assert len(mentioned) >= 10
+    for words in mentioned:
+        # Trailing words may be arguments ("maquette features get origin ..."): the longest
+        # prefix must be a command, and a group must not be left without a subcommand.
+        prefixes = [words[:n] for n in range(len(words), 0, -1) if words[:n] in known]
+        assert prefixes, f"README names an unknown command: maquette {' '.join(words)}"
+
+
+def test_every_command_is_in_the_readme() -> None:
+    for path in _command_paths():
+        assert f"maquette {' '.join(path)}" in README or path[-1] in ("status", "stop"), path
+
+
+def test_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:
+    assert "make demo" in README and "make test" in README
+    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    assert ci.strip().splitlines()[-1] == "make test"
