@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -35,7 +37,11 @@ bench_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 app.add_typer(redis_app, name="redis")
+models_app = typer.Typer(
+    help="The model repository: versions, records, aliases.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models")
 
 console = Console()
 err = Console(stderr=True)
@@ -94,6 +100,18 @@ def _progress() -> tuple[Progress, Callable[[str, int, int], None]]:
         bar.update(tasks[name], completed=done)
 
     return bar, update
+
+
+def _flow(settings: Settings, name: str) -> Any:
+    """A flow from the project's flows/ folder (else the one beside this checkout of Maquette)."""
+    import importlib
+
+    for root in (settings.project_dir, Path(__file__).resolve().parent.parent):
+        if (root / "flows" / f"{name}.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return getattr(importlib.import_module(f"flows.{name}"), name)
+    raise typer.BadParameter(f"no flows/{name}.py in {settings.project_dir}")
 
 
 # ---------------------------------------------------------------------------- main job
@@ -227,6 +245,133 @@ def features_get(
     console.print(table)
 
 
+# ---------------------------------------------------------------------------- training
+
+
+@app.command()
+@reports_errors
+def train(
+    name: Annotated[str, typer.Argument(help="Model declared under models: in maquette.yaml.")],
+    trials: Annotated[int | None, typer.Option(help="Override the search budget.")] = None,
+    plain: Annotated[
+        bool, typer.Option(help="Run the steps as plain calls, without Prefect.")
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Train a model with search and partitions, evaluate it, register a new version.
+
+    Example: maquette train flight_delay --trials 4
+    """
+    settings = _settings(project)
+    from maquette import training
+
+    training.ensure_trainable(settings, name)
+    if plain:
+        with console.status("training") as status:
+            version = training.train(settings, name, trials, announce=status.update)
+        tag = version.tag
+    else:
+        tag = _flow(settings, "train")(name, trials, str(settings.project_dir))
+    from maquette import registry
+    from maquette.render import version_summary
+
+    version_summary(console, registry.resolve(settings, tag))
+
+
+@models_app.command("list")
+@reports_errors
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """List registered versions with their test metrics and aliases.
+
+    Example: maquette models list flight_delay
+    """
+    from maquette.render import versions_table
+
+    console.print(versions_table(_settings(project), name))
+
+
+@models_app.command("show")
+@reports_errors
+def models_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole record as JSON.")
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Show every field of a version's record.
+
+    Example: maquette models show flight_delay@production
+    """
+    from maquette import registry
+    from maquette.render import record_view
+
+    settings = _settings(project)
+    version = registry.resolve(settings, ref)
+    if as_json:
+        import json
+
+        print(json.dumps(version.record, indent=2))
+    else:
+        record_view(console, settings, version)
+
+
+@models_app.command("compare")
+@reports_errors
+def models_compare(
+    a: Annotated[str, typer.Argument(help="First version (NAME:VERSION or NAME@ALIAS).")],
+    b: Annotated[str, typer.Argument(help="Second version.")],
+    project: ProjectOpt = None,
+) -> None:
+    """Test metrics and feature importances of two versions side by side.
+
+    Example: maquette models compare flight_delay:v1 flight_delay:v2
+    """
+    from maquette import registry
+    from maquette.render import comparison_tables
+
+    for table in comparison_tables(registry.compare(_settings(project), a, b)):
+        console.print(table)
+
+
+@models_app.command("promote")
+@reports_errors
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME@ALIAS) to point the alias at.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+    project: ProjectOpt = None,
+) -> None:
+    """Point NAME@ALIAS at a version; the move is kept in the alias history.
+
+    Example: maquette models promote flight_delay:v2 --alias production
+    """
+    from maquette import registry
+
+    move = registry.promote(_settings(project), ref, alias)
+    was = f" (was {move['previous']})" if move["previous"] else ""
+    console.print(
+        f"{move['name']}@{alias} -> {move['version']}{was}, by {move['by']} at {move['at']}"
+    )
+
+
+@models_app.command("report")
+@reports_errors
+def models_report(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    project: ProjectOpt = None,
+) -> None:
+    """Print the path of a version's HTML report (open it in a browser).
+
+    Example: maquette models report flight_delay@production
+    """
+    from maquette import registry
+
+    print(registry.resolve(_settings(project), ref).report)
+
+
 # ---------------------------------------------------------------------------- redis
 
 
@@ -296,6 +441,18 @@ def bench_features(
 
 
 def main() -> None:
+    import warnings
+
+    # Libraries' deprecation notices are for their developers, not for Maquette's users. Feast
+    # inserts its own warning filters on import, so drop these at display time instead.
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, DeprecationWarning | FutureWarning | PendingDeprecationWarning):
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
     app(prog_name="maquette")
 
 

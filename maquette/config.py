@@ -9,11 +9,12 @@ underscore between section and field: `MAQUETTE_REDIS_URL`, `MAQUETTE_PATHS_STAT
 from __future__ import annotations
 
 import os
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from maquette.errors import ConfigError
@@ -84,6 +85,90 @@ class DatasetSettings(_Section):
     )
 
 
+class TimeWindow(_Section):
+    """[start, end) in UTC; plain dates mean UTC midnight."""
+
+    start: datetime
+    end: datetime
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class SplitSettings(_Section):
+    """Time-based split: the model never sees a later window while fitting an earlier one."""
+
+    train: TimeWindow = Field(description="Rows the model is fitted on.")
+    validation: TimeWindow = Field(
+        description="Rows for early stopping, search and partition choice."
+    )
+    test: TimeWindow = Field(description="Rows for the final, untouched evaluation.")
+
+
+class SearchSettings(_Section):
+    """Hyperparameter search: random sampling of `space` for `trials` fits."""
+
+    space: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per parameter: "uniform(a, b)", "loguniform(a, b)", "int(a, b)" or "choice(x, y)".',
+    )
+    trials: int = Field(8, ge=1, description="How many parameter sets to try.")
+    metric: str | None = Field(
+        None, description="Validation metric to optimize (default rmse / auc)."
+    )
+    early_stopping_rounds: int = Field(30, ge=1, description="Boosting rounds without improvement.")
+    seed: int = Field(7, description="Seed of the search and of the learners.")
+
+
+class ModelSpec(_Section):
+    """A model declared in the project file: what to predict, from which features, how."""
+
+    task: Literal["regression", "binary"] = Field(description="What kind of prediction.")
+    label: str = Field(description="Label column of the entity source, or a DuckDB expression.")
+    feature_service: str = Field(description="Feast feature service giving the features.")
+    entity_source: str | None = Field(
+        None, description="Entity/label table (default: dataset.entity_source)."
+    )
+    timestamp_column: str = Field("event_timestamp", description="Event time of each entity row.")
+    row_filter: str | None = Field(None, description="DuckDB condition selecting the rows to use.")
+    split: SplitSettings
+    algorithm: Literal["lightgbm", "hist_gradient_boosting", "ridge", "logistic_regression"] = (
+        Field("lightgbm", description="Learner.")
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Fixed learner parameters.")
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    partition_by: str | None = Field(
+        None, description="Train one model per value of this column too."
+    )
+    min_partition_rows: int = Field(2000, ge=1, description="Fewer training rows: use the parent.")
+    baseline_by: list[str] = Field(
+        default_factory=list,
+        description="Naive baseline: mean label per these columns (train window).",
+    )
+    threshold: float | None = Field(
+        None, description="Binary decision threshold (default: best F1 on validation)."
+    )
+
+
+class RegistrySettings(_Section):
+    """The model repository, built on BentoML's model store."""
+
+    bentoml_home: Path | None = Field(
+        None, description="BentoML home holding the model store (default: BentoML's, ~/bentoml)."
+    )
+    aliases: Path = Field(
+        Path(".maquette/registry/aliases.json"), description="Alias table and its history."
+    )
+
+
 class Settings(BaseSettings):
     """All of Maquette's configuration."""
 
@@ -99,6 +184,8 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    models: dict[str, ModelSpec] = Field(default_factory=dict, description="Model specs by name.")
 
     @classmethod
     def settings_customise_sources(
@@ -131,6 +218,15 @@ class Settings(BaseSettings):
     @property
     def registry_path(self) -> Path:
         return self.path(self.feast.registry)
+
+    def model_spec(self, name: str) -> ModelSpec:
+        """The spec of a declared model, or ConfigError listing the declared ones."""
+        if name not in self.models:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ConfigError(
+                f"no model named {name!r} in maquette.yaml.", f"Declared models: {known}."
+            )
+        return self.models[name]
 
 
 def find_project_dir(start: Path | None = None) -> Path:

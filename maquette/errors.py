@@ -31,6 +31,10 @@ class ConfigError(MaquetteError):
     exit_code = 2
 
 
+class InvalidModelSpec(ConfigError):
+    """A model spec cannot be trained as written (column, window, search space)."""
+
+
 class StoreUnavailable(MaquetteError):
     """Redis (or another store) cannot be reached or started."""
 
@@ -53,3 +57,9 @@ class InvalidEntityFrame(MaquetteError):
     """Entity rows or an entity frame lack a key, a timestamp column, or a time zone."""
 
     exit_code = 6
+
+
+class ModelVersionNotFound(MaquetteError):
+    """An unknown model name, version or alias was named."""
+
+    exit_code = 7

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
+from maquette.config import Settings
 from maquette.datasets import TableSummary
 from maquette.features import FeatureLayer, MaterializeResult
 from maquette.lifecycle import DemoReport
@@ -79,3 +82,202 @@ def demo_summary(console: Console, report: DemoReport) -> None:
     timing.add_row("[bold]total[/]", f"{sum(report.stage_seconds.values()):.2f}")
     console.print(timing)
     console.print(f"Redis: {report.redis_url}  (maquette redis status | stop)")
+
+
+# ------------------------------------------------------------------------------- models
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}"
+    return "" if value is None else str(value)
+
+
+def versions_table(settings: Settings, name: str | None) -> Table:
+    from maquette import registry
+
+    table = Table(
+        "version",
+        "created",
+        "task",
+        "test metrics",
+        "vs baseline",
+        "aliases",
+        title="model versions",
+    )
+    for v in registry.list_versions(settings, name):
+        test = v.record["metrics"]["test"]["model"]
+        shown = {k: test[k] for k in ("rmse", "mae", "r2", "auc", "f1") if k in test}
+        table.add_row(
+            v.tag,
+            str(v.created)[:19],
+            v.record["task"],
+            ", ".join(f"{k} {val:.3f}" for k, val in shown.items()),
+            v.record["baseline"]["gain"],
+            ", ".join(registry.aliases_of(settings, v)),
+        )
+    return table
+
+
+def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    table = Table(
+        "split",
+        "who",
+        "rows",
+        "r2 / auc",
+        "rmse / log loss",
+        "mae / f1",
+        "rmsle / precision",
+        "- / recall",
+        title=title,
+    )
+    for split, entry in metrics.items():
+        for who in ("model", "baseline"):
+            m = entry[who]
+            if "rmse" in m:
+                cells = [m.get("r2"), m.get("rmse"), m.get("mae"), m.get("rmsle"), None]
+            else:
+                cells = [
+                    m.get("auc"),
+                    m.get("log_loss"),
+                    m.get("f1"),
+                    m.get("precision"),
+                    m.get("recall"),
+                ]
+            table.add_row(split, who, str(m.get("rows")), *(_fmt(c) for c in cells))
+    return table
+
+
+def record_view(console: Console, settings: Settings, version: Any) -> None:
+    """Every section of a version's record, as tables."""
+    from maquette import registry
+
+    r = version.record
+    console.rule(f"{version.tag}  ({r['task']}, {r['algorithm']})")
+    who = r["trained_by"]
+    console.print(
+        f"trained by {who['user']}@{who['host']} from {r['started_at']} to {r['ended_at']} "
+        f"({r['seconds']:.1f}s); code {r['code_version']}; aliases: "
+        f"{', '.join(registry.aliases_of(settings, version)) or 'none'}"
+    )
+    console.print("libraries: " + ", ".join(f"{k} {v}" for k, v in r["libraries"].items()))
+    console.print(f"spec: {r['spec']}")
+    console.print(f"resolved params: {r['params']}")
+    trials = Table(
+        "trial",
+        "score",
+        "best iteration",
+        "seconds",
+        "params",
+        title=f"search on validation {r['search']['metric']} (best: trial {r['search']['best_trial']})",
+    )
+    for t in r["search"]["trials"]:
+        trials.add_row(
+            str(t["number"]),
+            _fmt(t["score"]),
+            str(t["best_iteration"]),
+            f"{t['seconds']:.1f}",
+            str(t["params"]),
+        )
+    console.print(trials)
+    data = Table("split", "rows", "time range", "sha256", "path", title="data")
+    for split, ref in r["data"].items():
+        data.add_row(
+            split,
+            f"{ref['rows']:,}",
+            f"{ref['first_event']} .. {ref['last_event']}",
+            ref["sha256"][:16],
+            ref["path"],
+        )
+    console.print(data)
+    console.print(
+        _metrics_table("metrics (model vs naive baseline)", {k: v for k, v in r["metrics"].items()})
+    )
+    console.print(r["baseline"]["description"] + ". " + r["baseline"]["gain"])
+    if r["partitions"]:
+        parts = Table(
+            "partition",
+            "train rows",
+            "val rows",
+            "own",
+            "parent",
+            "serves",
+            "why",
+            title="partitions",
+        )
+        for d in r["partitions"]:
+            parts.add_row(
+                d["partition"],
+                str(d["train_rows"]),
+                str(d["validation_rows"]),
+                _fmt(d.get("own")),
+                _fmt(d.get("parent")),
+                "own model" if d["kept"] else "parent",
+                d["reason"],
+            )
+        console.print(parts)
+        per = Table(
+            "partition",
+            "served by",
+            "test model",
+            "test baseline",
+            title="test metrics per partition",
+        )
+        metric = "rmse" if r["task"] == "regression" else "auc"
+        for value, entry in r["metrics"]["test"].get("partitions", {}).items():
+            per.add_row(
+                value,
+                entry["served_by"],
+                _fmt(entry["model"].get(metric)),
+                _fmt(entry["baseline"].get(metric)),
+            )
+        console.print(per)
+    feats = Table(
+        "feature",
+        "view",
+        "importance",
+        "kind",
+        "mean / top",
+        "p50",
+        "nulls",
+        title="features (training distribution)",
+    )
+    for f in r["features"]:
+        d = r["distributions"][f["name"]]
+        center = (
+            _fmt(d.get("mean")) if d.get("kind") == "numeric" else next(iter(d.get("top", {})), "")
+        )
+        feats.add_row(
+            f["name"],
+            f["view"],
+            _fmt(r["importance"].get(f["name"])),
+            d.get("kind", ""),
+            center,
+            _fmt(d.get("quantiles", {}).get("p50")),
+            str(d["nulls"]),
+        )
+    console.print(feats)
+    for feature, curve in r["partial_dependence"].items():
+        console.print(
+            f"partial dependence of {feature}: {curve['grid'][0]:.1f}..{curve['grid'][-1]:.1f} -> "
+            f"{min(curve['average_prediction']):.2f}..{max(curve['average_prediction']):.2f}"
+        )
+    if r.get("threshold") is not None:
+        console.print(f"decision threshold: {r['threshold']:.4f}")
+    console.print(f"report: {version.report}")
+
+
+def comparison_tables(comparison: dict[str, Any]) -> list[Table]:
+    metrics = Table("test metric", comparison["a"], comparison["b"], title="metrics")
+    for name, a, b in comparison["metrics"]:
+        metrics.add_row(name, _fmt(a), _fmt(b))
+    importance = Table("feature", comparison["a"], comparison["b"], title="importance")
+    for name, a, b in comparison["importance"]:
+        importance.add_row(name, _fmt(a), _fmt(b))
+    return [metrics, importance]
+
+
+def version_summary(console: Console, version: Any) -> None:
+    r = version.record
+    console.print(f"registered [bold]{version.tag}[/]: {r['baseline']['gain']}")
+    console.print(f"record: maquette models show {version.tag}    report: {version.report}")

@@ -1,0 +1,32 @@
+"""Prefect flow `train`: one training run, each step a Prefect task (trials retried once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from maquette import training
+from maquette.config import load_settings
+
+
+def as_task(label: str, fn: Any, *args: Any) -> Any:
+    """Run a training step as a task. Inputs are large frames: no input hashing or caching."""
+    retries = 1 if label.startswith("trial") else 0
+    return task(fn, name=label, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=2)(
+        *args
+    )
+
+
+@flow(name="train", log_prints=True)
+def train(name: str, trials: int | None = None, project_dir: str | None = None) -> str:
+    """Train model `name` as declared in maquette.yaml; returns the registered NAME:VERSION."""
+    settings = load_settings(project_dir)
+    version = training.train(settings, name, trials, announce=print, step=as_task)
+    print(f"registered {version.tag}: {version.record['baseline']['gain']}")
+    return str(version.tag)
+
+
+if __name__ == "__main__":
+    train("flight_delay")

@@ -1,0 +1,244 @@
+"""The model repository: every trained version in BentoML's model store, with its full record.
+
+A version is a BentoML model tagged `NAME:vN` (so `bentoml models list` shows it and bentos can
+pack it). Its folder holds the learned models (parent and partitions), `record.json` (who,
+when, code, configuration, search, data, distributions, importance, metrics), `report.html`
+and `evidently.html`. BentoML has no aliases, so `NAME@alias` lives in a small JSON table
+(with the history of every move: who, when, from which version) beside the state folder.
+
+References accepted everywhere: `NAME` (latest), `NAME:VERSION`, `NAME@ALIAS`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from maquette.config import Settings
+from maquette.errors import ModelVersionNotFound
+
+LABEL_KEY = "maquette"  # BentoML label marking Maquette's models
+
+
+def bentoml_module(settings: Settings) -> Any:
+    """BentoML, pointed at the configured home (it reads BENTOML_HOME when first imported)."""
+    if settings.registry.bentoml_home:
+        os.environ["BENTOML_HOME"] = str(settings.path(settings.registry.bentoml_home))
+    import bentoml
+
+    return bentoml
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version of a model."""
+
+    name: str
+    version: str
+    path: Path
+    created: datetime
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    @cached_property
+    def record(self) -> dict[str, Any]:
+        return json.loads((self.path / "record.json").read_text())
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+
+def _number(version: str) -> int:
+    return int(version[1:]) if version.startswith("v") and version[1:].isdigit() else -1
+
+
+def list_versions(settings: Settings, name: str | None = None) -> list[ModelVersion]:
+    """Registered versions, oldest first per model."""
+    bentoml = bentoml_module(settings)
+    found = []
+    try:
+        models = bentoml.models.list(name) if name else bentoml.models.list()
+    except bentoml.exceptions.NotFound:
+        return []
+    for model in models:
+        if model.info.labels.get(LABEL_KEY) != "model":
+            continue
+        found.append(
+            ModelVersion(
+                model.tag.name, model.tag.version, Path(model.path), model.info.creation_time
+            )
+        )
+    return sorted(found, key=lambda v: (v.name, _number(v.version)))
+
+
+def next_version(settings: Settings, name: str) -> str:
+    numbers = [_number(v.version) for v in list_versions(settings, name)]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def resolve(settings: Settings, ref: str) -> ModelVersion:
+    """`NAME`, `NAME:VERSION` or `NAME@ALIAS` -> the version, or an error listing what exists."""
+    name, version = ref, None
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        aliases = _read_aliases(settings)["aliases"].get(name, {})
+        if alias not in aliases:
+            known = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none yet"
+            raise ModelVersionNotFound(
+                f"model {name!r} has no alias {alias!r}.",
+                f"Aliases of {name}: {known}. Set one with "
+                f"`maquette models promote {name}:VERSION --alias {alias}`.",
+            )
+        version = aliases[alias]
+    elif ":" in ref:
+        name, version = ref.split(":", 1)
+    versions = list_versions(settings, name)
+    if not versions:
+        names = sorted({v.name for v in list_versions(settings)})
+        raise ModelVersionNotFound(
+            f"no model named {name!r} is registered.",
+            f"Registered models: {', '.join(names) or 'none'}; train one with "
+            f"`maquette train {name}`.",
+        )
+    if version is None:
+        return versions[-1]
+    for candidate in versions:
+        if candidate.version == version:
+            return candidate
+    raise ModelVersionNotFound(
+        f"model {name!r} has no version {version!r}.",
+        f"Versions: {', '.join(v.version for v in versions)}.",
+    )
+
+
+# ------------------------------------------------------------------------------- aliases
+
+
+def _aliases_path(settings: Settings) -> Path:
+    return settings.path(settings.registry.aliases)
+
+
+def _read_aliases(settings: Settings) -> dict[str, Any]:
+    path = _aliases_path(settings)
+    if not path.is_file():
+        return {"aliases": {}, "history": []}
+    return json.loads(path.read_text())
+
+
+@contextmanager
+def _locked_aliases(settings: Settings) -> Iterator[dict[str, Any]]:
+    """Read-modify-write the alias table under a file lock; replace it atomically."""
+    path = _aliases_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = _read_aliases(settings)
+        yield table
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table, indent=2))
+        os.replace(tmp, path)
+
+
+def promote(settings: Settings, ref: str, alias: str = "production") -> dict[str, Any]:
+    """Point `NAME@alias` at a version; the move is appended to the alias history."""
+    if not alias or not alias.replace("-", "").replace("_", "").isalnum():
+        raise ModelVersionNotFound(
+            f"alias {alias!r} is not a valid name.", "Use letters, digits, - or _."
+        )
+    version = resolve(settings, ref)
+    with _locked_aliases(settings) as table:
+        current = table["aliases"].setdefault(version.name, {})
+        move = {
+            "name": version.name,
+            "alias": alias,
+            "version": version.version,
+            "previous": current.get(alias),
+            "by": f"{getpass.getuser()}@{socket.gethostname()}",
+            "at": datetime.now(UTC).isoformat(),
+        }
+        current[alias] = version.version
+        table["history"].append(move)
+    return move
+
+
+def aliases(settings: Settings, name: str) -> dict[str, str]:
+    return dict(_read_aliases(settings)["aliases"].get(name, {}))
+
+
+def alias_history(settings: Settings, name: str) -> list[dict[str, Any]]:
+    return [m for m in _read_aliases(settings)["history"] if m["name"] == name]
+
+
+def aliases_of(settings: Settings, version: ModelVersion) -> list[str]:
+    return sorted(a for a, v in aliases(settings, version.name).items() if v == version.version)
+
+
+# ------------------------------------------------------------------------------- compare
+
+
+def compare(settings: Settings, a: str, b: str) -> dict[str, Any]:
+    """Test metrics and importances of two versions side by side."""
+    left, right = resolve(settings, a), resolve(settings, b)
+    metrics_a = left.record["metrics"]["test"]["model"]
+    metrics_b = right.record["metrics"]["test"]["model"]
+    rows = [
+        (k, metrics_a.get(k), metrics_b.get(k))
+        for k in metrics_a
+        if isinstance(metrics_a.get(k), int | float)
+    ]
+    features = list(dict.fromkeys([*left.record["importance"], *right.record["importance"]]))
+    importance = [
+        (f, left.record["importance"].get(f), right.record["importance"].get(f)) for f in features
+    ]
+    return {"a": left.tag, "b": right.tag, "metrics": rows, "importance": importance}
+
+
+# ------------------------------------------------------------------------------- register
+
+
+def register(
+    settings: Settings, version: str, record: dict[str, Any], save: Any, write_reports: Any
+) -> ModelVersion:
+    """Save a version into BentoML's store: models, record.json, reports. All or nothing.
+
+    `save(folder)` writes the learned models and returns {partition: file}; `write_reports(folder,
+    record)` writes the HTML. BentoML builds the folder aside and moves it into the store only
+    when the block finishes, so a failure leaves nothing half-registered.
+    """
+    bentoml = bentoml_module(settings)
+    name = record["name"]
+    test = record["metrics"]["test"]["model"]
+    headline = {k: test[k] for k in ("r2", "rmse", "mae", "auc", "f1") if k in test}
+    with bentoml.models.create(
+        f"{name}:{version}",
+        module="maquette",
+        labels={LABEL_KEY: "model", "task": record["task"], "algorithm": record["algorithm"]},
+        metadata={
+            "feature_service": record["feature_service"],
+            "trained_by": record["trained_by"]["user"],
+            "test": headline,
+            "beats_baseline": record["baseline"]["beats_baseline"],
+        },
+    ) as model:
+        folder = Path(model.path)
+        record["artifacts"] = {
+            "models": save(folder),
+            "report": "report.html",
+            "evidently": "evidently.html",
+        }
+        (folder / "record.json").write_text(json.dumps(record, indent=2, default=str))
+        write_reports(folder, record)
+    return resolve(settings, f"{name}:{version}")
