@@ -1,10 +1,10 @@
-"""Prefect flow `train`: one training run, each step a Prefect task (trials retried once)."""
+"""Prefect flow `train`: one training run, each step a Prefect task (the search retried once)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from maquette import training
@@ -13,18 +13,19 @@ from maquette.config import load_settings
 
 def as_task(label: str, fn: Any, *args: Any) -> Any:
     """Run a training step as a task. Inputs are large frames: no input hashing or caching."""
-    retries = 1 if label.startswith("trial") else 0
+    retries = 1 if label == "search" else 0
     return task(fn, name=label, cache_policy=NO_CACHE, retries=retries, retry_delay_seconds=2)(
         *args
     )
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train")
 def train(name: str, trials: int | None = None, project_dir: str | None = None) -> str:
     """Train model `name` as declared in maquette.yaml; returns the registered NAME:VERSION."""
     settings = load_settings(project_dir)
-    version = training.train(settings, name, trials, announce=print, step=as_task)
-    print(f"registered {version.tag}: {version.record['baseline']['gain']}")
+    logger = get_run_logger()
+    version = training.train(settings, name, trials, announce=logger.info, step=as_task)
+    logger.info("registered %s: %s", version.tag, version.record["baseline"]["gain"])
     return str(version.tag)
 
 

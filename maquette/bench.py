@@ -399,3 +399,63 @@ def run_feature_benchmarks(
         lines.append(f"| {r.case} | {r.stock} | {r.maquette} | {r.floor} | {r.ratio} |")
     console.print(table)
     return "\n".join(lines) + "\n"
+
+
+def _scratch_project(settings: Settings, folder: Path) -> Path:
+    """A project file with the same settings (absolute paths) but its own model store."""
+    import yaml
+
+    data = settings.model_dump(mode="json", exclude={"project_dir"})
+    data["paths"] = {k: str(settings.path(Path(v))) for k, v in data["paths"].items()}
+    data["feast"]["registry"] = str(settings.registry_path)
+    data["dataset"]["sources"] = {
+        k: str(settings.path(Path(v))) for k, v in data["dataset"]["sources"].items()
+    }
+    if data["dataset"]["feature_sql"]:
+        data["dataset"]["feature_sql"] = str(settings.path(Path(data["dataset"]["feature_sql"])))
+    # Benchmark versions go to a scratch model store and alias table, never the real ones.
+    data["registry"] = {
+        "bentoml_home": str(folder / "bentoml"),
+        "aliases": str(folder / "aliases.json"),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "maquette.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def run_training_benchmark(settings: Settings, name: str, trials: int, console: Console) -> str:
+    """The `train` flow on a running Prefect server next to the same steps as plain calls."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from maquette import training
+    from maquette.cli import _flow
+    from maquette.config import load_settings
+
+    folder = _scratch_project(settings, _bench_dir(settings) / "training")
+    scratch = load_settings(folder)
+    console.print(f"[bold]training benchmark[/]: {name}, {trials} trials, best of 2 each, alternating")
+    training.train(scratch, name, 1)  # warm-up (imports, caches), not timed
+    started = time.perf_counter()
+    with prefect_test_harness(server_startup_timeout=120):
+        startup = time.perf_counter() - started
+        flow = _flow(settings, "train")
+        plain = flowed = float("inf")
+        for round_ in range(2):
+            began = time.perf_counter()
+            training.train(scratch, name, trials)
+            plain = min(plain, time.perf_counter() - began)
+            began = time.perf_counter()
+            flow(name, trials, str(folder))
+            flowed = min(flowed, time.perf_counter() - began)
+            console.print(f"  round {round_ + 1}: plain {plain:.1f} s, flow {flowed:.1f} s (best so far)")
+    overhead = 100 * (flowed - plain) / plain
+    table = Table("case", "seconds", title="train: Prefect flow vs plain calls")
+    for label, value in (
+        ("plain calls", plain),
+        ("Prefect flow (server already up)", flowed),
+        ("Prefect server start (once per platform)", startup),
+    ):
+        table.add_row(label, f"{value:.1f}")
+    table.add_row("[bold]flow overhead[/]", f"{overhead:+.1f}%")
+    console.print(table)
+    return f"| {name}, {trials} trials | {plain:.1f} s | {flowed:.1f} s | {overhead:+.1f}% | {startup:.1f} s |\n"

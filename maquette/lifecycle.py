@@ -1,8 +1,9 @@
 """The main job: every lifecycle stage that exists so far, in order, each timed.
 
 Stages: start Redis -> load the dataset into the offline store -> `feast apply` -> materialize to
-Redis -> build a training frame -> read a sample online. Later stages (training, serving,
-monitoring) append here. The CLI renders progress; this module only does the work.
+Redis -> build a training frame -> read a sample online -> train, register and promote every
+declared model. Later stages (serving, monitoring) append here. The CLI renders progress and
+chooses how training runs (the Prefect flow); this module only does the work.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from maquette.features import FeatureLayer, MaterializeResult, OnlineFeatures
 from maquette.redis_server import ensure_redis
 
 Progress = Callable[[str, int, int], None]
+# (settings, model name, trials or None) -> registered "NAME:VERSION"
+Trainer = Callable[[Settings, str, int | None], str]
+
+
+def train_plain(settings: Settings, name: str, trials: int | None) -> str:
+    from maquette import training
+
+    return str(training.train(settings, name, trials).tag)
 
 
 @dataclass
@@ -38,6 +47,7 @@ class DemoReport:
     label_rows: int = 0
     online_sample: OnlineFeatures | None = None
     online_entity: dict[str, Any] = field(default_factory=dict)
+    models: list[Any] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -64,8 +74,10 @@ def run_demo(
     settings: Settings,
     announce: Callable[[str], None] = lambda _: None,
     progress: Progress | None = None,
+    quick: bool = False,
+    trainer: Trainer = train_plain,
 ) -> DemoReport:
-    """Run the lifecycle end to end on the configured dataset."""
+    """Run the lifecycle end to end on the configured dataset (`quick`: one trial per model)."""
     report = DemoReport()
     layer = FeatureLayer(settings)
     with _stage(report, "start Redis", announce):
@@ -89,4 +101,11 @@ def run_demo(
         row = {k: v[0] for k, v in entities.slice(entities.num_rows - 1, 1).to_pydict().items()}
         report.online_entity = row
         report.online_sample = layer.online_features([row], as_of=row["event_timestamp"])
+    from maquette import registry
+
+    for name in settings.models:
+        with _stage(report, f"train {name}", announce):
+            tag = trainer(settings, name, 1 if quick else None)
+            registry.promote(settings, tag, "production")
+            report.models.append(registry.resolve(settings, tag))
     return report

@@ -76,6 +76,17 @@ def demo_summary(console: Console, report: DemoReport) -> None:
         for name in sample.names:
             table.add_row(name, repr(sample.values[0][name]), sample.statuses[0][name])
         console.print(table)
+    if report.models:
+        models = Table("model@production", "test metrics", "vs naive baseline", "partitions kept", "report",
+                       title="trained and promoted")
+        for version in report.models:
+            r = version.record
+            test = r["metrics"]["test"]["model"]
+            shown = ", ".join(f"{k} {test[k]:.3f}" for k in ("rmse", "r2", "auc", "f1") if k in test)
+            kept = ", ".join(d["partition"] for d in r["partitions"] if d["kept"]) or "-"
+            models.add_row(version.tag, shown, r["baseline"]["gain"], kept, str(version.report))
+        console.print(models)
+        console.print("details: maquette models show flight_delay@production")
     timing = Table("stage", "seconds", title="stage times")
     for stage, seconds in report.stage_seconds.items():
         timing.add_row(stage, f"{seconds:.2f}")
@@ -93,27 +104,29 @@ def _fmt(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def _versus_baseline(record: dict[str, Any]) -> str:
+    test = record["metrics"]["test"]
+    if record["task"] == "regression":
+        model, base = test["model"]["rmse"], test["baseline"]["rmse"]
+        return f"rmse {100 * (model - base) / base:+.1f}%"
+    return f"auc {test['model']['auc'] - test['baseline']['auc']:+.3f}"
+
+
 def versions_table(settings: Settings, name: str | None) -> Table:
     from maquette import registry
 
-    table = Table(
-        "version",
-        "created",
-        "task",
-        "test metrics",
-        "vs baseline",
-        "aliases",
-        title="model versions",
-    )
+    table = Table(title="model versions")
+    table.add_column("version", no_wrap=True, min_width=16)
+    for header in ("created", "test metrics", "vs baseline", "aliases"):
+        table.add_column(header)
     for v in registry.list_versions(settings, name):
         test = v.record["metrics"]["test"]["model"]
-        shown = {k: test[k] for k in ("rmse", "mae", "r2", "auc", "f1") if k in test}
+        shown = {k: test[k] for k in ("rmse", "r2", "auc", "f1") if k in test}
         table.add_row(
             v.tag,
-            str(v.created)[:19],
-            v.record["task"],
+            str(v.created)[:16],
             ", ".join(f"{k} {val:.3f}" for k, val in shown.items()),
-            v.record["baseline"]["gain"],
+            _versus_baseline(v.record),
             ", ".join(registry.aliases_of(settings, v)),
         )
     return table

@@ -559,6 +559,12 @@ def ensure_trainable(settings: Settings, name: str) -> ModelSpec:
 # ------------------------------------------------------------------------------- all steps
 
 
+def prepare_and_store(settings: Settings, name: str) -> TrainingData:
+    data = prepare(settings, name)
+    store_training_sets(settings, data)
+    return data
+
+
 def direct(label: str, fn: Any, *args: Any) -> Any:
     """Run a step as a plain call (the Prefect flow passes a runner that makes it a task)."""
     return fn(*args)
@@ -583,12 +589,18 @@ def train(
         settings.models[name].search.trials = trials
         spec = settings.models[name]
     announce("building the training frame")
-    data = step("prepare", prepare, settings, name)
-    step("store-training-sets", store_training_sets, settings, data)
-    results = []
-    for number, params in enumerate(search_space(spec)):
-        announce(f"trial {number + 1}/{spec.search.trials}")
-        results.append(step(f"trial-{number}", run_trial, data, params, number))
+    data = step("prepare", prepare_and_store, settings, name)
+
+    def search() -> list[Trial]:
+        results = []
+        for number, params in enumerate(search_space(spec)):
+            announce(f"trial {number + 1}/{spec.search.trials}")
+            results.append(run_trial(data, params, number))
+        return results
+
+    # One task for the whole search: on two cores trials cannot run side by side, and each
+    # task costs API round trips and server work that compete with the fits for CPU.
+    results = step("search", search)
     best = best_trial(spec, results)
     announce("partition models" if spec.partition_by else "final model")
     model, decisions = step("fit-partitions", fit_partitions, data, best)

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ import yaml
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 for name in [n for n in os.environ if n.startswith("MAQUETTE_")]:
     del os.environ[name]  # the tests choose their own settings
+# BentoML fixes its model store on first use: one throwaway home for the whole session.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="maquette-bentoml-")
 
 from maquette.config import Settings, load_settings  # noqa: E402
 from maquette.redis_server import redis_server_binary, server_command, wait_until_ready  # noqa: E402
@@ -56,6 +59,15 @@ def make_project(folder: Path, redis_url: str | None, **overrides: object) -> Pa
     )
     config = yaml.safe_load((ROOT / "maquette.yaml").read_text())
     config["redis"]["url"] = redis_url
+    config["registry"] = {
+        "bentoml_home": None,
+        "aliases": str(folder / ".maquette" / "aliases.json"),
+    }
+    # Small, quick versions of the demo models: a quarter of the flights, short searches.
+    for spec in config["models"].values():
+        spec["row_filter"] = "hash(flight_id) % 4 = 0"
+        spec["params"] = {"n_estimators": 80}
+        spec["search"]["trials"] = 2
     for section, values in overrides.items():
         config.setdefault(section, {}).update(values)  # type: ignore[arg-type]
     (folder / "maquette.yaml").write_text(yaml.safe_dump(config))
@@ -86,3 +98,11 @@ def feature_layer(loaded_project: Settings):  # type: ignore[no-untyped-def]
     from maquette.features import FeatureLayer
 
     return FeatureLayer(loaded_project)
+
+
+@pytest.fixture(scope="session")
+def trained(loaded_project: Settings):  # type: ignore[no-untyped-def]
+    """flight_delay (partitioned by origin) and late_arrival, trained and registered once."""
+    from maquette import training
+
+    return {name: training.train(loaded_project, name) for name in ("flight_delay", "late_arrival")}

@@ -49,3 +49,18 @@ def test_materialize_task_logic_runs_without_prefect(loaded_project: Settings) -
         str(loaded_project.project_dir), datetime(2014, 1, 2, tzinfo=UTC), ["plane"]
     )
     assert written == {"plane": 0}  # already materialized: nothing newer to write
+
+
+def test_train_flow_registers_a_version_on_a_prefect_server(
+    prefect_server: None, trained, loaded_project: Settings
+) -> None:
+    from flows.train import train
+    from maquette import registry
+
+    state = train(
+        "late_arrival", trials=1, project_dir=str(loaded_project.project_dir), return_state=True
+    )
+    assert state.is_completed()
+    version = registry.resolve(loaded_project, state.result())
+    assert version.record["search"]["trials"][0]["number"] == 0
+    assert version.report.is_file()

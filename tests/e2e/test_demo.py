@@ -35,3 +35,14 @@ def test_demo_runs_every_stage_from_a_fresh_project(tmp_path: Path, running_redi
         assert stage in out
     assert "336,776 rows" in out and "327,346 with a label" in out
     assert (project / ".maquette" / "offline" / "route_daily.parquet").is_file()
+    assert "train flight_delay" in out and "train late_arrival" in out
+    from maquette import registry
+    from maquette.config import load_settings
+
+    settings = load_settings(project)
+    for name in ("flight_delay", "late_arrival"):
+        version = registry.resolve(settings, f"{name}@production")
+        assert version.record["baseline"]["beats_baseline"], version.record["baseline"]
+    shown = subprocess.run([sys.executable, "-m", "maquette", "models", "show", "flight_delay@production",
+                            "--project", str(project)], capture_output=True, text=True, env=env, check=False)
+    assert shown.returncode == 0 and "partitions" in shown.stdout

@@ -1,0 +1,101 @@
+"""Versions, aliases and references over the real BentoML model store."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from maquette import registry, training
+from maquette.cli import app
+from maquette.config import Settings
+from maquette.errors import ModelVersionNotFound
+
+runner = CliRunner()
+
+
+def test_references_resolve_by_name_version_and_alias(trained, loaded_project: Settings) -> None:
+    v1 = trained["flight_delay"]
+    newest = registry.list_versions(loaded_project, "flight_delay")[-1]
+    assert registry.resolve(loaded_project, "flight_delay").tag == newest.tag  # NAME: the latest
+    assert registry.resolve(loaded_project, "flight_delay:v1").path == v1.path
+    registry.promote(loaded_project, "flight_delay:v1", "candidate")
+    assert registry.resolve(loaded_project, "flight_delay@candidate").tag == "flight_delay:v1"
+
+
+def test_promote_moves_the_alias_and_keeps_its_history(trained, loaded_project: Settings) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    settings.models["late_arrival"].search.trials = 1
+    expected = registry.next_version(loaded_project, "late_arrival")
+    v2 = training.train(settings, "late_arrival")
+    assert v2.version == expected != "v1"
+    registry.promote(loaded_project, "late_arrival:v1", "production")
+    move = registry.promote(loaded_project, v2.tag, "production")
+    assert move["previous"] == "v1" and move["version"] == v2.version and move["by"]
+    assert registry.resolve(loaded_project, "late_arrival@production").version == v2.version
+    history = [
+        (m["alias"], m["previous"], m["version"])
+        for m in registry.alias_history(loaded_project, "late_arrival")
+    ]
+    assert history[-1] == ("production", "v1", v2.version)
+    assert history[-2][2] == "v1"
+    assert registry.aliases_of(loaded_project, v2) == ["production"]
+
+
+def test_unknown_version_lists_the_versions(trained, loaded_project: Settings) -> None:
+    with pytest.raises(ModelVersionNotFound, match="has no version 'v99'") as info:
+        registry.resolve(loaded_project, "flight_delay:v99")
+    assert "v1" in info.value.remedy
+
+
+def test_unknown_alias_lists_the_aliases_and_how_to_set_one(
+    trained, loaded_project: Settings
+) -> None:
+    with pytest.raises(ModelVersionNotFound, match="has no alias 'nightly'") as info:
+        registry.resolve(loaded_project, "flight_delay@nightly")
+    assert "maquette models promote flight_delay:VERSION --alias nightly" in info.value.remedy
+
+
+def test_unknown_model_lists_the_registered_ones(trained, loaded_project: Settings) -> None:
+    with pytest.raises(ModelVersionNotFound, match="no model named 'nope'") as info:
+        registry.resolve(loaded_project, "nope")
+    assert "flight_delay" in info.value.remedy and "late_arrival" in info.value.remedy
+
+
+def test_a_failure_while_registering_leaves_no_version(trained, loaded_project: Settings) -> None:
+    before = registry.list_versions(loaded_project, "flight_delay")
+    record = dict(trained["flight_delay"].record, name="flight_delay")
+
+    def broken_reports(folder, rec):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        registry.register(loaded_project, "v50", record, lambda folder: {}, broken_reports)
+    assert registry.list_versions(loaded_project, "flight_delay") == before
+
+
+def test_compare_puts_two_versions_side_by_side(trained, loaded_project: Settings) -> None:
+    comparison = registry.compare(loaded_project, "late_arrival:v1", "late_arrival@production")
+    names = [m[0] for m in comparison["metrics"]]
+    assert "auc" in names and "f1" in names
+    assert comparison["importance"][0][0] in trained["late_arrival"].record["importance"]
+
+
+def test_models_commands_show_list_compare_and_report(trained, loaded_project: Settings) -> None:
+    project = ["--project", str(loaded_project.project_dir)]
+    shown = runner.invoke(app, ["models", "show", "flight_delay:v1", *project])
+    assert shown.exit_code == 0, shown.output
+    for section in (
+        "trained by",
+        "search on validation",
+        "data",
+        "partitions",
+        "features",
+        "report:",
+    ):
+        assert section in shown.output
+    listed = runner.invoke(app, ["models", "list", *project])
+    assert listed.exit_code == 0 and "flight_delay:v1" in listed.output
+    report = runner.invoke(app, ["models", "report", "flight_delay", *project])
+    assert report.output.strip().endswith("report.html")
+    missing = runner.invoke(app, ["models", "show", "flight_delay@nightly", *project])
+    assert missing.exit_code == 7 and "no alias 'nightly'" in missing.output
