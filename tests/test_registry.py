@@ -17,34 +17,35 @@ def test_references_resolve_by_name_version_and_alias(trained, loaded_project: S
     v1 = trained["flight_delay"]
     newest = registry.list_versions(loaded_project, "flight_delay")[-1]
     assert registry.resolve(loaded_project, "flight_delay").tag == newest.tag  # NAME: the latest
-    assert registry.resolve(loaded_project, "flight_delay:v1").path == v1.path
-    registry.promote(loaded_project, "flight_delay:v1", "candidate")
-    assert registry.resolve(loaded_project, "flight_delay@candidate").tag == "flight_delay:v1"
+    assert registry.resolve(loaded_project, v1.tag).path == v1.path
+    registry.promote(loaded_project, v1.tag, "candidate")
+    assert registry.resolve(loaded_project, "flight_delay@candidate").tag == v1.tag
 
 
 def test_promote_moves_the_alias_and_keeps_its_history(trained, loaded_project: Settings) -> None:
     settings = loaded_project.model_copy(deep=True)
     settings.models["late_arrival"].search.trials = 1
+    v1 = trained["late_arrival"]
     expected = registry.next_version(loaded_project, "late_arrival")
     v2 = training.train(settings, "late_arrival")
-    assert v2.version == expected != "v1"
-    registry.promote(loaded_project, "late_arrival:v1", "production")
+    assert v2.version == expected != v1.version
+    registry.promote(loaded_project, v1.tag, "production")
     move = registry.promote(loaded_project, v2.tag, "production")
-    assert move["previous"] == "v1" and move["version"] == v2.version and move["by"]
+    assert move["previous"] == v1.version and move["version"] == v2.version and move["by"]
     assert registry.resolve(loaded_project, "late_arrival@production").version == v2.version
     history = [
         (m["alias"], m["previous"], m["version"])
         for m in registry.alias_history(loaded_project, "late_arrival")
     ]
-    assert history[-1] == ("production", "v1", v2.version)
-    assert history[-2][2] == "v1"
+    assert history[-1] == ("production", v1.version, v2.version)
+    assert history[-2][2] == v1.version
     assert registry.aliases_of(loaded_project, v2) == ["production"]
 
 
 def test_unknown_version_lists_the_versions(trained, loaded_project: Settings) -> None:
     with pytest.raises(ModelVersionNotFound, match="has no version 'v99'") as info:
         registry.resolve(loaded_project, "flight_delay:v99")
-    assert "v1" in info.value.remedy
+    assert trained["flight_delay"].version in info.value.remedy
 
 
 def test_unknown_alias_lists_the_aliases_and_how_to_set_one(
@@ -74,7 +75,9 @@ def test_a_failure_while_registering_leaves_no_version(trained, loaded_project: 
 
 
 def test_compare_puts_two_versions_side_by_side(trained, loaded_project: Settings) -> None:
-    comparison = registry.compare(loaded_project, "late_arrival:v1", "late_arrival@production")
+    comparison = registry.compare(
+        loaded_project, trained["late_arrival"].tag, "late_arrival@production"
+    )
     names = [m[0] for m in comparison["metrics"]]
     assert "auc" in names and "f1" in names
     assert comparison["importance"][0][0] in trained["late_arrival"].record["importance"]
@@ -82,7 +85,8 @@ def test_compare_puts_two_versions_side_by_side(trained, loaded_project: Setting
 
 def test_models_commands_show_list_compare_and_report(trained, loaded_project: Settings) -> None:
     project = ["--project", str(loaded_project.project_dir)]
-    shown = runner.invoke(app, ["models", "show", "flight_delay:v1", *project])
+    tag = trained["flight_delay"].tag
+    shown = runner.invoke(app, ["models", "show", tag, *project])
     assert shown.exit_code == 0, shown.output
     for section in (
         "trained by",
@@ -94,7 +98,7 @@ def test_models_commands_show_list_compare_and_report(trained, loaded_project: S
     ):
         assert section in shown.output
     listed = runner.invoke(app, ["models", "list", *project])
-    assert listed.exit_code == 0 and "flight_delay:v1" in listed.output
+    assert listed.exit_code == 0 and tag in listed.output
     report = runner.invoke(app, ["models", "report", "flight_delay", *project])
     assert report.output.strip().endswith("report.html")
     missing = runner.invoke(app, ["models", "show", "flight_delay@nightly", *project])
