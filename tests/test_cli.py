@@ -136,3 +136,12 @@ def test_data_load_in_an_empty_folder_loads_the_demo_dataset(tmp_path: Path) -> 
     result = runner.invoke(app, ["data", "load", "--project", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "offline" / "route_daily.parquet").is_file()
+
+
+def test_cli_help_does_not_import_feast() -> None:
+    # `import feast` costs seconds; the CLI loads it only for commands that need it.
+    import subprocess
+    import sys
+
+    code = "import sys; from maquette.cli import main; sys.exit(int('feast' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
