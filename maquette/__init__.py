@@ -5,6 +5,9 @@ Contents, by platform concept:
     redis_server    ensure_redis: the online store's Redis, embedded unless configured
     datasets        load_dataset: sources and point-in-time feature tables as Parquet
     features        FeatureLayer: feast apply, materialize, training_frame, online_features
+    serving         load_model (library mode), Predictor behind the BentoML service
+    predictions     the prediction log: Redis Stream -> Parquet
+    batch           predict_batch: point-in-time features, a version, Parquet out
     lifecycle       run_demo: the main job, every stage timed
     errors          MaquetteError and its subclasses, each with a remedy
 """
@@ -20,6 +23,7 @@ __all__ = [
     "FeatureLayer",
     "FeatureNotFound",
     "InvalidEntityFrame",
+    "LibraryModel",
     "MaquetteError",
     "MaterializeResult",
     "OnlineFeatures",
@@ -27,6 +31,7 @@ __all__ = [
     "StoreUnavailable",
     "ensure_redis",
     "load_dataset",
+    "load_model",
     "load_settings",
     "run_demo",
 ]
@@ -63,6 +68,7 @@ if TYPE_CHECKING:
     from maquette.features import FeatureLayer, MaterializeResult, OnlineFeatures
     from maquette.lifecycle import run_demo
     from maquette.redis_server import ensure_redis
+    from maquette.serving import LibraryModel, load_model
 
 
 def __getattr__(name: str) -> Any:

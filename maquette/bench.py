@@ -433,7 +433,9 @@ def run_training_benchmark(settings: Settings, name: str, trials: int, console: 
 
     folder = _scratch_project(settings, _bench_dir(settings) / "training")
     scratch = load_settings(folder)
-    console.print(f"[bold]training benchmark[/]: {name}, {trials} trials, best of 2 each, alternating")
+    console.print(
+        f"[bold]training benchmark[/]: {name}, {trials} trials, best of 2 each, alternating"
+    )
     training.train(scratch, name, 1)  # warm-up (imports, caches), not timed
     started = time.perf_counter()
     with prefect_test_harness(server_startup_timeout=120):
@@ -447,7 +449,9 @@ def run_training_benchmark(settings: Settings, name: str, trials: int, console: 
             began = time.perf_counter()
             flow(name, trials, str(folder))
             flowed = min(flowed, time.perf_counter() - began)
-            console.print(f"  round {round_ + 1}: plain {plain:.1f} s, flow {flowed:.1f} s (best so far)")
+            console.print(
+                f"  round {round_ + 1}: plain {plain:.1f} s, flow {flowed:.1f} s (best so far)"
+            )
     overhead = 100 * (flowed - plain) / plain
     table = Table("case", "seconds", title="train: Prefect flow vs plain calls")
     for label, value in (

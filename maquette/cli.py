@@ -42,6 +42,10 @@ models_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")
+predictions_app = typer.Typer(
+    help="The prediction log: drain it to Parquet, inspect it.", no_args_is_help=True
+)
+app.add_typer(predictions_app, name="predictions")
 
 console = Console()
 err = Console(stderr=True)
@@ -378,6 +382,98 @@ def models_report(
     from maquette import registry
 
     print(registry.resolve(_settings(project), ref).report)
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+@app.command()
+@reports_errors
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Start the BentoML prediction service on loopback (Ctrl-C stops it).
+
+    Example: maquette serve --port 3000
+    """
+    import subprocess
+
+    settings = _settings(project)
+    redis_server.ensure_redis(settings)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "MAQUETTE_PROJECT_DIR": str(settings.project_dir)}
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "bentos.service:PredictionService",
+        "--host",
+        settings.serving.host,
+        "--port",
+        str(port or settings.serving.port),
+    ]
+    console.print(
+        f"serving on http://{settings.serving.host}:{port or settings.serving.port} "
+        "(Swagger UI at /, POST /predict)"
+    )
+    raise typer.Exit(subprocess.call(command, cwd=root, env=env))
+
+
+@app.command("predict-batch")
+@reports_errors
+def predict_batch(
+    entities: Annotated[
+        str, typer.Argument(help="Parquet/CSV path, or a DuckDB SELECT over the offline store.")
+    ],
+    model: Annotated[str, typer.Option(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    output: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    project: ProjectOpt = None,
+) -> None:
+    """Score entities with point-in-time features; every row carries the model version.
+
+    Example: maquette predict-batch "SELECT * FROM flights WHERE event_timestamp >= '2013-12-01'" \
+    --model flight_delay@production --output december.parquet
+    """
+    from maquette import batch
+
+    result = batch.predict_batch(_settings(project), entities, model, output)
+    console.print(
+        f"{result.version}: {result.rows:,} rows in {result.seconds:.2f}s "
+        f"({result.rows_per_second:,.0f} rows/s) -> {result.path}"
+    )
+
+
+@predictions_app.command("drain")
+@reports_errors
+def predictions_drain(project: ProjectOpt = None) -> None:
+    """Move logged predictions from the Redis Stream into Parquet (acknowledged once written).
+
+    Example: maquette predictions drain
+    """
+    from maquette import predictions
+
+    result = predictions.drain(_settings(project))
+    console.print(f"drained {result.entries:,} predictions into {len(result.files)} files")
+
+
+@predictions_app.command("count")
+@reports_errors
+def predictions_count(project: ProjectOpt = None) -> None:
+    """How many predictions wait in the stream and how many are in Parquet.
+
+    Example: maquette predictions count
+    """
+    from maquette import predictions
+    from maquette.errors import DataNotLoaded
+
+    settings = _settings(project)
+    try:
+        drained = predictions.read_predictions(settings).num_rows
+    except DataNotLoaded:
+        drained = 0
+    console.print(f"waiting in the stream: {predictions.pending(settings):,}; drained: {drained:,}")
 
 
 # ---------------------------------------------------------------------------- redis

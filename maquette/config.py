@@ -169,6 +169,42 @@ class RegistrySettings(_Section):
     )
 
 
+class ServingSettings(_Section):
+    """The online prediction service (BentoML) and library mode."""
+
+    host: str = Field(
+        "127.0.0.1", description="Interface the service binds to (loopback by default)."
+    )
+    port: int = Field(3000, description="HTTP port of the service.")
+    api_key: str | None = Field(
+        None, description="If set, /predict needs `Authorization: Bearer <key>`."
+    )
+    default_alias: str = Field(
+        "production", description="Alias used when a request names only NAME."
+    )
+    max_rows: int = Field(1000, ge=1, description="Largest batch one request may carry.")
+    traffic: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Per model: version -> weight, e.g. {v3: 0.9, v4: 0.1}."
+    )
+    shadow: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per model: a version scored and logged but never returned.",
+    )
+
+
+class PredictionLogSettings(_Section):
+    """Where served predictions go: a Redis Stream, drained into Parquet."""
+
+    stream: str = Field("maquette:predictions", description="Redis Stream of logged predictions.")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="Share of predictions logged.")
+    folder: Path = Field(
+        Path(".maquette/offline/predictions"), description="Drained Parquet files."
+    )
+    drain_batch: int = Field(
+        20_000, ge=1, description="Entries per Parquet file written by the drain."
+    )
+
+
 class Settings(BaseSettings):
     """All of Maquette's configuration."""
 
@@ -185,6 +221,8 @@ class Settings(BaseSettings):
     feast: FeastSettings = Field(default_factory=FeastSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    predictions: PredictionLogSettings = Field(default_factory=PredictionLogSettings)
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="Model specs by name.")
 
     @classmethod

@@ -91,18 +91,9 @@ def next_version(settings: Settings, name: str) -> str:
 
 def resolve(settings: Settings, ref: str) -> ModelVersion:
     """`NAME`, `NAME:VERSION` or `NAME@ALIAS` -> the version, or an error listing what exists."""
-    name, version = ref, None
+    name, version, alias = ref, None, None
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        aliases = _read_aliases(settings)["aliases"].get(name, {})
-        if alias not in aliases:
-            known = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none yet"
-            raise ModelVersionNotFound(
-                f"model {name!r} has no alias {alias!r}.",
-                f"Aliases of {name}: {known}. Set one with "
-                f"`maquette models promote {name}:VERSION --alias {alias}`.",
-            )
-        version = aliases[alias]
     elif ":" in ref:
         name, version = ref.split(":", 1)
     versions = list_versions(settings, name)
@@ -113,6 +104,16 @@ def resolve(settings: Settings, ref: str) -> ModelVersion:
             f"Registered models: {', '.join(names) or 'none'}; train one with "
             f"`maquette train {name}`.",
         )
+    if alias is not None:
+        aliases = _read_aliases(settings)["aliases"].get(name, {})
+        if alias not in aliases:
+            known = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none yet"
+            raise ModelVersionNotFound(
+                f"model {name!r} has no alias {alias!r}.",
+                f"Aliases of {name}: {known}. Set one with "
+                f"`maquette models promote {name}:VERSION --alias {alias}`.",
+            )
+        version = aliases[alias]
     if version is None:
         return versions[-1]
     for candidate in versions:

@@ -77,12 +77,20 @@ def demo_summary(console: Console, report: DemoReport) -> None:
             table.add_row(name, repr(sample.values[0][name]), sample.statuses[0][name])
         console.print(table)
     if report.models:
-        models = Table("model@production", "test metrics", "vs naive baseline", "partitions kept", "report",
-                       title="trained and promoted")
+        models = Table(
+            "model@production",
+            "test metrics",
+            "vs naive baseline",
+            "partitions kept",
+            "report",
+            title="trained and promoted",
+        )
         for version in report.models:
             r = version.record
             test = r["metrics"]["test"]["model"]
-            shown = ", ".join(f"{k} {test[k]:.3f}" for k in ("rmse", "r2", "auc", "f1") if k in test)
+            shown = ", ".join(
+                f"{k} {test[k]:.3f}" for k in ("rmse", "r2", "auc", "f1") if k in test
+            )
             kept = ", ".join(d["partition"] for d in r["partitions"] if d["kept"]) or "-"
             models.add_row(version.tag, shown, r["baseline"]["gain"], kept, str(version.report))
         console.print(models)

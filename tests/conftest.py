@@ -106,3 +106,13 @@ def trained(loaded_project: Settings):  # type: ignore[no-untyped-def]
     from maquette import training
 
     return {name: training.train(loaded_project, name) for name in ("flight_delay", "late_arrival")}
+
+
+@pytest.fixture(scope="session")
+def production(trained, loaded_project: Settings) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The trained versions, promoted to @production (tests that move the alias put it back)."""
+    from maquette import registry
+
+    for version in trained.values():
+        registry.promote(loaded_project, version.tag, "production")
+    return {name: v.tag for name, v in trained.items()}

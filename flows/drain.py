@@ -1,0 +1,27 @@
+"""Prefect flow `drain`: move logged predictions from the Redis Stream into Parquet."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from maquette import predictions
+from maquette.config import load_settings
+
+
+@task(retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def drain_stream(project_dir: str | None) -> int:
+    """Entries moved; retried because Redis may be restarting (nothing is acked unwritten)."""
+    return predictions.drain(load_settings(project_dir)).entries
+
+
+@flow(name="drain")
+def drain(project_dir: str | None = None) -> int:
+    """Drain the prediction log once."""
+    moved = drain_stream(project_dir)
+    get_run_logger().info("drained %d predictions", moved)
+    return moved
+
+
+if __name__ == "__main__":
+    drain()

@@ -1,0 +1,211 @@
+"""The prediction log: every served prediction, durable from before the response to Parquet.
+
+The service appends each prediction to a Redis Stream (the embedded Redis keeps an append-only
+file) before it answers. `drain` moves entries into Parquet under the offline store,
+partitioned by date and model, through a consumer group, and acknowledges (then deletes) them
+only after the file is written and fsynced. Delivery is at least once: entries of a batch that
+was written but not acknowledged come back after a crash and are rewritten to the same file
+name (derived from their stream ids), and readers de-duplicate by prediction id, so nothing is
+lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
+
+from maquette.config import Settings
+from maquette.errors import DataNotLoaded, StoreUnavailable
+from maquette.redis_server import redis_url
+
+GROUP = "drain"
+FIELD = b"p"
+
+SCHEMA = pa.schema(
+    [
+        ("prediction_id", pa.string()),
+        ("logged_at", pa.timestamp("us", tz="UTC")),
+        ("request_time", pa.timestamp("us", tz="UTC")),
+        ("model", pa.string()),
+        ("version", pa.string()),
+        ("partition", pa.string()),
+        ("shadow", pa.bool_()),
+        ("prediction", pa.float64()),
+        ("decision", pa.bool_()),
+        ("latency_ms", pa.float64()),
+        ("entity", pa.string()),
+        ("request", pa.string()),
+        ("features", pa.string()),
+        ("missing", pa.list_(pa.string())),
+        ("stale", pa.list_(pa.string())),
+        ("stream_id", pa.string()),
+    ]
+)
+
+
+class PredictionLog:
+    """Appends prediction entries to the Redis Stream (sampled)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.stream = settings.predictions.stream
+        self.client = client or redis.Redis.from_url(
+            redis_url(settings), socket_timeout=5, socket_connect_timeout=2
+        )
+
+    def sampled(self) -> bool:
+        rate = self.settings.predictions.sample_rate
+        return rate >= 1 or random.random() < rate
+
+    def append(self, entries: Sequence[dict[str, Any]]) -> list[bytes]:
+        """XADD every entry in one round trip; returns their stream ids."""
+        if not entries:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xadd(self.stream, {FIELD: json.dumps(entry, default=str)})
+        try:
+            return list(pipe.execute())
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"cannot log predictions to Redis at {redis_url(self.settings)}: {exc}",
+                "Start Redis (`maquette redis start`); the service retries by itself.",
+            ) from exc
+
+
+@dataclass
+class DrainResult:
+    """What one drain pass moved."""
+
+    entries: int = 0
+    files: list[Path] = field(default_factory=list)
+    redelivered: int = 0
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as sink:
+        pq.write_table(table, sink)
+        sink.flush()
+        os.fsync(sink.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _rows(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, Any]]:
+    rows = []
+    for stream_id, fields in entries:
+        entry = json.loads(fields[FIELD])
+        entry["stream_id"] = stream_id.decode()
+        for key in ("entity", "request", "features"):
+            entry[key] = json.dumps(entry.get(key) or {}, default=str, sort_keys=True)
+        for key in ("logged_at", "request_time"):
+            entry[key] = datetime.fromisoformat(entry[key]) if entry.get(key) else None
+        rows.append(entry)
+    return rows
+
+
+def _write_batch(settings: Settings, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Path]:
+    """Parquet files for a batch, one per (date, model); names come from the batch's stream ids."""
+    rows = _rows(entries)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        day = row["logged_at"].astimezone(UTC).strftime("%Y-%m-%d")
+        groups.setdefault((day, row["model"]), []).append(row)
+    folder = settings.path(settings.predictions.folder)
+    written = []
+    first, last = rows[0]["stream_id"], rows[-1]["stream_id"]
+    for (day, model), group in sorted(groups.items()):
+        table = pa.Table.from_pylist(group, schema=SCHEMA)
+        path = folder / f"date={day}" / f"model={model}" / f"part-{first}-{last}.parquet"
+        _write_durably(table, path)
+        written.append(path)
+    return written
+
+
+def ensure_group(client: redis.Redis, stream: str) -> None:
+    try:
+        client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def drain(
+    settings: Settings, consumer: str = "drain-1", max_batches: int | None = None
+) -> DrainResult:
+    """Move logged predictions into Parquet; acknowledge only what is durably written."""
+    client = redis.Redis.from_url(redis_url(settings), socket_timeout=30)
+    stream, batch = settings.predictions.stream, settings.predictions.drain_batch
+    result = DrainResult()
+    try:
+        ensure_group(client, stream)
+        # First what this consumer read but never acknowledged (a crash mid-way), then new entries.
+        for start, redelivery in (("0", True), (">", False)):
+            batches = 0
+            while max_batches is None or batches < max_batches:
+                reply = client.xreadgroup(GROUP, consumer, {stream: start}, count=batch)
+                entries = [e for e in (reply[0][1] if reply else []) if e[1]]
+                if not entries:
+                    break
+                result.files += _write_batch(settings, entries)
+                ids = [e[0] for e in entries]
+                pipe = client.pipeline(transaction=True)
+                pipe.xack(stream, GROUP, *ids)
+                pipe.xdel(stream, *ids)
+                pipe.execute()
+                result.entries += len(entries)
+                result.redelivered += len(entries) if redelivery else 0
+                batches += 1
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(
+            f"cannot drain predictions from Redis at {redis_url(settings)}: {exc}",
+            "Start Redis (`maquette redis start`) and run the drain again.",
+        ) from exc
+    return result
+
+
+def pending(settings: Settings) -> int:
+    """Entries in the stream not yet drained."""
+    client = redis.Redis.from_url(redis_url(settings), socket_timeout=5)
+    return int(client.xlen(settings.predictions.stream))
+
+
+def read_predictions(settings: Settings, model: str | None = None) -> pa.Table:
+    """Drained predictions, one row per prediction id (redelivered copies removed)."""
+    folder = settings.path(settings.predictions.folder)
+    if not any(folder.glob("date=*/model=*/*.parquet")):
+        raise DataNotLoaded(
+            f"no drained predictions under {folder}.",
+            "Serve some predictions, then run `maquette predictions drain`.",
+        )
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    where = "WHERE model = $model" if model else ""
+    # The folder names (date=, model=) are for people and pruning; the columns are in the files.
+    sql = (
+        f"SELECT * FROM read_parquet('{folder}/date=*/model=*/*.parquet', hive_partitioning = false) "
+        f"{where} QUALIFY row_number() OVER (PARTITION BY prediction_id ORDER BY stream_id) = 1 "
+        "ORDER BY stream_id"
+    )
+    return con.sql(sql, params={"model": model} if model else None).to_arrow_table()

@@ -1,0 +1,335 @@
+"""Online predictions: entity keys in, fresh features from Redis, the right model, a logged answer.
+
+`Predictor` is shared by the BentoML service (bentos/service.py) and library mode
+(`maquette.load_model`). Per request it resolves the model selector (`NAME`, `NAME:VERSION`,
+`NAME@ALIAS`; a bare `NAME` means `NAME@<default alias>`, split by weight when a traffic split
+is configured), reads the features through the feature layer's fast path, routes each row to
+its partition model (else the parent), logs every prediction to the prediction log before
+returning, and scores an optional shadow version that is logged but never returned.
+
+Values that are missing or older than their view's TTL reach the model as missing, exactly as
+training saw them (Feast's TTL nulls them in training frames); the response names them.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from maquette import registry
+from maquette.config import Settings
+from maquette.errors import InvalidEntityFrame, ModelVersionNotFound
+from maquette.features import PRESENT, FeatureLayer
+from maquette.predictions import PredictionLog
+from maquette.training import TrainedModel
+
+
+@dataclass
+class Prediction:
+    """One answered row."""
+
+    prediction_id: str
+    prediction: float
+    model: str
+    partition: str
+    decision: bool | None = None
+    missing_features: list[str] = field(default_factory=list)
+    stale_features: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """A registered version loaded for serving, with what its requests must carry."""
+
+    tag: str
+    name: str
+    model: TrainedModel
+    feature_service: str
+    required: tuple[str, ...]
+    timestamp_fields: tuple[str, ...]
+
+
+class Predictor:
+    """Routing, features, model and logging for online and library predictions."""
+
+    def __init__(self, settings: Settings, log: bool = True) -> None:
+        self.settings = settings
+        self.layer = FeatureLayer(settings)
+        self.log = PredictionLog(settings) if log else None
+        self._versions: dict[str, ServedVersion] = {}
+        self._lock = threading.Lock()
+        self._aliases: dict[str, dict[str, str]] = {}
+        self._aliases_stamp: float | None = -1.0
+
+    # ---------------------------------------------------------------- which version
+
+    def _alias_table(self) -> dict[str, dict[str, str]]:
+        # Re-read only when the file changes: an alias moves without a restart.
+        path = self.settings.path(self.settings.registry.aliases)
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        if stamp != self._aliases_stamp:
+            self._aliases = {
+                name: registry.aliases(self.settings, name)
+                for name in registry._read_aliases(self.settings)["aliases"]
+            }
+            self._aliases_stamp = stamp
+        return self._aliases
+
+    def resolve(self, selector: str | None) -> str:
+        """The NAME:VERSION a request's model selector points at right now."""
+        selector = selector or next(iter(self.settings.models), "")
+        if not selector:
+            raise ModelVersionNotFound(
+                "no model named in the request and none declared.",
+                "Send model=NAME (or NAME:VERSION, NAME@ALIAS).",
+            )
+        if ":" in selector:
+            return selector
+        name, _, alias = selector.partition("@")
+        if not alias and name in self.settings.serving.traffic:
+            weights = self.settings.serving.traffic[name]
+            version = random.choices(list(weights), weights=list(weights.values()))[0]
+            return f"{name}:{version}"
+        alias = alias or self.settings.serving.default_alias
+        version = self._alias_table().get(name, {}).get(alias)
+        if version is None:
+            return registry.resolve(
+                self.settings, f"{name}@{alias}"
+            ).tag  # raises, naming what exists
+        return f"{name}:{version}"
+
+    def version(self, tag: str) -> ServedVersion:
+        """A loaded version (loaded once, on first use; requests in flight keep theirs)."""
+        served = self._versions.get(tag)
+        if served is None:
+            with self._lock:
+                served = self._versions.get(tag) or self._load(tag)
+                self._versions[tag] = served
+        return served
+
+    def _load(self, tag: str) -> ServedVersion:
+        found = registry.resolve(self.settings, tag)
+        record = found.record
+        model = TrainedModel.load(found.path, record)
+        plan = self.layer._plan(record["feature_service"])
+        keys = [k for g in plan.groups for k in g.join_keys]
+        if model.partition_by and model.partition_by not in keys:
+            keys.append(model.partition_by)
+        required = tuple(dict.fromkeys([*keys, *plan.request_fields]))
+        return ServedVersion(
+            found.tag,
+            found.name,
+            model,
+            record["feature_service"],
+            required,
+            tuple(plan.request_fields),
+        )
+
+    def load(self, selector: str) -> ServedVersion:
+        return self.version(self.resolve(selector))
+
+    # ---------------------------------------------------------------- predict
+
+    def _clean(self, served: ServedVersion, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not rows:
+            raise InvalidEntityFrame("the request holds no rows.", "Send at least one row.")
+        if len(rows) > self.settings.serving.max_rows:
+            raise InvalidEntityFrame(
+                f"the request holds {len(rows)} rows; the limit is "
+                f"{self.settings.serving.max_rows}.",
+                "Split it into smaller batches.",
+            )
+        cleaned = []
+        for i, row in enumerate(rows):
+            missing = [k for k in served.required if row.get(k) in (None, "")]
+            if missing:
+                raise InvalidEntityFrame(
+                    f"row {i} lacks {missing}.",
+                    f"Model {served.tag} needs {list(served.required)} in every row.",
+                )
+            out = dict(row)
+            for name in served.timestamp_fields:
+                out[name] = _utc_time(out[name], f"row {i} field {name!r}")
+            cleaned.append(out)
+        return cleaned
+
+    def predict(
+        self, rows: list[dict[str, Any]], selector: str | None = None, as_of: datetime | None = None
+    ) -> list[Prediction]:
+        """Predictions for rows of entity keys and request fields (logged unless library mode)."""
+        began = time.perf_counter()
+        served = self.version(self.resolve(selector))
+        rows = self._clean(served, rows)
+        now = as_of or datetime.now(UTC)
+        features = self.layer.online_features(rows, served.feature_service, as_of=now)
+        answers = _answer(
+            served,
+            _model_inputs(served, rows, features.values, features.statuses),
+            features.statuses,
+        )
+        if self.log and self.log.sampled():
+            latency = (time.perf_counter() - began) * 1000
+            entries = [
+                _entry(served, rows[i], features.values[i], answers[i], now, latency, False)
+                for i in range(len(rows))
+            ]
+            shadow = self.settings.serving.shadow.get(served.name)
+            if shadow and f"{served.name}:{shadow}" != served.tag:
+                twin = self.version(f"{served.name}:{shadow}")
+                twin_inputs = _model_inputs(twin, rows, features.values, features.statuses)
+                for i, a in enumerate(_answer(twin, twin_inputs, features.statuses)):
+                    entries.append(_entry(twin, rows[i], features.values[i], a, now, latency, True))
+            self.log.append(entries)
+        return answers
+
+    def ready(self) -> bool:
+        """Models load and Redis answers."""
+        try:
+            for name in self.settings.models:
+                self.load(name)
+            self.layer.redis.ping()
+        except Exception:  # readiness reports, it does not raise
+            return False
+        return True
+
+
+def _utc_time(value: Any, what: str) -> datetime:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEntityFrame(
+                f"{what} is {value!r}, not an ISO time.", "Send e.g. 2013-12-01T14:05:00Z."
+            ) from None
+    elif isinstance(value, int | float):
+        value = datetime.fromtimestamp(value, UTC)
+    if not isinstance(value, datetime):
+        raise InvalidEntityFrame(f"{what} is not a time.", "Send an ISO time with a zone.")
+    if value.tzinfo is None:
+        raise InvalidEntityFrame(f"{what} has no time zone.", "Add one, e.g. 2013-12-01T14:05:00Z.")
+    return value.astimezone(UTC)
+
+
+def _model_inputs(
+    served: ServedVersion,
+    rows: list[dict[str, Any]],
+    values: list[dict[str, Any]],
+    statuses: list[dict[str, str]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    # Stale or missing values reach the model as missing, as in training (Feast's TTL).
+    records = [
+        {f: (v[f] if s.get(f) == PRESENT else None) for f in served.model.features}
+        for v, s in zip(values, statuses, strict=True)
+    ]
+    key = served.model.partition_by
+    return records, [str(r[key]) for r in rows] if key else [""] * len(rows)
+
+
+def _answer(
+    served: ServedVersion,
+    inputs: tuple[list[dict[str, Any]], list[str]],
+    statuses: list[dict[str, str]],
+) -> list[Prediction]:
+    predictions, used = served.model.predict_records(*inputs)
+    out = []
+    for i, value in enumerate(np.asarray(predictions, dtype=float)):
+        status = statuses[i]
+        decision = None
+        if served.model.task == "binary" and served.model.threshold is not None:
+            decision = bool(value >= served.model.threshold)
+        out.append(
+            Prediction(
+                uuid.uuid4().hex,
+                float(value),
+                served.tag,
+                used[i],
+                decision,
+                [f for f in served.model.features if status.get(f) == "NOT_FOUND"],
+                [f for f in served.model.features if status.get(f) == "OUTSIDE_MAX_AGE"],
+            )
+        )
+    return out
+
+
+def _entry(
+    served: ServedVersion,
+    row: dict[str, Any],
+    values: dict[str, Any],
+    answer: Prediction,
+    now: datetime,
+    latency_ms: float,
+    shadow: bool,
+) -> dict[str, Any]:
+    keys = {k: row[k] for k in served.required if k not in served.timestamp_fields}
+    return {
+        "prediction_id": answer.prediction_id,
+        "logged_at": datetime.now(UTC).isoformat(),
+        "request_time": now.isoformat(),
+        "model": served.name,
+        "version": served.tag.split(":", 1)[1],
+        "partition": answer.partition,
+        "shadow": shadow,
+        "prediction": answer.prediction,
+        "decision": answer.decision,
+        "latency_ms": latency_ms,
+        "entity": keys,
+        "request": {k: row[k] for k in row if k not in keys},
+        "features": {f: values.get(f) for f in served.model.features},
+        "missing": answer.missing_features,
+        "stale": answer.stale_features,
+    }
+
+
+class LibraryModel:
+    """Library deployment: `maquette.load_model("flight_delay@production").predict(rows)`."""
+
+    def __init__(self, settings: Settings, selector: str, log: bool = False) -> None:
+        self.predictor = Predictor(settings, log=log)
+        self.selector = selector
+        self.tag = self.predictor.resolve(selector)
+        self.predictor.version(self.tag)
+
+    def predict(
+        self, rows: list[dict[str, Any]], as_of: datetime | None = None
+    ) -> list[Prediction]:
+        return self.predictor.predict(rows, self.selector, as_of)
+
+
+def load_model(selector: str, settings: Settings | None = None, log: bool = False) -> LibraryModel:
+    """A registered model with Maquette's feature and partition logic, for in-process use."""
+    from maquette.config import load_settings
+
+    return LibraryModel(settings or load_settings(), selector, log)
+
+
+# Where each error lands over HTTP: decided here, once.
+def http_status(error: Exception) -> int:
+    from maquette.errors import (
+        ConfigError,
+        DataNotLoaded,
+        FeatureNotFound,
+        StoreUnavailable,
+    )
+
+    table: list[tuple[type[Exception], int]] = [
+        (InvalidEntityFrame, 422),
+        (ModelVersionNotFound, 404),
+        (FeatureNotFound, 404),
+        (StoreUnavailable, 503),
+        (DataNotLoaded, 503),
+        (ConfigError, 500),
+    ]
+    for kind, status in table:
+        if isinstance(error, kind):
+            return status
+    return 500

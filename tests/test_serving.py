@@ -1,0 +1,303 @@
+"""Online serving: a real `bentoml serve` on loopback, real Redis, real registered models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from maquette import batch, predictions, registry, training
+from maquette.config import Settings
+from maquette.serving import Predictor, load_model
+from tests.conftest import ROOT, free_port
+
+ROW = {
+    "origin": "JFK",
+    "carrier": "UA",
+    "tailnum": "N14228",
+    "route": "JFK-LAX",
+    "scheduled_departure": "2013-12-31T15:00:00Z",
+}
+
+
+def start_service(project: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MAQUETTE_PROJECT_DIR": str(project), "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "bentos.service:PredictionService",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_ready(url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready")
+
+
+@pytest.fixture(scope="module")
+def two_versions(trained, loaded_project: Settings) -> dict[str, list[str]]:
+    """At least two registered versions of each model (for splits, shadows and alias moves)."""
+    settings = loaded_project.model_copy(deep=True)
+    for spec in settings.models.values():
+        spec.search.trials = 1
+    found = {}
+    for name in trained:
+        if len(registry.list_versions(settings, name)) < 2:
+            training.train(settings, name)
+        found[name] = [v.version for v in registry.list_versions(settings, name)]
+    return found
+
+
+@pytest.fixture(scope="module")
+def service(production, loaded_project: Settings) -> Iterator[str]:
+    port = free_port()
+    proc = start_service(loaded_project.project_dir, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_predict_answers_with_version_partition_and_feature_flags(service: str, production) -> None:
+    reply = httpx.post(f"{service}/predict", json={"rows": ROW}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    (answer,) = reply.json()["predictions"]
+    assert answer["model"] == production["flight_delay"]
+    assert answer["partition"] in {"JFK", "__parent__"}
+    assert len(answer["prediction_id"]) == 32 and isinstance(answer["prediction"], float)
+    assert "temp" in answer["stale_features"]  # the last weather is from 2013, long past its TTL
+
+
+def test_a_list_of_rows_and_a_model_selector(service: str, production) -> None:
+    rows = [ROW, {**ROW, "origin": "EWR", "route": "EWR-ORD"}]
+    reply = httpx.post(
+        f"{service}/predict", json={"rows": rows, "model": "late_arrival@production"}, timeout=10
+    )
+    assert reply.status_code == 200, reply.text
+    answers = reply.json()["predictions"]
+    assert [a["model"] for a in answers] == [production["late_arrival"]] * 2
+    assert all(isinstance(a["decision"], bool) and 0 <= a["prediction"] <= 1 for a in answers)
+
+
+def test_unknown_entities_are_predicted_and_flagged(service: str) -> None:
+    row = {
+        "origin": "ZZZ",
+        "carrier": "QQ",
+        "tailnum": "N0NE",
+        "route": "ZZZ-YYY",
+        "scheduled_departure": "2013-12-31T15:00:00Z",
+    }
+    (answer,) = httpx.post(f"{service}/predict", json={"rows": [row]}, timeout=10).json()[
+        "predictions"
+    ]
+    assert answer["partition"] == "__parent__"
+    assert {"temp", "seats", "route_flights_28d"} <= set(answer["missing_features"])
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ('{"rows": [', 400, "Invalid JSON"),
+        ('{"rows": 5}', 400, "rows"),
+        (
+            '{"rows": [{"origin": "JFK"}]}',
+            422,
+            "lacks ['tailnum', 'carrier', 'route', 'scheduled_departure']",
+        ),
+        ('{"rows": []}', 422, "holds no rows"),
+        (
+            '{"rows": [{"origin": "JFK", "carrier": "UA", "tailnum": "N1", "route": "JFK-LAX", '
+            '"scheduled_departure": "yesterday"}]}',
+            422,
+            "not an ISO time",
+        ),
+        (
+            '{"rows": [{"origin": "JFK", "carrier": "UA", "tailnum": "N1", "route": "JFK-LAX", '
+            '"scheduled_departure": "2013-12-31T15:00:00"}]}',
+            422,
+            "has no time zone",
+        ),
+        ('{"rows": {}, "model": "nope"}', 404, "no model named 'nope'"),
+        ('{"rows": {}, "model": "flight_delay:v999"}', 404, "has no version 'v999'"),
+        ('{"rows": {}, "model": "flight_delay@nightly"}', 404, "has no alias 'nightly'"),
+    ],
+)
+def test_bad_requests_get_a_status_and_a_message_naming_the_problem(
+    service: str, body: str, status: int, says: str
+) -> None:
+    reply = httpx.post(
+        f"{service}/predict", content=body, headers={"content-type": "application/json"}, timeout=10
+    )
+    assert reply.status_code == status, reply.text
+    assert says in reply.text
+
+
+def test_a_batch_over_the_limit_is_refused(service: str) -> None:
+    reply = httpx.post(f"{service}/predict", json={"rows": [ROW] * 1001}, timeout=20)
+    assert reply.status_code == 422 and "the limit is 1000" in reply.text
+
+
+def test_health_readiness_and_metrics(service: str) -> None:
+    assert httpx.get(f"{service}/healthz", timeout=5).status_code == 200
+    assert httpx.get(f"{service}/readyz", timeout=5).status_code == 200
+    httpx.post(f"{service}/predict", json={"rows": ROW}, timeout=10)
+    metrics = httpx.get(f"{service}/metrics", timeout=5).text
+    assert "maquette_predictions_total" in metrics and "maquette_predict_seconds_bucket" in metrics
+
+
+def test_every_answer_is_in_the_prediction_log(service: str, loaded_project: Settings) -> None:
+    ids = []
+    for _ in range(5):
+        ids += [
+            a["prediction_id"]
+            for a in httpx.post(f"{service}/predict", json={"rows": [ROW, ROW]}, timeout=10).json()[
+                "predictions"
+            ]
+        ]
+    predictions.drain(loaded_project)
+    logged = predictions.read_predictions(loaded_project)
+    assert set(ids) <= set(logged["prediction_id"].to_pylist())
+    row = logged.filter(np.isin(logged["prediction_id"].to_numpy(zero_copy_only=False), ids[:1]))
+    assert row["entity"][0].as_py().startswith("{") and row["features"][0].as_py().count(":") > 20
+
+
+def test_an_alias_moves_under_load_without_a_restart_or_a_failed_request(
+    service: str, production, loaded_project: Settings
+) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    settings.models["flight_delay"].search.trials = 1
+    newer = training.train(settings, "flight_delay")
+    failures, seen = [], Counter()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                reply = client.post(f"{service}/predict", json={"rows": ROW})
+                if reply.status_code != 200:
+                    failures.append(reply.text)
+                else:
+                    seen[reply.json()["predictions"][0]["model"]] += 1
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    registry.promote(loaded_project, newer.tag, "production")
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    registry.promote(loaded_project, production["flight_delay"], "production")
+    assert failures == []
+    assert seen[production["flight_delay"]] > 0 and seen[newer.tag] > 0
+
+
+def test_traffic_split_follows_the_weights(two_versions, loaded_project: Settings) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    versions = two_versions["flight_delay"][:2]
+    settings.serving.traffic = {"flight_delay": {versions[0]: 0.8, versions[1]: 0.2}}
+    predictor = Predictor(settings, log=False)
+    picks = Counter(predictor.resolve("flight_delay") for _ in range(4000))
+    share = picks[f"flight_delay:{versions[0]}"] / 4000
+    assert 0.76 < share < 0.84
+
+
+def test_a_shadow_version_is_logged_but_never_returned(
+    two_versions, production, loaded_project: Settings
+) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    shadow = next(
+        v for v in two_versions["late_arrival"] if f"late_arrival:{v}" != production["late_arrival"]
+    )
+    settings.serving.shadow = {"late_arrival": shadow}
+    settings.predictions.stream = "maquette:shadow-test"
+    (answer,) = Predictor(settings).predict([ROW], "late_arrival@production")
+    assert answer.model == production["late_arrival"]
+    predictions.drain(settings)
+    logged = predictions.read_predictions(settings, "late_arrival")
+    mine = logged.filter(
+        np.isin(
+            logged["stream_id"].to_numpy(zero_copy_only=False),
+            logged["stream_id"].to_numpy(zero_copy_only=False)[-2:],
+        )
+    )
+    assert sorted(mine["shadow"].to_pylist()) == [False, True]
+    assert set(mine["version"].to_pylist()) == {production["late_arrival"].split(":")[1], shadow}
+
+
+def test_online_library_and_batch_predictions_are_identical(
+    production, loaded_project: Settings
+) -> None:
+    # A Redis database materialized up to 23:30 on 2013-12-30 holds, for flights between
+    # 23:00 and 23:30, exactly the values a point-in-time join finds for them.
+    settings = loaded_project.model_copy(deep=True)
+    settings.redis.url = str(loaded_project.redis.url).rsplit("/", 1)[0] + "/3"
+    import redis as redis_py
+
+    from maquette.features import FeatureLayer
+
+    redis_py.Redis.from_url(settings.redis.url).flushdb()
+    cutoff = datetime(2013, 12, 30, 23, 30, tzinfo=UTC)
+    FeatureLayer(settings).materialize(datetime(2013, 1, 1, tzinfo=UTC), cutoff)
+    query = (
+        "SELECT * FROM flights WHERE event_timestamp >= '2013-12-30 23:00:00+00' "
+        "AND event_timestamp <= '2013-12-30 23:30:00+00' AND tailnum IS NOT NULL ORDER BY flight_id"
+    )
+    scored = batch.predict_batch(settings, query, "flight_delay@production").table.to_pylist()
+    assert len(scored) >= 5
+    library = load_model("flight_delay@production", settings)
+    for row in scored:
+        request = {
+            k: row[k] for k in ("origin", "carrier", "tailnum", "route", "scheduled_departure")
+        }
+        (answer,) = library.predict([request], as_of=row["event_timestamp"])
+        assert answer.prediction == pytest.approx(row["prediction"], rel=1e-9), row["flight_id"]
+        assert answer.partition == row["partition"]
+
+
+def test_http_and_library_answers_are_identical(
+    service: str, production, loaded_project: Settings
+) -> None:
+    library = load_model("flight_delay@production", loaded_project)
+    when = "2013-12-31T15:00:00+00:00"
+    for origin, route in (("JFK", "JFK-LAX"), ("EWR", "EWR-ORD"), ("LGA", "LGA-ATL")):
+        row = {**ROW, "origin": origin, "route": route}
+        http = httpx.post(
+            f"{service}/predict", json={"rows": row, "as_of": when}, timeout=10
+        ).json()
+        (mine,) = library.predict([row], as_of=datetime.fromisoformat(when))
+        assert http["predictions"][0]["prediction"] == pytest.approx(mine.prediction, rel=1e-12)
+        assert http["predictions"][0]["partition"] == mine.partition
