@@ -33,8 +33,11 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check maquette flows bentos feature_repo tests
 	$(BIN)/mypy maquette
 
-bench: $(STAMP)  ## stock Feast vs Maquette, printed as a table of ratios
+bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, serving (needs wrk)
+	@command -v wrk >/dev/null || (apt-get install -y wrk || sudo apt-get install -y wrk)
 	$(BIN)/maquette bench features
+	$(BIN)/maquette bench training
+	$(BIN)/maquette bench serving
 
 clean:  ## stop the embedded Redis and remove state (data, registry, reports)
 	-$(BIN)/maquette redis stop

@@ -463,3 +463,160 @@ def run_training_benchmark(settings: Settings, name: str, trials: int, console: 
     table.add_row("[bold]flow overhead[/]", f"{overhead:+.1f}%")
     console.print(table)
     return f"| {name}, {trials} trials | {plain:.1f} s | {flowed:.1f} s | {overhead:+.1f}% | {startup:.1f} s |\n"
+
+
+def _wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
+    """wrk (C, pipelined sockets) against `url`: req/s, p50/p95/p99 in ms, errors."""
+    import os
+    import shutil
+    import tempfile
+
+    if not shutil.which("wrk"):
+        raise RuntimeError(
+            "wrk is not installed: `apt-get install wrk` (the Makefile's bench target does it)"
+        )
+    script = Path(__file__).resolve().parent.parent / "tests" / "bench" / "wrk_post.lua"
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        handle.write(body)
+    env = {**os.environ, "WRK_BODY_FILE": handle.name}
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        return {"error": 1.0}
+    rps, p50, p95, p99, errors = (float(v) for v in line.split()[1:])
+    return {"rps": rps, "p50": p50, "p95": p95, "p99": p99, "errors": errors}
+
+
+def _wait_http(url: str, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def run_serving_benchmark(settings: Settings, seconds: int, console: Console) -> str:
+    """Maquette's service, the stock composition and the bare floor, one at a time, same run."""
+    import os
+
+    from maquette.lifecycle import entity_frame
+
+    root = Path(__file__).resolve().parent.parent
+    keep = ["origin", "carrier", "tailnum", "route", "scheduled_departure"]
+    flights = (
+        entity_frame(settings)
+        .slice(330_000, 400)
+        .select(keep)
+        .drop_null()
+        .slice(0, 100)
+        .to_pylist()
+    )
+    rows = [
+        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}
+        for r in flights
+    ]
+    servers = {
+        "Maquette service": [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "bentos.service:PredictionService",
+        ],
+        "stock: BentoML + get_online_features": [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "tests.bench.stock_service:StockService",
+        ],
+        "floor: bare Starlette, no features": [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.bench.bare_asgi:app",
+            "--log-level",
+            "warning",
+        ],
+    }
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    for label, command in servers.items():
+        port = _free_port()
+        flag = ["--port", str(port)] + (["--host", "127.0.0.1"] if "uvicorn" in command[2] else [])
+        env = {
+            **os.environ,
+            "MAQUETTE_PROJECT_DIR": str(settings.project_dir),
+            "PYTHONWARNINGS": "ignore",
+        }
+        proc = subprocess.Popen(
+            command + flag,
+            cwd=root,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}/predict"
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/")
+            _wrk(url, json.dumps({"rows": rows[:1]}), 2, 3)  # warm-up
+            for case, body, conns in [
+                ("1 row, c=1", rows[:1], 1),
+                ("1 row, c=8", rows[:1], 8),
+                ("1 row, c=32", rows[:1], 32),
+                ("100 rows, c=8", rows, 8),
+            ]:
+                console.print(f"  {label}: {case} ...")
+                results[(label, case)] = _wrk(url, json.dumps({"rows": body}), conns, seconds)
+        finally:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    table = Table(
+        "case", *servers, title=f"serving: req/s and p50/p95/p99 ms ({seconds}s per cell, wrk)"
+    )
+    lines = ["| case | " + " | ".join(servers) + " |", "|---|" + "---|" * len(servers)]
+    for case in ("1 row, c=1", "1 row, c=8", "1 row, c=32", "100 rows, c=8"):
+        cells = []
+        for label in servers:
+            r = results[(label, case)]
+            cells.append(
+                "failed"
+                if "error" in r
+                else f"{r['rps']:,.0f} req/s; {r['p50']:.2f} / {r['p95']:.2f} / {r['p99']:.2f}"
+                + (f"; {r['errors']:.0f} errors" if r["errors"] else "")
+            )
+        table.add_row(case, *cells)
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    console.print(table)
+    return "\n".join(lines) + "\n"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

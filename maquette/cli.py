@@ -421,6 +421,37 @@ def serve(
     raise typer.Exit(subprocess.call(command, cwd=root, env=env))
 
 
+@app.command()
+@reports_errors
+def build(project: ProjectOpt = None) -> None:
+    """Build a bento holding the service, the maquette package and every @production model.
+
+    Example: maquette build
+    """
+    import subprocess
+
+    import yaml
+
+    from maquette import registry
+
+    settings = _settings(project)
+    root = Path(__file__).resolve().parent.parent
+    spec = yaml.safe_load((root / "bentos" / "bentofile.yaml").read_text())
+    alias = settings.serving.default_alias
+    spec["models"] = [registry.resolve(settings, f"{name}@{alias}").tag for name in settings.models]
+    # The bento answers NAME@alias from a snapshot of the alias table taken now.
+    snapshot = root / "bentos" / ".aliases.json"
+    snapshot.write_text(settings.path(settings.registry.aliases).read_text())
+    spec["include"] = [*spec["include"], "bentos/.aliases.json"]
+    spec["envs"] = [{"name": "MAQUETTE_REGISTRY_ALIASES", "value": "bentos/.aliases.json"}]
+    target = settings.state_dir / "bentofile.yaml"
+    target.write_text(yaml.safe_dump(spec))
+    console.print(f"building with models {', '.join(spec['models'])}")
+    env = {**os.environ, "UV_OFFLINE": "1"}  # builds offline; the package index is not needed
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "bentoml", "build", "-f", str(target), str(root)],
+                                     cwd=root, env=env))
+
+
 @app.command("predict-batch")
 @reports_errors
 def predict_batch(
@@ -558,6 +589,26 @@ def bench_training(
     from maquette.bench import run_training_benchmark
 
     run_training_benchmark(_settings(project), name, trials, console)
+
+
+@bench_app.command("serving")
+@reports_errors
+def bench_serving(
+    seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Maquette's service vs BentoML + get_online_features vs a bare endpoint, with wrk.
+
+    Example: maquette bench serving --seconds 10
+    """
+    from maquette.bench import run_serving_benchmark
+
+    settings = _settings(project)
+    redis_server.ensure_redis(settings)
+    markdown = run_serving_benchmark(settings, seconds, console)
+    if out:
+        out.write_text(markdown)
 
 
 def main() -> None:

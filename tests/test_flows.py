@@ -64,3 +64,32 @@ def test_train_flow_registers_a_version_on_a_prefect_server(
     version = registry.resolve(loaded_project, state.result())
     assert version.record["search"]["trials"][0]["number"] == 0
     assert version.report.is_file()
+
+
+def test_drain_and_batch_predict_flows_run_on_a_prefect_server(
+    prefect_server: None, production, loaded_project: Settings, tmp_path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from flows.batch_predict import batch_predict
+    from flows.drain import drain
+    from maquette.serving import Predictor
+
+    row = {
+        "origin": "JFK",
+        "carrier": "UA",
+        "tailnum": "N14228",
+        "route": "JFK-LAX",
+        "scheduled_departure": "2013-12-31T15:00:00Z",
+    }
+    Predictor(loaded_project).predict([row, row])
+    state = drain(str(loaded_project.project_dir), return_state=True)
+    assert state.is_completed() and state.result() >= 2
+    output = tmp_path / "scored.parquet"
+    query = "SELECT * FROM flights WHERE event_timestamp >= '2013-12-01' AND event_timestamp < '2013-12-02'"
+    summary = batch_predict(
+        query, "flight_delay@production", str(output), str(loaded_project.project_dir)
+    )
+    scored = pq.read_table(output)
+    assert summary["rows"] == scored.num_rows > 900
+    assert set(scored["model_version"].to_pylist()) == {production["flight_delay"]}

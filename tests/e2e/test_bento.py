@@ -1,0 +1,24 @@
+"""`maquette build` makes a bento with the service, the package and the @production models (slow)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from maquette.cli import app
+from maquette.config import Settings
+
+
+@pytest.mark.slow
+def test_build_packs_the_production_models(production, loaded_project: Settings) -> None:
+    import bentoml
+
+    result = CliRunner().invoke(app, ["build", "--project", str(loaded_project.project_dir)])
+    assert result.exit_code == 0, result.output
+    bento = bentoml.bentos.get("maquette:latest")
+    packed = {str(m.tag) for m in bento.info.models}
+    assert set(production.values()) <= packed
+    files = {
+        p.relative_to(bento.path / "src").as_posix() for p in (bento.path / "src").rglob("*.py")
+    }
+    assert "bentos/service.py" in files and "maquette/serving.py" in files
