@@ -52,6 +52,8 @@ _HOMES = {
     "ensure_redis": "redis_server",
     "load_dataset": "datasets",
     "run_demo": "lifecycle",
+    "LibraryModel": "serving",
+    "load_model": "serving",
 }
 
 if TYPE_CHECKING:

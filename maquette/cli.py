@@ -448,8 +448,13 @@ def build(project: ProjectOpt = None) -> None:
     target.write_text(yaml.safe_dump(spec))
     console.print(f"building with models {', '.join(spec['models'])}")
     env = {**os.environ, "UV_OFFLINE": "1"}  # builds offline; the package index is not needed
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "bentoml", "build", "-f", str(target), str(root)],
-                                     cwd=root, env=env))
+    raise typer.Exit(
+        subprocess.call(
+            [sys.executable, "-m", "bentoml", "build", "-f", str(target), str(root)],
+            cwd=root,
+            env=env,
+        )
+    )
 
 
 @app.command("predict-batch")

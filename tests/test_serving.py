@@ -63,6 +63,14 @@ def wait_ready(url: str, timeout: float = 90) -> None:
     raise TimeoutError(f"{url} not ready")
 
 
+@pytest.fixture(autouse=True)
+def production_aliases(production, loaded_project: Settings) -> None:
+    """Every test here starts with the trained versions at @production (others move the alias)."""
+    for tag in production.values():
+        if registry.resolve(loaded_project, f"{tag.split(':')[0]}@production").tag != tag:
+            registry.promote(loaded_project, tag, "production")
+
+
 @pytest.fixture(scope="module")
 def two_versions(trained, loaded_project: Settings) -> dict[str, list[str]]:
     """At least two registered versions of each model (for splits, shadows and alias moves)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -18,7 +20,6 @@ def test_build_packs_the_production_models(production, loaded_project: Settings)
     bento = bentoml.bentos.get("maquette:latest")
     packed = {str(m.tag) for m in bento.info.models}
     assert set(production.values()) <= packed
-    files = {
-        p.relative_to(bento.path / "src").as_posix() for p in (bento.path / "src").rglob("*.py")
-    }
+    src = Path(bento.path) / "src"
+    files = {p.relative_to(src).as_posix() for p in src.rglob("*.py")}
     assert "bentos/service.py" in files and "maquette/serving.py" in files
