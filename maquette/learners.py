@@ -69,7 +69,9 @@ class LightGBMLearner:
         }
         train = lgb.Dataset(x, y, free_raw_data=False)
         valid = lgb.Dataset(x_val, y_val, reference=train) if len(x_val) else None
-        callbacks = [lgb.early_stopping(self.rounds, verbose=False)] if valid is not None else []
+        callbacks: list[Any] = (
+            [lgb.early_stopping(self.rounds, verbose=False)] if valid is not None else []
+        )
         booster = lgb.train(
             {**base, **params},
             train,

@@ -101,12 +101,12 @@ class Predictor:
             version = random.choices(list(weights), weights=list(weights.values()))[0]
             return f"{name}:{version}"
         alias = alias or self.settings.serving.default_alias
-        version = self._alias_table().get(name, {}).get(alias)
-        if version is None:
+        current = self._alias_table().get(name, {}).get(alias)
+        if current is None:
             return registry.resolve(
                 self.settings, f"{name}@{alias}"
             ).tag  # raises, naming what exists
-        return f"{name}:{version}"
+        return f"{name}:{current}"
 
     def version(self, tag: str) -> ServedVersion:
         """A loaded version (loaded once, on first use; requests in flight keep theirs)."""
