@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from maquette.config import load_settings
@@ -46,6 +46,30 @@ LATENCY = bentoml.metrics.Histogram(
     labelnames=["model"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
+
+
+class PredictionOut(BaseModel):
+    """One answered row."""
+
+    prediction_id: str = Field(description="Id of the logged prediction (join labels on it).")
+    prediction: float = Field(
+        description="Predicted value (binary: probability of the positive class)."
+    )
+    model: str = Field(
+        description="Exact version used, NAME:VERSION.", examples=["flight_delay:v3"]
+    )
+    partition: str = Field(description="Partition model used, or __parent__.", examples=["JFK"])
+    decision: bool | None = Field(None, description="Binary models: probability >= the threshold.")
+    missing_features: list[str] = Field(
+        default_factory=list, description="Not in the online store."
+    )
+    stale_features: list[str] = Field(
+        default_factory=list, description="Older than their view's TTL."
+    )
+
+
+class PredictResponse(BaseModel):
+    predictions: list[PredictionOut]
 
 
 class BearerAuth:
@@ -118,7 +142,7 @@ class PredictionService:
         as_of: Annotated[
             datetime | None, Field(description="Judge feature freshness as of this time.")
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> PredictResponse:
         """Predict for each row with the selected model version (default NAME@production)."""
         batch = [rows] if isinstance(rows, dict) else rows
         try:
@@ -135,7 +159,7 @@ class PredictionService:
                 MISSING.labels(model=a.model, kind="missing").inc(len(a.missing_features))
             if a.stale_features:
                 MISSING.labels(model=a.model, kind="stale").inc(len(a.stale_features))
-        return {"predictions": [a.as_dict() for a in answers]}
+        return PredictResponse(predictions=[PredictionOut(**a.as_dict()) for a in answers])
 
     def __is_ready__(self) -> bool:
         return self.predictor.ready()
