@@ -397,28 +397,15 @@ def serve(
 
     Example: maquette serve --port 3000
     """
-    import subprocess
+    from maquette.serving import service_process
 
     settings = _settings(project)
     redis_server.ensure_redis(settings)
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "MAQUETTE_PROJECT_DIR": str(settings.project_dir)}
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "bentos.service:PredictionService",
-        "--host",
-        settings.serving.host,
-        "--port",
-        str(port or settings.serving.port),
-    ]
+    port = port or settings.serving.port
     console.print(
-        f"serving on http://{settings.serving.host}:{port or settings.serving.port} "
-        "(Swagger UI at /, POST /predict)"
+        f"serving on http://{settings.serving.host}:{port} (Swagger UI at /, POST /predict)"
     )
-    raise typer.Exit(subprocess.call(command, cwd=root, env=env))
+    raise typer.Exit(service_process(settings.project_dir, settings.serving.host, port).wait())
 
 
 @app.command()

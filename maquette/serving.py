@@ -13,12 +13,16 @@ training saw them (Feast's TTL nulls them in training frames); the response name
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -333,3 +337,23 @@ def http_status(error: Exception) -> int:
         if isinstance(error, kind):
             return status
     return 500
+
+
+def service_process(
+    project_dir: Path, host: str, port: int, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """`bentoml serve` of bentos/service.py for a project, started from this checkout."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "MAQUETTE_PROJECT_DIR": str(project_dir), "PYTHONWARNINGS": "ignore"}
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "bentos.service:PredictionService",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    return subprocess.Popen(command, cwd=root, env=env, **popen)

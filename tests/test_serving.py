@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -18,8 +16,8 @@ import pytest
 
 from maquette import batch, predictions, registry, training
 from maquette.config import Settings
-from maquette.serving import Predictor, load_model
-from tests.conftest import ROOT, free_port
+from maquette.serving import Predictor, load_model, service_process
+from tests.conftest import free_port
 
 ROW = {
     "origin": "JFK",
@@ -31,23 +29,8 @@ ROW = {
 
 
 def start_service(project: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MAQUETTE_PROJECT_DIR": str(project), "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "bentos.service:PredictionService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return service_process(
+        project, "127.0.0.1", port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 

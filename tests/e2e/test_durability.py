@@ -18,6 +18,7 @@ from maquette import predictions
 from maquette.config import Settings, load_settings
 from maquette.features import FeatureLayer
 from maquette.redis_server import redis_server_binary, server_command, wait_until_ready
+from maquette.serving import service_process
 from tests.conftest import ROOT, free_port, make_project
 from tests.test_serving import ROW, wait_ready
 
@@ -32,21 +33,10 @@ def _redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def _service(project: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MAQUETTE_PROJECT_DIR": str(project), "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "bentos.service:PredictionService",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
+    return service_process(
+        project,
+        "127.0.0.1",
+        port,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
