@@ -42,6 +42,12 @@ models_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")
+labels_app = typer.Typer(
+    help="Late-arriving labels: ingest them, join them with predictions.", no_args_is_help=True
+)
+monitor_app = typer.Typer(help="Live accuracy of served models.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+app.add_typer(monitor_app, name="monitor")
 predictions_app = typer.Typer(
     help="The prediction log: drain it to Parquet, inspect it.", no_args_is_help=True
 )
@@ -497,6 +503,64 @@ def predictions_count(project: ProjectOpt = None) -> None:
     except DataNotLoaded:
         drained = 0
     console.print(f"waiting in the stream: {predictions.pending(settings):,}; drained: {drained:,}")
+
+
+# ---------------------------------------------------------------------------- monitoring
+
+
+@labels_app.command("ingest")
+@reports_errors
+def labels_ingest(
+    name: Annotated[str, typer.Argument(help="Model whose labels to ingest.")],
+    file: Annotated[
+        Path | None, typer.Option(help="Parquet/CSV keyed by prediction_id or entity keys + time.")
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Store a model's labels (from its declared source, or a file) and join them to predictions.
+
+    Example: maquette labels ingest flight_delay
+    """
+    from maquette import labels
+
+    settings = _settings(project)
+    result = labels.ingest_labels(settings, name, file)
+    scored = labels.join_labels(settings, name)
+    known = scored.num_rows - scored["label"].null_count
+    console.print(
+        f"{result.rows:,} labels stored; {known:,} of {scored.num_rows:,} logged predictions now have one"
+    )
+    if result.unknown_ids:
+        err.print(
+            f"[yellow]{result.unknown_ids:,} labels name prediction ids that were never logged[/]"
+        )
+
+
+@monitor_app.command("metrics")
+@reports_errors
+def monitor_metrics(
+    name: Annotated[str, typer.Argument(help="Model to report on.")],
+    window: Annotated[str, typer.Option(help="hourly or daily.")] = "daily",
+    since: Annotated[str | None, typer.Option(help="ISO start of the period.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Live accuracy per version, partition and window, from predictions joined with labels.
+
+    Example: maquette monitor metrics flight_delay --since 2013-12-01
+    """
+    from maquette import labels, monitoring
+
+    settings = _settings(project)
+    series = monitoring.live_metrics(
+        settings, name, labels.join_labels(settings, name), window, _when(since)
+    )
+    table = Table(
+        *[c for c in series.columns if c not in ("model", "window")],
+        title=f"{name}: {window} metrics",
+    )
+    for row in series.drop(columns=["model", "window"]).itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v)[:16] for v in row])
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------- redis

@@ -128,6 +128,21 @@ class SearchSettings(_Section):
     seed: int = Field(7, description="Seed of the search and of the learners.")
 
 
+class LabelSpec(_Section):
+    """Where a model's labels come from once they are known, and how they meet predictions."""
+
+    source: str | None = Field(
+        None, description="Table with the labels (default: the model's entity source)."
+    )
+    join_keys: list[str] = Field(description="Columns that match the logged entity keys.")
+    time_column: str = Field(
+        "scheduled_departure", description="Column matching the logged request time field."
+    )
+    available_at: str | None = Field(
+        None, description="Column saying when each label became known."
+    )
+
+
 class ModelSpec(_Section):
     """A model declared in the project file: what to predict, from which features, how."""
 
@@ -156,6 +171,7 @@ class ModelSpec(_Section):
     threshold: float | None = Field(
         None, description="Binary decision threshold (default: best F1 on validation)."
     )
+    labels: LabelSpec | None = Field(None, description="Late-arriving labels for monitoring.")
 
 
 class RegistrySettings(_Section):

@@ -1,0 +1,113 @@
+"""Labels arrive after predictions: ingest, join, live metrics per day (real Redis, real log)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from maquette import labels, monitoring, predictions
+from maquette.config import Settings
+from maquette.errors import ConfigError, DataNotLoaded, InvalidEntityFrame
+from maquette.lifecycle import entity_frame
+from maquette.serving import Predictor
+
+KEYS = ["origin", "carrier", "tailnum", "route", "scheduled_departure"]
+
+
+@pytest.fixture(scope="module")
+def served_december(production, loaded_project: Settings) -> tuple[Settings, list[str]]:
+    """Two December days of flights predicted as of their departure, logged and drained."""
+    settings = loaded_project.model_copy(deep=True)
+    settings.predictions.stream = "maquette:monitoring-test"
+    settings.predictions.folder = Path(
+        str(loaded_project.path(loaded_project.predictions.folder)) + "-monitoring"
+    )
+    flights = entity_frame(settings).to_pandas()
+    days = flights[
+        (flights.event_timestamp >= "2013-12-02") & (flights.event_timestamp < "2013-12-04")
+    ]
+    days = days.dropna(subset=KEYS).sample(300, random_state=1).sort_values("event_timestamp")
+    predictor = Predictor(settings)
+    ids = []
+    for row in days[KEYS].to_dict("records"):
+        (answer,) = predictor.predict(
+            [row], "flight_delay@production", as_of=row["scheduled_departure"]
+        )
+        ids.append(answer.prediction_id)
+    predictions.drain(settings)
+    return settings, ids
+
+
+def test_labels_join_every_prediction_with_its_flights_outcome(served_december) -> None:
+    settings, ids = served_december
+    ingested = labels.ingest_labels(settings, "flight_delay")
+    assert ingested.rows > 300_000
+    scored = labels.join_labels(settings, "flight_delay")
+    assert set(scored["prediction_id"].to_pylist()) == set(ids)
+    known = scored.filter(pa.compute.is_valid(scored["label"]))
+    assert known.num_rows >= 290  # cancelled or diverted flights have no label
+    assert min(known["label_delay_s"].to_pylist()) > 0  # a label is known only after the prediction
+
+
+def test_daily_metrics_match_a_hand_computation(served_december) -> None:
+    settings, _ = served_december
+    scored = labels.join_labels(settings, "flight_delay")
+    series = monitoring.live_metrics(settings, "flight_delay", scored, "daily")
+    overall = series[series.partition == "all"]
+    assert len(overall) == 2 and overall["predictions"].sum() == 300
+    day = scored.to_pandas()
+    day = day[(day.request_time < datetime(2013, 12, 3, tzinfo=UTC)) & day.label.notna()]
+    rmse = float(np.sqrt(np.mean((day.label - day.prediction) ** 2)))
+    assert overall.iloc[0]["rmse"] == pytest.approx(rmse)
+    assert set(series.partition) >= {"all", "JFK"} or set(series.partition) >= {"all", "__parent__"}
+    assert monitoring.metrics_path(settings, "flight_delay", "daily").is_file()
+
+
+def test_labels_keyed_by_prediction_id_report_unknown_ids(served_december, tmp_path: Path) -> None:
+    settings, ids = served_december
+    file = tmp_path / "labels.parquet"
+    pq.write_table(
+        pa.table({"prediction_id": [ids[0], "not-a-prediction"], "label": [12.0, 3.0]}), file
+    )
+    result = labels.ingest_labels(settings, "flight_delay", file)
+    assert result.unknown_ids == 1
+    scored = labels.join_labels(settings, "flight_delay")
+    assert scored.filter(pa.compute.is_valid(scored["label"])).num_rows == 1
+
+
+def test_bad_label_inputs_say_what_is_wrong(served_december, tmp_path: Path) -> None:
+    settings, _ = served_december
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,value\n1,2\n")
+    with pytest.raises(InvalidEntityFrame, match="lacks column"):
+        labels.ingest_labels(settings, "flight_delay", bad)
+    with pytest.raises(ConfigError, match="unknown window 'weekly'"):
+        monitoring.live_metrics(
+            settings, "flight_delay", labels.join_labels(settings, "flight_delay"), "weekly"
+        )
+    with pytest.raises(DataNotLoaded, match="no scored predictions"):
+        monitoring.live_metrics(
+            settings,
+            "flight_delay",
+            labels.join_labels(settings, "flight_delay"),
+            since=datetime(2020, 1, 1, tzinfo=UTC),
+        )
+
+
+def test_monitor_commands_report_errors_with_exit_codes(loaded_project: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from maquette.cli import app
+
+    project = ["--project", str(loaded_project.project_dir)]
+    unknown = CliRunner().invoke(app, ["monitor", "metrics", "nope", *project])
+    assert unknown.exit_code == 2 and "no model named 'nope'" in unknown.output
+    bad_file = CliRunner().invoke(
+        app, ["labels", "ingest", "flight_delay", "--file", "/nonexistent.csv", *project]
+    )
+    assert bad_file.exit_code == 6 and "does not exist" in bad_file.output
