@@ -7,6 +7,8 @@ Contents, by platform concept:
     features        FeatureLayer: feast apply, materialize, training_frame, online_features
     serving         load_model (library mode), Predictor behind the BentoML service
     predictions     the prediction log: Redis Stream -> Parquet
+    labels          late labels joined with logged predictions (scored predictions)
+    monitoring      live metrics per version, partition and window
     batch           predict_batch: point-in-time features, a version, Parquet out
     lifecycle       run_demo: the main job, every stage timed
     errors          MaquetteError and its subclasses, each with a remedy

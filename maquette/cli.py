@@ -484,7 +484,12 @@ def predictions_drain(project: ProjectOpt = None) -> None:
     from maquette import predictions
 
     result = predictions.drain(_settings(project))
-    console.print(f"drained {result.entries:,} predictions into {len(result.files)} files")
+    again = (
+        f" ({result.redelivered:,} redelivered after an interrupted drain)"
+        if result.redelivered
+        else ""
+    )
+    console.print(f"drained {result.entries:,} predictions into {len(result.files)} files{again}")
 
 
 @predictions_app.command("count")

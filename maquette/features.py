@@ -16,7 +16,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -608,8 +608,3 @@ def _utc(when: datetime, what: str) -> datetime:
             "Pass an aware datetime, e.g. datetime(2013, 12, 1, tzinfo=UTC).",
         )
     return when.astimezone(UTC)
-
-
-def iter_batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

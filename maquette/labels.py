@@ -9,7 +9,6 @@ label, and the version and partition that answered.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +136,3 @@ def join_labels(settings: Settings, name: str) -> pa.Table:
     target.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, target)
     return table
-
-
-def feature_values(table: pa.Table) -> list[dict[str, object]]:
-    """The served feature values of scored rows, decoded from their JSON column."""
-    return [json.loads(v) for v in table["features"].to_pylist()]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -28,14 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.types import (
-    Array,
     Bool,
     FeastType,
     Float32,
     Float64,
     Int32,
     Int64,
-    PrimitiveFeastType,
     String,
 )
 
@@ -322,11 +320,6 @@ class RespWriter:
             )
         return out
 
-    def call(self, *args: str | bytes) -> Any:
-        """Send one command and return its reply."""
-        self.send(self.pack(args))
-        return self.replies(1)[0]
-
     def close(self) -> None:
         self.sock.close()
 
@@ -375,14 +368,3 @@ def _timestamp_parts(raw: bytes) -> tuple[int, int]:
         elif tag == 0x10:
             nanos = value
     return seconds, nanos
-
-
-SUPPORTED_TYPES: tuple[PrimitiveFeastType | Array, ...] = (
-    Float64,
-    Float32,
-    Int64,
-    Int32,
-    Bool,
-    String,
-)
-ProgressFn = Callable[[int], None]

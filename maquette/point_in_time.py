@@ -51,12 +51,13 @@ def _view_cte(i: int, view: ViewSource) -> str:
     return f"v{i} AS ({body})"
 
 
-def point_in_time_sql(
-    views: list[ViewSource], entity_columns: list[str], timestamp_column: str
-) -> str:
-    """SQL joining `entities` to every view as of each row's timestamp, TTL applied."""
+def point_in_time_sql(views: list[ViewSource], timestamp_column: str) -> str:
+    """SQL joining `entities` to every view as of each row's timestamp, TTL applied.
+
+    The result holds `__row` (the entity row's position) and the features, in row order.
+    """
     ts = f"e.{_q(timestamp_column)}"
-    select = [f"e.{_q(c)}" for c in entity_columns] or ["e.__row"]
+    select = ["e.__row"]
     joins = []
     for i, view in enumerate(views):
         on = " AND ".join(
@@ -102,7 +103,7 @@ def point_in_time_join(
         "__row", pa.array(np.arange(entities.num_rows, dtype=np.int64))
     )
     con.register("entities", narrow)
-    features = con.sql(point_in_time_sql(views, [], timestamp_column)).to_arrow_table()
+    features = con.sql(point_in_time_sql(views, timestamp_column)).to_arrow_table()
     features = features.drop_columns(["__row"])
     out = entities
     for name in features.column_names:

@@ -175,8 +175,13 @@ def promote(settings: Settings, ref: str, alias: str = "production") -> dict[str
     return move
 
 
+def alias_table(settings: Settings) -> dict[str, dict[str, str]]:
+    """Every model's aliases: {name: {alias: version}}."""
+    return dict(_read_aliases(settings)["aliases"])
+
+
 def aliases(settings: Settings, name: str) -> dict[str, str]:
-    return dict(_read_aliases(settings)["aliases"].get(name, {}))
+    return dict(alias_table(settings).get(name, {}))
 
 
 def alias_history(settings: Settings, name: str) -> list[dict[str, Any]]:

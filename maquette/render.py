@@ -60,6 +60,7 @@ def feature_views_table(layer: FeatureLayer) -> Table:
 def demo_summary(console: Console, report: DemoReport) -> None:
     console.rule("Maquette demo: summary")
     console.print(tables_table(report.tables))
+    console.print(f"registered with Feast: {', '.join(report.registered)}")
     if report.materialized:
         console.print(materialize_table(report.materialized))
     console.print(
@@ -285,6 +286,14 @@ def record_view(console: Console, settings: Settings, version: Any) -> None:
         )
     if r.get("threshold") is not None:
         console.print(f"decision threshold: {r['threshold']:.4f}")
+    moves = registry.alias_history(settings, version.name)
+    if moves:
+        history = Table(
+            "alias", "version", "previous", "by", "at", title=f"alias history of {version.name}"
+        )
+        for m in moves:
+            history.add_row(m["alias"], m["version"], m["previous"] or "", m["by"], m["at"][:19])
+        console.print(history)
     console.print(f"report: {version.report}")
 
 

@@ -29,7 +29,14 @@ import numpy as np
 
 from maquette import registry
 from maquette.config import Settings
-from maquette.errors import InvalidEntityFrame, ModelVersionNotFound
+from maquette.errors import (
+    ConfigError,
+    DataNotLoaded,
+    FeatureNotFound,
+    InvalidEntityFrame,
+    ModelVersionNotFound,
+    StoreUnavailable,
+)
 from maquette.features import PRESENT, FeatureLayer
 from maquette.predictions import PredictionLog
 from maquette.training import TrainedModel
@@ -82,10 +89,7 @@ class Predictor:
         path = self.settings.path(self.settings.registry.aliases)
         stamp = path.stat().st_mtime_ns if path.exists() else None
         if stamp != self._aliases_stamp:
-            self._aliases = {
-                name: registry.aliases(self.settings, name)
-                for name in registry._read_aliases(self.settings)["aliases"]
-            }
+            self._aliases = registry.alias_table(self.settings)
             self._aliases_stamp = stamp
         return self._aliases
 
@@ -316,27 +320,19 @@ def load_model(selector: str, settings: Settings | None = None, log: bool = Fals
     return LibraryModel(settings or load_settings(), selector, log)
 
 
-# Where each error lands over HTTP: decided here, once.
-def http_status(error: Exception) -> int:
-    from maquette.errors import (
-        ConfigError,
-        DataNotLoaded,
-        FeatureNotFound,
-        StoreUnavailable,
-    )
+# Where each error lands over HTTP: decided here, once (first match wins).
+HTTP_STATUS: list[tuple[type[Exception], int]] = [
+    (InvalidEntityFrame, 422),
+    (ModelVersionNotFound, 404),
+    (FeatureNotFound, 404),
+    (StoreUnavailable, 503),
+    (DataNotLoaded, 503),
+    (ConfigError, 500),
+]
 
-    table: list[tuple[type[Exception], int]] = [
-        (InvalidEntityFrame, 422),
-        (ModelVersionNotFound, 404),
-        (FeatureNotFound, 404),
-        (StoreUnavailable, 503),
-        (DataNotLoaded, 503),
-        (ConfigError, 500),
-    ]
-    for kind, status in table:
-        if isinstance(error, kind):
-            return status
-    return 500
+
+def http_status(error: Exception) -> int:
+    return next((status for kind, status in HTTP_STATUS if isinstance(error, kind)), 500)
 
 
 def service_process(

@@ -26,7 +26,7 @@ import pandas as pd
 
 from maquette import datasets
 from maquette.config import ModelSpec, Settings
-from maquette.errors import ConfigError, InvalidModelSpec
+from maquette.errors import InvalidModelSpec
 from maquette.features import FeatureLayer
 from maquette.learners import Fitted, Learner, learner_for
 from maquette.metrics import best_f1_threshold, better, binary_metrics, regression_metrics
@@ -598,10 +598,6 @@ def ensure_trainable(settings: Settings, name: str) -> ModelSpec:
     """The spec, checked before any work: known model, search space that parses."""
     spec = settings.model_spec(name)
     search_space(spec)
-    if spec.task not in ("regression", "binary"):
-        raise ConfigError(
-            f"model {name!r} has unknown task {spec.task!r}.", "Use regression or binary."
-        )
     return spec
 
 
