@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maquette import training
+from maquette import registry, training
 from maquette.config import load_settings
 
 
@@ -20,12 +20,24 @@ def as_task(label: str, fn: Any, *args: Any) -> Any:
 
 
 @flow(name="train")
-def train(name: str, trials: int | None = None, project_dir: str | None = None) -> str:
-    """Train model `name` as declared in maquette.yaml; returns the registered NAME:VERSION."""
+def train(
+    name: str,
+    trials: int | None = None,
+    project_dir: str | None = None,
+    promote: str | None = None,
+) -> str:
+    """Train model `name` as declared in maquette.yaml; returns the registered NAME:VERSION.
+
+    `promote` names an alias to move to the new version (used by alert-triggered retraining
+    when the model's settings allow it).
+    """
     settings = load_settings(project_dir)
     logger = get_run_logger()
     version = training.train(settings, name, trials, announce=logger.info, step=as_task)
     logger.info("registered %s: %s", version.tag, version.record["baseline"]["gain"])
+    if promote:
+        registry.promote(settings, version.tag, promote)
+        logger.info("promoted %s to @%s", version.tag, promote)
     return str(version.tag)
 
 

@@ -10,6 +10,7 @@ label, and the version and partition that answered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -48,9 +49,16 @@ def _spec(settings: Settings, name: str) -> LabelSpec:
     return spec.labels
 
 
-def _con() -> duckdb.DuckDBPyConnection:
+def _con(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    if settings is not None:
+        # Bounded memory for large logs: DuckDB spills to disk instead of growing.
+        spill = settings.state_dir / "duckdb_tmp"
+        spill.mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET memory_limit = '{settings.monitoring.join_memory_limit}'")
+        con.execute(f"SET temp_directory = '{spill}'")
+        con.execute("SET preserve_insertion_order = false")
     return con
 
 
@@ -101,38 +109,55 @@ def _unknown_ids(settings: Settings, name: str, table: pa.Table) -> int:
     return sum(1 for pid in table["prediction_id"].to_pylist() if pid not in logged)
 
 
-def join_labels(settings: Settings, name: str) -> pa.Table:
-    """Every logged prediction of `name` with its label when known; written to the offline store."""
+def join_labels(
+    settings: Settings,
+    name: str,
+    as_of: datetime | None = None,
+    columns: list[str] | None = None,
+) -> pa.Table:
+    """Every logged prediction of `name` with its label when known; written to the offline store.
+
+    With `as_of`, a label counts only if it was available by then (replays and backtests).
+    One DuckDB statement from the Parquet log to the scored Parquet file: a million logged
+    predictions never pass through Python; `columns` reads back only those.
+    """
     labels = _spec(settings, name)
-    logged = predictions.read_predictions(settings, name)
-    logged = logged.filter(pa.compute.invert(logged["shadow"]))
+    logged = predictions.logged_sql(settings, name)
     if not labels_path(settings, name).is_file():
         raise DataNotLoaded(
             f"no labels ingested for {name!r}.", f"Run `maquette labels ingest {name}`."
         )
-    con = _con()
-    con.register("logged", logged)
-    con.execute(
-        f"CREATE VIEW labels AS SELECT * FROM read_parquet('{labels_path(settings, name)}')"
-    )
-    columns = [r[0] for r in con.sql("DESCRIBE labels").fetchall()]
-    if "prediction_id" in columns:
+    con = _con(settings)
+    source = f"read_parquet('{labels_path(settings, name)}')"
+    present = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+    if "prediction_id" in present:
+        label_keys = ["prediction_id"]
         on = "l.prediction_id = p.prediction_id"
     else:
+        label_keys = [*labels.join_keys, labels.time_column]
         keys = [f"json_extract_string(p.entity, '$.{k}') = l.\"{k}\"" for k in labels.join_keys]
         column = labels.time_column
         when = f"CAST(json_extract_string(p.request, '$.{column}') AS TIMESTAMPTZ) = l.\"{column}\""
         on = " AND ".join([*keys, when])
-    known = "l.label_available_at" if "label_available_at" in columns else "NULL::TIMESTAMPTZ"
-    table = con.sql(f"""
-        SELECT p.prediction_id, p.request_time, p.logged_at, p.model, p.version, p.partition,
-               p.prediction, p.decision, p.entity, p.features, p.missing, p.stale,
-               l.{LABEL} AS label, {known} AS label_available_at,
-               date_diff('second', p.request_time, {known}) AS label_delay_s
-        FROM logged p LEFT JOIN labels l ON {on}
-        QUALIFY row_number() OVER (PARTITION BY p.prediction_id ORDER BY p.prediction_id) = 1
-        ORDER BY p.request_time, p.prediction_id""").to_arrow_table()
+    known = "l.label_available_at" if "label_available_at" in present else "NULL::TIMESTAMPTZ"
+    if as_of is not None and "label_available_at" in present:
+        on += f" AND l.label_available_at <= '{as_of.isoformat()}'::TIMESTAMPTZ"
+    # One label per key (the first seen), so the left join keeps one row per prediction.
+    distinct = ", ".join(f'"{k}"' for k in label_keys)
     target = scored_path(settings, name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, target)
-    return table
+    partial = target.with_suffix(".partial.parquet")
+    con.execute(f"""
+        COPY (
+            WITH p AS ({logged}),
+                 l AS (SELECT DISTINCT ON ({distinct}) * FROM {source})
+            SELECT p.prediction_id, p.request_time, p.logged_at, p.model, p.version,
+                   p.partition, p.prediction, p.decision, p.entity, p.request, p.features,
+                   p.missing, p.stale, l.{LABEL}::DOUBLE AS label,
+                   {known} AS label_available_at,
+                   date_diff('second', p.request_time, {known}) AS label_delay_s
+            FROM p LEFT JOIN l ON {on}
+            WHERE NOT p.shadow
+        ) TO '{partial}' (FORMAT parquet)""")
+    partial.replace(target)  # readers never see a half-written table
+    return pq.read_table(target, columns=columns)

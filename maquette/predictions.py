@@ -191,21 +191,35 @@ def pending(settings: Settings) -> int:
     return int(client.xlen(settings.predictions.stream))
 
 
-def read_predictions(settings: Settings, model: str | None = None) -> pa.Table:
-    """Drained predictions, one row per prediction id (redelivered copies removed)."""
+def logged_sql(settings: Settings, model: str | None = None) -> str:
+    """DuckDB SELECT of the drained predictions, one row per prediction id (copies removed)."""
     folder = settings.path(settings.predictions.folder)
     if not any(folder.glob("date=*/model=*/*.parquet")):
         raise DataNotLoaded(
             f"no drained predictions under {folder}.",
             "Serve some predictions, then run `maquette predictions drain`.",
         )
+    # The folder names (date=, model=) are for people and pruning; the columns are in the files.
+    files = (
+        f"{folder}/date=*/model={model}/*.parquet"
+        if model
+        else f"{folder}/date=*/model=*/*.parquet"
+    )
+    where = "WHERE model = '" + model.replace("'", "''") + "'" if model else ""
+    source = f"read_parquet('{files}', hive_partitioning = false)"
+    # De-duplicate on the narrow key columns, then keep the matching wide rows (no wide sort).
+    return f"""
+        SELECT f.* FROM {source} f
+        SEMI JOIN (
+            SELECT prediction_id, min(stream_id) AS stream_id FROM {source} {where}
+            GROUP BY prediction_id
+        ) first USING (prediction_id, stream_id)
+        {where.replace("WHERE model", "WHERE f.model")}"""
+
+
+def read_predictions(settings: Settings, model: str | None = None) -> pa.Table:
+    """Drained predictions, one row per prediction id (redelivered copies removed)."""
+    sql = logged_sql(settings, model)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    where = "WHERE model = $model" if model else ""
-    # The folder names (date=, model=) are for people and pruning; the columns are in the files.
-    sql = (
-        f"SELECT * FROM read_parquet('{folder}/date=*/model=*/*.parquet', hive_partitioning = false) "
-        f"{where} QUALIFY row_number() OVER (PARTITION BY prediction_id ORDER BY stream_id) = 1 "
-        "ORDER BY stream_id"
-    )
-    return con.sql(sql, params={"model": model} if model else None).to_arrow_table()
+    return con.sql(f"SELECT * FROM ({sql}) ORDER BY stream_id").to_arrow_table()

@@ -311,3 +311,57 @@ def version_summary(console: Console, version: Any) -> None:
     r = version.record
     console.print(f"registered [bold]{version.tag}[/]: {r['baseline']['gain']}")
     console.print(f"record: maquette models show {version.tag}    report: {version.report}")
+
+
+def monitor_summary(console: Console, run: Any) -> None:
+    """What a monitoring pass found: per model accuracy, drift and skew; freshness; alerts."""
+    console.print(
+        f"monitoring as of {run.as_of:%Y-%m-%d %H:%M} UTC; {run.drained:,} predictions drained"
+    )
+    for name, reason in run.skipped.items():
+        console.print(f"[yellow]{name}: skipped, {reason}[/]")
+    for name, found in run.models.items():
+        series = next(iter(found.metrics.values()))
+        overall = series[series["partition"] == "all"]
+        metric = "rmse" if "rmse" in overall else "auc"
+        table = Table(
+            "window",
+            "version",
+            "predictions",
+            "labelled",
+            metric.upper(),
+            "missing features",
+            title=f"{name}: {found.predictions:,} predictions, {found.labelled:,} labelled",
+        )
+        for row in overall.tail(10).to_dict("records"):
+            table.add_row(
+                _ts(row["window_start"]),
+                str(row["version"]),
+                f"{row['predictions']:,}",
+                f"{row['labelled']:,}",
+                _fmt(row.get(metric)),
+                f"{row['missing_feature_rate']:.1%}",
+            )
+        console.print(table)
+        for report in found.reports:
+            drifted = ", ".join(report.drifted_features[:6]) or "none"
+            console.print(
+                f"  drift {report.window_start[:10]} ({report.version}): "
+                f"{report.drift_share:.0%} of features drifted ({drifted})"
+            )
+        for skew in found.skew:
+            worst = sorted(skew.mismatch_rate.items(), key=lambda kv: -kv[1])[:3]
+            console.print(
+                f"  skew {skew.version} on {skew.rows:,} sampled predictions: worst "
+                + ", ".join(f"{f} {r:.1%}" for f, r in worst)
+            )
+    stale = [f.view for f in run.freshness if f.stale]
+    console.print(f"feature views stale in the online store: {', '.join(stale) or 'none'}")
+    for alert in run.new_alerts:
+        console.print(f"[bold red]ALERT[/] {alert.message}")
+    if run.webhook_error:
+        console.print(f"[yellow]{run.webhook_error}[/]")
+    for name, outcome in run.retrained.items():
+        console.print(f"{name}: {outcome}")
+    console.print(f"reports: {run.index}")
+    console.print(f"Evidently UI: evidently ui --workspace {run.workspace}")

@@ -1,0 +1,328 @@
+"""Evidently reports of served models: feature drift, prediction drift and quality, per window.
+
+For each report window (weekly by default) and served version, one Evidently report compares
+what the model received in that window with the training reference recorded in the version
+(its train split): data drift of every feature, drift of the prediction, and regression or
+classification quality on the rows whose label is known. Each report is saved as
+self-contained HTML under `reports/monitoring/NAME/` and as a snapshot in a local Evidently
+workspace (`evidently ui --workspace .maquette/evidently`). Reports of windows whose rows did not
+change since the last run are kept, not recomputed.
+
+Large windows stay fast: the reference is a seeded sample of `monitoring.reference_rows`
+training rows and a window is sampled down to `monitoring.report_rows`; a report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from maquette import registry
+from maquette.config import Settings
+from maquette.labels import LABEL
+from maquette.training import LABEL as TRAINING_LABEL
+from maquette.training import TrainedModel
+
+PERIODS = {"daily": "D", "weekly": "W-SUN", "monthly": "M"}
+SEED = 7
+
+
+@dataclass
+class WindowReport:
+    """What one Evidently report found, for the index page and the alerts."""
+
+    model: str
+    version: str
+    window_start: str
+    window_end: str
+    rows: int
+    labelled: int
+    sampled_rows: int
+    reference_rows: int
+    drift_share: float
+    drifted_features: list[str]
+    feature_drift: dict[str, float]
+    drift_method: dict[str, str]
+    prediction_drift: float | None
+    quality: dict[str, float] = field(default_factory=dict)
+    html: str = ""
+    quality_html: str = ""
+    note: str = ""
+
+
+def reports_dir(settings: Settings, name: str) -> Path:
+    return settings.path(settings.paths.reports) / "monitoring" / name
+
+
+def served_inputs(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """The feature values the model received: served values, missing or stale ones as null."""
+    decoded = [json.loads(s) for s in frame["features"]]
+    hidden = [
+        set(m if m is not None else ()) | set(s if s is not None else ())
+        for m, s in zip(frame["missing"], frame["stale"], strict=True)
+    ]
+    rows = [
+        {f: (None if f in h else v.get(f)) for f in features}
+        for v, h in zip(decoded, hidden, strict=True)
+    ]
+    return pd.DataFrame.from_records(rows, columns=features, index=frame.index)
+
+
+def reference_frame(settings: Settings, version: registry.ModelVersion) -> pd.DataFrame:
+    """A seeded sample of the version's training rows, with the version's predictions on them."""
+    record = version.record
+    path = record["data"]["train"]["path"]
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"the training set of {version.tag} is gone ({path}); drift needs it as reference."
+        )
+    rows = settings.monitoring.reference_rows
+    con = duckdb.connect()
+    frame = con.sql(
+        f"SELECT * FROM read_parquet('{path}') USING SAMPLE reservoir({rows} ROWS) "
+        f"REPEATABLE ({SEED})"
+    ).df()
+    model = TrainedModel.load(version.path, record)
+    frame["prediction"], _ = model.predict(frame)
+    return frame.rename(columns={TRAINING_LABEL: LABEL})
+
+
+def _window_starts(times: pd.Series, every: str) -> pd.Series:
+    naive = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    return naive.dt.to_period(PERIODS[every]).dt.start_time.dt.tz_localize("UTC")
+
+
+def _drift_verdict(method: str, score: float, threshold: float) -> bool:
+    # Statistical tests give p-values (drift when small); distances drift when large.
+    return score < threshold if "p_value" in method else score >= threshold
+
+
+def _datasets(record: dict[str, Any], frames: list[pd.DataFrame], with_label: bool) -> list[Any]:
+    """Evidently datasets of the served features and the prediction (and the label)."""
+    from evidently import BinaryClassification, DataDefinition, Dataset, Regression
+
+    features = list(record["feature_names"])
+    categorical = [f for f in features if f in record.get("categories", {})]
+    numerical = [f for f in features if f not in categorical]
+    binary = record["task"] == "binary"
+    kinds: dict[str, Any] = {}
+    if with_label:
+        kinds = (
+            {"classification": [BinaryClassification(target=LABEL, prediction_probas="prediction")]}
+            if binary
+            else {"regression": [Regression(target=LABEL, prediction="prediction")]}
+        )
+    definition = DataDefinition(
+        numerical_columns=[
+            *numerical,
+            "prediction",
+            *([LABEL] if with_label and not binary else []),
+        ],
+        categorical_columns=categorical,
+        **kinds,
+    )
+    columns = [*features, "prediction", *([LABEL] if with_label else [])]
+    out = []
+    for frame in frames:
+        data = frame[columns].copy()
+        for col in [*numerical, "prediction"]:
+            # JSON-decoded served values arrive as objects (None for missing).
+            data[col] = pd.to_numeric(data[col], errors="coerce").astype(float)
+        for col in categorical:
+            data[col] = data[col].astype("string")
+        if with_label:
+            data[LABEL] = data[LABEL].astype(int if binary else float)
+        out.append(Dataset.from_pandas(data, data_definition=definition))
+    return out
+
+
+def window_report(
+    settings: Settings,
+    version: registry.ModelVersion,
+    reference: pd.DataFrame,
+    window: pd.DataFrame,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    workspace: Any | None,
+) -> WindowReport:
+    """Run Evidently on one window of served rows (scored-predictions rows, labels when known)."""
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
+
+    from maquette.monitoring import quality_scores
+
+    record = version.record
+    features = list(record["feature_names"])
+    rows, labelled = len(window), int(window[LABEL].notna().sum())
+    if rows > settings.monitoring.report_rows:
+        window = window.sample(settings.monitoring.report_rows, random_state=SEED)
+    current = served_inputs(window, features)
+    current["prediction"] = window["prediction"].to_numpy(float)
+    current[LABEL] = window[LABEL].to_numpy(float)
+    notes = []
+    if len(window) < rows:
+        notes.append(f"current window sampled: {len(window):,} of {rows:,} rows")
+    notes.append(f"reference: {len(reference):,} sampled training rows of {version.tag}")
+    if not labelled:
+        notes.append("no labels yet in this window: quality not computed")
+    # Evidently cannot test a column with no values on one side; say so instead.
+    empty = [f for f in features if current[f].isna().all() or reference[f].isna().all()]
+    if empty:
+        notes.append(f"no values to compare, drift not tested: {', '.join(empty)}")
+    compared = [f for f in features if f not in empty]
+    metadata = {"model": version.name, "version": version.version, "note": "; ".join(notes)}
+    with warnings.catch_warnings():
+        # Evidently warns about its own internal slices (a window with one class, a column
+        # with no values yet); the report shows those cases.
+        warnings.simplefilter("ignore")
+        tags = [version.name, version.version]
+        drift_data, reference_data = _datasets(record, [current, reference], with_label=False)
+        snapshot = Report(
+            [DataDriftPreset(columns=compared), ValueDrift(column="prediction")],
+            metadata={**metadata, "report": "drift"},
+            tags=[*tags, "drift"],
+        ).run(drift_data, reference_data, timestamp=start.to_pydatetime())
+        quality = None
+        if labelled:
+            known = current[current[LABEL].notna()]
+            preset = ClassificationPreset() if record["task"] == "binary" else RegressionPreset()
+            quality = Report(
+                [preset], metadata={**metadata, "report": "quality"}, tags=[*tags, "quality"]
+            ).run(
+                *_datasets(record, [known, reference], with_label=True),
+                timestamp=start.to_pydatetime(),
+            )
+    found = WindowReport(
+        version.name,
+        version.version,
+        start.isoformat(),
+        end.isoformat(),
+        rows,
+        labelled,
+        len(window),
+        len(reference),
+        0.0,
+        [],
+        {},
+        {},
+        None,
+        note="; ".join(notes),
+    )
+    for metric in snapshot.dict()["metrics"]:
+        config, value = metric["config"], metric["value"]
+        kind = config.get("type", "")
+        if kind.endswith("DriftedColumnsCount"):
+            found.drift_share = float(value["share"])
+        elif kind.endswith("ValueDrift"):
+            score = float(value)
+            column = config["column"]
+            if column == "prediction":
+                found.prediction_drift = score
+                continue
+            found.feature_drift[column] = score
+            found.drift_method[column] = config["method"]
+            if _drift_verdict(config["method"], score, config["threshold"]):
+                found.drifted_features.append(column)
+    if labelled:
+        known = window[window[LABEL].notna()]
+        found.quality = quality_scores(
+            record, known[LABEL].to_numpy(float), known["prediction"].to_numpy(float)
+        )
+    folder = reports_dir(settings, version.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{version.name}_{version.version}_{start:%Y-%m-%d}"
+    snapshot.save_html(str(folder / f"{stem}_drift.html"))
+    found.html = str(folder / f"{stem}_drift.html")
+    if quality is not None:
+        quality.save_html(str(folder / f"{stem}_quality.html"))
+        found.quality_html = str(folder / f"{stem}_quality.html")
+    if workspace is not None:
+        project = _workspace_project(workspace, version.name)
+        for run in (snapshot, quality):
+            if run is not None:
+                workspace.add_run(project.id, run, include_data=False)
+    return found
+
+
+def open_workspace(settings: Settings) -> Any:
+    from evidently.ui.workspace import Workspace
+
+    return Workspace.create(str(settings.path(settings.monitoring.workspace)))
+
+
+def _workspace_project(workspace: Any, name: str) -> Any:
+    for project in workspace.search_project(f"maquette: {name}"):
+        return project
+    project = workspace.create_project(
+        f"maquette: {name}", description=f"Drift and quality of {name}, per window."
+    )
+    return project
+
+
+def _index_path(settings: Settings, name: str) -> Path:
+    return reports_dir(settings, name) / "reports.json"
+
+
+def load_index(settings: Settings, name: str) -> list[WindowReport]:
+    path = _index_path(settings, name)
+    if not path.is_file():
+        return []
+    return [WindowReport(**entry) for entry in json.loads(path.read_text())]
+
+
+def window_reports(
+    settings: Settings, name: str, scored: pa.Table, announce: Any = None
+) -> list[WindowReport]:
+    """One report per (version, report window) of the scored predictions; unchanged ones kept."""
+    frame = scored.to_pandas()
+    every = settings.monitoring.report_window
+    frame["window_start"] = _window_starts(frame["request_time"], every)
+    known = {(r.version, r.window_start): r for r in load_index(settings, name)}
+    workspace = open_workspace(settings)
+    out: list[WindowReport] = []
+    for version_id, rows in frame.groupby("version"):
+        version = registry.resolve(settings, f"{name}:{version_id}")
+        reference: pd.DataFrame | None = None
+        for start, window in rows.groupby("window_start"):
+            previous = known.get((str(version_id), start.isoformat()))
+            labelled = int(window[LABEL].notna().sum())
+            if (
+                previous
+                and previous.rows == len(window)
+                and previous.labelled == labelled
+                and Path(previous.html).is_file()
+            ):
+                out.append(previous)
+                continue
+            if reference is None:
+                reference = reference_frame(settings, version)
+            end = (pd.Period(start.tz_localize(None), PERIODS[every]) + 1).start_time
+            end = end.tz_localize("UTC")
+            if announce:
+                announce(f"{version.tag}: report for the window from {start:%Y-%m-%d}")
+            out.append(window_report(settings, version, reference, window, start, end, workspace))
+    path = _index_path(settings, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(r) for r in out], indent=1, default=_json_default))
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
