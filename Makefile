@@ -33,11 +33,12 @@ lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff format --check maquette flows bentos feature_repo tests
 	$(BIN)/mypy maquette
 
-bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, serving (needs wrk)
+bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, serving (needs wrk), stream
 	@command -v wrk >/dev/null || (apt-get install -y wrk || sudo apt-get install -y wrk)
 	$(BIN)/maquette bench features
 	$(BIN)/maquette bench training
 	$(BIN)/maquette bench serving
+	$(BIN)/maquette bench stream
 
 clean:  ## stop the embedded Redis and remove state (data, registry, reports)
 	-$(BIN)/maquette redis stop

@@ -1,4 +1,4 @@
-"""Feature views over the batch feature tables, each with a deliberate TTL, and one on-demand view."""
+"""Feature views over batch tables and streamed aggregates, each with a deliberate TTL; one on-demand view."""
 
 from datetime import timedelta
 from typing import Any
@@ -9,12 +9,16 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 from sources import (
     carrier_daily_source,
+    carrier_last_hour_push,
     flight_request,
     origin_daily_source,
+    origin_last_hour_push,
     plane_source,
     route_daily_source,
     weather_hourly_source,
 )
+
+from maquette.stream import CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR
 
 # Observations are hourly; older than 3 hours means the station went quiet, not "still true".
 weather_hourly = FeatureView(
@@ -87,6 +91,25 @@ origin_daily = FeatureView(
         Field(name="origin_flights_7d", dtype=Int64),
     ],
     source=origin_daily_source,
+)
+
+# Streaming: departures in the last hour, pushed by the speed layer within a second of the
+# event and backfilled for history, both from maquette.stream's one definition. A row holds
+# the window ending at its departure; a window later it no longer describes "now" (the TTL).
+origin_last_hour = FeatureView(
+    name=ORIGIN_LAST_HOUR.view,
+    entities=[origin],
+    ttl=ORIGIN_LAST_HOUR.window,
+    schema=ORIGIN_LAST_HOUR.feast_schema(),
+    source=origin_last_hour_push,
+)
+
+carrier_last_hour = FeatureView(
+    name=CARRIER_LAST_HOUR.view,
+    entities=[carrier],
+    ttl=CARRIER_LAST_HOUR.window,
+    schema=CARRIER_LAST_HOUR.feast_schema(),
+    source=carrier_last_hour_push,
 )
 
 

@@ -8,7 +8,6 @@ in-process, many times, and report p50/p99. Output: a rich table and the same as
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -148,7 +147,9 @@ def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
             best = min(best, time.perf_counter() - began)
         began = time.perf_counter() - best
     seconds = time.perf_counter() - began
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from maquette.bench_monitoring import peak_rss_mb
+
+    rss_mb = peak_rss_mb()
     return {"seconds": seconds, "rows": rows, "rss_mb": rss_mb}
 
 
@@ -620,3 +621,309 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------- speed layer (issue 6)
+
+STREAM_BENCH = "maquette:bench:departures"
+
+
+@dataclass
+class _StreamCase:
+    label: str
+    feast_push: bool
+    rate: float | None  # offered events/s; None: a backlog published before the processor starts
+    events: int
+
+
+def _stream_bench_settings(settings: Settings) -> Settings:
+    """The bench's Redis database and Feast project, a stream of its own, no warm start."""
+    bench = _bench_settings(settings)
+    bench.stream.stream, bench.stream.dead_letter = STREAM_BENCH, f"{STREAM_BENCH}:dead"
+    bench.stream.backfill_before = None
+    return bench
+
+
+def _apply_stream_views(bench: Settings) -> None:
+    """The stream views, as in feature_repo/, with batch sources in the bench folder."""
+    from feast import Entity, FeatureView, FileSource, PushSource, ValueType
+
+    from maquette.features import FeatureLayer
+    from maquette.stream import AGGREGATIONS
+
+    objects: list[Any] = []
+    for agg in AGGREGATIONS:
+        entity = Entity(name=agg.key, join_keys=[agg.key], value_type=ValueType.STRING)
+        path = _bench_dir(bench) / "stream" / f"{agg.view}.parquet"
+        batch = FileSource(
+            name=f"{agg.view}_source", path=str(path), timestamp_field="event_timestamp"
+        )
+        push = PushSource(name=agg.push_source, batch_source=batch)
+        view = FeatureView(
+            name=agg.view,
+            entities=[entity],
+            ttl=agg.window,
+            schema=agg.feast_schema(),
+            source=push,
+        )
+        objects += [entity, push, view]
+    bench.registry_path.parent.mkdir(parents=True, exist_ok=True)
+    FeatureLayer(bench).store.apply(objects)
+
+
+def _stream_child_main(settings_json: str, feast_push: str) -> None:
+    """The processor in its own interpreter: "ready" once set up, its result as JSON at SIGTERM."""
+    import signal
+    import threading
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from maquette.stream import StreamProcessor
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    processor = StreamProcessor(Settings.model_validate_json(settings_json), feast_push == "1")
+    print("ready", flush=True)
+    result = processor.run(stop=stop)
+    print(json.dumps(vars(result)), flush=True)
+
+
+def _publisher_child_main(settings_json: str, rate: str, limit: str) -> None:
+    from maquette.stream import replay
+
+    settings = Settings.model_validate_json(settings_json)
+    replay(settings, datetime(2013, 1, 1, tzinfo=UTC), rate=float(rate), limit=int(limit))
+
+
+def _python(code: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], text=True, start_new_session=True, **popen
+    )
+
+
+class _Prober:
+    """Polls what `online_features` can read: per (view, key), the newest event time visible."""
+
+    def __init__(self, bench: Settings, origins: list[str], carriers: list[str]) -> None:
+        import redis
+
+        from maquette import online_store as wire
+        from maquette.features import FeatureLayer
+        from maquette.stream import AGGREGATIONS, STAMP_OFFSET_US, _feast_type
+
+        self.layer = FeatureLayer(bench)
+        self.client = redis.Redis.from_url(str(bench.redis.url))
+        self.offset = STAMP_OFFSET_US
+        self.wire = wire
+        keys = {"origin": origins, "carrier": carriers}
+        self.slots = [(a.view, k) for a in AGGREGATIONS for k in keys[a.key]]
+        self.reads = [
+            (
+                wire.entity_key_bytes(
+                    {a.key: k}, {a.key: _feast_type("string")}, bench.feast.project
+                ),
+                wire.ts_field(a.view),
+            )
+            for a in AGGREGATIONS
+            for k in keys[a.key]
+        ]
+        width = max(len(origins), len(carriers))
+        self.rows = [
+            {"origin": origins[i % len(origins)], "carrier": carriers[i % len(carriers)]}
+            for i in range(width)
+        ]
+        self.features = [f"{a.view}:{n}" for a in AGGREGATIONS for n in a.feature_names]
+        self.times: list[float] = []
+        self.visible: list[list[int]] = []
+
+    def poll(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, field in self.reads:
+            pipe.hget(key, field)
+        stamps = pipe.execute()
+        # Read the timestamps first: the values read next are at least that new.
+        self.layer.online_features(self.rows, self.features)
+        now = time.time()
+        seen = []
+        for raw in stamps:
+            seconds = self.wire.decode_timestamp_seconds(raw)
+            seen.append(-1 if seconds is None else round(seconds * 1e6) - self.offset)
+        self.times.append(now)
+        self.visible.append(seen)
+
+    def newest(self) -> dict[tuple[str, str], int]:
+        return dict(zip(self.slots, self.visible[-1], strict=True)) if self.visible else {}
+
+    def readable_at(self, events: list[tuple[float, str, str, int]]) -> np.ndarray:
+        """For each (published, origin, carrier, event µs): when both its rows were readable."""
+        times = np.array(self.times)
+        visible = np.maximum.accumulate(np.array(self.visible), axis=0)
+        column = {slot: i for i, slot in enumerate(self.slots)}
+        out = np.full(len(events), np.inf)
+        for j, (_, origin, carrier, when) in enumerate(events):
+            ready = -np.inf
+            for slot in (("origin_last_hour", origin), ("carrier_last_hour", carrier)):
+                seen = visible[:, column[slot]]
+                i = int(np.searchsorted(seen, when, side="left"))
+                ready = max(ready, times[i] if i < len(times) else np.inf)
+            out[j] = ready
+        return out
+
+
+def _stream_case(
+    settings: Settings, bench: Settings, case: _StreamCase, extra_s: float
+) -> dict[str, Any]:
+    """One processor run against one publishing pattern, lag measured by polling reads."""
+    import redis
+
+    from maquette import stream
+
+    _flush(bench)
+    for path in (_bench_dir(bench) / "stream").glob("*.parquet"):
+        path.unlink()
+    bench_json = bench.model_dump_json()
+    events = _published_events(settings, case.events)
+    prober = _Prober(bench, sorted({e[1] for e in events}), sorted({e[2] for e in events}))
+    prober.poll()
+    if case.rate is None:  # a backlog: everything waits in the stream before the processor starts
+        stream.replay(bench, datetime(2013, 1, 1, tzinfo=UTC), speed=None, limit=case.events)
+    processor = _python(
+        "import sys; from maquette.bench import _stream_child_main as m; m(*sys.argv[1:])",
+        bench_json,
+        "1" if case.feast_push else "0",
+        stdout=subprocess.PIPE,
+    )
+    assert processor.stdout is not None
+    if processor.stdout.readline().strip() != "ready":
+        processor.wait(30)
+        return {"label": case.label, "error": "the processor did not start"}
+    began = time.time()
+    publisher = None
+    if case.rate:
+        publisher = _python(
+            "import sys; from maquette.bench import _publisher_child_main as m; m(*sys.argv[1:])",
+            bench_json,
+            str(case.rate),
+            str(case.events),
+        )
+    _, last_origin, last_carrier, last_time = events[-1]
+    deadline = None if publisher else began + extra_s + case.events / 1_000
+    while True:
+        prober.poll()
+        newest = prober.newest()
+        seen = min(
+            newest[("origin_last_hour", last_origin)], newest[("carrier_last_hour", last_carrier)]
+        )
+        if seen >= last_time:
+            break
+        if publisher and deadline is None and publisher.poll() is not None:
+            deadline = time.time() + extra_s
+        if deadline and time.time() > deadline:
+            break
+        time.sleep(0.005)
+    end = time.time()
+    if publisher and publisher.poll() is None:
+        publisher.terminate()
+    processor.terminate()
+    out, _ = processor.communicate(timeout=180)
+    client = redis.Redis.from_url(str(bench.redis.url))
+    published = [
+        (int(i.split(b"-")[0]) / 1000, f[b"origin"].decode(), f[b"carrier"].decode(), _us(f))
+        for i, f in client.xrange(STREAM_BENCH)
+    ]
+    ready = prober.readable_at(published)
+    sent = np.array([p[0] for p in published])
+    readable = np.isfinite(ready)
+    # Events never readable within the run count with the lag they had reached by its end.
+    lags = np.where(readable, ready, end) - sent
+    first = sent.min() if case.rate else began
+    span = ready[readable].max() - first if readable.any() else float("nan")
+    return {
+        "label": case.label,
+        "published": len(published),
+        "readable": int(readable.sum()),
+        "rate": readable.sum() / span,
+        "p50": float(np.percentile(lags, 50)),
+        "p99": float(np.percentile(lags, 99)),
+        "bounded": not readable.all(),
+        "backlog": case.rate is None,
+        "processor": json.loads(out.strip().splitlines()[-1]) if out.strip() else {},
+        "polls": len(prober.times),
+        "lags": lags,
+        "sent": sent,
+    }
+
+
+def _us(fields: dict[bytes, bytes]) -> int:
+    when = datetime.fromisoformat(fields[b"departed_at"].decode())
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def _published_events(settings: Settings, limit: int) -> list[tuple[float, str, str, int]]:
+    """The (_, origin, carrier, event µs) of the departures the bench publishes, in order."""
+    import duckdb
+
+    from maquette.stream import events_sql
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    sql = events_sql(settings, datetime(2013, 1, 1, tzinfo=UTC)) + f" LIMIT {limit}"
+    rows = con.sql(f"SELECT origin, carrier, epoch_us(departed_at) FROM ({sql})").fetchall()
+    return [(0.0, o, c, t) for o, c, t in rows]
+
+
+def run_stream_benchmark(
+    settings: Settings, seconds: float, stock_seconds: float, backlog: int, console: Console
+) -> str:
+    """Maquette's processor and stock `FeatureStore.push`, at 1,000 and 5,000 events/s."""
+    from maquette import datasets
+
+    ensure_redis(settings)
+    datasets.require_loaded(settings, settings.stream.events_source or "flights")
+    bench = _stream_bench_settings(settings)
+    _apply_stream_views(bench)
+    cases = [
+        _StreamCase("Maquette, 1,000 events/s", False, 1_000, int(1_000 * seconds)),
+        _StreamCase("Maquette, 5,000 events/s", False, 5_000, int(5_000 * seconds)),
+        _StreamCase(f"Maquette, backlog of {backlog:,}", False, None, backlog),
+        _StreamCase("stock push, 1,000 events/s", True, 1_000, int(1_000 * stock_seconds)),
+        _StreamCase("stock push, 5,000 events/s", True, 5_000, int(5_000 * stock_seconds)),
+    ]
+    console.print("[bold]speed layer benchmark[/] (publish -> readable by online_features)")
+    rows = []
+    for case in cases:
+        console.print(f"  {case.label}: {case.events:,} events ...")
+        extra = 10.0 if case.feast_push else 20.0
+        rows.append(_stream_case(settings, bench, case, extra))
+    table = Table(
+        "case",
+        "published",
+        "readable in run",
+        "sustained events/s",
+        "lag p50 ms",
+        "lag p99 ms",
+        title="speed layer: sustained rate and freshness lag",
+    )
+    lines = [
+        "| case | published | readable in run | sustained events/s | lag p50 ms | lag p99 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            cells = [r.get("label", "?"), "failed", "-", "-", "-", "-"]
+        else:
+            # A backlog was published before the processor started: its lag says nothing.
+            mark = ">= " if r["bounded"] else ""
+            lags = [f"{mark}{r[p] * 1000:,.0f}" for p in ("p50", "p99")]
+            cells = [
+                r["label"],
+                f"{r['published']:,}",
+                f"{r['readable']:,}",
+                f"{r['rate']:,.0f}",
+                *(["-", "-"] if r["backlog"] else lags),
+            ]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+    return "\n".join(lines) + "\n"

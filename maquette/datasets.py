@@ -170,4 +170,11 @@ def load_dataset(
         path = feature_table_path(settings, name)
         _write_parquet(with_utc_microseconds(table), path)
         summaries.append(_summary(con, name, "feature", path))
+    if settings.stream.events_source in {s.name for s in summaries if s.kind == "source"}:
+        # The speed layer's batch side: its aggregates are defined once, in maquette.stream.
+        from maquette import stream
+
+        if progress:
+            progress("stream backfill")
+        summaries += stream.backfill(settings)
     return summaries

@@ -139,10 +139,19 @@ class FeatureLayer:
         return self._store
 
     def _repo_importable(self) -> None:
-        # Feast imports the repo's modules by name (as its CLI does from inside the folder).
-        repo = str(self.settings.feature_repo)
-        if repo not in sys.path:
-            sys.path.insert(0, repo)
+        # Feast imports the repo's modules by bare name (as its CLI does from inside the
+        # folder). Another project's repo imported earlier in this process would answer under
+        # the same names, with its own Parquet paths: forget those modules, put ours first.
+        folder = self.settings.feature_repo.resolve()
+        for stem in (p.stem for p in folder.glob("*.py")):
+            loaded = sys.modules.get(stem)
+            origin = getattr(loaded, "__file__", None)
+            if loaded is not None and (origin is None or Path(origin).resolve().parent != folder):
+                del sys.modules[stem]
+        repo = str(folder)
+        if repo in sys.path:
+            sys.path.remove(repo)
+        sys.path.insert(0, repo)
 
     def apply(self) -> list[str]:
         """`feast apply` in-process; returns the names of the objects now registered."""

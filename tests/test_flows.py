@@ -39,6 +39,8 @@ def test_materialize_flow_runs_on_a_prefect_server(
         "carrier_daily",
         "route_daily",
         "origin_daily",
+        "origin_last_hour",
+        "carrier_last_hour",
     }
 
 
