@@ -1,0 +1,229 @@
+"""`maquette up / status / down` with real processes: Redis, a Prefect server, the deployments'
+runner, the BentoML service (and the stream processor once `maquette stream run` exists)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from maquette import platform
+from maquette.cli import app
+from maquette.config import Settings, load_settings
+from tests.conftest import ROOT, free_port, make_project
+
+runner = CliRunner()
+# Rare schedules (1 January), each different, so no run fires during the test and each
+# deployment's schedule shows which setting it came from; monitor runs on demand only.
+SCHEDULES = {
+    "materialize": "0 1 1 1 *",
+    "drain": "0 2 1 1 *",
+    "monitor": None,
+    "batch_predict": "0 4 1 1 *",
+    "train": "0 5 1 1 *",
+}
+HAS_STREAM = "stream" in get_command(app).commands  # type: ignore[attr-defined]
+COMPONENTS = ["redis", "prefect", "deployments", *(["stream"] if HAS_STREAM else [])]
+
+
+def _pid(settings: Settings, name: str) -> int:
+    found = {s.name: s.pid for s in platform.status(settings)}[name]
+    assert found is not None
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie may linger when pid 1 does not reap)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _states(settings: Settings) -> dict[str, str]:
+    return {s.name: s.state for s in platform.status(settings)}
+
+
+@pytest.fixture
+def platform_project(tmp_path: Path) -> Iterator[Settings]:
+    """A fresh project with its own embedded Redis and Prefect ports; stopped afterwards."""
+    folder = make_project(
+        tmp_path / "project",
+        None,
+        redis={"port": free_port()},
+        orchestration={
+            "prefect_port": free_port(),
+            "runner_port": free_port(),
+            "components": COMPONENTS,
+            "schedules": SCHEDULES,
+        },
+    )
+    settings = load_settings(folder)
+    if HAS_STREAM:  # the stream processor needs the feature views it pushes to
+        # In a process of its own: the feature repo's modules, once imported, keep the paths
+        # of the first project that imported them (the session's loaded project).
+        apply = [sys.executable, "-m", "maquette", "features", "apply", "--project", str(folder)]
+        subprocess.run(apply, check=True, capture_output=True)
+    try:
+        yield settings
+    finally:
+        platform.down(settings)
+
+
+def _served_deployments(settings: Settings) -> dict[str, list[str | None]]:
+    """FLOW/DEPLOYMENT -> cron schedules, as the platform's Prefect server has them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import DeploymentSort
+
+    with platform.prefect_api(settings), get_client(sync_client=True) as client:
+        found = client.read_deployments(limit=100, sort=DeploymentSort.NAME_ASC)
+        return {
+            f"{client.read_flow(d.flow_id).name}/{d.name}": [s.schedule.cron for s in d.schedules]  # type: ignore[union-attr]
+            for d in found
+        }
+
+
+@pytest.mark.slow
+def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
+    platform_project: Settings,
+) -> None:
+    settings = platform_project
+    began = time.monotonic()
+    started = platform.up(settings)
+    print(f"up: {time.monotonic() - began:.1f}s")
+    assert [(s.name, s.state) for s in started] == [(n, "running") for n in COMPONENTS]
+    for s in started:
+        if s.name != "redis":
+            assert (settings.state_dir / "logs" / f"{s.name}.log").is_file()
+            assert s.url is None or s.url.startswith("http://127.0.0.1:")
+
+    # Every flow deployed once (per model for batch_predict and train), schedules from settings.
+    models = sorted(settings.models)
+    assert _served_deployments(settings) == {
+        "materialize/incremental": ["0 1 1 1 *"],
+        "drain/prediction-log": ["0 2 1 1 *"],
+        "monitor/models": [],
+        **{f"batch_predict/{m}": ["0 4 1 1 *"] for m in models},
+        **{f"train/{m}": ["0 5 1 1 *"] for m in models},
+    }
+    # The runner executes a run started through the API, against the project's own Redis.
+    run = platform.run_deployment(settings, "drain/prediction-log", timeout_s=120)
+    assert run.state.is_completed(), run.state
+
+    # A second `up` leaves the running components alone.
+    pids = {n: _pid(settings, n) for n in COMPONENTS}
+    again = runner.invoke(app, ["up", "--project", str(settings.project_dir)])
+    assert again.exit_code == 0, again.output
+    assert "starting" not in again.output
+    assert {n: _pid(settings, n) for n in COMPONENTS} == pids
+
+    # Killed components are reported as crashed and restarted by the next `up`. (Not Redis
+    # when the stream processor runs: that one exits when its Redis goes away.)
+    killed = ["deployments", "stream" if HAS_STREAM else "redis"]
+    for name in killed:
+        os.kill(pids[name], signal.SIGKILL)
+    time.sleep(0.5)
+    shown = runner.invoke(app, ["status", "--project", str(settings.project_dir)])
+    assert shown.exit_code == 1, shown.output
+    assert _states(settings) == {n: "crashed" if n in killed else "running" for n in COMPONENTS}
+    restarted = platform.up(settings)
+    assert all(s.state == "running" for s in restarted), restarted
+    assert all(_pid(settings, n) != pids[n] for n in killed)
+    assert _pid(settings, "prefect") == pids["prefect"]
+    assert len(_served_deployments(settings)) == 3 + 2 * len(models)
+
+    # `down` stops everything, children included, and frees the ports.
+    leaders = [_pid(settings, n) for n in COMPONENTS]
+    family = leaders + [c.pid for p in leaders for c in psutil.Process(p).children(True)]
+    stopped = runner.invoke(app, ["down", "--project", str(settings.project_dir)])
+    assert stopped.exit_code == 0, stopped.output
+    assert set(_states(settings).values()) == {"stopped"}
+    assert not any(_running(p) for p in family)
+    for port in (settings.orchestration.prefect_port, settings.orchestration.runner_port):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            sock.bind(("127.0.0.1", port))  # nothing listens there any more
+    shown = runner.invoke(app, ["status", "--project", str(settings.project_dir)])
+    assert shown.exit_code == 1 and "stopped" in shown.output
+
+
+def test_status_of_a_project_never_started_says_stopped(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "project", None, redis={"port": free_port()})
+    states = _states(load_settings(folder))
+    assert states == dict.fromkeys(platform.COMPONENTS, "stopped")
+
+
+def test_an_unknown_component_is_a_config_error_listing_the_known_ones(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "project", None)
+    result = runner.invoke(app, ["status", "--component", "kafka", "--project", str(folder)])
+    assert result.exit_code == 2 and "redis, prefect, deployments" in result.output
+
+
+def test_deployments_follow_the_settings_and_skip_missing_flows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import flows.deployments as deployments
+
+    folder = make_project(
+        tmp_path / "project",
+        None,
+        orchestration={"schedules": {"drain": "*/5 * * * *"}, "batch_output": "scored"},
+    )
+    settings = load_settings(folder)
+    built = {f"{d.flow_name}/{d.name}": d for d in deployments.deployments(settings)}
+    assert [s.schedule.cron for s in built["drain/prediction-log"].schedules] == ["*/5 * * * *"]
+    assert [s.schedule.cron for s in built["materialize/incremental"].schedules] == ["0 * * * *"]
+    assert built["train/flight_delay"].parameters == {
+        "name": "flight_delay",
+        "project_dir": str(folder.resolve()),
+    }
+    batch = built["batch_predict/late_arrival"].parameters
+    assert batch["model"] == "late_arrival@production"
+    assert batch["output_dir"] == str(folder.resolve() / "scored" / "late_arrival")
+
+    # A project's own flows/ folder wins; a flow found nowhere is skipped with a warning.
+    (folder / "flows").mkdir()
+    shutil.copy(ROOT / "flows" / "drain.py", folder / "flows" / "drain.py")
+    monkeypatch.setattr(deployments, "CHECKOUT", tmp_path / "elsewhere")
+    only = deployments.deployments(settings)
+    assert [f"{d.flow_name}/{d.name}" for d in only] == ["drain/prediction-log"]
+    assert "flows/train.py not found" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_service_component_answers_ready_with_production_models(
+    production: dict[str, str], loaded_project: Settings
+) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    settings.serving.port = free_port()
+    try:
+        began = time.monotonic()
+        (service,) = platform.up(settings, ["service"])
+        print(f"service up: {time.monotonic() - began:.1f}s")
+        assert (
+            service.state == "running"
+            and service.url == f"http://127.0.0.1:{settings.serving.port}"
+        )
+        group = [p.pid for p in psutil.Process(service.pid).children(recursive=True)]
+
+        # Its leader killed, the BentoML workers are cleaned up before the restart.
+        os.kill(service.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        assert _states(settings)["service"] == "crashed"
+        (again,) = platform.up(settings, ["service"])
+        assert again.state == "running" and again.pid != service.pid
+        assert not any(_running(p) for p in group)
+    finally:
+        (stopped,) = platform.down(settings, ["service"])
+    assert stopped.state == "stopped"
