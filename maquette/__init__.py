@@ -7,6 +7,7 @@ Contents, by platform concept:
     features        FeatureLayer: feast apply, materialize, training_frame, online_features
     serving         load_model (library mode), Predictor behind the BentoML service
     predictions     the prediction log: Redis Stream -> Parquet
+    stream          the speed layer: publish, replay, StreamProcessor, backfill
     labels          late labels joined with logged predictions (scored predictions)
     monitoring      live metrics per version, partition and window
     batch           predict_batch: point-in-time features, a version, Parquet out

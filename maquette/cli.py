@@ -52,6 +52,10 @@ predictions_app = typer.Typer(
     help="The prediction log: drain it to Parquet, inspect it.", no_args_is_help=True
 )
 app.add_typer(predictions_app, name="predictions")
+stream_app = typer.Typer(
+    help="The speed layer: departure events -> windowed aggregates -> Feast.", no_args_is_help=True
+)
+app.add_typer(stream_app, name="stream")
 
 console = Console()
 err = Console(stderr=True)
@@ -152,6 +156,70 @@ def demo(
     from maquette.render import demo_summary
 
     demo_summary(console, report)
+
+
+# ---------------------------------------------------------------------------- platform
+
+ComponentOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--component", "-c", help="Only this component (repeatable; default: all configured)."
+    ),
+]
+
+
+def _platform_table(statuses: list[Any]) -> Table:
+    colours = {"running": "green", "unready": "yellow", "starting": "yellow"}
+    logs = sorted({str(s.log.parent) for s in statuses if s.log})
+    table = Table("component", "state", "url", "pid", "detail", caption=f"logs: {', '.join(logs)}")
+    for s in statuses:
+        state = f"[{colours.get(s.state, 'red')}]{s.state}[/]"
+        table.add_row(s.name, state, s.url or "", str(s.pid or ""), s.detail)
+    return table
+
+
+@app.command("up")
+@reports_errors
+def platform_up(component: ComponentOpt = None, project: ProjectOpt = None) -> None:
+    """Start the platform in the background, on loopback (what already runs is left alone).
+
+    Redis, a Prefect server, the flows' deployments, the prediction service, the stream
+    processor; logs in <state>/logs. Example: maquette up
+    """
+    from maquette import platform
+
+    with console.status("starting") as progress:
+        statuses = platform.up(_settings(project), component, announce=progress.update)
+    console.print(_platform_table(statuses))
+
+
+@app.command("status")
+@reports_errors
+def platform_status(component: ComponentOpt = None, project: ProjectOpt = None) -> None:
+    """Each component's state (running, crashed, stopped...), URL, pid and log; exit 1 if one is down.
+
+    Example: maquette status
+    """
+    from maquette import platform
+
+    statuses = platform.status(_settings(project), component)
+    console.print(_platform_table(statuses))
+    if not all(s.is_up for s in statuses):
+        raise typer.Exit(1)
+
+
+@app.command("down")
+@reports_errors
+def platform_down(component: ComponentOpt = None, project: ProjectOpt = None) -> None:
+    """Stop the platform's components in reverse order (SIGTERM, then SIGKILL after a timeout).
+
+    Example: maquette down
+    """
+    from maquette import platform
+
+    with console.status("stopping") as progress:
+        statuses = platform.down(_settings(project), component, announce=progress.update)
+    console.print(_platform_table(statuses))
 
 
 # ---------------------------------------------------------------------------- data
@@ -568,6 +636,175 @@ def monitor_metrics(
     console.print(table)
 
 
+@monitor_app.command("run")
+@reports_errors
+def monitor_run(
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="ISO time freshness is judged at (default now).")
+    ] = None,
+    plain: Annotated[
+        bool, typer.Option(help="Run the steps as plain calls, without Prefect.")
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """One monitoring pass: drain, labels, join, metrics, Evidently reports, skew, alerts.
+
+    Example: maquette monitor run --as-of 2014-01-01
+    """
+    from maquette import monitoring
+    from maquette.render import monitor_summary
+
+    settings = _settings(project)
+    redis_server.ensure_redis(settings)
+    when = _when(as_of)
+    if plain:
+        with console.status("monitoring") as status:
+            run = monitoring.run(settings, model or None, when, announce=status.update)
+    else:
+        run = _flow(settings, "monitor")(str(settings.project_dir), model or None, when)
+    monitor_summary(console, run)
+
+
+# ---------------------------------------------------------------------------- speed layer
+
+
+def _speed(text: str) -> float | None:
+    if text.lower() in ("max", "0", "0x"):
+        return None
+    try:
+        return float(text.lower().removesuffix("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a speed like 600x (or max)") from None
+
+
+@stream_app.command("replay")
+@reports_errors
+def stream_replay(
+    start: Annotated[str, typer.Option("--from", help="ISO event time to start at.")],
+    end: Annotated[str | None, typer.Option("--to", help="ISO event time to stop before.")] = None,
+    speed: Annotated[
+        str, typer.Option(help="Event-time acceleration, e.g. 600x (an hour in 6 s), or max.")
+    ] = "600x",
+    rate: Annotated[
+        float | None, typer.Option(help="Publish this many events/s instead (ignores --speed).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Publish historical departures to the event stream in event-time order.
+
+    Example: maquette stream replay --from 2013-12-01 --speed 600x
+    """
+    from maquette import stream
+
+    settings = _settings(project)
+    redis_server.ensure_redis(settings)
+    with console.status("replaying") as status:
+        result = stream.replay(
+            settings,
+            _when(start),  # type: ignore[arg-type]
+            _when(end),
+            _speed(speed),
+            rate,
+            limit,
+            lambda n, when: status.update(f"{n:,} events published, at {when:%Y-%m-%d %H:%M}"),
+        )
+    console.print(
+        f"published {result.events:,} departures ({result.first} .. {result.last}) "
+        f"in {result.seconds:.1f} s to {settings.stream.stream}"
+    )
+
+
+@stream_app.command("run")
+@reports_errors
+def stream_run(
+    until_idle: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds without events.")
+    ] = None,
+    max_events: Annotated[int | None, typer.Option(help="Stop after this many entries.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Run the stream processor: windows per key, pushed to Feast (Ctrl-C or SIGTERM stops it).
+
+    Example: maquette stream run --until-idle 10
+    """
+    import signal
+    import threading
+
+    from maquette import stream
+
+    settings = _settings(project)
+    redis_server.ensure_redis(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    processor = stream.StreamProcessor(settings)
+    err.print(f"processing {settings.stream.stream} (group {settings.stream.group})")
+    result = processor.run(until_idle, max_events, stop)
+    console.print(
+        f"{result.events:,} events applied ({result.redelivered:,} redelivered), "
+        f"{result.late:,} late, {result.malformed:,} malformed; {result.online_rows:,} online "
+        f"and {result.offline_rows:,} offline rows in {result.seconds:.1f} s"
+    )
+
+
+@stream_app.command("status")
+@reports_errors
+def stream_status(
+    dead: Annotated[int, typer.Option(help="Show this many of the newest dead letters.")] = 5,
+    project: ProjectOpt = None,
+) -> None:
+    """The stream's length, pending and undelivered entries, counters, watermark, dead letters.
+
+    Example: maquette stream status
+    """
+    from maquette import stream
+
+    settings = _settings(project)
+    table = Table("field", "value", show_header=False)
+    for name, value in vars(stream.status(settings)).items():
+        table.add_row(
+            name, "-" if value is None else f"{value:,}" if isinstance(value, int) else value
+        )
+    console.print(table)
+    letters = stream.dead_letters(settings, dead)
+    if letters:
+        dead_table = Table("source id", "reason", title="newest dead letters")
+        for letter in letters:
+            dead_table.add_row(letter.get("source_id", ""), letter.get("reason", ""))
+        console.print(dead_table)
+
+
+@stream_app.command("backfill")
+@reports_errors
+def stream_backfill(project: ProjectOpt = None) -> None:
+    """Recompute the streamed aggregates over historical departures (DuckDB) into the offline store.
+
+    Example: maquette stream backfill
+    """
+    from maquette import stream
+    from maquette.render import tables_table
+
+    console.print(tables_table(stream.backfill(_settings(project))))
+
+
+@stream_app.command("reset")
+@reports_errors
+def stream_reset(project: ProjectOpt = None) -> None:
+    """Delete the event stream, its consumer group, window state, counters and dead letters.
+
+    Example: maquette stream reset
+    """
+    from maquette import stream
+
+    settings = _settings(project)
+    stream.reset(settings)
+    console.print(f"reset {settings.stream.stream} (feature values already pushed stay)")
+
+
 # ---------------------------------------------------------------------------- redis
 
 
@@ -636,6 +873,28 @@ def bench_features(
         out.write_text(markdown)
 
 
+@bench_app.command("monitoring")
+@reports_errors
+def bench_monitoring(
+    name: Annotated[str, typer.Argument(help="Model whose newest version scores the log.")] = (
+        "flight_delay"
+    ),
+    rows: Annotated[int, typer.Option(help="Logged predictions to join.")] = 1_000_000,
+    drift_rows: Annotated[int, typer.Option(help="Rows per side of the drift case.")] = 100_000,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Label join + live metrics on a large log; Evidently drift, stock vs Maquette's path.
+
+    Example: maquette bench monitoring --rows 200000 --drift-rows 20000
+    """
+    from maquette.bench_monitoring import run_monitoring_benchmarks
+
+    markdown = run_monitoring_benchmarks(_settings(project), name, rows, drift_rows, console)
+    if out:
+        out.write_text(markdown)
+
+
 @bench_app.command("training")
 @reports_errors
 def bench_training(
@@ -668,6 +927,28 @@ def bench_serving(
     settings = _settings(project)
     redis_server.ensure_redis(settings)
     markdown = run_serving_benchmark(settings, seconds, console)
+    if out:
+        out.write_text(markdown)
+
+
+@bench_app.command("stream")
+@reports_errors
+def bench_stream(
+    seconds: Annotated[float, typer.Option(help="Publishing time per Maquette rate.")] = 15,
+    stock_seconds: Annotated[
+        float, typer.Option(help="Publishing time per rate for stock FeatureStore.push.")
+    ] = 8,
+    backlog: Annotated[int, typer.Option(help="Events waiting before a capacity run.")] = 100_000,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """The stream processor vs stock FeatureStore.push at 1,000 and 5,000 events/s: rate and lag.
+
+    Example: maquette bench stream --seconds 15
+    """
+    from maquette.bench import run_stream_benchmark
+
+    markdown = run_stream_benchmark(_settings(project), seconds, stock_seconds, backlog, console)
     if out:
         out.write_text(markdown)
 

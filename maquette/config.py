@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -143,6 +143,37 @@ class LabelSpec(_Section):
     )
 
 
+class AlertThresholds(_Section):
+    """Live values that raise an alert (unset: not checked)."""
+
+    rmse_above: float | None = Field(None, description="Regression: window RMSE above this.")
+    mae_above: float | None = Field(None, description="Regression: window MAE above this.")
+    r2_below: float | None = Field(None, description="Regression: window R² below this.")
+    auc_below: float | None = Field(None, description="Binary: window AUC below this.")
+    log_loss_above: float | None = Field(None, description="Binary: window log loss above this.")
+    drift_share_above: float | None = Field(
+        None, description="Share of served features drifted from the training reference."
+    )
+    missing_feature_rate_above: float | None = Field(
+        None, description="Share of predictions served with a missing or stale feature."
+    )
+    min_labelled: int = Field(
+        30, ge=1, description="Accuracy alerts need at least this many labelled rows in a window."
+    )
+
+
+class ModelMonitoring(_Section):
+    """What monitoring watches for one model and what an alert does."""
+
+    thresholds: AlertThresholds = Field(default_factory=AlertThresholds)
+    retrain_on_alert: bool = Field(
+        False, description="An accuracy or drift alert starts the training flow for a candidate."
+    )
+    promote_retrained: bool = Field(
+        False, description="Promote that candidate to the default alias (never, unless set)."
+    )
+
+
 class ModelSpec(_Section):
     """A model declared in the project file: what to predict, from which features, how."""
 
@@ -172,6 +203,7 @@ class ModelSpec(_Section):
         None, description="Binary decision threshold (default: best F1 on validation)."
     )
     labels: LabelSpec | None = Field(None, description="Late-arriving labels for monitoring.")
+    monitoring: ModelMonitoring = Field(default_factory=ModelMonitoring)
 
 
 class RegistrySettings(_Section):
@@ -221,6 +253,129 @@ class PredictionLogSettings(_Section):
     )
 
 
+class StreamSettings(_Section):
+    """The speed layer: departure events on a Redis Stream, windowed aggregates pushed to Feast."""
+
+    stream: str = Field("maquette:departures", description="Redis Stream of departure events.")
+    dead_letter: str = Field(
+        "maquette:departures:dead", description="Stream of rejected events, each with its reason."
+    )
+    group: str = Field("speed-layer", description="Consumer group of the stream processor.")
+    consumer: str = Field("processor-1", description="Consumer name (pending entries are its own).")
+    allowed_lateness_s: float = Field(
+        600.0,
+        ge=0,
+        description="Events this far behind the newest event time still update their windows.",
+    )
+    batch: int = Field(2_000, ge=1, description="Entries read per XREADGROUP.")
+    block_ms: int = Field(50, ge=1, description="How long one read waits for new entries.")
+    commit_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Offline rows, processor state and XACK are committed this often.",
+    )
+    max_len: int = Field(
+        5_000_000, ge=1, description="Approximate cap on the event stream's length (XADD MAXLEN)."
+    )
+    events_source: str | None = Field(
+        "flights",
+        description="Offline table of historical departures (backfill, replay); null: none.",
+    )
+    backfill_before: datetime | None = Field(
+        None,
+        description="The batch backfill covers events before this; the stream covers the rest.",
+    )
+
+    @field_validator("backfill_before", mode="before")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return None if value is None else TimeWindow._utc(value)
+
+
+class MonitoringSettings(_Section):
+    """Live metrics, Evidently reports, skew and freshness checks, alerts."""
+
+    windows: list[Literal["hourly", "daily"]] = Field(
+        ["daily", "hourly"], description="Metric windows kept (alerts use the first)."
+    )
+    report_window: Literal["daily", "weekly", "monthly"] = Field(
+        "weekly", description="One Evidently drift + quality report per this window."
+    )
+    reference_rows: int = Field(
+        20_000, ge=100, description="Training rows sampled as the drift reference."
+    )
+    report_rows: int = Field(
+        30_000, ge=100, description="Served rows sampled per report window (above: sampled)."
+    )
+    skew_sample: int = Field(
+        2_000, ge=1, description="Logged predictions whose features are recomputed offline."
+    )
+    skew_tolerance: float = Field(
+        1e-6, ge=0, description="Relative difference under which two values agree."
+    )
+    workspace: Path = Field(
+        Path(".maquette/evidently"), description="Evidently workspace (`evidently ui`)."
+    )
+    join_memory_limit: str = Field(
+        "1GB", description="DuckDB memory cap of the label join; larger logs spill to disk."
+    )
+    webhook: str | None = Field(None, description="Alerts are POSTed here as JSON, if set.")
+    webhook_timeout_s: float = Field(5.0, description="Give up on the webhook after this.")
+
+
+Component = Literal["redis", "prefect", "deployments", "service", "stream"]
+
+
+class ScheduleSettings(_Section):
+    """Cron schedule of each flow's deployments (null: deployed, run on demand only)."""
+
+    materialize: str | None = Field("0 * * * *", description="Incremental materialization.")
+    drain: str | None = Field("* * * * *", description="Prediction log -> Parquet.")
+    monitor: str | None = Field("30 * * * *", description="Monitoring of every model.")
+    batch_predict: str | None = Field("0 6 * * *", description="Daily batch scoring per model.")
+    train: str | None = Field(
+        "0 3 * * 0", description="Retraining per model (monitoring alerts start it too)."
+    )
+
+
+class OrchestrationSettings(_Section):
+    """`maquette up`: a local Prefect server, the deployments and the components kept running."""
+
+    host: str = Field(
+        "127.0.0.1", description="Interface the Prefect server and the deployments' runner bind to."
+    )
+    # Prefect's default is 4200; another port leaves the user's own Prefect server alone.
+    prefect_port: int = Field(4210, description="Port of the local Prefect server (API and UI).")
+    runner_port: int = Field(
+        4211, description="Health endpoint of the process running the deployments (/health)."
+    )
+    components: list[Component] = Field(
+        default_factory=lambda: list(get_args(Component)),
+        description="What `maquette up` starts (dependencies first; `down` stops in reverse).",
+    )
+    schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    timezone: str = Field("UTC", description="Time zone of the cron schedules.")
+    batch_entities: str = Field(
+        "SELECT * FROM flights WHERE event_timestamp >= '2013-12-01'",
+        description="Entities scored by the daily batch_predict deployments (path or DuckDB SELECT).",
+    )
+    batch_output: Path = Field(
+        Path(".maquette/batch"),
+        description="Daily batch predictions go to <folder>/<model>/<run date>.parquet.",
+    )
+    run_limit: int = Field(4, ge=1, description="Flow runs the runner executes at the same time.")
+    start_timeout_s: float = Field(
+        180.0, description="How long `up` waits for a component to answer its health check."
+    )
+    stop_timeout_s: float = Field(
+        20.0, description="How long `down` waits after SIGTERM before sending SIGKILL."
+    )
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+
 class Settings(BaseSettings):
     """All of Maquette's configuration."""
 
@@ -239,6 +394,9 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     predictions: PredictionLogSettings = Field(default_factory=PredictionLogSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="Model specs by name.")
 
     @classmethod
