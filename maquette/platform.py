@@ -454,3 +454,25 @@ def _stop(settings: Settings, name: str, announce: Callable[[str], None]) -> Non
         _terminate(record, settings.orchestration.stop_timeout_s)
         _record_path(settings, name).unlink(missing_ok=True)
         announce(f"stopped {name}")
+
+
+@contextlib.contextmanager
+def schedules_paused(settings: Settings, deployments: list[str]) -> Iterator[list[str]]:
+    """Pause these deployments' schedules for a while (e.g. wall-clock materialization while
+    the demo replays history); resumed on the way out. Yields those that exist."""
+    from prefect.client.orchestration import get_client
+
+    found: list[Any] = []
+    with prefect_api(settings), get_client(sync_client=True) as client:
+        for name in deployments:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except Exception:  # not deployed (runner not started): nothing to pause
+                continue
+            client.set_deployment_paused_state(deployment.id, True)
+            found.append(deployment)
+        try:
+            yield [d.name for d in found]
+        finally:
+            for deployment in found:
+                client.set_deployment_paused_state(deployment.id, False)

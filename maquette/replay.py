@@ -66,6 +66,12 @@ def entity_rows(
     return frame.reset_index(drop=True)
 
 
+def _pushed(view: Any) -> bool:
+    from feast.data_source import PushSource
+
+    return isinstance(view.stream_source, PushSource) or isinstance(view.batch_source, PushSource)
+
+
 def replay(
     settings: Settings,
     rows: pd.DataFrame,
@@ -78,9 +84,16 @@ def replay(
     on_slot: Callable[[datetime, datetime], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     layer: FeatureLayer | None = None,
+    per_slot: bool = False,
 ) -> ReplayResult:
-    """Walk [start, end) slot by slot: materialize to the slot start, `on_slot`, then send rows."""
+    """Walk [start, end) slot by slot: materialize to the slot start, `on_slot`, then send rows.
+
+    Each row goes alone, as of its own time; with `per_slot`, a slot's rows go together as of
+    the slot's start (predictions made up to one slot ahead).
+    """
     layer = layer or FeatureLayer(settings)
+    # Views fed by a push source get their online values from the stream processor.
+    batch_views = [v.name for v in layer._feature_views() if not _pushed(v)]
     result = ReplayResult(start, end)
     began = time.perf_counter()
     times = rows[timestamp_column]
@@ -88,11 +101,19 @@ def replay(
     while clock < end:
         upper = min(clock + slot, end)
         tick = time.perf_counter()
-        layer.materialize_incremental(clock)
+        layer.materialize_incremental(clock, views=batch_views)
         result.materialize_s += time.perf_counter() - tick
         if on_slot:
             on_slot(clock, upper)
         batch = rows[(times >= clock) & (times < upper)]
+        if per_slot:
+            if len(batch):
+                tick = time.perf_counter()
+                send(batch[fields].to_dict("records"), clock)
+                result.request_ms.append((time.perf_counter() - tick) * 1000)
+                result.requests += 1
+                result.rows += len(batch)
+            batch = batch.iloc[0:0]
         for record, when in zip(
             batch[fields].to_dict("records"), batch[timestamp_column], strict=True
         ):
