@@ -95,10 +95,13 @@ def _apply_bench_repo(bench: Settings, table: Path) -> None:
     FeatureLayer(bench).store.apply([entity, source, wide, narrow, service])
 
 
-def _child(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
-    """Run one heavy case in a fresh interpreter; it prints {"seconds", "rows", "rss_mb"}."""
+def _child(
+    kind: str, settings_json: str, arg: str, module: str = "maquette.bench"
+) -> dict[str, Any]:
+    """Run one heavy case (`module._child_main`) in a fresh interpreter; it prints a JSON dict
+    ({"seconds", "rows", "rss_mb", ...}) on its last line."""
     code = (
-        f"import json,sys; from maquette.bench import _child_main; "
+        f"import json,sys; from {module} import _child_main; "
         f"print(json.dumps(_child_main({kind!r}, sys.argv[1], sys.argv[2])))"
     )
     out = subprocess.run(

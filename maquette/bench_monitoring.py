@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -33,19 +31,9 @@ from maquette.config import Settings
 
 
 def _child(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
-    code = (
-        "import json,sys; from maquette.bench_monitoring import _child_main; "
-        "print(json.dumps(_child_main(sys.argv[1], sys.argv[2], sys.argv[3])))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, kind, settings_json, arg],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from maquette.bench import _child as run_child
+
+    return run_child(kind, settings_json, arg, module="maquette.bench_monitoring")
 
 
 def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:

@@ -30,10 +30,10 @@ import redis
 
 from maquette import alerts, drift, labels, predictions, skew
 from maquette.config import Settings
-from maquette.errors import ConfigError, DataNotLoaded, StoreUnavailable
+from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features import FeatureLayer
 from maquette.metrics import binary_metrics, regression_metrics
-from maquette.redis_server import redis_url
+from maquette.redis_server import unreachable
 
 WINDOWS = {"hourly": "hour", "daily": "day"}
 # What live metrics read of the scored-predictions table (not the wide JSON columns).
@@ -203,10 +203,7 @@ def freshness(
                     if seconds is not None and (best is None or seconds > best):
                         newest[i] = seconds
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(
-            f"Redis at {redis_url(settings)} is unreachable: {exc}",
-            "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",
-        ) from exc
+        raise unreachable(settings, exc) from exc
     out = []
     for view, seconds in zip(views, newest, strict=True):
         ttl = view.ttl.total_seconds() if view.ttl else None  # a zero TTL means no limit

@@ -91,6 +91,14 @@ def _client(url: str, timeout: float = 2.0) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
+def unreachable(settings: Settings, exc: Exception) -> StoreUnavailable:
+    """The error every Redis call raises when the server does not answer, with the remedy."""
+    return StoreUnavailable(
+        f"Redis at {redis_url(settings)} is unreachable: {exc}",
+        "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",
+    )
+
+
 def ping(url: str) -> bool:
     """True when a Redis answers PING at `url`."""
     try:
