@@ -248,7 +248,7 @@ def window_report(
         quality.save_html(str(folder / f"{stem}_quality.html"))
         found.quality_html = str(folder / f"{stem}_quality.html")
     if workspace is not None:
-        project = _workspace_project(workspace, version.name)
+        project = _workspace_project(workspace, version.name, record["task"])
         for run in (snapshot, quality):
             if run is not None:
                 workspace.add_run(project.id, run, include_data=False)
@@ -261,12 +261,30 @@ def open_workspace(settings: Settings) -> Any:
     return Workspace.create(str(settings.path(settings.monitoring.workspace)))
 
 
-def _workspace_project(workspace: Any, name: str) -> Any:
+def _workspace_project(workspace: Any, name: str, task: str) -> Any:
     for project in workspace.search_project(f"maquette: {name}"):
         return project
+    from evidently.sdk.panels import PanelMetric, line_plot_panel
+
     project = workspace.create_project(
         f"maquette: {name}", description=f"Drift and quality of {name}, per window."
     )
+    # The dashboard `evidently ui` opens on: the reports' headline values over the windows.
+    quality = ("RMSE", "RMSE") if task == "regression" else ("RocAuc", "ROC AUC")
+    panels = [
+        ("Share of drifted features", "DriftedColumnsCount", {"value_type": "share"}, "drift"),
+        ("Prediction drift", "ValueDrift", {"column": "prediction"}, "drift"),
+        (quality[1], quality[0], {}, "quality"),
+    ]
+    for title, metric, labels, tag in panels:
+        project.dashboard.add_panel(
+            line_plot_panel(
+                title,
+                [PanelMetric(legend=title, metric=metric, metric_labels=labels, tags=[tag])],
+                size="half",
+            ),
+            tab="Monitoring",
+        )
     return project
 
 

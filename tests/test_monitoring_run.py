@@ -126,7 +126,9 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
 
     workspace = Workspace.create(str(run.workspace))
     (project,) = workspace.search_project("maquette: flight_delay")
-    assert len(workspace.list_runs(project.id)) >= 1
+    assert len(workspace.list_runs(project.id)) >= 2  # drift and quality
+    titles = [panel.title for panel in project.dashboard.model().panels]
+    assert titles == ["Share of drifted features", "Prediction drift", "RMSE"]
 
 
 def test_labels_not_yet_known_are_not_counted(replayed: Settings) -> None:
