@@ -9,9 +9,14 @@ Contents, by platform concept:
     predictions     the prediction log: Redis Stream -> Parquet
     stream          the speed layer: publish, replay, StreamProcessor, backfill
     labels          late labels joined with logged predictions (scored predictions)
-    monitoring      live metrics per version, partition and window
+    monitoring      run: one monitoring pass (live metrics, reports, skew, freshness, alerts)
+    drift           Evidently drift and quality reports per window, workspace dashboard
+    skew            training/serving skew: served vs recomputed point-in-time features
+    alerts          thresholds -> recorded alerts, webhook, retraining
+    replay          replay history as live traffic, the online store following the clock
+    platform        up / status / down of Redis, Prefect, deployments, service, stream
     batch           predict_batch: point-in-time features, a version, Parquet out
-    lifecycle       run_demo: the main job, every stage timed
+    lifecycle       run_demo: the main job, every stage timed, December replayed
     errors          MaquetteError and its subclasses, each with a remedy
 """
 

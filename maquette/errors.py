@@ -5,7 +5,9 @@ MaquetteError                 base: `.remedy` says what to do; the CLI exits non
 ├── StoreUnavailable          Redis cannot be reached or started
 ├── DataNotLoaded             the offline store or Feast registry is empty: run the named command
 ├── FeatureNotFound           unknown feature, feature view or feature service (lists what exists)
-└── InvalidEntityFrame        an entity frame or entity rows lack keys, timestamps or time zones
+├── InvalidEntityFrame        an entity frame or entity rows lack keys, timestamps or time zones
+├── ModelVersionNotFound      unknown model name, version or alias
+└── ComponentFailed           a platform component (`maquette up`) did not start or answer
 """
 
 from __future__ import annotations
@@ -63,3 +65,9 @@ class ModelVersionNotFound(MaquetteError):
     """An unknown model name, version or alias was named."""
 
     exit_code = 7
+
+
+class ComponentFailed(MaquetteError):
+    """A platform component exited or did not answer its health check while starting."""
+
+    exit_code = 8

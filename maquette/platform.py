@@ -36,7 +36,7 @@ import psutil
 
 from maquette import redis_server
 from maquette.config import Settings
-from maquette.errors import ConfigError, MaquetteError
+from maquette.errors import ComponentFailed, ConfigError
 
 COMPONENTS = ("redis", "prefect", "deployments", "service", "stream")
 # Started only once these answer (when they are started too).
@@ -47,12 +47,6 @@ UP = ("running", "unready")  # states in which `up` leaves a component alone
 CHECKOUT = Path(__file__).resolve().parent.parent
 # Environment variable marking every process of a component, children included.
 MARK = "MAQUETTE_COMPONENT_TOKEN"
-
-
-class ComponentFailed(MaquetteError):
-    """A component exited or did not answer its health check while starting."""
-
-    exit_code = 8
 
 
 @dataclass(frozen=True)
