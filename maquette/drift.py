@@ -176,6 +176,9 @@ def window_report(
     notes.append(f"reference: {len(reference):,} sampled training rows of {version.tag}")
     if not labelled:
         notes.append("no labels yet in this window: quality not computed")
+    one_class = record["task"] == "binary" and window[LABEL].dropna().nunique() < 2
+    if labelled and one_class:
+        notes.append("labels of a single class in this window: classification quality not computed")
     # Evidently cannot test a column with no values on one side; say so instead.
     empty = [f for f in features if current[f].isna().all() or reference[f].isna().all()]
     if empty:
@@ -194,7 +197,7 @@ def window_report(
             tags=[*tags, "drift"],
         ).run(drift_data, reference_data, timestamp=start.to_pydatetime())
         quality = None
-        if labelled:
+        if labelled and not one_class:
             known = current[current[LABEL].notna()]
             preset = ClassificationPreset() if record["task"] == "binary" else RegressionPreset()
             quality = Report(
