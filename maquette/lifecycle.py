@@ -107,6 +107,12 @@ class TrafficReport:
     stream_wait_s: float = 0.0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    models: int = 1
+
+    @property
+    def rows_per_request(self) -> float:
+        # Each slot's flights go once to every model.
+        return self.flights * self.models / max(self.requests, 1)
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -166,8 +172,8 @@ def replay_traffic(
 
     from maquette import replay
 
-    report = TrafficReport(start, end)
     names = list(settings.models)
+    report = TrafficReport(start, end, models=len(names))
     fields = list(dict.fromkeys(f for n in names for f in request_fields(settings, layer, n)))
     rows = replay.entity_rows(settings, names[0], start, end)
     report.skipped = int(rows[fields].isna().any(axis=1).sum())

@@ -74,7 +74,7 @@ def _group_sums(
             SELECT partition, window_start, {counts},
                    sum((y - p) ^ 2) AS se, sum(abs(y - p)) AS ae,
                    sum((ln(1 + greatest(p + {shift}, 0)) - ln(1 + greatest(y + {shift}, 0))) ^ 2)
-                       AS le,
+                       FILTER (WHERE y IS NOT NULL) AS le,
                    sum(y) AS sy, sum(y * y) AS sy2
             FROM v GROUP BY ALL"""
     else:
@@ -154,6 +154,9 @@ def live_metrics(
         sums = _group_sums(con, record, version, WINDOWS[window])
         parts.append(_metrics_from_sums(record["task"], sums).assign(version=version))
     series = pd.concat(parts, ignore_index=True)
+    if settings.model_spec(name).partition_by is None:
+        # Unpartitioned: every prediction is the parent's, the same rows as "all".
+        series = series[series["partition"] == "all"]
     series.insert(0, "model", name)
     series.insert(3, "window", window)
     series = series.sort_values(["version", "partition", "window_start"]).reset_index(drop=True)

@@ -206,14 +206,16 @@ def logged_sql(settings: Settings, model: str | None = None) -> str:
         else f"{folder}/date=*/model=*/*.parquet"
     )
     where = "WHERE model = '" + model.replace("'", "''") + "'" if model else ""
-    source = f"read_parquet('{files}', hive_partitioning = false)"
+    source = f"read_parquet('{files}', hive_partitioning = false, filename = true)"
     # De-duplicate on the narrow key columns, then keep the matching wide rows (no wide sort).
+    # A redelivered copy has the same stream id in another file: one file per prediction wins.
     return f"""
-        SELECT f.* FROM {source} f
+        SELECT f.* EXCLUDE (filename) FROM {source} f
         SEMI JOIN (
-            SELECT prediction_id, min(stream_id) AS stream_id FROM {source} {where}
-            GROUP BY prediction_id
-        ) first USING (prediction_id, stream_id)
+            SELECT prediction_id, min(stream_id) AS stream_id,
+                   arg_min(filename, stream_id) AS filename
+            FROM {source} {where} GROUP BY prediction_id
+        ) first USING (prediction_id, stream_id, filename)
         {where.replace("WHERE model", "WHERE f.model")}"""
 
 

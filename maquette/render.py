@@ -384,7 +384,7 @@ def _traffic_summary(console: Console, report: DemoReport) -> None:
         f"{report.drained:,} logged predictions drained"
     )
     console.print(
-        f"serving latency seen by the client per request (~{t.flights / max(t.requests / 2, 1):.0f}"
+        f"serving latency seen by the client per request (~{t.rows_per_request:.0f}"
         f" rows): p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "
         f"p99 {np.percentile(ms, 99):.1f} ms; materialize along the clock {t.materialize_s:.1f} s, "
         f"waiting for the stream processor {t.stream_wait_s:.1f} s"

@@ -109,7 +109,10 @@ def replay(
         if per_slot:
             if len(batch):
                 tick = time.perf_counter()
-                send(batch[fields].to_dict("records"), clock)
+                try:
+                    send(batch[fields].to_dict("records"), clock)
+                except Exception:  # counted and reported, as for single rows
+                    result.failures += 1
                 result.request_ms.append((time.perf_counter() - tick) * 1000)
                 result.requests += 1
                 result.rows += len(batch)

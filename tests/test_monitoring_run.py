@@ -18,7 +18,7 @@ from maquette import alerts, labels, monitoring, registry, replay
 from maquette.config import Settings, load_settings
 from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features import FeatureLayer
-from maquette.metrics import binary_metrics
+from maquette.metrics import binary_metrics, regression_metrics
 from maquette.serving import Predictor
 from tests.conftest import make_project
 
@@ -105,6 +105,20 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
     late = run.models["late_arrival"].metrics["daily"]
     (row,) = late[late.partition == "all"].to_dict("records")
     for metric in ("auc", "log_loss", "precision", "recall"):
+        assert row[metric] == pytest.approx(expected[metric]), metric
+    # Regression too, with unlabelled rows present (they must not count).
+    scored = labels.join_labels(replayed, "flight_delay", END).to_pandas()
+    assert scored.label.isna().any()
+    known = scored[scored.label.notna()]
+    record = registry.resolve(replayed, f"flight_delay:{known.version.iloc[0]}").record
+    expected = regression_metrics(
+        known.label.to_numpy(), known.prediction.to_numpy(), record["label_shift"]
+    )
+    series = monitoring.live_metrics(
+        replayed, "flight_delay", labels.join_labels(replayed, "flight_delay", END)
+    )
+    (row,) = series[series.partition == "all"].to_dict("records")
+    for metric in ("r2", "rmse", "mae", "rmsle"):
         assert row[metric] == pytest.approx(expected[metric]), metric
     (report,) = delay.reports  # one weekly window
     assert Path(report.html).is_file() and report.quality["rmse"] > 0
