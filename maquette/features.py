@@ -485,39 +485,78 @@ class FeatureLayer:
         as_of: datetime | None = None,
     ) -> OnlineFeatures:
         """Features for entity rows from Redis, flagged NOT_FOUND or OUTSIDE_MAX_AGE (vs `as_of`)."""
-        plan = self._plan(features or self.settings.feast.feature_service)
-        now = (as_of or datetime.now(UTC)).timestamp()
-        project = self.settings.feast.project
-        values: list[dict[str, Any]] = [{} for _ in rows]
-        statuses: list[dict[str, str]] = [{} for _ in rows]
+        (found,) = self.online_features_many([(rows, features, as_of)])
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def online_features_many(
+        self,
+        requests: Sequence[
+            tuple[Sequence[dict[str, Any]], str | Sequence[str] | None, datetime | None]
+        ],
+    ) -> list[OnlineFeatures | InvalidEntityFrame]:
+        """`online_features` for several requests in one Redis round trip (the server batches
+        concurrent requests); a request lacking a join key gets its error, the others answer.
+        """
         pipe = self.redis.pipeline(transaction=False)
-        for group in plan.groups:
-            for i, row in enumerate(rows):
-                missing = [k for k in group.join_keys if k not in row]
-                if missing:
-                    raise InvalidEntityFrame(
-                        f"entity row {i} lacks join key(s) {missing}.",
-                        f"Each row needs {list(group.join_keys)}.",
-                    )
-                pipe.hmget(
-                    wire.entity_key_bytes(
-                        {k: row[k] for k in group.join_keys}, group.key_types, project
-                    ),
-                    group.fields,
-                )
+        plans: list[_ReadPlan | InvalidEntityFrame] = []
+        for rows, features, _ in requests:
+            plan = self._plan(features or self.settings.feast.feature_service)
+            try:
+                _check_join_keys(plan, rows)
+            except InvalidEntityFrame as exc:
+                plans.append(exc)
+                continue
+            plans.append(plan)
+            _queue_reads(pipe, plan, rows, self.settings.feast.project)
         try:
-            replies = iter(pipe.execute())
+            replies = iter(pipe.execute()) if len(pipe) else iter(())
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(
                 f"Redis at {redis_url(self.settings)} is unreachable: {exc}",
                 "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",
             ) from exc
-        for group in plan.groups:
-            for i in range(len(rows)):
-                _decode_group(group, next(replies), now, values[i], statuses[i])
-        for odfv in plan.odfvs:
-            _apply_odfv(odfv, rows, values, statuses)
-        return OnlineFeatures(list(plan.names), values, statuses)
+        out: list[OnlineFeatures | InvalidEntityFrame] = []
+        for plan, (rows, _, as_of) in zip(plans, requests, strict=True):
+            if isinstance(plan, InvalidEntityFrame):
+                out.append(plan)
+                continue
+            now = (as_of or datetime.now(UTC)).timestamp()
+            values: list[dict[str, Any]] = [{} for _ in rows]
+            statuses: list[dict[str, str]] = [{} for _ in rows]
+            for group in plan.groups:
+                for i in range(len(rows)):
+                    _decode_group(group, next(replies), now, values[i], statuses[i])
+            for odfv in plan.odfvs:
+                _apply_odfv(odfv, rows, values, statuses)
+            out.append(OnlineFeatures(list(plan.names), values, statuses))
+        return out
+
+
+def _check_join_keys(plan: _ReadPlan, rows: Sequence[dict[str, Any]]) -> None:
+    for group in plan.groups:
+        for i, row in enumerate(rows):
+            missing = [k for k in group.join_keys if k not in row]
+            if missing:
+                raise InvalidEntityFrame(
+                    f"entity row {i} lacks join key(s) {missing}.",
+                    f"Each row needs {list(group.join_keys)}.",
+                )
+
+
+def _queue_reads(
+    pipe: redis.client.Pipeline, plan: _ReadPlan, rows: Sequence[dict[str, Any]], project: str
+) -> None:
+    # One HMGET per entity and key group, in the order _decode_group reads the replies.
+    for group in plan.groups:
+        for row in rows:
+            pipe.hmget(
+                wire.entity_key_bytes(
+                    {k: row[k] for k in group.join_keys}, group.key_types, project
+                ),
+                group.fields,
+            )
 
 
 def _decode_group(
@@ -564,7 +603,14 @@ def _apply_odfv(
             ) from exc
     for name in odfv.source_features:
         inputs[name] = [v.get(name) for v in values]
-    out = odfv.view.transform_dict(inputs)
+    transformation = odfv.view.feature_transformation
+    if odfv.view.mode == "python" and not odfv.view.singleton and transformation is not None:
+        # Feast's python-mode transformation is exactly `udf(inputs)` (transform_arrow, used for
+        # training frames, calls the same function); calling it directly skips transform_dict's
+        # per-call type checks and name aliasing, a third of a 1-row request's time.
+        out = transformation.udf(inputs)
+    else:
+        out = odfv.view.transform_dict(inputs)
     for name in odfv.outputs:
         for i, value in enumerate(out[name]):
             values[i][name] = value

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
@@ -74,7 +75,9 @@ class PredictionLog:
             return []
         pipe = self.client.pipeline(transaction=False)
         for entry in entries:
-            pipe.xadd(self.stream, {FIELD: json.dumps(entry, default=str)})
+            # orjson: a tenth of json.dumps' time on the request path; times as ISO 8601 and
+            # NaN as null, which the drain's json.loads reads back.
+            pipe.xadd(self.stream, {FIELD: orjson.dumps(entry, default=str)})
         try:
             return list(pipe.execute())
         except (redis.ConnectionError, redis.TimeoutError) as exc:

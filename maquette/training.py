@@ -127,15 +127,16 @@ class TrainedModel:
                 frame[self.partition_by] = partitions
             return self.predict(frame)
         x = self.matrix(records)
-        out = np.asarray(self.learner.predict(self.parent, x), dtype=float)
-        used = [PARENT] * len(records)
-        if self.partition_by and self.partitions:
-            for value, model in self.partitions.items():
-                rows = [i for i, p in enumerate(partitions) if p == value]
-                if rows:
-                    out[rows] = self.learner.predict(model, x[rows])
-                    for i in rows:
-                        used[i] = value
+        # Each row runs one model: its partition's, else the parent (one LightGBM call per
+        # model present, which is most of the cost of a small request).
+        used = [p if p in self.partitions else PARENT for p in partitions]
+        if not self.partition_by or len(set(used)) == 1:
+            model = self.partitions.get(used[0], self.parent) if used else self.parent
+            return np.asarray(self.learner.predict(model, x), dtype=float), used
+        out = np.empty(len(records), dtype=float)
+        for value in set(used):
+            rows = [i for i, u in enumerate(used) if u == value]
+            out[rows] = self.learner.predict(self.partitions.get(value, self.parent), x[rows])
         return out, used
 
     def save(self, folder: Path) -> dict[str, str]:
