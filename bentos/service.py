@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.responses import JSONResponse
 
 from maquette.config import load_settings
 from maquette.errors import MaquetteError
-from maquette.serving import Predictor, http_status
+from maquette.http_predict import (
+    AS_OF_DESCRIPTION,
+    EXAMPLE_ROW,
+    MODEL_DESCRIPTION,
+    ROWS_DESCRIPTION,
+    PredictionOut,
+    PredictResponse,
+    PredictRoute,
+    error_body,
+)
+from maquette.serving import Prediction, Predictor, http_status
 
 SETTINGS = load_settings()
-
-EXAMPLE_ROW = {
-    "origin": "JFK",
-    "carrier": "B6",
-    "tailnum": "N804JB",
-    "route": "JFK-LAX",
-    "scheduled_departure": "2013-12-15T14:30:00Z",
-}
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="maquette_predictions",
@@ -47,29 +51,37 @@ LATENCY = bentoml.metrics.Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
 
-
-class PredictionOut(BaseModel):
-    """One answered row."""
-
-    prediction_id: str = Field(description="Id of the logged prediction (join labels on it).")
-    prediction: float = Field(
-        description="Predicted value (binary: probability of the positive class)."
-    )
-    model: str = Field(
-        description="Exact version used, NAME:VERSION.", examples=["flight_delay:v3"]
-    )
-    partition: str = Field(description="Partition model used, or __parent__.", examples=["JFK"])
-    decision: bool | None = Field(None, description="Binary models: probability >= the threshold.")
-    missing_features: list[str] = Field(
-        default_factory=list, description="Not in the online store."
-    )
-    stale_features: list[str] = Field(
-        default_factory=list, description="Older than their view's TTL."
-    )
+BATCH = bentoml.metrics.Histogram(
+    name="maquette_predict_batch_requests",
+    documentation="Requests answered together by one feature read and one log append",
+    labelnames=["route"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 
 
-class PredictResponse(BaseModel):
-    predictions: list[PredictionOut]
+def observe(selector: str | None, answers: Sequence[Prediction], seconds: float) -> None:
+    """Prometheus counters for one answered request (both /predict paths call this)."""
+    LATENCY.labels(model=selector or "default").observe(seconds)
+    for a in answers:
+        PREDICTIONS.labels(model=a.model, partition=a.partition).inc()
+        if a.missing_features:
+            MISSING.labels(model=a.model, kind="missing").inc(len(a.missing_features))
+        if a.stale_features:
+            MISSING.labels(model=a.model, kind="stale").inc(len(a.stale_features))
+
+
+def tracing_config(sample_rate: float) -> dict[str, Any]:
+    """BentoML's tracing for /predict only when sampled: an unsampled span per request still
+    cost a tenth of a request and, held by BentoML's timeout timer, lengthened GC pauses."""
+    if sample_rate > 0:
+        return {"sample_rate": sample_rate}
+    return {"excluded_urls": ["/predict"]}
+
+
+def observe_batch(requests: int) -> None:
+    # Labelled: an unlabelled bentoml.metrics histogram made at import is not exported by the
+    # worker's multiprocess registry.
+    BATCH.labels(route="/predict").observe(requests)
 
 
 class BearerAuth:
@@ -104,8 +116,10 @@ class BearerAuth:
     name="maquette",
     http={"host": SETTINGS.serving.host, "port": SETTINGS.serving.port},
     endpoints={"livez": "/healthz", "readyz": "/readyz"},
-    traffic={"timeout": 30},
-    workers=1,
+    traffic={"timeout": SETTINGS.serving.timeout_s},
+    logging={"access": {"enabled": SETTINGS.serving.access_log}},
+    tracing=tracing_config(SETTINGS.serving.trace_sample_rate),
+    workers=SETTINGS.serving.workers,
 )
 class PredictionService:
     """Entity keys in; fresh features, the routed model version and a logged prediction out."""
@@ -121,49 +135,45 @@ class PredictionService:
         # scanning them caused 100+ ms pauses under load.
         gc.collect()
         gc.freeze()
+        PredictRoute.attach(self.predictor)
 
     @bentoml.api(route="/predict")
     def predict(
         self,
         rows: Annotated[
             list[dict[str, Any]] | dict[str, Any],
-            Field(
-                description="One row or a list of rows: entity keys and request fields.",
-                examples=[[EXAMPLE_ROW]],
-            ),
+            Field(description=ROWS_DESCRIPTION, examples=[[EXAMPLE_ROW]]),
         ],
         model: Annotated[
-            str | None,
-            Field(
-                description="NAME, NAME:VERSION or NAME@ALIAS.",
-                examples=["flight_delay@production"],
-            ),
+            str | None, Field(description=MODEL_DESCRIPTION, examples=["flight_delay@production"])
         ] = None,
-        as_of: Annotated[
-            datetime | None, Field(description="Judge feature freshness as of this time.")
-        ] = None,
+        as_of: Annotated[datetime | None, Field(description=AS_OF_DESCRIPTION)] = None,
     ) -> PredictResponse:
-        """Predict for each row with the selected model version (default NAME@production)."""
+        """Predict for each row with the selected model version (default NAME@production).
+
+        With `serving.fast_path` on (the default) `PredictRoute` answers POST /predict before
+        BentoML dispatches here, with the same models, code and JSON; this method still defines
+        the API's schema and answers when the fast path is off.
+        """
         batch = [rows] if isinstance(rows, dict) else rows
+        began = time.perf_counter()
         try:
-            with LATENCY.labels(model=model or "default").time():
-                answers = self.predictor.predict(batch, model, as_of)
+            answers = self.predictor.predict(batch, model, as_of)
         except MaquetteError as exc:
-            # Returned, not raised: BentoML hides the message of any 5xx, and a 503 must say
-            # which Redis is down and what to do.
-            error = {"error": exc.message, "remedy": exc.remedy}
-            return JSONResponse(error, status_code=http_status(exc))  # type: ignore[return-value]
-        for a in answers:
-            PREDICTIONS.labels(model=a.model, partition=a.partition).inc()
-            if a.missing_features:
-                MISSING.labels(model=a.model, kind="missing").inc(len(a.missing_features))
-            if a.stale_features:
-                MISSING.labels(model=a.model, kind="stale").inc(len(a.stale_features))
+            # Returned, not raised: BentoML hides the message of any 5xx.
+            status = http_status(exc)
+            return JSONResponse(error_body(exc), status_code=status)  # type: ignore[return-value]
+        observe(model, answers, time.perf_counter() - began)
         return PredictResponse(predictions=[PredictionOut(**a.as_dict()) for a in answers])
 
     def __is_ready__(self) -> bool:
         return self.predictor.ready()
 
 
+# Added in this order, the key check runs before the fast path (the first added is outermost).
 if SETTINGS.serving.api_key:
     PredictionService.add_asgi_middleware(BearerAuth, api_key=SETTINGS.serving.api_key)
+if SETTINGS.serving.fast_path:
+    PredictionService.add_asgi_middleware(
+        PredictRoute, route="/predict", observe=observe, observe_batch=observe_batch
+    )

@@ -231,6 +231,33 @@ class ServingSettings(_Section):
         "production", description="Alias used when a request names only NAME."
     )
     max_rows: int = Field(1000, ge=1, description="Largest batch one request may carry.")
+    fast_path: bool = Field(
+        True,
+        description="Answer POST /predict from Maquette's ASGI route inside the BentoML service "
+        "(same request model and JSON, batches concurrent requests); false: BentoML's API method.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Service worker processes. One batching worker beat two on a 2-core machine; "
+        "add workers when cores outnumber them (see BENCHMARKS.md).",
+    )
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="A request running longer gets 504. BentoML keeps every request's timer for "
+        "this long, so a long timeout means more live objects and longer GC pauses under load.",
+    )
+    access_log: bool = Field(
+        False, description="BentoML's per-request access log (the prediction log has each one)."
+    )
+    trace_sample_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="OpenTelemetry sampling for /predict (exporter: BentoML's tracing config); 0 "
+        "leaves /predict out of tracing.",
+    )
     traffic: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="Per model: version -> weight, e.g. {v3: 0.9, v4: 0.1}."
     )

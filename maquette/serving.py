@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,10 +35,11 @@ from maquette.errors import (
     DataNotLoaded,
     FeatureNotFound,
     InvalidEntityFrame,
+    MaquetteError,
     ModelVersionNotFound,
     StoreUnavailable,
 )
-from maquette.features import PRESENT, FeatureLayer
+from maquette.features import PRESENT, FeatureLayer, OnlineFeatures
 from maquette.predictions import PredictionLog
 from maquette.training import TrainedModel
 
@@ -56,6 +58,15 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+@dataclass
+class PredictCall:
+    """One request: rows, the model selector and the time freshness is judged at."""
+
+    rows: list[dict[str, Any]]
+    selector: str | None = None
+    as_of: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -81,13 +92,17 @@ class Predictor:
         self._lock = threading.Lock()
         self._aliases: dict[str, dict[str, str]] = {}
         self._aliases_stamp: float | None = -1.0
+        self._aliases_file = str(settings.path(settings.registry.aliases))
 
     # ---------------------------------------------------------------- which version
 
     def _alias_table(self) -> dict[str, dict[str, str]]:
-        # Re-read only when the file changes: an alias moves without a restart.
-        path = self.settings.path(self.settings.registry.aliases)
-        stamp = path.stat().st_mtime_ns if path.exists() else None
+        # Re-read only when the file changes: an alias moves without a restart. One stat() per
+        # request; the path is resolved once (resolving it was a tenth of a request's time).
+        try:
+            stamp: float | None = os.stat(self._aliases_file).st_mtime_ns
+        except FileNotFoundError:
+            stamp = None
         if stamp != self._aliases_stamp:
             self._aliases = registry.alias_table(self.settings)
             self._aliases_stamp = stamp
@@ -175,30 +190,84 @@ class Predictor:
         self, rows: list[dict[str, Any]], selector: str | None = None, as_of: datetime | None = None
     ) -> list[Prediction]:
         """Predictions for rows of entity keys and request fields (logged unless library mode)."""
+        (answer,) = self.predict_many([PredictCall(rows, selector, as_of)])
+        if isinstance(answer, MaquetteError):
+            raise answer
+        return answer
+
+    def predict_many(self, calls: Sequence[PredictCall]) -> list[list[Prediction] | MaquetteError]:
+        """Answer several requests together: one Redis round trip for all their features and
+        one for all their log entries (the HTTP route batches requests that arrive together).
+
+        Each request is answered exactly as alone; one request's bad input is its own error,
+        while Redis being down fails them all (StoreUnavailable is raised).
+        """
         began = time.perf_counter()
-        served = self.version(self.resolve(selector))
-        rows = self._clean(served, rows)
-        now = as_of or datetime.now(UTC)
-        features = self.layer.online_features(rows, served.feature_service, as_of=now)
-        answers = _answer(
-            served,
-            _model_inputs(served, rows, features.values, features.statuses),
-            features.statuses,
+        out: list[list[Prediction] | MaquetteError] = []
+        ready: list[tuple[int, ServedVersion, list[dict[str, Any]], datetime]] = []
+        for call in calls:
+            try:
+                served = self.version(self.resolve(call.selector))
+                rows = self._clean(served, call.rows)
+            except MaquetteError as exc:
+                out.append(exc)
+                continue
+            ready.append((len(out), served, rows, call.as_of or datetime.now(UTC)))
+            out.append([])
+        found = self.layer.online_features_many(
+            [(rows, served.feature_service, now) for _, served, rows, now in ready]
         )
-        if self.log and self.log.sampled():
-            latency = (time.perf_counter() - began) * 1000
-            entries = [
-                _entry(served, rows[i], features.values[i], answers[i], now, latency, False)
-                for i in range(len(rows))
-            ]
-            shadow = self.settings.serving.shadow.get(served.name)
-            if shadow and f"{served.name}:{shadow}" != served.tag:
-                twin = self.version(f"{served.name}:{shadow}")
-                twin_inputs = _model_inputs(twin, rows, features.values, features.statuses)
-                for i, a in enumerate(_answer(twin, twin_inputs, features.statuses)):
-                    entries.append(_entry(twin, rows[i], features.values[i], a, now, latency, True))
+        # Requests for the same version are scored together: rows are scored independently,
+        # so one model call for all of them gives each request exactly its own answers.
+        by_version: dict[str, list[int]] = {}
+        for k, ((_, served, _, _), features) in enumerate(zip(ready, found, strict=True)):
+            if isinstance(features, MaquetteError):
+                out[ready[k][0]] = features
+            else:
+                by_version.setdefault(served.tag, []).append(k)
+        entries: list[dict[str, Any]] = []
+        for members in by_version.values():
+            served = ready[members[0]][1]
+            rows = [r for k in members for r in ready[k][2]]
+            values = [v for k in members for v in found[k].values]  # type: ignore[union-attr]
+            statuses = [s for k in members for s in found[k].statuses]  # type: ignore[union-attr]
+            answers = _answer(served, _model_inputs(served, rows, values, statuses), statuses)
+            start = 0
+            for k in members:
+                slot, _, request_rows, now = ready[k]
+                mine = answers[start : start + len(request_rows)]
+                start += len(request_rows)
+                out[slot] = mine
+                if self.log and self.log.sampled():
+                    features = found[k]
+                    assert isinstance(features, OnlineFeatures)
+                    entries += self._log_entries(served, request_rows, features, mine, now, began)
+        if entries:
+            assert self.log is not None
             self.log.append(entries)
-        return answers
+        return out
+
+    def _log_entries(
+        self,
+        served: ServedVersion,
+        rows: list[dict[str, Any]],
+        features: OnlineFeatures,
+        answers: list[Prediction],
+        now: datetime,
+        began: float,
+    ) -> list[dict[str, Any]]:
+        latency = (time.perf_counter() - began) * 1000
+        entries = [
+            _entry(served, rows[i], features.values[i], answers[i], now, latency, False)
+            for i in range(len(rows))
+        ]
+        shadow = self.settings.serving.shadow.get(served.name)
+        if shadow and f"{served.name}:{shadow}" != served.tag:
+            twin = self.version(f"{served.name}:{shadow}")
+            twin_inputs = _model_inputs(twin, rows, features.values, features.statuses)
+            for i, a in enumerate(_answer(twin, twin_inputs, features.statuses)):
+                entries.append(_entry(twin, rows[i], features.values[i], a, now, latency, True))
+        return entries
 
     def ready(self) -> bool:
         """Models load and Redis answers."""
@@ -336,11 +405,24 @@ def http_status(error: Exception) -> int:
 
 
 def service_process(
-    project_dir: Path, host: str, port: int, **popen: Any
+    project_dir: Path,
+    host: str,
+    port: int,
+    env: dict[str, str] | None = None,
+    **popen: Any,
 ) -> subprocess.Popen[bytes]:
     """`bentoml serve` of bentos/service.py for a project, started from this checkout."""
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "MAQUETTE_PROJECT_DIR": str(project_dir), "PYTHONWARNINGS": "ignore"}
+    # Feast points PROMETHEUS_MULTIPROC_DIR at its own folder when imported; inherited, it
+    # would make every service started from this process share (and overwrite) one metrics
+    # folder. BentoML makes a folder per server when the variable is unset.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    env = {
+        **inherited,
+        "MAQUETTE_PROJECT_DIR": str(project_dir),
+        "PYTHONWARNINGS": "ignore",
+        **(env or {}),
+    }
     command = [
         sys.executable,
         "-m",

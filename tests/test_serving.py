@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 import threading
 import time
@@ -13,9 +15,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import redis as redis_py
 
 from maquette import batch, predictions, registry, training
 from maquette.config import Settings
+from maquette.http_predict import PredictRoute
 from maquette.serving import Predictor, load_model, service_process
 from tests.conftest import free_port
 
@@ -256,8 +260,6 @@ def test_online_library_and_batch_predictions_are_identical(
     # 23:00 and 23:30, exactly the values a point-in-time join finds for them.
     settings = loaded_project.model_copy(deep=True)
     settings.redis.url = str(loaded_project.redis.url).rsplit("/", 1)[0] + "/3"
-    import redis as redis_py
-
     from maquette.features import FeatureLayer
 
     redis_py.Redis.from_url(settings.redis.url).flushdb()
@@ -292,3 +294,142 @@ def test_http_and_library_answers_are_identical(
         (mine,) = library.predict([row], as_of=datetime.fromisoformat(when))
         assert http["predictions"][0]["prediction"] == pytest.approx(mine.prediction, rel=1e-12)
         assert http["predictions"][0]["partition"] == mine.partition
+
+
+AS_OF = "2013-12-31T15:00:00+00:00"
+GOOD_REQUESTS = [
+    {"rows": ROW, "as_of": AS_OF},
+    {
+        "rows": [ROW, {**ROW, "origin": "EWR", "route": "EWR-ORD"}],
+        "model": "late_arrival@production",
+        "as_of": AS_OF,
+    },
+    {"rows": [{**ROW, "origin": "ZZZ", "route": "ZZZ-YYY"}], "as_of": AS_OF},
+    {"rows": {**ROW, "origin": "LGA", "route": "LGA-ATL"}, "model": "flight_delay"},
+]
+BAD_BODIES = [
+    '{"rows": [',
+    '{"rows": 5}',
+    '{"rows": [{"origin": "JFK"}]}',
+    '{"rows": []}',
+    '{"rows": {}, "model": "nope"}',
+    '{"rows": {}, "model": "flight_delay:v999"}',
+    '{"rows": [{"origin": "JFK", "carrier": "UA", "tailnum": "N1", "route": "JFK-LAX", '
+    '"scheduled_departure": "2013-12-31T15:00:00"}]}',
+]
+
+
+def _comparable(reply: httpx.Response) -> object:
+    body = reply.json()
+    if reply.status_code == 200:
+        for answer in body["predictions"]:
+            del answer["prediction_id"]  # fresh per prediction
+        return body
+    if reply.status_code == 400:  # pydantic's errors; the title names each side's own model
+        return [(d["type"], d["loc"], d["msg"]) for d in body["detail"]]
+    return body
+
+
+def _batches(url: str) -> float:
+    """How many batches the fast path answered, per /metrics (0 when it never ran)."""
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text.splitlines()
+    counts = [x for x in metrics if x.startswith("maquette_predict_batch_requests_count")]
+    return sum(float(line.split()[-1]) for line in counts)
+
+
+def test_the_fast_path_answers_exactly_like_bentomls_own_api(
+    service: str, production, loaded_project: Settings
+) -> None:
+    bodies = [json.dumps(r) for r in GOOD_REQUESTS] + BAD_BODIES
+    headers = {"content-type": "application/json"}
+
+    def answers(url: str) -> list[tuple[int, object]]:
+        replies = [
+            httpx.post(f"{url}/predict", content=body, headers=headers, timeout=10)
+            for body in bodies
+        ]
+        return [(r.status_code, _comparable(r)) for r in replies]
+
+    fast = answers(service)
+    # The fast path answered (it counts its batches). Read before the second server starts:
+    # BentoML clears the metrics folder under BENTOML_HOME, which both servers share here.
+    assert _batches(service) > 0
+    port = free_port()
+    proc = service_process(
+        loaded_project.project_dir,
+        "127.0.0.1",
+        port,
+        env={"MAQUETTE_SERVING_FAST_PATH": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stock = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(stock)
+        for body, mine, theirs in zip(bodies, fast, answers(stock), strict=True):
+            assert mine == theirs, body
+        assert _batches(stock) == 0  # BentoML's own @bentoml.api answered there
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_requests_arriving_together_are_answered_together_each_as_if_alone(
+    production, loaded_project: Settings
+) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    settings.predictions.stream = "maquette:batch-test"
+    log = redis_py.Redis.from_url(str(settings.redis.url))
+    log.delete(settings.predictions.stream)
+    batches: list[int] = []
+
+    async def behind(scope: dict, receive: object, send: object) -> None:
+        raise AssertionError("POST /predict must not reach BentoML")
+
+    route = PredictRoute(behind, observe_batch=batches.append)
+    route.predictor = Predictor(settings)
+    bodies = [json.dumps(r).encode() for r in GOOD_REQUESTS] + [
+        b'{"rows": [{"origin": "JFK"}]}',  # 422, its own error
+        b'{"rows": {}, "model": "nope"}',  # 404
+        b'{"rows": [',  # 400 before it is queued
+    ]
+
+    async def post(body: bytes) -> tuple[int, dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "path": "/predict",
+            "method": "POST",
+            "headers": [(b"content-type", b"application/json")],
+        }
+        await route(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])
+
+    async def all_at_once() -> list[tuple[int, dict]]:
+        return await asyncio.gather(*(post(b) for b in bodies))
+
+    replies = asyncio.run(all_at_once())
+    assert batches == [len(bodies) - 1]  # one feature read and one log append for all six
+    assert [status for status, _ in replies] == [200] * len(GOOD_REQUESTS) + [422, 404, 400]
+    assert "lacks" in replies[-3][1]["error"] and "no model named 'nope'" in replies[-2][1]["error"]
+    alone = Predictor(settings, log=False)
+    for request, (_, reply) in zip(GOOD_REQUESTS, replies, strict=False):
+        rows = request["rows"] if isinstance(request["rows"], list) else [request["rows"]]
+        as_of = datetime.fromisoformat(request["as_of"]) if "as_of" in request else None
+        expected = alone.predict(rows, request.get("model"), as_of)
+        got = reply["predictions"]
+        assert [a["prediction"] for a in got] == [e.prediction for e in expected]
+        assert [(a["model"], a["partition"]) for a in got] == [
+            (e.model, e.partition) for e in expected
+        ]
+        assert [a["missing_features"] for a in got] == [e.missing_features for e in expected]
+    answered = sum(len(reply["predictions"]) for status, reply in replies if status == 200)
+    assert log.xlen(settings.predictions.stream) == answered  # each logged once
+    log.delete(settings.predictions.stream)

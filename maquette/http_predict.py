@@ -1,0 +1,218 @@
+"""POST /predict as a pure ASGI route inside the BentoML service: the fast path.
+
+BentoML's own API path costs about a millisecond per request before any work is done (its IO
+descriptors, a thread hop for sync methods, response models), which is more than Maquette's
+whole request. `PredictRoute` is added to the service with `add_asgi_middleware`, so it sits
+inside BentoML's request metrics, tracing and access log, behind the API-key check, and answers
+`POST /predict` itself: the same pydantic request model, the same `Predictor`, the same JSON
+and status codes as the `@bentoml.api` method it stands in for (a test sends the same requests
+to both), and `serving.fast_path: false` hands /predict back to BentoML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from maquette.errors import MaquetteError
+from maquette.serving import PredictCall, Prediction, Predictor, http_status
+
+log = logging.getLogger("maquette.serving")
+
+EXAMPLE_ROW = {
+    "origin": "JFK",
+    "carrier": "B6",
+    "tailnum": "N804JB",
+    "route": "JFK-LAX",
+    "scheduled_departure": "2013-12-15T14:30:00Z",
+}
+
+# Request fields, shared by the BentoML API signature and the fast path's validator.
+ROWS_DESCRIPTION = "One row or a list of rows: entity keys and request fields."
+MODEL_DESCRIPTION = "NAME, NAME:VERSION or NAME@ALIAS."
+AS_OF_DESCRIPTION = "Judge feature freshness as of this time."
+
+
+class PredictRequest(BaseModel):
+    """The body of POST /predict."""
+
+    rows: list[dict[str, Any]] | dict[str, Any] = Field(
+        description=ROWS_DESCRIPTION, examples=[[EXAMPLE_ROW]]
+    )
+    model: str | None = Field(
+        None, description=MODEL_DESCRIPTION, examples=["flight_delay@production"]
+    )
+    as_of: datetime | None = Field(None, description=AS_OF_DESCRIPTION)
+
+
+class PredictionOut(BaseModel):
+    """One answered row."""
+
+    prediction_id: str = Field(description="Id of the logged prediction (join labels on it).")
+    prediction: float = Field(
+        description="Predicted value (binary: probability of the positive class)."
+    )
+    model: str = Field(
+        description="Exact version used, NAME:VERSION.", examples=["flight_delay:v3"]
+    )
+    partition: str = Field(description="Partition model used, or __parent__.", examples=["JFK"])
+    decision: bool | None = Field(None, description="Binary models: probability >= the threshold.")
+    missing_features: list[str] = Field(
+        default_factory=list, description="Not in the online store."
+    )
+    stale_features: list[str] = Field(
+        default_factory=list, description="Older than their view's TTL."
+    )
+
+
+class PredictResponse(BaseModel):
+    predictions: list[PredictionOut]
+
+
+REQUEST = TypeAdapter(PredictRequest)
+
+# Called after each answered request: (model selector, answers, seconds inside Maquette).
+Observer = Callable[[str | None, Sequence[Prediction], float], None]
+
+
+def error_body(exc: MaquetteError) -> dict[str, str]:
+    # Returned as the body, never hidden: a 503 must say which Redis is down and what to do.
+    return {"error": exc.message, "remedy": exc.remedy}
+
+
+def answer_body(answers: Sequence[Prediction]) -> bytes:
+    return orjson.dumps({"predictions": [a.as_dict() for a in answers]})
+
+
+class PredictRoute:
+    """Pure ASGI middleware answering `POST <route>`; every other request passes through.
+
+    Requests that arrive together are answered together: the first one queued schedules a
+    flush on the event loop, requests read in the same loop turn join the queue, and one
+    `Predictor.predict_many` call answers them all (one Redis round trip for the features, one
+    for the log). Nothing waits for a batch to fill, so a lone request is answered at once.
+
+    The predictor is attached once the BentoML service instance exists (`attach`); until then
+    requests pass through to BentoML's own /predict.
+    """
+
+    instances: ClassVar[list[PredictRoute]] = []
+
+    def __init__(
+        self,
+        app: Any,
+        route: str = "/predict",
+        observe: Observer | None = None,
+        observe_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.route = route
+        self.observe = observe
+        self.observe_batch = observe_batch
+        self.predictor: Predictor | None = None
+        self._queue: list[tuple[PredictCall, asyncio.Future[tuple[int, bytes]]]] = []
+        PredictRoute.instances.append(self)
+
+    @classmethod
+    def attach(cls, predictor: Predictor) -> None:
+        """Give every mounted route (one per app BentoML builds) the service's predictor."""
+        for route in cls.instances:
+            route.predictor = predictor
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            self.predictor is None
+            or scope["type"] != "http"
+            or scope["path"] != self.route
+            or scope["method"] != "POST"
+            or not _is_json(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        try:
+            request = REQUEST.validate_json(body)
+        except ValidationError as exc:
+            status, payload = 400, _validation_error(exc)
+        else:
+            rows = [request.rows] if isinstance(request.rows, dict) else request.rows
+            loop = asyncio.get_running_loop()
+            answered: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+            if not self._queue:
+                loop.call_soon(self._flush)
+            self._queue.append((PredictCall(rows, request.model, request.as_of), answered))
+            status, payload = await answered
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    def _flush(self) -> None:
+        # Runs once the requests read in this loop turn are queued; answers them in one go.
+        queued, self._queue = self._queue, []
+        if self.observe_batch is not None:
+            self.observe_batch(len(queued))
+        for (_, answered), result in zip(queued, self.respond([c for c, _ in queued]), strict=True):
+            if not answered.done():  # a client that went away leaves a cancelled future
+                answered.set_result(result)
+
+    def respond(self, calls: Sequence[PredictCall]) -> list[tuple[int, bytes]]:
+        """(status, JSON body) per request; runs on the event loop (no thread hop)."""
+        assert self.predictor is not None
+        began = time.perf_counter()
+        try:
+            answers = self.predictor.predict_many(calls)
+        except MaquetteError as exc:  # Redis down: every request in the batch gets the 503
+            return [(http_status(exc), orjson.dumps(error_body(exc)))] * len(calls)
+        except Exception:
+            log.exception("POST %s failed", self.route)
+            body = {"error": "An unexpected error has occurred, please check the server log."}
+            return [(500, orjson.dumps(body))] * len(calls)
+        seconds = time.perf_counter() - began
+        out = []
+        for call, answer in zip(calls, answers, strict=True):
+            if isinstance(answer, MaquetteError):
+                out.append((http_status(answer), orjson.dumps(error_body(answer))))
+                continue
+            if self.observe is not None:
+                self.observe(call.selector, answer, seconds)
+            out.append((200, answer_body(answer)))
+        return out
+
+
+def _validation_error(exc: ValidationError) -> bytes:
+    # BentoML's own wording and shape for a body that fails validation.
+    detail = exc.errors(include_context=False, include_input=False, include_url=False)
+    return orjson.dumps(
+        {"error": f"{exc.error_count()} validation error for {exc.title}", "detail": detail}
+    )
+
+
+def _is_json(scope: Any) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";")[0].strip() == b"application/json"
+    return True  # BentoML reads a body without a content type as JSON too
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
