@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from maquette import predictions
@@ -41,6 +43,16 @@ def _service(project: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _kill_9(service: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the server and its workers: BentoML's workers run in sessions of their own, so
+    killing the server's process group alone leaves an orphan worker still answering."""
+    family = [service.pid] + [p.pid for p in psutil.Process(service.pid).children(recursive=True)]
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    service.wait(10)
 
 
 def test_answers_survive_server_kill_redis_outage_and_drain_kills(
@@ -80,8 +92,7 @@ def test_answers_survive_server_kill_redis_outage_and_drain_kills(
                 reply = client.post(f"{url}/predict", json={"rows": [ROW, ROW]})
                 assert reply.status_code == 200
                 answered += [a["prediction_id"] for a in reply.json()["predictions"]]
-        os.killpg(service.pid, signal.SIGKILL)  # no goodbye: the log must already hold them
-        service.wait(10)
+        _kill_9(service)  # no goodbye: the log must already hold them
 
         # Redis away: a clear 503, /readyz fails; back: the service recovers by itself.
         service = _service(project, port)
@@ -98,9 +109,8 @@ def test_answers_survive_server_kill_redis_outage_and_drain_kills(
         assert back.status_code == 200, back.text
         answered.append(back.json()["predictions"][0]["prediction_id"])
     finally:
-        with_group = service.poll() is None
-        if with_group:
-            os.killpg(service.pid, signal.SIGKILL)
+        if service.poll() is None:
+            _kill_9(service)
 
     # Drain with real kills at random moments, then once to the end.
     rng = random.Random(3)
