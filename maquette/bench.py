@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from maquette.config import Settings
-from maquette.redis_server import ensure_redis
+from maquette.redis_server import ensure_redis, redis_url
 
 BENCH_PROJECT = "maquette_bench"
 BENCH_DB = 1  # a Redis database of its own, flushed between cases
@@ -540,14 +540,10 @@ def run_serving_benchmark(settings: Settings, seconds: int, console: Console) ->
         {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}
         for r in flights
     ]
+    maquette = [sys.executable, "-m", "bentoml", "serve", "bentos.service:PredictionService"]
     servers = {
-        "Maquette service": [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "bentos.service:PredictionService",
-        ],
+        "Maquette service": maquette,
+        "Maquette, BentoML's API path": maquette,
         "stock: BentoML + get_online_features": [
             sys.executable,
             "-m",
@@ -569,9 +565,13 @@ def run_serving_benchmark(settings: Settings, seconds: int, console: Console) ->
         port = _free_port()
         flag = ["--port", str(port)] + (["--host", "127.0.0.1"] if "uvicorn" in command[2] else [])
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")},
             "MAQUETTE_PROJECT_DIR": str(settings.project_dir),
             "PYTHONWARNINGS": "ignore",
+            # Logging stays on, into a stream of its own: bench traffic must not reach the
+            # project's prediction log (and monitoring); it is deleted after each server.
+            "MAQUETTE_PREDICTIONS_STREAM": BENCH_PREDICTIONS,
+            "MAQUETTE_SERVING_FAST_PATH": "false" if "API path" in label else "true",
         }
         proc = subprocess.Popen(
             command + flag,
@@ -598,6 +598,9 @@ def run_serving_benchmark(settings: Settings, seconds: int, console: Console) ->
 
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
+            logged = _bench_log_length_and_clear(settings)
+            if label.startswith("Maquette"):
+                console.print(f"  {label}: {logged:,} predictions logged")
     table = Table(
         "case", *servers, title=f"serving: req/s and p50/p95/p99 ms ({seconds}s per cell, wrk)"
     )
@@ -616,6 +619,18 @@ def run_serving_benchmark(settings: Settings, seconds: int, console: Console) ->
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     console.print(table)
     return "\n".join(lines) + "\n"
+
+
+BENCH_PREDICTIONS = "maquette:bench:predictions"
+
+
+def _bench_log_length_and_clear(settings: Settings) -> int:
+    import redis
+
+    client = redis.Redis.from_url(redis_url(settings))
+    logged = int(client.xlen(BENCH_PREDICTIONS))
+    client.delete(BENCH_PREDICTIONS)
+    return logged
 
 
 def _free_port() -> int:
