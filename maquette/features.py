@@ -499,35 +499,39 @@ class FeatureLayer:
         """`online_features` for several requests in one Redis round trip (the server batches
         concurrent requests); a request lacking a join key gets its error, the others answer.
         """
-        pipe = self.redis.pipeline(transaction=False)
-        plans: list[_ReadPlan | InvalidEntityFrame] = []
+        reads = _Reads(self.redis.pipeline(transaction=False), self.settings.feast.project)
+        plans: list[tuple[_ReadPlan, list[list[int]]] | InvalidEntityFrame] = []
         for rows, features, _ in requests:
             plan = self._plan(features or self.settings.feast.feature_service)
             try:
                 _check_join_keys(plan, rows)
+                plans.append((plan, reads.queue(plan, rows)))
             except InvalidEntityFrame as exc:
                 plans.append(exc)
-                continue
-            plans.append(plan)
-            _queue_reads(pipe, plan, rows, self.settings.feast.project)
         try:
-            replies = iter(pipe.execute()) if len(pipe) else iter(())
+            replies = reads.pipe.execute() if len(reads.pipe) else []
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(
                 f"Redis at {redis_url(self.settings)} is unreachable: {exc}",
                 "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",
             ) from exc
         out: list[OnlineFeatures | InvalidEntityFrame] = []
-        for plan, (rows, _, as_of) in zip(plans, requests, strict=True):
-            if isinstance(plan, InvalidEntityFrame):
-                out.append(plan)
+        decoded: dict[tuple[int, float], tuple[dict[str, Any], dict[str, str]]] = {}
+        for planned, (rows, _, as_of) in zip(plans, requests, strict=True):
+            if isinstance(planned, InvalidEntityFrame):
+                out.append(planned)
                 continue
+            plan, positions = planned
             now = (as_of or datetime.now(UTC)).timestamp()
             values: list[dict[str, Any]] = [{} for _ in rows]
             statuses: list[dict[str, str]] = [{} for _ in rows]
-            for group in plan.groups:
-                for i in range(len(rows)):
-                    _decode_group(group, next(replies), now, values[i], statuses[i])
+            for group, where in zip(plan.groups, positions, strict=True):
+                for i, pos in enumerate(where):
+                    found = decoded.get((pos, now))
+                    if found is None:
+                        found = decoded[(pos, now)] = _decode_group(group, replies[pos], now)
+                    values[i].update(found[0])
+                    statuses[i].update(found[1])
             for odfv in plan.odfvs:
                 _apply_odfv(odfv, rows, values, statuses)
             out.append(OnlineFeatures(list(plan.names), values, statuses))
@@ -545,27 +549,46 @@ def _check_join_keys(plan: _ReadPlan, rows: Sequence[dict[str, Any]]) -> None:
                 )
 
 
-def _queue_reads(
-    pipe: redis.client.Pipeline, plan: _ReadPlan, rows: Sequence[dict[str, Any]], project: str
-) -> None:
-    # One HMGET per entity and key group, in the order _decode_group reads the replies.
-    for group in plan.groups:
-        for row in rows:
-            pipe.hmget(
-                wire.entity_key_bytes(
-                    {k: row[k] for k in group.join_keys}, group.key_types, project
-                ),
-                group.fields,
-            )
+class _Reads:
+    """HMGETs queued on one pipeline: one per distinct entity and key group, however many rows
+    (and batched requests) share it: 100 flights from one airport read the airport once."""
+
+    def __init__(self, pipe: redis.client.Pipeline, project: str) -> None:
+        self.pipe, self.project = pipe, project
+        self.position: dict[tuple[tuple[bytes, ...], tuple[Any, ...]], int] = {}
+
+    def queue(self, plan: _ReadPlan, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
+        """Per key group, the reply position of each row."""
+        out = []
+        for group in plan.groups:
+            where = []
+            for i, row in enumerate(rows):
+                entity = tuple(row[k] for k in group.join_keys)
+                try:
+                    pos = self.position.get((group.fields, entity))
+                except TypeError:  # a list or object where a key value belongs
+                    raise InvalidEntityFrame(
+                        f"entity row {i} has a non-scalar value in {list(group.join_keys)}.",
+                        "Send each join key as a string or number.",
+                    ) from None
+                if pos is None:
+                    pos = self.position[(group.fields, entity)] = len(self.pipe)
+                    key = wire.entity_key_bytes(
+                        dict(zip(group.join_keys, entity, strict=True)),
+                        group.key_types,
+                        self.project,
+                    )
+                    self.pipe.hmget(key, group.fields)
+                where.append(pos)
+            out.append(where)
+        return out
 
 
 def _decode_group(
-    group: _KeyGroup,
-    reply: list[bytes | None],
-    now: float,
-    values: dict[str, Any],
-    statuses: dict[str, str],
-) -> None:
+    group: _KeyGroup, reply: list[bytes | None], now: float
+) -> tuple[dict[str, Any], dict[str, str]]:
+    values: dict[str, Any] = {}
+    statuses: dict[str, str] = {}
     pos = 0
     for view in group.views:
         raw_ts = reply[pos + len(view.features)]
@@ -584,6 +607,7 @@ def _decode_group(
             values[name] = wire.decode_value(raw)
             statuses[name] = NOT_FOUND if raw is None else status
         pos += len(view.features) + 1
+    return values, statuses
 
 
 def _apply_odfv(

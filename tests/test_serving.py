@@ -144,6 +144,12 @@ def test_unknown_entities_are_predicted_and_flagged(service: str) -> None:
             422,
             "has no time zone",
         ),
+        (
+            '{"rows": [{"origin": ["JFK"], "carrier": "UA", "tailnum": "N1", "route": "JFK-LAX", '
+            '"scheduled_departure": "2013-12-31T15:00:00Z"}]}',
+            422,
+            "non-scalar value",
+        ),
         ('{"rows": {}, "model": "nope"}', 404, "no model named 'nope'"),
         ('{"rows": {}, "model": "flight_delay:v999"}', 404, "has no version 'v999'"),
         ('{"rows": {}, "model": "flight_delay@nightly"}', 404, "has no alias 'nightly'"),
@@ -309,6 +315,8 @@ GOOD_REQUESTS = [
 ]
 BAD_BODIES = [
     '{"rows": [',
+    '{"rows": [{"origin": {"code": "JFK"}, "carrier": "UA", "tailnum": "N1", "route": "JFK-LAX", '
+    '"scheduled_departure": "2013-12-31T15:00:00Z"}]}',
     '{"rows": 5}',
     '{"rows": [{"origin": "JFK"}]}',
     '{"rows": []}',
