@@ -164,9 +164,15 @@ class PredictRoute:
     def _flush(self) -> None:
         # Runs once the requests read in this loop turn are queued; answers them in one go.
         queued, self._queue = self._queue, []
-        if self.observe_batch is not None:
-            self.observe_batch(len(queued))
-        for (_, answered), result in zip(queued, self.respond([c for c, _ in queued]), strict=True):
+        try:
+            if self.observe_batch is not None:
+                self.observe_batch(len(queued))
+            results = self.respond([c for c, _ in queued])
+        except Exception:  # a failing metrics hook must not leave requests waiting for 504
+            log.exception("POST %s failed", self.route)
+            body = {"error": "An unexpected error has occurred, please check the server log."}
+            results = [(500, orjson.dumps(body))] * len(queued)
+        for (_, answered), result in zip(queued, results, strict=True):
             if not answered.done():  # a client that went away leaves a cancelled future
                 answered.set_result(result)
 

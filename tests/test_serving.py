@@ -382,25 +382,8 @@ def test_the_fast_path_answers_exactly_like_bentomls_own_api(
         proc.wait(20)
 
 
-def test_requests_arriving_together_are_answered_together_each_as_if_alone(
-    production, loaded_project: Settings
-) -> None:
-    settings = loaded_project.model_copy(deep=True)
-    settings.predictions.stream = "maquette:batch-test"
-    log = redis_py.Redis.from_url(str(settings.redis.url))
-    log.delete(settings.predictions.stream)
-    batches: list[int] = []
-
-    async def behind(scope: dict, receive: object, send: object) -> None:
-        raise AssertionError("POST /predict must not reach BentoML")
-
-    route = PredictRoute(behind, observe_batch=batches.append)
-    route.predictor = Predictor(settings)
-    bodies = [json.dumps(r).encode() for r in GOOD_REQUESTS] + [
-        b'{"rows": [{"origin": "JFK"}]}',  # 422, its own error
-        b'{"rows": {}, "model": "nope"}',  # 404
-        b'{"rows": [',  # 400 before it is queued
-    ]
+def _post_together(route: PredictRoute, bodies: list[bytes]) -> list[tuple[int, dict]]:
+    """POST the bodies to the route in one event-loop turn; (status, JSON) per body."""
 
     async def post(body: bytes) -> tuple[int, dict]:
         sent: list[dict] = []
@@ -423,7 +406,31 @@ def test_requests_arriving_together_are_answered_together_each_as_if_alone(
     async def all_at_once() -> list[tuple[int, dict]]:
         return await asyncio.gather(*(post(b) for b in bodies))
 
-    replies = asyncio.run(all_at_once())
+    return asyncio.run(all_at_once())
+
+
+async def _never_reached(scope: dict, receive: object, send: object) -> None:
+    raise AssertionError("POST /predict must not reach BentoML")
+
+
+def test_requests_arriving_together_are_answered_together_each_as_if_alone(
+    production, loaded_project: Settings
+) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    settings.predictions.stream = "maquette:batch-test"
+    log = redis_py.Redis.from_url(str(settings.redis.url))
+    log.delete(settings.predictions.stream)
+    batches: list[int] = []
+
+    route = PredictRoute(_never_reached, observe_batch=batches.append)
+    route.predictor = Predictor(settings)
+    bodies = [json.dumps(r).encode() for r in GOOD_REQUESTS] + [
+        b'{"rows": [{"origin": "JFK"}]}',  # 422, its own error
+        b'{"rows": {}, "model": "nope"}',  # 404
+        b'{"rows": [',  # 400 before it is queued
+    ]
+
+    replies = _post_together(route, bodies)
     assert batches == [len(bodies) - 1]  # one feature read and one log append for all six
     assert [status for status, _ in replies] == [200] * len(GOOD_REQUESTS) + [422, 404, 400]
     assert "lacks" in replies[-3][1]["error"] and "no model named 'nope'" in replies[-2][1]["error"]
@@ -441,3 +448,14 @@ def test_requests_arriving_together_are_answered_together_each_as_if_alone(
     answered = sum(len(reply["predictions"]) for status, reply in replies if status == 200)
     assert log.xlen(settings.predictions.stream) == answered  # each logged once
     log.delete(settings.predictions.stream)
+
+
+def test_a_failing_metrics_hook_gives_500s_not_hung_requests(loaded_project: Settings) -> None:
+    def broken(requests: int) -> None:
+        raise RuntimeError("metrics backend gone")
+
+    route = PredictRoute(_never_reached, observe_batch=broken)
+    route.predictor = Predictor(loaded_project, log=False)
+    replies = _post_together(route, [json.dumps(GOOD_REQUESTS[0]).encode()] * 2)
+    assert [status for status, _ in replies] == [500, 500]
+    assert "check the server log" in replies[0][1]["error"]
