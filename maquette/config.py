@@ -245,11 +245,14 @@ class ServingSettings(_Section):
     timeout_s: float = Field(
         5.0,
         gt=0,
-        description="A request running longer gets 504. BentoML keeps every request's timer for "
+        description="A request running longer gets 504 (on the fast path a batch already running "
+        "finishes first; its Redis calls time out after 5 s). BentoML keeps every request's timer "
         "this long, so a long timeout means more live objects and longer GC pauses under load.",
     )
     access_log: bool = Field(
-        False, description="BentoML's per-request access log (the prediction log has each one)."
+        False,
+        description="BentoML's per-request access log (off: the prediction log already records "
+        "every answered prediction).",
     )
     trace_sample_rate: float = Field(
         0.0,

@@ -525,15 +525,28 @@ class FeatureLayer:
             now = (as_of or datetime.now(UTC)).timestamp()
             values: list[dict[str, Any]] = [{} for _ in rows]
             statuses: list[dict[str, str]] = [{} for _ in rows]
-            for group, where in zip(plan.groups, positions, strict=True):
-                for i, pos in enumerate(where):
-                    found = decoded.get((pos, now))
-                    if found is None:
-                        found = decoded[(pos, now)] = _decode_group(group, replies[pos], now)
-                    values[i].update(found[0])
-                    statuses[i].update(found[1])
-            for odfv in plan.odfvs:
-                _apply_odfv(odfv, rows, values, statuses)
+            try:
+                for group, where in zip(plan.groups, positions, strict=True):
+                    for i, pos in enumerate(where):
+                        found = decoded.get((pos, now))
+                        if found is None:
+                            found = decoded[(pos, now)] = _decode_group(group, replies[pos], now)
+                        values[i].update(found[0])
+                        statuses[i].update(found[1])
+                for odfv in plan.odfvs:
+                    _apply_odfv(odfv, rows, values, statuses)
+            except InvalidEntityFrame as exc:
+                out.append(exc)
+                continue
+            except Exception as exc:  # e.g. an on-demand view's function on a year-1 time
+                out.append(
+                    InvalidEntityFrame(
+                        f"the request's values could not be turned into features: "
+                        f"{type(exc).__name__}: {exc}",
+                        "Check the types and ranges of the request fields.",
+                    )
+                )
+                continue
             out.append(OnlineFeatures(list(plan.names), values, statuses))
         return out
 
@@ -550,12 +563,16 @@ def _check_join_keys(plan: _ReadPlan, rows: Sequence[dict[str, Any]]) -> None:
 
 
 class _Reads:
-    """HMGETs queued on one pipeline: one per distinct entity and key group, however many rows
-    (and batched requests) share it: 100 flights from one airport read the airport once."""
+    """HMGETs queued on one pipeline: one per distinct Redis key and key group, however many
+    rows (and batched requests) share it: 100 flights from one airport read the airport once.
+
+    Rows are matched on the encoded key, not the raw values (1, 1.0 and True are equal in
+    Python but are different String keys).
+    """
 
     def __init__(self, pipe: redis.client.Pipeline, project: str) -> None:
         self.pipe, self.project = pipe, project
-        self.position: dict[tuple[tuple[bytes, ...], tuple[Any, ...]], int] = {}
+        self.position: dict[tuple[tuple[bytes, ...], bytes], int] = {}
 
     def queue(self, plan: _ReadPlan, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
         """Per key group, the reply position of each row."""
@@ -563,21 +580,22 @@ class _Reads:
         for group in plan.groups:
             where = []
             for i, row in enumerate(rows):
-                entity = tuple(row[k] for k in group.join_keys)
-                try:
-                    pos = self.position.get((group.fields, entity))
-                except TypeError:  # a list or object where a key value belongs
+                entity = {k: row[k] for k in group.join_keys}
+                if any(isinstance(v, list | dict) for v in entity.values()):
                     raise InvalidEntityFrame(
                         f"entity row {i} has a non-scalar value in {list(group.join_keys)}.",
                         "Send each join key as a string or number.",
-                    ) from None
-                if pos is None:
-                    pos = self.position[(group.fields, entity)] = len(self.pipe)
-                    key = wire.entity_key_bytes(
-                        dict(zip(group.join_keys, entity, strict=True)),
-                        group.key_types,
-                        self.project,
                     )
+                try:
+                    key = wire.entity_key_bytes(entity, group.key_types, self.project)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise InvalidEntityFrame(
+                        f"entity row {i}: {entity} is not a valid key ({exc}).",
+                        f"Send {list(group.join_keys)} as the types the feature views declare.",
+                    ) from None
+                pos = self.position.get((group.fields, key))
+                if pos is None:
+                    pos = self.position[(group.fields, key)] = len(self.pipe)
                     self.pipe.hmget(key, group.fields)
                 where.append(pos)
             out.append(where)

@@ -89,8 +89,10 @@ class LightGBMLearner:
         # Online-sized inputs on one thread: OpenMP workers spinning between tiny requests
         # took a quarter of a serving core and stretched tail latency. Rows are scored
         # independently, so the answer does not depend on the thread count.
-        threads = {"num_threads": 1} if len(x) <= SINGLE_THREAD_ROWS else {}
-        return np.asarray(model.predict(x, num_iteration=model.best_iteration or None, **threads))
+        iteration = model.best_iteration or None
+        if len(x) <= SINGLE_THREAD_ROWS:
+            return np.asarray(model.predict(x, num_iteration=iteration, num_threads=1))
+        return np.asarray(model.predict(x, num_iteration=iteration))
 
     def save(self, model: lgb.Booster, path: Path) -> str:
         target = path.with_suffix(".lgb.txt")

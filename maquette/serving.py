@@ -13,6 +13,7 @@ training saw them (Feast's TTL nulls them in training frames); the response name
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -42,6 +43,8 @@ from maquette.errors import (
 from maquette.features import PRESENT, FeatureLayer, OnlineFeatures
 from maquette.predictions import PredictionLog
 from maquette.training import TrainedModel
+
+log = logging.getLogger("maquette.serving")
 
 
 @dataclass
@@ -212,6 +215,9 @@ class Predictor:
             except MaquetteError as exc:
                 out.append(exc)
                 continue
+            except Exception as exc:  # one request's odd input must not fail its batch
+                out.append(_unusable(exc))
+                continue
             ready.append((len(out), served, rows, call.as_of or datetime.now(UTC)))
             out.append([])
         found = self.layer.online_features_many(
@@ -263,9 +269,16 @@ class Predictor:
         ]
         shadow = self.settings.serving.shadow.get(served.name)
         if shadow and f"{served.name}:{shadow}" != served.tag:
-            twin = self.version(f"{served.name}:{shadow}")
-            twin_inputs = _model_inputs(twin, rows, features.values, features.statuses)
-            for i, a in enumerate(_answer(twin, twin_inputs, features.statuses)):
+            try:
+                twin = self.version(f"{served.name}:{shadow}")
+                twin_inputs = _model_inputs(twin, rows, features.values, features.statuses)
+                twin_answers = _answer(twin, twin_inputs, features.statuses)
+            except Exception:  # a shadow is never returned, so it never fails a request
+                log.exception(
+                    "shadow %s:%s could not score; live answers unaffected", served.name, shadow
+                )
+                return entries
+            for i, a in enumerate(twin_answers):
                 entries.append(_entry(twin, rows[i], features.values[i], a, now, latency, True))
         return entries
 
@@ -280,6 +293,13 @@ class Predictor:
         return True
 
 
+def _unusable(exc: Exception) -> InvalidEntityFrame:
+    return InvalidEntityFrame(
+        f"the request's values could not be used: {type(exc).__name__}: {exc}",
+        "Check the types and ranges of the entity keys and request fields.",
+    )
+
+
 def _utc_time(value: Any, what: str) -> datetime:
     if isinstance(value, str):
         try:
@@ -289,7 +309,13 @@ def _utc_time(value: Any, what: str) -> datetime:
                 f"{what} is {value!r}, not an ISO time.", "Send e.g. 2013-12-01T14:05:00Z."
             ) from None
     elif isinstance(value, int | float):
-        value = datetime.fromtimestamp(value, UTC)
+        try:
+            value = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidEntityFrame(
+                f"{what} is {value!r}, outside the times a timestamp can hold.",
+                "Send an ISO time such as 2013-12-01T14:05:00Z.",
+            ) from None
     if not isinstance(value, datetime):
         raise InvalidEntityFrame(f"{what} is not a time.", "Send an ISO time with a zone.")
     if value.tzinfo is None:

@@ -418,21 +418,32 @@ def test_requests_arriving_together_are_answered_together_each_as_if_alone(
 ) -> None:
     settings = loaded_project.model_copy(deep=True)
     settings.predictions.stream = "maquette:batch-test"
+    # A shadow that cannot load must not fail the live answers it rides along with.
+    settings.serving.shadow = {"late_arrival": "v999"}
     log = redis_py.Redis.from_url(str(settings.redis.url))
     log.delete(settings.predictions.stream)
     batches: list[int] = []
 
     route = PredictRoute(_never_reached, observe_batch=batches.append)
     route.predictor = Predictor(settings)
+    huge = {**ROW, "flight": 2**70}  # past 64 bits: orjson refuses it, the log still takes it
+    odd = [
+        {**ROW, "scheduled_departure": 1e20},  # no datetime can hold it
+        {**ROW, "scheduled_departure": "0001-01-01T00:00:00Z"},  # breaks the calendar view
+    ]
     bodies = [json.dumps(r).encode() for r in GOOD_REQUESTS] + [
+        json.dumps({"rows": huge, "as_of": AS_OF}).encode(),
+        *(json.dumps({"rows": row}).encode() for row in odd),
         b'{"rows": [{"origin": "JFK"}]}',  # 422, its own error
         b'{"rows": {}, "model": "nope"}',  # 404
         b'{"rows": [',  # 400 before it is queued
     ]
 
     replies = _post_together(route, bodies)
-    assert batches == [len(bodies) - 1]  # one feature read and one log append for all six
-    assert [status for status, _ in replies] == [200] * len(GOOD_REQUESTS) + [422, 404, 400]
+    assert batches == [len(bodies) - 1]  # one feature read and one log append for the rest
+    statuses = [status for status, _ in replies]
+    assert statuses == [200] * (len(GOOD_REQUESTS) + 1) + [422, 422, 422, 404, 400], replies
+    assert "timestamp" in replies[-5][1]["error"] and "features" in replies[-4][1]["error"]
     assert "lacks" in replies[-3][1]["error"] and "no model named 'nope'" in replies[-2][1]["error"]
     alone = Predictor(settings, log=False)
     for request, (_, reply) in zip(GOOD_REQUESTS, replies, strict=False):
