@@ -9,6 +9,7 @@ label, and the version and partition that answered.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +33,17 @@ class IngestResult:
 
 
 def labels_path(settings: Settings, name: str) -> Path:
+    """Labels from the model's declared source (rebuilt by every ingest from it)."""
     return settings.offline_store / "labels" / f"{name}.parquet"
+
+
+def label_files_dir(settings: Settings, name: str) -> Path:
+    """Labels ingested from files (`labels ingest --file`), one Parquet file per input file.
+
+    Kept apart from the declared source's labels so that a later ingest from the source (every
+    monitoring pass does one) does not overwrite them.
+    """
+    return settings.offline_store / "labels" / f"{name}.files"
 
 
 def scored_path(settings: Settings, name: str) -> Path:
@@ -87,7 +98,13 @@ def ingest_labels(settings: Settings, name: str, file: Path | None = None) -> In
                 f"the value goes in a column named {LABEL!r}.",
             )
         unknown = _unknown_ids(settings, name, table)
-        pq.write_table(table, target)
+        # Named by content: ingesting the same file twice stores it once.
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+        target = label_files_dir(settings, name) / f"{file.stem}-{digest}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        pq.write_table(table, partial)
+        partial.replace(target)
         return IngestResult(table.num_rows, target, unknown)
     source = datasets.require_loaded(
         settings, labels.source or spec.entity_source or settings.dataset.entity_source
@@ -100,6 +117,40 @@ def ingest_labels(settings: Settings, name: str, file: Path | None = None) -> In
     ).to_arrow_table()
     pq.write_table(table, target)
     return IngestResult(table.num_rows, target)
+
+
+def _label_sources(
+    con: duckdb.DuckDBPyConnection, settings: Settings, name: str, labels: LabelSpec
+) -> tuple[list[str], list[str]]:
+    """SELECTs over the stored labels: (keyed by prediction_id, keyed by entity and time).
+
+    Each yields the key columns, `label`, `label_available_at` and `__source` (0: a file,
+    1: the declared source), so the join can prefer a file's label.
+    """
+    by_id: list[str] = []
+    by_entity: list[str] = []
+    files = sorted(label_files_dir(settings, name).glob("*.parquet"))
+    declared = labels_path(settings, name)
+    for source, path in [(0, f) for f in files] + ([(1, declared)] if declared.is_file() else []):
+        relation = f"read_parquet('{path}')"
+        present = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
+        known = "label_available_at" if "label_available_at" in present else "NULL"
+        by_key = "prediction_id" in present
+        keys = ["prediction_id"] if by_key else [*labels.join_keys, labels.time_column]
+        columns = ", ".join(f'"{k}"' for k in keys)
+        select = (
+            f"SELECT {columns}, {LABEL}::DOUBLE AS {LABEL}, "
+            f"{known}::TIMESTAMPTZ AS label_available_at, {source} AS __source FROM {relation}"
+        )
+        (by_id if by_key else by_entity).append(select)
+    return by_id, by_entity
+
+
+def _entity_on(labels: LabelSpec) -> str:
+    keys = [f"json_extract_string(p.entity, '$.{k}') = le.\"{k}\"" for k in labels.join_keys]
+    column = labels.time_column
+    when = f"CAST(json_extract_string(p.request, '$.{column}') AS TIMESTAMPTZ) = le.\"{column}\""
+    return " AND ".join([*keys, when])
 
 
 def _unknown_ids(settings: Settings, name: str, table: pa.Table) -> int:
@@ -123,40 +174,49 @@ def join_labels(
     """
     labels = _spec(settings, name)
     logged = predictions.logged_sql(settings, name)
-    if not labels_path(settings, name).is_file():
+    con = _con(settings)
+    by_id, by_entity = _label_sources(con, settings, name, labels)
+    if not by_id and not by_entity:
         raise DataNotLoaded(
             f"no labels ingested for {name!r}.", f"Run `maquette labels ingest {name}`."
         )
-    con = _con(settings)
-    source = f"read_parquet('{labels_path(settings, name)}')"
-    present = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {source}").fetchall()]
-    if "prediction_id" in present:
-        label_keys = ["prediction_id"]
-        on = "l.prediction_id = p.prediction_id"
-    else:
-        label_keys = [*labels.join_keys, labels.time_column]
-        keys = [f"json_extract_string(p.entity, '$.{k}') = l.\"{k}\"" for k in labels.join_keys]
-        column = labels.time_column
-        when = f"CAST(json_extract_string(p.request, '$.{column}') AS TIMESTAMPTZ) = l.\"{column}\""
-        on = " AND ".join([*keys, when])
-    known = "l.label_available_at" if "label_available_at" in present else "NULL::TIMESTAMPTZ"
-    if as_of is not None and "label_available_at" in present:
-        on += f" AND l.label_available_at <= '{as_of.isoformat()}'::TIMESTAMPTZ"
-    # One label per key (the first seen), so the left join keeps one row per prediction.
-    distinct = ", ".join(f'"{k}"' for k in label_keys)
+    # With as_of, a label counts only once available; of several labels for one prediction
+    # (or one entity and time), a file's wins over the declared source's, then the earliest.
+    avail = f"label_available_at <= '{as_of.isoformat()}'::TIMESTAMPTZ" if as_of else "TRUE"
+    ctes, joins, matched = [f"p AS ({logged})"], [], []  # type: list[str], list[str], list[str]
+    for alias, parts, keys, on in (
+        ("lp", by_id, ["prediction_id"], "lp.prediction_id = p.prediction_id"),
+        ("le", by_entity, [*labels.join_keys, labels.time_column], _entity_on(labels)),
+    ):
+        if not parts:
+            continue
+        distinct = ", ".join(f'"{k}"' for k in keys)
+        ctes.append(
+            f"{alias} AS (SELECT DISTINCT ON ({distinct}) * FROM ({' UNION ALL BY NAME '.join(parts)})"
+            f" WHERE label_available_at IS NULL OR {avail}"
+            f" ORDER BY {distinct}, __source, label_available_at NULLS FIRST)"
+        )
+        joins.append(f"LEFT JOIN {alias} ON {on}")
+        matched.append(alias)
+
+    # Label and availability come from the same match: by prediction id first.
+    def chosen(column: str) -> str:
+        cases = " ".join(f"WHEN {a}.__source IS NOT NULL THEN {a}.{column}" for a in matched)
+        return f"(CASE {cases} END)"
+
+    label_sql, known_sql = chosen(LABEL), chosen("label_available_at")
     target = scored_path(settings, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial.parquet")
     con.execute(f"""
         COPY (
-            WITH p AS ({logged}),
-                 l AS (SELECT DISTINCT ON ({distinct}) * FROM {source})
+            WITH {", ".join(ctes)}
             SELECT p.prediction_id, p.request_time, p.logged_at, p.model, p.version,
                    p.partition, p.prediction, p.decision, p.entity, p.request, p.features,
-                   p.missing, p.stale, l.{LABEL}::DOUBLE AS label,
-                   {known} AS label_available_at,
-                   date_diff('second', p.request_time, {known}) AS label_delay_s
-            FROM p LEFT JOIN l ON {on}
+                   p.missing, p.stale, {label_sql}::DOUBLE AS label,
+                   {known_sql}::TIMESTAMPTZ AS label_available_at,
+                   date_diff('second', p.request_time, {known_sql}::TIMESTAMPTZ) AS label_delay_s
+            FROM p {" ".join(joins)}
             WHERE NOT p.shadow
         ) TO '{partial}' (FORMAT parquet)""")
     partial.replace(target)  # readers never see a half-written table
