@@ -14,9 +14,11 @@ training rows and a window is sampled down to `monitoring.report_rows`; a report
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +60,7 @@ class WindowReport:
     html: str = ""
     quality_html: str = ""
     note: str = ""
+    workspace_runs: list[str] = field(default_factory=list)  # Evidently run ids, replaced on redo
 
 
 def reports_dir(settings: Settings, name: str) -> Path:
@@ -154,6 +157,7 @@ def window_report(
     start: pd.Timestamp,
     end: pd.Timestamp,
     workspace: Any | None,
+    replaces: Sequence[str] = (),
 ) -> WindowReport:
     """Run Evidently on one window of served rows (scored-predictions rows, labels when known)."""
     from evidently import Report
@@ -254,7 +258,12 @@ def window_report(
         project = _workspace_project(workspace, version.name, record["task"])
         for run in (snapshot, quality):
             if run is not None:
-                workspace.add_run(project.id, run, include_data=False)
+                added = workspace.add_run(project.id, run, include_data=False)
+                found.workspace_runs.append(str(added.id))
+        # The window's earlier runs go once the new ones are in: one run per report per window.
+        for old in replaces:
+            with contextlib.suppress(Exception):  # already gone (a workspace reset by hand)
+                workspace.delete_run(project.id, old)
     return found
 
 
@@ -332,7 +341,10 @@ def window_reports(
             end = end.tz_localize("UTC")
             if announce:
                 announce(f"{version.tag}: report for the window from {start:%Y-%m-%d}")
-            out.append(window_report(settings, version, reference, window, start, end, workspace))
+            replaces = previous.workspace_runs if previous else []
+            out.append(
+                window_report(settings, version, reference, window, start, end, workspace, replaces)
+            )
     path = _index_path(settings, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([asdict(r) for r in out], indent=1, default=_json_default))

@@ -153,6 +153,13 @@ def test_labels_not_yet_known_are_not_counted(replayed: Settings) -> None:
     assert found.labelled == 0
     (report,) = found.reports
     assert report.quality == {} and "no labels yet" in report.note
+    # The window's report was redone: its earlier Evidently runs were replaced, not kept beside.
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(run.workspace))
+    (project,) = workspace.search_project("maquette: late_arrival")
+    assert sorted(map(str, workspace.list_runs(project.id))) == sorted(report.workspace_runs)
+    assert len(report.workspace_runs) == 1  # drift only: no labels, no quality run
     assert not [a for a in run.new_alerts if a.kind == "accuracy"]
 
 
