@@ -77,6 +77,10 @@ class PredictResponse(BaseModel):
 
 
 REQUEST = TypeAdapter(PredictRequest)
+# BentoML's own answer to an unexpected failure (details go to the server log only).
+SERVER_ERROR = orjson.dumps(
+    {"error": "An unexpected error has occurred, please check the server log."}
+)
 
 # Called after each answered request: (model selector, answers, seconds inside Maquette).
 Observer = Callable[[str | None, Sequence[Prediction], float], None]
@@ -168,10 +172,9 @@ class PredictRoute:
             if self.observe_batch is not None:
                 self.observe_batch(len(queued))
             results = self.respond([c for c, _ in queued])
-        except Exception:  # a failing metrics hook must not leave requests waiting for 504
+        except Exception:  # anything unforeseen (a bug, a metrics hook): 500s, never a hang
             log.exception("POST %s failed", self.route)
-            body = {"error": "An unexpected error has occurred, please check the server log."}
-            results = [(500, orjson.dumps(body))] * len(queued)
+            results = [(500, SERVER_ERROR)] * len(queued)
         for (_, answered), result in zip(queued, results, strict=True):
             if not answered.done():  # a client that went away leaves a cancelled future
                 answered.set_result(result)
@@ -184,10 +187,6 @@ class PredictRoute:
             answers = self.predictor.predict_many(calls)
         except MaquetteError as exc:  # Redis down: every request in the batch gets the 503
             return [(http_status(exc), orjson.dumps(error_body(exc)))] * len(calls)
-        except Exception:
-            log.exception("POST %s failed", self.route)
-            body = {"error": "An unexpected error has occurred, please check the server log."}
-            return [(500, orjson.dumps(body))] * len(calls)
         seconds = time.perf_counter() - began
         out = []
         for call, answer in zip(calls, answers, strict=True):
