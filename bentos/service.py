@@ -1,4 +1,4 @@
-"""Maquette's online prediction service: one BentoML class over `maquette.serving.Predictor`.
+"""Maquette's online prediction service: one BentoML class over `maquette.serving.predictor.Predictor`.
 
 `maquette serve` (or `bentoml serve bentos.service:PredictionService` from the project folder)
 starts it on loopback. POST /predict takes one row or a list of rows (entity keys and request
@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 
 from maquette.config import load_settings
 from maquette.errors import MaquetteError
-from maquette.http_predict import (
+from maquette.serving.http import (
     AS_OF_DESCRIPTION,
     EXAMPLE_ROW,
     MODEL_DESCRIPTION,
@@ -30,7 +30,7 @@ from maquette.http_predict import (
     PredictRoute,
     error_body,
 )
-from maquette.serving import Prediction, Predictor, http_status
+from maquette.serving.predictor import Prediction, Predictor, http_status
 
 SETTINGS = load_settings()
 

@@ -18,7 +18,7 @@ from sources import (
     weather_hourly_source,
 )
 
-from maquette.stream import CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR
+from maquette.stream.processor import CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR
 
 # Observations are hourly; older than 3 hours means the station went quiet, not "still true".
 weather_hourly = FeatureView(
@@ -94,7 +94,7 @@ origin_daily = FeatureView(
 )
 
 # Streaming: departures in the last hour, pushed by the speed layer within a second of the
-# event and backfilled for history, both from maquette.stream's one definition. A row holds
+# event and backfilled for history, both from maquette.stream.processor's one definition. A row holds
 # the window ending at its departure; a window later it no longer describes "now" (the TTL).
 origin_last_hour = FeatureView(
     name=ORIGIN_LAST_HOUR.view,
@@ -126,7 +126,7 @@ def departure_calendar(inputs: dict[str, Any]) -> dict[str, Any]:
     """Calendar features of the scheduled departure, computed at request time."""
     # Feast re-executes this function from its source text, so it imports what it uses here.
     # New York local time, because delays follow the local day (rush hours, holidays).
-    from maquette import transforms
+    from maquette.features import transforms
 
     when = inputs["scheduled_departure"]
     return {

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maquette import batch
 from maquette.config import load_settings
+from maquette.serving import batch
 
 
 @task(cache_policy=NO_CACHE)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maquette import predictions
 from maquette.config import load_settings
+from maquette.serving import prediction_log as predictions
 
 
 @task(retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)

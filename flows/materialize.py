@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from prefect import flow, task
 
 from maquette.config import load_settings
-from maquette.features import FeatureLayer
-from maquette.redis_server import ensure_redis
+from maquette.data.redis_server import ensure_redis
+from maquette.features.layer import FeatureLayer
 
 
 @task(retries=2, retry_delay_seconds=5)

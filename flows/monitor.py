@@ -8,8 +8,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maquette import monitoring
 from maquette.config import load_settings
+from maquette.monitoring import monitor as monitoring
 
 
 def as_task(label: str, fn: Any, *args: Any) -> Any:

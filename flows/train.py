@@ -7,8 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maquette import registry, training
+from maquette import registry
 from maquette.config import load_settings
+from maquette.training import pipeline as training
 
 
 def as_task(label: str, fn: Any, *args: Any) -> Any:

@@ -52,21 +52,22 @@ _HOMES = {
     "InvalidEntityFrame": "errors",
     "MaquetteError": "errors",
     "StoreUnavailable": "errors",
-    "FeatureLayer": "features",
-    "MaterializeResult": "features",
-    "OnlineFeatures": "features",
+    "FeatureLayer": "features.layer",
+    "MaterializeResult": "features.layer",
+    "OnlineFeatures": "features.layer",
     "Settings": "config",
     "load_settings": "config",
-    "ensure_redis": "redis_server",
-    "load_dataset": "datasets",
-    "run_demo": "lifecycle",
-    "LibraryModel": "serving",
-    "load_model": "serving",
+    "ensure_redis": "data.redis_server",
+    "load_dataset": "data.sources",
+    "run_demo": "platform.demo",
+    "LibraryModel": "serving.predictor",
+    "load_model": "serving.predictor",
 }
 
 if TYPE_CHECKING:
     from maquette.config import Settings, load_settings
-    from maquette.datasets import load_dataset
+    from maquette.data.redis_server import ensure_redis
+    from maquette.data.sources import load_dataset
     from maquette.errors import (
         ConfigError,
         DataNotLoaded,
@@ -75,10 +76,9 @@ if TYPE_CHECKING:
         MaquetteError,
         StoreUnavailable,
     )
-    from maquette.features import FeatureLayer, MaterializeResult, OnlineFeatures
-    from maquette.lifecycle import run_demo
-    from maquette.redis_server import ensure_redis
-    from maquette.serving import LibraryModel, load_model
+    from maquette.features.layer import FeatureLayer, MaterializeResult, OnlineFeatures
+    from maquette.platform.demo import run_demo
+    from maquette.serving.predictor import LibraryModel, load_model
 
 
 def __getattr__(name: str) -> Any:

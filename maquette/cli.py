@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from maquette import datasets, redis_server
 from maquette.config import Settings, load_settings
+from maquette.data import redis_server
+from maquette.data import sources as datasets
 from maquette.errors import MaquetteError
 
 app = typer.Typer(
@@ -143,7 +144,7 @@ def demo(
 
     Example: maquette demo
     """
-    from maquette import lifecycle
+    from maquette.platform import demo as lifecycle
 
     settings = _settings(project)
 
@@ -153,7 +154,7 @@ def demo(
     def monitor_flow(s: Settings, as_of: datetime) -> Any:
         return _flow(s, "monitor")(str(s.project_dir), None, as_of)
 
-    from maquette.platform import prefect_api
+    from maquette.platform.components import prefect_api
 
     bar, update = _progress()
     # Flows run here report to the platform's Prefect server, not a throwaway one.
@@ -199,7 +200,7 @@ def platform_up(component: ComponentOpt = None, project: ProjectOpt = None) -> N
     Redis, a Prefect server, the flows' deployments, the prediction service, the stream
     processor; logs in <state>/logs. Example: maquette up
     """
-    from maquette import platform
+    from maquette.platform import components as platform
 
     with console.status("starting") as progress:
         statuses = platform.up(_settings(project), component, announce=progress.update)
@@ -213,7 +214,7 @@ def platform_status(component: ComponentOpt = None, project: ProjectOpt = None) 
 
     Example: maquette status
     """
-    from maquette import platform
+    from maquette.platform import components as platform
 
     statuses = platform.status(_settings(project), component)
     console.print(_platform_table(statuses))
@@ -228,7 +229,7 @@ def platform_down(component: ComponentOpt = None, project: ProjectOpt = None) ->
 
     Example: maquette down
     """
-    from maquette import platform
+    from maquette.platform import components as platform
 
     with console.status("stopping") as progress:
         statuses = platform.down(_settings(project), component, announce=progress.update)
@@ -262,7 +263,7 @@ def features_apply(project: ProjectOpt = None) -> None:
 
     Example: maquette features apply
     """
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
 
     names = FeatureLayer(_settings(project)).apply()
     console.print(f"registered: {', '.join(names)}")
@@ -284,7 +285,7 @@ def features_materialize(
 
     Example: maquette features materialize --start 2013-01-01 --end 2014-01-02
     """
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
 
     settings = _settings(project)
     redis_server.ensure_redis(settings)
@@ -307,7 +308,7 @@ def features_list(project: ProjectOpt = None) -> None:
 
     Example: maquette features list
     """
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
     from maquette.render import feature_views_table
 
     console.print(feature_views_table(FeatureLayer(_settings(project))))
@@ -329,7 +330,7 @@ def features_get(
     Example: maquette features get origin=JFK tailnum=N14228 carrier=UA route=JFK-LAX \\
     scheduled_departure=2013-12-31T15:00
     """
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
 
     row: dict[str, Any] = {}
     for pair in entity:
@@ -362,7 +363,7 @@ def train(
     Example: maquette train flight_delay --trials 4
     """
     settings = _settings(project)
-    from maquette import training
+    from maquette.training import pipeline as training
 
     training.ensure_trainable(settings, name)
     if plain:
@@ -484,7 +485,7 @@ def serve(
 
     Example: maquette serve --port 3000
     """
-    from maquette.serving import service_process
+    from maquette.serving.predictor import service_process
 
     settings = _settings(project)
     redis_server.ensure_redis(settings)
@@ -546,7 +547,7 @@ def predict_batch(
     Example: maquette predict-batch "SELECT * FROM flights WHERE event_timestamp >= '2013-12-01'" \
     --model flight_delay@production --output december.parquet
     """
-    from maquette import batch
+    from maquette.serving import batch
 
     result = batch.predict_batch(_settings(project), entities, model, output)
     console.print(
@@ -562,7 +563,7 @@ def predictions_drain(project: ProjectOpt = None) -> None:
 
     Example: maquette predictions drain
     """
-    from maquette import predictions
+    from maquette.serving import prediction_log as predictions
 
     result = predictions.drain(_settings(project))
     again = (
@@ -580,8 +581,8 @@ def predictions_count(project: ProjectOpt = None) -> None:
 
     Example: maquette predictions count
     """
-    from maquette import predictions
     from maquette.errors import DataNotLoaded
+    from maquette.serving import prediction_log as predictions
 
     settings = _settings(project)
     try:
@@ -607,7 +608,7 @@ def labels_ingest(
 
     Example: maquette labels ingest flight_delay
     """
-    from maquette import labels
+    from maquette.monitoring import labels
 
     settings = _settings(project)
     result = labels.ingest_labels(settings, name, file)
@@ -634,7 +635,8 @@ def monitor_metrics(
 
     Example: maquette monitor metrics flight_delay --since 2013-12-01
     """
-    from maquette import labels, monitoring
+    from maquette.monitoring import labels
+    from maquette.monitoring import monitor as monitoring
 
     settings = _settings(project)
     series = monitoring.live_metrics(
@@ -667,7 +669,7 @@ def monitor_run(
 
     Example: maquette monitor run --as-of 2014-01-01
     """
-    from maquette import monitoring
+    from maquette.monitoring import monitor as monitoring
     from maquette.render import monitor_summary
 
     settings = _settings(project)
@@ -711,7 +713,7 @@ def stream_replay(
 
     Example: maquette stream replay --from 2013-12-01 --speed 600x
     """
-    from maquette import stream
+    from maquette.stream import processor as stream
 
     settings = _settings(project)
     redis_server.ensure_redis(settings)
@@ -747,7 +749,7 @@ def stream_run(
     import signal
     import threading
 
-    from maquette import stream
+    from maquette.stream import processor as stream
 
     settings = _settings(project)
     redis_server.ensure_redis(settings)
@@ -774,7 +776,7 @@ def stream_status(
 
     Example: maquette stream status
     """
-    from maquette import stream
+    from maquette.stream import processor as stream
 
     settings = _settings(project)
     table = Table("field", "value", show_header=False)
@@ -798,8 +800,8 @@ def stream_backfill(project: ProjectOpt = None) -> None:
 
     Example: maquette stream backfill
     """
-    from maquette import stream
     from maquette.render import tables_table
+    from maquette.stream import processor as stream
 
     console.print(tables_table(stream.backfill(_settings(project))))
 
@@ -811,7 +813,7 @@ def stream_reset(project: ProjectOpt = None) -> None:
 
     Example: maquette stream reset
     """
-    from maquette import stream
+    from maquette.stream import processor as stream
 
     settings = _settings(project)
     stream.reset(settings)
@@ -877,7 +879,7 @@ def bench_features(
 
     Example: maquette bench features --rows 200000
     """
-    from maquette.bench import run_feature_benchmarks
+    from maquette.bench.cases import run_feature_benchmarks
 
     markdown = run_feature_benchmarks(
         _settings(project), rows, stock_rows or rows, repeats, console
@@ -901,7 +903,7 @@ def bench_monitoring(
 
     Example: maquette bench monitoring --rows 200000 --drift-rows 20000
     """
-    from maquette.bench_monitoring import run_monitoring_benchmarks
+    from maquette.bench.monitoring import run_monitoring_benchmarks
 
     markdown = run_monitoring_benchmarks(_settings(project), name, rows, drift_rows, console)
     if out:
@@ -919,7 +921,7 @@ def bench_training(
 
     Example: maquette bench training flight_delay --trials 4
     """
-    from maquette.bench import run_training_benchmark
+    from maquette.bench.cases import run_training_benchmark
 
     run_training_benchmark(_settings(project), name, trials, console)
 
@@ -935,7 +937,7 @@ def bench_serving(
 
     Example: maquette bench serving --seconds 10
     """
-    from maquette.bench import run_serving_benchmark
+    from maquette.bench.cases import run_serving_benchmark
 
     settings = _settings(project)
     redis_server.ensure_redis(settings)
@@ -959,7 +961,7 @@ def bench_stream(
 
     Example: maquette bench stream --seconds 15
     """
-    from maquette.bench import run_stream_benchmark
+    from maquette.bench.cases import run_stream_benchmark
 
     markdown = run_stream_benchmark(_settings(project), seconds, stock_seconds, backlog, console)
     if out:

@@ -71,7 +71,7 @@ class DatasetSettings(_Section):
     """The data loaded into the offline store by `maquette data load`."""
 
     module: str | None = Field(
-        "maquette.demo.nycflights13",
+        "maquette.examples.nycflights13.tables",
         description="Python module with source_tables() and FEATURE_TABLES (SQL by table name).",
     )
     sources: dict[str, Path] = Field(

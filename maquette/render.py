@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from maquette.config import Settings
-from maquette.datasets import TableSummary
-from maquette.features import FeatureLayer, MaterializeResult
-from maquette.lifecycle import DemoReport
+from maquette.data.sources import TableSummary
+from maquette.features.layer import FeatureLayer, MaterializeResult
+from maquette.platform.demo import DemoReport
 
 
 def _ts(value: object) -> str:

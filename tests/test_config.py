@@ -5,9 +5,9 @@ import yaml
 from feast.repo_config import load_repo_config
 
 from maquette.config import load_settings
+from maquette.data.redis_server import embedded_url, redis_url
 from maquette.errors import ConfigError
-from maquette.features import repo_config
-from maquette.redis_server import embedded_url, redis_url
+from maquette.features.layer import repo_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

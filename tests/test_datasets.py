@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from maquette import datasets
 from maquette.config import Settings, load_settings
+from maquette.data import sources as datasets
 from maquette.errors import ConfigError, DataNotLoaded
 
 

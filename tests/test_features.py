@@ -11,8 +11,8 @@ import redis
 
 from maquette.config import Settings
 from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame, StoreUnavailable
-from maquette.features import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, FeatureLayer
-from maquette.lifecycle import entity_frame
+from maquette.features.layer import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, FeatureLayer
+from maquette.platform.demo import entity_frame
 from tests.conftest import free_port
 
 KEYS = [

@@ -75,7 +75,7 @@ def test_drain_and_batch_predict_flows_run_on_a_prefect_server(
 
     from flows.batch_predict import batch_predict
     from flows.drain import drain
-    from maquette.serving import Predictor
+    from maquette.serving.predictor import Predictor
 
     row = {
         "origin": "JFK",

@@ -10,11 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from maquette import labels, monitoring, predictions
 from maquette.config import Settings
 from maquette.errors import ConfigError, DataNotLoaded, InvalidEntityFrame
-from maquette.lifecycle import entity_frame
-from maquette.serving import Predictor
+from maquette.monitoring import labels
+from maquette.monitoring import monitor as monitoring
+from maquette.platform.demo import entity_frame
+from maquette.serving import prediction_log as predictions
+from maquette.serving.predictor import Predictor
 
 KEYS = ["origin", "carrier", "tailnum", "route", "scheduled_departure"]
 

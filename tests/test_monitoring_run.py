@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 
-from maquette import alerts, labels, monitoring, registry, replay
+from maquette import registry
 from maquette.config import Settings, load_settings
 from maquette.errors import ConfigError, DataNotLoaded
-from maquette.features import FeatureLayer
-from maquette.metrics import binary_metrics, regression_metrics
-from maquette.serving import Predictor
+from maquette.features.layer import FeatureLayer
+from maquette.monitoring import alerts, labels
+from maquette.monitoring import monitor as monitoring
+from maquette.platform import replay
+from maquette.serving.predictor import Predictor
+from maquette.training.metrics import binary_metrics, regression_metrics
 from tests.conftest import make_project
 
 START = datetime(2013, 12, 2, 11, tzinfo=UTC)  # 06:00 in New York

@@ -12,7 +12,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.types import Bool, Float32, Float64, Int32, Int64, String
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from maquette import online_store as wire
+from maquette.features import redis_layout as wire
 
 VALUES = [
     (Float64, [1.5, None, float("nan"), 0.0, -2.25, 1e300]),

@@ -18,9 +18,9 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from maquette import platform
 from maquette.cli import app
 from maquette.config import Settings, load_settings
+from maquette.platform import components as platform
 from tests.conftest import ROOT, free_port, make_project
 
 runner = CliRunner()

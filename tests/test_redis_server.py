@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from maquette import redis_server
 from maquette.config import load_settings
+from maquette.data import redis_server
 from maquette.errors import StoreUnavailable
 from tests.conftest import free_port
 

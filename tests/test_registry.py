@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from maquette import registry, training
+from maquette import registry
 from maquette.cli import app
 from maquette.config import Settings
 from maquette.errors import ModelVersionNotFound
+from maquette.training import pipeline as training
 
 runner = CliRunner()
 

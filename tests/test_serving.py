@@ -17,10 +17,13 @@ import numpy as np
 import pytest
 import redis as redis_py
 
-from maquette import batch, predictions, registry, training
+from maquette import registry
 from maquette.config import Settings
-from maquette.http_predict import PredictRoute
-from maquette.serving import Predictor, load_model, service_process
+from maquette.serving import batch
+from maquette.serving import prediction_log as predictions
+from maquette.serving.http import PredictRoute
+from maquette.serving.predictor import Predictor, load_model, service_process
+from maquette.training import pipeline as training
 from tests.conftest import free_port
 
 ROW = {
@@ -266,7 +269,7 @@ def test_online_library_and_batch_predictions_are_identical(
     # 23:00 and 23:30, exactly the values a point-in-time join finds for them.
     settings = loaded_project.model_copy(deep=True)
     settings.redis.url = str(loaded_project.redis.url).rsplit("/", 1)[0] + "/3"
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
 
     redis_py.Redis.from_url(settings.redis.url).flushdb()
     cutoff = datetime(2013, 12, 30, 23, 30, tzinfo=UTC)

@@ -15,12 +15,17 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from maquette import stream
 from maquette.cli import app
 from maquette.config import Settings, load_settings
 from maquette.errors import DataNotLoaded
-from maquette.features import PRESENT, FeatureLayer
-from maquette.stream import AGGREGATIONS, CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR, StreamProcessor
+from maquette.features.layer import PRESENT, FeatureLayer
+from maquette.stream import processor as stream
+from maquette.stream.processor import (
+    AGGREGATIONS,
+    CARRIER_LAST_HOUR,
+    ORIGIN_LAST_HOUR,
+    StreamProcessor,
+)
 from tests.conftest import make_project
 
 DAY = datetime(2013, 12, 1, tzinfo=UTC)
@@ -198,7 +203,7 @@ def test_stock_feast_push_writes_the_same_online_bytes(stream_project: Settings)
 def _entity_key(settings: Settings, name: str, value: str) -> bytes:
     from feast.types import String
 
-    from maquette.online_store import entity_key_bytes
+    from maquette.features.redis_layout import entity_key_bytes
 
     return entity_key_bytes({name: value}, {name: String}, settings.feast.project)
 
@@ -354,7 +359,7 @@ def test_the_flight_delay_service_trains_on_the_streaming_features(trained: Any)
 def test_a_pushed_departure_reaches_a_served_prediction(
     loaded_project: Settings, production: dict[str, str]
 ) -> None:
-    from maquette.serving import Predictor
+    from maquette.serving.predictor import Predictor
 
     settings = fresh(loaded_project, "served")
     when = datetime(2014, 1, 2, 12, tzinfo=UTC)  # after all of 2013: the newest rows in Redis

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maquette import registry, training
+from maquette import registry
 from maquette.config import Settings
 from maquette.errors import ConfigError, FeatureNotFound, InvalidModelSpec
+from maquette.training import pipeline as training
 
 REGRESSION_METRICS = {"rows", "r2", "rmse", "mae", "rmsle", "rmsle_shift"}
 BINARY_METRICS = {

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from maquette import transforms
+from maquette.features import transforms
 
 NY = "America/New_York"
 

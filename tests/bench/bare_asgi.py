@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from maquette import registry
 from maquette.config import load_settings
-from maquette.training import TrainedModel
+from maquette.training.pipeline import TrainedModel
 
 SETTINGS = load_settings()
 VERSION = registry.resolve(SETTINGS, "flight_delay@production")

@@ -10,8 +10,8 @@ import pandas as pd
 
 from maquette import registry
 from maquette.config import load_settings
-from maquette.features import FeatureLayer
-from maquette.training import TrainedModel
+from maquette.features.layer import FeatureLayer
+from maquette.training.pipeline import TrainedModel
 
 SETTINGS = load_settings()
 

@@ -16,11 +16,11 @@ import httpx
 import psutil
 import pytest
 
-from maquette import predictions
 from maquette.config import Settings, load_settings
-from maquette.features import FeatureLayer
-from maquette.redis_server import redis_server_binary, server_command, wait_until_ready
-from maquette.serving import service_process
+from maquette.data.redis_server import redis_server_binary, server_command, wait_until_ready
+from maquette.features.layer import FeatureLayer
+from maquette.serving import prediction_log as predictions
+from maquette.serving.predictor import service_process
 from tests.conftest import ROOT, free_port, make_project
 from tests.test_serving import ROW, wait_ready
 

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 import redis
 
-from maquette import stream
 from maquette.config import Settings, load_settings
-from maquette.features import FeatureLayer
-from maquette.stream import AGGREGATIONS
+from maquette.features.layer import FeatureLayer
+from maquette.stream import processor as stream
+from maquette.stream.processor import AGGREGATIONS
 from tests.conftest import ROOT, make_project
 from tests.test_stream import DAY, apply_own_repo
 

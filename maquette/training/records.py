@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from maquette.training import (
+from maquette.training.pipeline import (
     TrainedModel,
     TrainingData,
     Trial,

@@ -28,12 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 
-from maquette import alerts, drift, labels, predictions, skew
 from maquette.config import Settings
+from maquette.data.redis_server import unreachable
 from maquette.errors import ConfigError, DataNotLoaded
-from maquette.features import FeatureLayer
-from maquette.metrics import binary_metrics, regression_metrics
-from maquette.redis_server import unreachable
+from maquette.features.layer import FeatureLayer
+from maquette.monitoring import alerts, drift, labels, skew
+from maquette.serving import prediction_log as predictions
+from maquette.training.metrics import binary_metrics, regression_metrics
 
 WINDOWS = {"hourly": "hour", "daily": "day"}
 # What live metrics read of the scored-predictions table (not the wide JSON columns).
@@ -184,7 +185,7 @@ def freshness(
     settings: Settings, as_of: datetime | None = None, layer: FeatureLayer | None = None
 ) -> list[Freshness]:
     """Per feature view: newest `_ts` stored in Redis, its age at `as_of` (default now), stale?"""
-    from maquette import online_store as wire
+    from maquette.features import redis_layout as wire
 
     layer = layer or FeatureLayer(settings)
     now = as_of or datetime.now(UTC)
@@ -371,7 +372,7 @@ def run(
         settings.path(settings.monitoring.workspace),
         alerts.recorded(settings),
     )
-    from maquette.reports import write_monitoring_index
+    from maquette.training.report import write_monitoring_index
 
     write_monitoring_index(outcome)
     outcome.seconds["total"] = time.perf_counter() - began

@@ -33,11 +33,16 @@ from feast.infra.offline_stores.file_source import FileSource
 from feast.type_map import feast_value_type_to_pa
 from feast.types import FeastType
 
-from maquette import online_store as wire
 from maquette.config import Settings
+from maquette.data.redis_server import feast_connection_string, redis_url, unreachable
 from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame, StoreUnavailable
-from maquette.point_in_time import ViewSource, latest_rows_sql, point_in_time_join, scan_sql
-from maquette.redis_server import feast_connection_string, redis_url, unreachable
+from maquette.features import redis_layout as wire
+from maquette.features.point_in_time import (
+    ViewSource,
+    latest_rows_sql,
+    point_in_time_join,
+    scan_sql,
+)
 
 PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"
 

@@ -22,9 +22,9 @@ import orjson
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from maquette.errors import MaquetteError
-from maquette.serving import PredictCall, Prediction, Predictor, http_status
+from maquette.serving.predictor import PredictCall, Prediction, Predictor, http_status
 
-log = logging.getLogger("maquette.serving")
+log = logging.getLogger("maquette.serving.predictor")
 
 EXAMPLE_ROW = {
     "origin": "JFK",

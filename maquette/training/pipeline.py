@@ -24,12 +24,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from maquette import datasets
 from maquette.config import ModelSpec, Settings
+from maquette.data import sources as datasets
 from maquette.errors import InvalidModelSpec
-from maquette.features import FeatureLayer
-from maquette.learners import Fitted, Learner, learner_for
-from maquette.metrics import best_f1_threshold, better, binary_metrics, regression_metrics
+from maquette.features.layer import FeatureLayer
+from maquette.training.learners import Fitted, Learner, learner_for
+from maquette.training.metrics import best_f1_threshold, better, binary_metrics, regression_metrics
 
 LABEL = "__label"
 PARENT = "__parent__"
@@ -625,8 +625,8 @@ def train(
 ) -> Any:
     """Prepare, search, partition, evaluate, register: one training run, step by step."""
     from maquette import registry
-    from maquette.model_records import build_record
-    from maquette.reports import write_model_report
+    from maquette.training.records import build_record
+    from maquette.training.report import write_model_report
 
     started = datetime.now(UTC)
     spec = ensure_trainable(settings, name)

@@ -18,9 +18,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maquette import datasets, predictions
 from maquette.config import LabelSpec, Settings
+from maquette.data import sources as datasets
 from maquette.errors import ConfigError, DataNotLoaded, InvalidEntityFrame
+from maquette.serving import prediction_log as predictions
 
 LABEL = "label"
 

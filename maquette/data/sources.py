@@ -171,8 +171,8 @@ def load_dataset(
         _write_parquet(with_utc_microseconds(table), path)
         summaries.append(_summary(con, name, "feature", path))
     if settings.stream.events_source in {s.name for s in summaries if s.kind == "source"}:
-        # The speed layer's batch side: its aggregates are defined once, in maquette.stream.
-        from maquette import stream
+        # The speed layer's batch side: its aggregates are defined once, in maquette.stream.processor.
+        from maquette.stream import processor as stream
 
         if progress:
             progress("stream backfill")

@@ -19,9 +19,9 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from maquette import datasets
 from maquette.config import Settings
-from maquette.features import FeatureLayer
+from maquette.data import sources as datasets
+from maquette.features.layer import FeatureLayer
 
 # (rows of one request, request time) -> answers (anything; counted by length)
 Send = Callable[[list[dict[str, Any]], datetime], list[Any]]

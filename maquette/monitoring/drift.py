@@ -31,9 +31,9 @@ import pyarrow as pa
 
 from maquette import registry
 from maquette.config import Settings
-from maquette.labels import LABEL
-from maquette.training import LABEL as TRAINING_LABEL
-from maquette.training import TrainedModel
+from maquette.monitoring.labels import LABEL
+from maquette.training.pipeline import LABEL as TRAINING_LABEL
+from maquette.training.pipeline import TrainedModel
 
 PERIODS = {"daily": "D", "weekly": "W-SUN", "monthly": "M"}
 SEED = 7
@@ -164,7 +164,7 @@ def window_report(
     from evidently.metrics import ValueDrift
     from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
-    from maquette.monitoring import quality_scores
+    from maquette.monitoring.monitor import quality_scores
 
     record = version.record
     features = list(record["feature_names"])

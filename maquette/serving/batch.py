@@ -16,11 +16,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maquette import datasets, registry
+from maquette import registry
 from maquette.config import Settings
+from maquette.data import sources as datasets
 from maquette.errors import InvalidEntityFrame
-from maquette.features import FeatureLayer
-from maquette.training import TrainedModel
+from maquette.features.layer import FeatureLayer
+from maquette.training.pipeline import TrainedModel
 
 
 @dataclass

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import redis
 
 from maquette.config import Settings
+from maquette.data.redis_server import redis_url
 from maquette.errors import DataNotLoaded, StoreUnavailable
-from maquette.redis_server import redis_url
 
 GROUP = "drain"
 FIELD = b"p"

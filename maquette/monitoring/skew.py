@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from maquette import registry
 from maquette.config import Settings
-from maquette.drift import SEED, served_inputs
-from maquette.features import FeatureLayer
+from maquette.features.layer import FeatureLayer
+from maquette.monitoring.drift import SEED, served_inputs
 
 TIMESTAMP = "__request_time"
 

@@ -189,7 +189,8 @@ def retrain(settings: Settings, name: str) -> str:
     deployment = _run_deployment(name, alias)
     if deployment:
         return deployment
-    from maquette import registry, training
+    from maquette import registry
+    from maquette.training import pipeline as training
 
     version = training.train(settings, name)
     if alias:

@@ -22,10 +22,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from maquette import datasets
 from maquette.config import Settings
-from maquette.features import FeatureLayer, MaterializeResult, OnlineFeatures
-from maquette.redis_server import redis_url
+from maquette.data import sources as datasets
+from maquette.data.redis_server import redis_url
+from maquette.features.layer import FeatureLayer, MaterializeResult, OnlineFeatures
 
 Progress = Callable[[str, int, int], None]
 # (settings, model name, trials or None) -> registered "NAME:VERSION"
@@ -35,7 +35,7 @@ Monitor = Callable[[Settings, datetime], Any]
 
 
 def train_plain(settings: Settings, name: str, trials: int | None) -> str:
-    from maquette import training
+    from maquette.training import pipeline as training
 
     return str(training.train(settings, name, trials).tag)
 
@@ -128,8 +128,8 @@ def publish_departures(
     The processor writes each batch online as soon as it reads it, in event order, so once the
     last event's rows are in Redis, every earlier one is too.
     """
-    from maquette import online_store as wire
-    from maquette import stream
+    from maquette.features import redis_layout as wire
+    from maquette.stream import processor as stream
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -170,7 +170,7 @@ def replay_traffic(
     """
     import httpx
 
-    from maquette import replay
+    from maquette.platform import replay
 
     names = list(settings.models)
     report = TrafficReport(start, end, models=len(names))
@@ -250,7 +250,8 @@ def run_demo(
 
     `quick`: one search trial per model and `demo.quick_days` of replayed traffic.
     """
-    from maquette import platform, registry
+    from maquette import registry
+    from maquette.platform import components as platform
 
     report = DemoReport()
     layer = FeatureLayer(settings)
@@ -264,7 +265,7 @@ def run_demo(
         report.redis_url = redis_url(settings)
         # A rerun replays the same history: start from an empty online store and stream.
         platform.down(settings, ["stream"])
-        from maquette import stream
+        from maquette.stream import processor as stream
 
         stream.reset(settings)
         layer.clear_online()
@@ -313,11 +314,11 @@ def run_demo(
             "stream" in settings.orchestration.components,
         )
     with _stage(report, "drain prediction log", announce):
-        from maquette import predictions
+        from maquette.serving import prediction_log as predictions
 
         report.drained = predictions.drain(settings).entries
     with _stage(report, "monitor", announce):
-        from maquette import monitoring
+        from maquette.monitoring import monitor as monitoring
 
         # Judged at the end of the replay: labels of flights landed by then are known.
         runner = monitor or (lambda s, when: monitoring.run(s, None, when, announce=announce))

@@ -34,8 +34,8 @@ from typing import IO, Any
 import httpx
 import psutil
 
-from maquette import redis_server
 from maquette.config import Settings
+from maquette.data import redis_server
 from maquette.errors import ComponentFailed, ConfigError
 
 COMPONENTS = ("redis", "prefect", "deployments", "service", "stream")
@@ -44,7 +44,7 @@ NEEDS = {"deployments": ("prefect",), "service": ("redis",), "stream": ("redis",
 # Alive at least this long before a component without a health endpoint counts as running.
 SETTLE_S = 3.0
 UP = ("running", "unready")  # states in which `up` leaves a component alone
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 # Environment variable marking every process of a component, children included.
 MARK = "MAQUETTE_COMPONENT_TOKEN"
 
@@ -135,7 +135,7 @@ def _launch(settings: Settings, name: str, log: IO[bytes], token: str) -> subpro
         "start_new_session": True,
     }
     if name == "service":
-        from maquette.serving import service_process
+        from maquette.serving.predictor import service_process
 
         # service_process builds its environment from ours: lend it the mark for the call.
         inherited = os.environ.get(MARK)

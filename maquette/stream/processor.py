@@ -52,14 +52,14 @@ import pyarrow as pa
 import redis
 
 from maquette.config import Settings
-from maquette.datasets import TableSummary, feature_table_path, require_loaded
+from maquette.data.redis_server import redis_url
+from maquette.data.sources import TableSummary, feature_table_path, require_loaded
 from maquette.errors import ConfigError, DataNotLoaded, StoreUnavailable
-from maquette.redis_server import redis_url
 
 if TYPE_CHECKING:
     from feast import Field as FeastField
 
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
 
 Aggregate = Literal["count", "sum", "mean"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -514,7 +514,7 @@ class StreamProcessor:
     """
 
     def __init__(self, settings: Settings, feast_push: bool = False) -> None:
-        from maquette.features import FeatureLayer
+        from maquette.features.layer import FeatureLayer
 
         self.settings = settings
         self.conf = settings.stream
@@ -555,7 +555,7 @@ class StreamProcessor:
                 if missing := [n for n in agg.feature_names if n not in known]:
                     raise DataNotLoaded(
                         f"feature view {view.name!r} lacks {missing}.",
-                        "Align feature_repo/ with maquette.stream and run `maquette features apply`.",
+                        "Align feature_repo/ with maquette.stream.processor and run `maquette features apply`.",
                     )
                 path = Path(view.batch_source.path)  # type: ignore[union-attr]
                 targets.append(_Target(agg, view.name, path))
@@ -693,7 +693,7 @@ class StreamProcessor:
 
     def _write_online(self, rows: dict[str, list[tuple[str, int, dict[str, Any]]]]) -> int:
         """Feast's Redis layout, in bulk: each key's newest row, unless Redis holds a newer one."""
-        from maquette import online_store as wire
+        from maquette.features import redis_layout as wire
 
         project = self.settings.feast.project
         plans = []

@@ -40,11 +40,11 @@ from maquette.errors import (
     ModelVersionNotFound,
     StoreUnavailable,
 )
-from maquette.features import PRESENT, FeatureLayer, OnlineFeatures
-from maquette.predictions import PredictionLog
-from maquette.training import TrainedModel
+from maquette.features.layer import PRESENT, FeatureLayer, OnlineFeatures
+from maquette.serving.prediction_log import PredictionLog
+from maquette.training.pipeline import TrainedModel
 
-log = logging.getLogger("maquette.serving")
+log = logging.getLogger("maquette.serving.predictor")
 
 
 @dataclass
@@ -438,7 +438,7 @@ def service_process(
     **popen: Any,
 ) -> subprocess.Popen[bytes]:
     """`bentoml serve` of bentos/service.py for a project, started from this checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     # Feast points PROMETHEUS_MULTIPROC_DIR at its own folder when imported; inherited, it
     # would make every service started from this process share (and overwrite) one metrics
     # folder. BentoML makes a folder per server when the variable is unset.

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from plotly.io import to_html
 from sklearn import metrics as skm
 
-from maquette.training import LABEL, TrainedModel, TrainingData
+from maquette.training.pipeline import LABEL, TrainedModel, TrainingData
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:

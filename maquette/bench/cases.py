@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from maquette.config import Settings
-from maquette.redis_server import ensure_redis, redis_url
+from maquette.data.redis_server import ensure_redis, redis_url
 
 BENCH_PROJECT = "maquette_bench"
 BENCH_DB = 1  # a Redis database of its own, flushed between cases
@@ -72,7 +72,7 @@ def _apply_bench_repo(bench: Settings, table: Path) -> None:
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64
 
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
 
     entity = Entity(name="bench_id", join_keys=["bench_id"], value_type=ValueType.STRING)
     source = FileSource(name="bench_source", path=str(table), timestamp_field="event_timestamp")
@@ -96,7 +96,7 @@ def _apply_bench_repo(bench: Settings, table: Path) -> None:
 
 
 def _child(
-    kind: str, settings_json: str, arg: str, module: str = "maquette.bench"
+    kind: str, settings_json: str, arg: str, module: str = "maquette.bench.cases"
 ) -> dict[str, Any]:
     """Run one heavy case (`module._child_main`) in a fresh interpreter; it prints a JSON dict
     ({"seconds", "rows", "rss_mb", ...}) on its last line."""
@@ -120,7 +120,7 @@ def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
 
     warnings.filterwarnings("ignore")
     from maquette.config import Settings
-    from maquette.features import FeatureLayer
+    from maquette.features.layer import FeatureLayer
 
     settings = Settings.model_validate_json(settings_json)
     layer = FeatureLayer(settings)
@@ -150,7 +150,7 @@ def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
             best = min(best, time.perf_counter() - began)
         began = time.perf_counter() - best
     seconds = time.perf_counter() - began
-    from maquette.bench_monitoring import peak_rss_mb
+    from maquette.bench.monitoring import peak_rss_mb
 
     rss_mb = peak_rss_mb()
     return {"seconds": seconds, "rows": rows, "rss_mb": rss_mb}
@@ -237,9 +237,9 @@ def _raw_floor(url: str, keys: list[bytes], fields: list[bytes]) -> Callable[[],
 
 
 def _online_rows(settings: Settings, repeats: int, console: Console) -> list[Row]:
-    from maquette import online_store as wire
-    from maquette.features import FeatureLayer
-    from maquette.lifecycle import entity_frame
+    from maquette.features import redis_layout as wire
+    from maquette.features.layer import FeatureLayer
+    from maquette.platform.demo import entity_frame
 
     out: list[Row] = []
     bench = _bench_settings(settings)
@@ -301,7 +301,7 @@ def _online_rows(settings: Settings, repeats: int, console: Console) -> list[Row
 
 
 def _frame_rows(settings: Settings, console: Console) -> list[Row]:
-    from maquette.lifecycle import entity_frame
+    from maquette.platform.demo import entity_frame
 
     entities = entity_frame(settings).select(
         [
@@ -385,8 +385,8 @@ def run_feature_benchmarks(
     settings: Settings, rows: int, stock_rows: int, repeats: int, console: Console
 ) -> str:
     """Run every feature benchmark, print the table, return it as Markdown."""
-    from maquette import datasets
-    from maquette.features import FeatureLayer
+    from maquette.data import sources as datasets
+    from maquette.features.layer import FeatureLayer
 
     ensure_redis(settings)
     datasets.require_loaded(settings, "weather_hourly")
@@ -431,9 +431,9 @@ def run_training_benchmark(settings: Settings, name: str, trials: int, console: 
     """The `train` flow on a running Prefect server next to the same steps as plain calls."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from maquette import training
     from maquette.cli import _flow
     from maquette.config import load_settings
+    from maquette.training import pipeline as training
 
     folder = _scratch_project(settings, _bench_dir(settings) / "training")
     scratch = load_settings(folder)
@@ -479,7 +479,7 @@ def _wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float
         raise RuntimeError(
             "wrk is not installed: `apt-get install wrk` (the Makefile's bench target does it)"
         )
-    script = Path(__file__).resolve().parent.parent / "tests" / "bench" / "wrk_post.lua"
+    script = Path(__file__).resolve().parents[2] / "tests" / "bench" / "wrk_post.lua"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         handle.write(body)
     env = {**os.environ, "WRK_BODY_FILE": handle.name}
@@ -524,9 +524,9 @@ def run_serving_benchmark(settings: Settings, seconds: int, console: Console) ->
     """Maquette's service, the stock composition and the bare floor, one at a time, same run."""
     import os
 
-    from maquette.lifecycle import entity_frame
+    from maquette.platform.demo import entity_frame
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     keep = ["origin", "carrier", "tailnum", "route", "scheduled_departure"]
     flights = (
         entity_frame(settings)
@@ -666,8 +666,8 @@ def _apply_stream_views(bench: Settings) -> None:
     """The stream views, as in feature_repo/, with batch sources in the bench folder."""
     from feast import Entity, FeatureView, FileSource, PushSource, ValueType
 
-    from maquette.features import FeatureLayer
-    from maquette.stream import AGGREGATIONS
+    from maquette.features.layer import FeatureLayer
+    from maquette.stream.processor import AGGREGATIONS
 
     objects: list[Any] = []
     for agg in AGGREGATIONS:
@@ -696,7 +696,7 @@ def _stream_child_main(settings_json: str, feast_push: str) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from maquette.stream import StreamProcessor
+    from maquette.stream.processor import StreamProcessor
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -707,7 +707,7 @@ def _stream_child_main(settings_json: str, feast_push: str) -> None:
 
 
 def _publisher_child_main(settings_json: str, rate: str, limit: str) -> None:
-    from maquette.stream import replay
+    from maquette.stream.processor import replay
 
     settings = Settings.model_validate_json(settings_json)
     replay(settings, datetime(2013, 1, 1, tzinfo=UTC), rate=float(rate), limit=int(limit))
@@ -725,9 +725,9 @@ class _Prober:
     def __init__(self, bench: Settings, origins: list[str], carriers: list[str]) -> None:
         import redis
 
-        from maquette import online_store as wire
-        from maquette.features import FeatureLayer
-        from maquette.stream import AGGREGATIONS, STAMP_OFFSET_US, _feast_type
+        from maquette.features import redis_layout as wire
+        from maquette.features.layer import FeatureLayer
+        from maquette.stream.processor import AGGREGATIONS, STAMP_OFFSET_US, _feast_type
 
         self.layer = FeatureLayer(bench)
         self.client = redis.Redis.from_url(str(bench.redis.url))
@@ -794,7 +794,7 @@ def _stream_case(
     """One processor run against one publishing pattern, lag measured by polling reads."""
     import redis
 
-    from maquette import stream
+    from maquette.stream import processor as stream
 
     _flush(bench)
     for path in (_bench_dir(bench) / "stream").glob("*.parquet"):
@@ -806,7 +806,7 @@ def _stream_case(
     if case.rate is None:  # a backlog: everything waits in the stream before the processor starts
         stream.replay(bench, datetime(2013, 1, 1, tzinfo=UTC), speed=None, limit=case.events)
     processor = _python(
-        "import sys; from maquette.bench import _stream_child_main as m; m(*sys.argv[1:])",
+        "import sys; from maquette.bench.cases import _stream_child_main as m; m(*sys.argv[1:])",
         bench_json,
         "1" if case.feast_push else "0",
         stdout=subprocess.PIPE,
@@ -819,7 +819,7 @@ def _stream_case(
     publisher = None
     if case.rate:
         publisher = _python(
-            "import sys; from maquette.bench import _publisher_child_main as m; m(*sys.argv[1:])",
+            "import sys; from maquette.bench.cases import _publisher_child_main as m; m(*sys.argv[1:])",
             bench_json,
             str(case.rate),
             str(case.events),
@@ -881,7 +881,7 @@ def _published_events(settings: Settings, limit: int) -> list[tuple[float, str, 
     """The (_, origin, carrier, event µs) of the departures the bench publishes, in order."""
     import duckdb
 
-    from maquette.stream import events_sql
+    from maquette.stream.processor import events_sql
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -895,7 +895,7 @@ def run_stream_benchmark(
     settings: Settings, seconds: float, stock_seconds: float, backlog: int, console: Console
 ) -> str:
     """Maquette's processor and stock `FeatureStore.push`, at 1,000 and 5,000 events/s."""
-    from maquette import datasets
+    from maquette.data import sources as datasets
 
     ensure_redis(settings)
     datasets.require_loaded(settings, settings.stream.events_source or "flights")

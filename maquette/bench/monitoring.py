@@ -31,9 +31,9 @@ from maquette.config import Settings
 
 
 def _child(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
-    from maquette.bench import _child as run_child
+    from maquette.bench.cases import _child as run_child
 
-    return run_child(kind, settings_json, arg, module="maquette.bench_monitoring")
+    return run_child(kind, settings_json, arg, module="maquette.bench.monitoring")
 
 
 def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
@@ -43,7 +43,8 @@ def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
     settings = Settings.model_validate_json(settings_json)
     began = time.perf_counter()
     if kind == "join":
-        from maquette import labels, monitoring
+        from maquette.monitoring import labels
+        from maquette.monitoring import monitor as monitoring
 
         name = arg
         labels.ingest_labels(settings, name, settings.offline_store / "bench_labels.parquet")
@@ -58,7 +59,7 @@ def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
         from evidently import Report
         from evidently.presets import DataDriftPreset
 
-        from maquette.drift import SEED
+        from maquette.monitoring.drift import SEED
 
         reference, current = (pd.read_parquet(Path(arg) / f"{s}.parquet") for s in ("ref", "cur"))
         rows = len(current)
@@ -86,7 +87,8 @@ def peak_rss_mb() -> float:
 
 def _synthetic_log(settings: Settings, bench: Settings, name: str, rows: int) -> str:
     """Write `rows` logged predictions of the newest version of `name` and their labels."""
-    from maquette import datasets, registry
+    from maquette import registry
+    from maquette.data import sources as datasets
 
     versions = registry.list_versions(settings, name)
     if not versions:
