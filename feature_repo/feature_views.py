@@ -18,7 +18,7 @@ from sources import (
     weather_hourly_source,
 )
 
-from maquette.stream.processor import CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR
+from maquette.examples.nycflights13.stream import CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR
 
 # Observations are hourly; older than 3 hours means the station went quiet, not "still true".
 weather_hourly = FeatureView(
@@ -94,8 +94,9 @@ origin_daily = FeatureView(
 )
 
 # Streaming: departures in the last hour, pushed by the speed layer within a second of the
-# event and backfilled for history, both from maquette.stream.processor's one definition. A row holds
-# the window ending at its departure; a window later it no longer describes "now" (the TTL).
+# event and backfilled for history, both from the one definition in the example's `stream`
+# module (maquette.yaml's stream.definition). A row holds the window ending at its departure;
+# a window later it no longer describes "now" (the TTL).
 origin_last_hour = FeatureView(
     name=ORIGIN_LAST_HOUR.view,
     entities=[origin],

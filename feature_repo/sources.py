@@ -7,7 +7,7 @@ from feast.types import UnixTimestamp
 
 from maquette.config import load_settings
 from maquette.data.sources import feature_table_path
-from maquette.stream.processor import CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR
+from maquette.examples.nycflights13.stream import CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR
 
 # Paths come from the project's settings, so the offline store can move without editing here.
 _settings = load_settings(Path(__file__).resolve().parent.parent)
@@ -27,7 +27,7 @@ carrier_daily_source = _table("carrier_daily")
 route_daily_source = _table("route_daily")
 origin_daily_source = _table("origin_daily")
 
-# The speed layer pushes its windowed aggregates here (maquette.stream.processor); the batch source holds
+# The speed layer pushes its windowed aggregates here (the stream processor); the batch source holds
 # the DuckDB backfill plus every pushed row, so training sees the same history serving saw.
 origin_last_hour_push = PushSource(
     name=ORIGIN_LAST_HOUR.push_source, batch_source=_table(ORIGIN_LAST_HOUR.view)

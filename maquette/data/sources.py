@@ -2,7 +2,8 @@
 
 A dataset is either a Python module (`source_tables()` returning Arrow tables by name, and
 `FEATURE_TABLES`, DuckDB SQL by feature-table name) or, for a user's own data, Parquet/CSV paths
-plus a folder of `<feature_table>.sql` files. Both go through `load_dataset`. Every timestamp is
+plus a folder of `<feature_table>.sql` files. Both go through `load_tables` (the public
+`load_dataset`, in `maquette.stream.backfill`, adds the stream's backfill). Every timestamp is
 written as microsecond UTC: Feast 0.67 on DuckDB 2.0 cannot read nanosecond Parquet timestamps
 (`Unimplemented type for cast (TIMESTAMPTZ_NS -> TIMESTAMP)`).
 """
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maquette.config import Settings
+from maquette.data.sql import duckdb_connection
 from maquette.errors import ConfigError, DataNotLoaded
 
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
@@ -109,8 +111,7 @@ def _dataset_parts(
 
 
 def _read_source_files(settings: Settings) -> dict[str, pa.Table]:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = duckdb_connection()
     tables = {}
     for name, rel in settings.dataset.sources.items():
         path = settings.path(rel)
@@ -140,13 +141,12 @@ def _summary(con: duckdb.DuckDBPyConnection, name: str, kind: str, path: Path) -
     return TableSummary(name, kind, path, rows, first, last)
 
 
-def load_dataset(
+def load_tables(
     settings: Settings, progress: Callable[[str], None] | None = None
 ) -> list[TableSummary]:
     """Write the dataset's source tables and computed feature tables into the offline store."""
     load_sources, feature_sql = _dataset_parts(settings)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = duckdb_connection()
     summaries = []
     for name, table in load_sources().items():
         if progress:
@@ -170,11 +170,4 @@ def load_dataset(
         path = feature_table_path(settings, name)
         _write_parquet(with_utc_microseconds(table), path)
         summaries.append(_summary(con, name, "feature", path))
-    if settings.stream.events_source in {s.name for s in summaries if s.kind == "source"}:
-        # The speed layer's batch side: its aggregates are defined once, in maquette.stream.processor.
-        from maquette.stream import processor as stream
-
-        if progress:
-            progress("stream backfill")
-        summaries += stream.backfill(settings)
     return summaries

@@ -1,8 +1,16 @@
 """Stream: the speed layer.
 
-Owns declared window aggregations, the event schema, publishing events to a Redis Stream,
-the backfill of the same aggregates over historical events, the stream processor and its
-operations (status, dead letters, reset).
+Windowed aggregates over events on a Redis Stream, pushed to Feast's stores, and the same
+aggregates over historical events (the backfill), both from one declaration.
+
+    aggregations   WindowAggregation, StreamDefinition and stream_definition(settings)
+    events         Event, parse_event, publish: entries on the Redis Stream
+    history        events_sql (historical events) and replay (them, as live traffic)
+    backfill       backfill (the batch layer) and load_dataset (tables, then backfill)
+    windows        Window: one key's recent events, and the Redis keys of the state
+    processor      StreamProcessor: read, window, write online and offline, commit
+    foreground     run_until_stopped: a processor until a signal (`maquette stream run`)
+    operations     status, dead_letters, reset
 
 May import: `maquette.features`, `maquette.data`, `maquette.config`, `maquette.errors`.
 """

