@@ -11,7 +11,8 @@ import redis
 
 from maquette.config import Settings
 from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame, StoreUnavailable
-from maquette.features.layer import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT, FeatureLayer
+from maquette.features.layer import FeatureLayer
+from maquette.features.online import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT
 from maquette.platform.demo import entity_frame
 from tests.conftest import free_port
 

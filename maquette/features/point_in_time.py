@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
+
+from maquette.data.sql import duckdb_connection
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,8 @@ def point_in_time_join(
     memory_limit: str = "4GB",
     temp_dir: Path | None = None,
 ) -> pa.Table:
-    """The entity rows in their original order, each with every view's features as of its time."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET memory_limit = '{memory_limit}'")
-    if temp_dir:
-        temp_dir.mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = {_lit(temp_dir)}")
+    """The entity rows in their given order, each with every view's features as of its time."""
+    con = duckdb_connection(memory_limit=memory_limit, spill_dir=temp_dir or None)
     # Only keys and the timestamp go through the joins; other entity columns (labels, ids)
     # are attached afterwards in row order, so the sorts behind each ASOF join stay narrow.
     keys = sorted({k for v in views for k in v.join_keys} | {timestamp_column})

@@ -246,7 +246,7 @@ def concat(array: pa.BinaryArray) -> bytes:
     """All values of a binary array back to back (one slice of its data buffer)."""
     offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)
     first, last = offsets[array.offset], offsets[array.offset + len(array)]
-    return memoryview(array.buffers()[2])[first:last].tobytes()  # type: ignore[index]
+    return memoryview(array.buffers()[2])[first:last].tobytes()
 
 
 def newer_than_stored(

@@ -49,14 +49,16 @@ def local_hour(timestamps: Sequence[datetime], tz: str) -> list[int]:
     """Hour of day (0-23) in time zone `tz`."""
     if len(timestamps) < _SMALL:
         return [t.hour for t in _local_small(timestamps, tz)]
-    return _local(timestamps, tz).hour.tolist()
+    hours: list[int] = _local(timestamps, tz).hour.tolist()
+    return hours
 
 
 def day_of_week(timestamps: Sequence[datetime], tz: str) -> list[int]:
     """Day of week in `tz`, Monday = 0."""
     if len(timestamps) < _SMALL:
         return [t.weekday() for t in _local_small(timestamps, tz)]
-    return _local(timestamps, tz).dayofweek.tolist()
+    weekdays: list[int] = _local(timestamps, tz).dayofweek.tolist()
+    return weekdays
 
 
 @lru_cache(maxsize=8)
@@ -64,7 +66,8 @@ def _us_holiday_days(first_year: int, last_year: int) -> np.ndarray:
     from pandas.tseries.holiday import USFederalHolidayCalendar
 
     days = USFederalHolidayCalendar().holidays(f"{first_year}-01-01", f"{last_year}-12-31")
-    return days.values.astype("datetime64[D]").astype(np.int64)
+    ordinals: np.ndarray = days.values.astype("datetime64[D]").astype(np.int64)
+    return ordinals
 
 
 def days_to_nearest_us_holiday(timestamps: Sequence[datetime], tz: str) -> list[int]:
@@ -80,7 +83,8 @@ def days_to_nearest_us_holiday(timestamps: Sequence[datetime], tz: str) -> list[
     right = np.clip(np.searchsorted(holidays, days), 0, len(holidays) - 1)
     left = np.clip(right - 1, 0, len(holidays) - 1)
     nearest = np.minimum(np.abs(holidays[right] - days), np.abs(days - holidays[left]))
-    return nearest.tolist()
+    distances: list[int] = nearest.tolist()
+    return distances
 
 
 def _days_to_holiday_one(local: datetime) -> int:
@@ -93,4 +97,5 @@ def _days_to_holiday_one(local: datetime) -> int:
 
 @lru_cache(maxsize=64)
 def _us_holiday_list(first_year: int, last_year: int) -> list[int]:
-    return _us_holiday_days(first_year, last_year).tolist()
+    days: list[int] = _us_holiday_days(first_year, last_year).tolist()
+    return days
