@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -35,7 +36,7 @@ def train(
     settings = load_settings(project_dir)
     logger = get_run_logger()
     version = training.train(settings, name, trials, announce=logger.info, step=as_task)
-    logger.info("registered %s: %s", version.tag, version.record["baseline"]["gain"])
+    logger.info("registered %s: %s", version.tag, version.record.baseline.gain)
     if promote:
         registry.promote(settings, version.tag, promote)
         logger.info("promoted %s to @%s", version.tag, promote)
@@ -43,4 +44,5 @@ def train(
 
 
 if __name__ == "__main__":
-    train("flight_delay")
+    # `python flows/train.py [MODEL]` from a project folder: the first declared model by default.
+    train(sys.argv[1] if len(sys.argv) > 1 else next(iter(load_settings().models)))

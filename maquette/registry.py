@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from maquette.config import Settings
 from maquette.errors import ModelVersionNotFound
+from maquette.version_record import Artifacts, VersionRecord
 
 LABEL_KEY = "maquette"  # BentoML label marking Maquette's models
 
@@ -53,8 +54,8 @@ class ModelVersion:
         return f"{self.name}:{self.version}"
 
     @cached_property
-    def record(self) -> dict[str, Any]:
-        return json.loads((self.path / "record.json").read_text())
+    def record(self) -> VersionRecord:
+        return VersionRecord.model_validate_json((self.path / "record.json").read_text())
 
     @property
     def report(self) -> Path:
@@ -136,7 +137,7 @@ def _read_aliases(settings: Settings) -> dict[str, Any]:
     path = _aliases_path(settings)
     if not path.is_file():
         return {"aliases": {}, "history": []}
-    return json.loads(path.read_text())
+    return cast(dict[str, Any], json.loads(path.read_text()))
 
 
 @contextmanager
@@ -198,16 +199,16 @@ def aliases_of(settings: Settings, version: ModelVersion) -> list[str]:
 def compare(settings: Settings, a: str, b: str) -> dict[str, Any]:
     """Test metrics and importances of two versions side by side."""
     left, right = resolve(settings, a), resolve(settings, b)
-    metrics_a = left.record["metrics"]["test"]["model"]
-    metrics_b = right.record["metrics"]["test"]["model"]
+    metrics_a = left.record.metrics.test.model
+    metrics_b = right.record.metrics.test.model
     rows = [
         (k, metrics_a.get(k), metrics_b.get(k))
         for k in metrics_a
         if isinstance(metrics_a.get(k), int | float)
     ]
-    features = list(dict.fromkeys([*left.record["importance"], *right.record["importance"]]))
+    features = list(dict.fromkeys([*left.record.importance, *right.record.importance]))
     importance = [
-        (f, left.record["importance"].get(f), right.record["importance"].get(f)) for f in features
+        (f, left.record.importance.get(f), right.record.importance.get(f)) for f in features
     ]
     return {"a": left.tag, "b": right.tag, "metrics": rows, "importance": importance}
 
@@ -216,7 +217,7 @@ def compare(settings: Settings, a: str, b: str) -> dict[str, Any]:
 
 
 def register(
-    settings: Settings, version: str, record: dict[str, Any], save: Any, write_reports: Any
+    settings: Settings, version: str, record: VersionRecord, save: Any, write_reports: Any
 ) -> ModelVersion:
     """Save a version into BentoML's store: models, record.json, reports. All or nothing.
 
@@ -225,26 +226,24 @@ def register(
     when the block finishes, so a failure leaves nothing half-registered.
     """
     bentoml = bentoml_module(settings)
-    name = record["name"]
-    test = record["metrics"]["test"]["model"]
+    name = record.name
+    test = record.metrics.test.model
     headline = {k: test[k] for k in ("r2", "rmse", "mae", "auc", "f1") if k in test}
     with bentoml.models.create(
         f"{name}:{version}",
         module="maquette",
-        labels={LABEL_KEY: "model", "task": record["task"], "algorithm": record["algorithm"]},
+        labels={LABEL_KEY: "model", "task": record.task, "algorithm": record.algorithm},
         metadata={
-            "feature_service": record["feature_service"],
-            "trained_by": record["trained_by"]["user"],
+            "feature_service": record.feature_service,
+            "trained_by": record.trained_by.user,
             "test": headline,
-            "beats_baseline": record["baseline"]["beats_baseline"],
+            "beats_baseline": record.baseline.beats_baseline,
         },
     ) as model:
         folder = Path(model.path)
-        record["artifacts"] = {
-            "models": save(folder),
-            "report": "report.html",
-            "evidently": "evidently.html",
-        }
-        (folder / "record.json").write_text(json.dumps(record, indent=2, default=str))
+        record.artifacts = Artifacts(
+            models=save(folder), report="report.html", evidently="evidently.html"
+        )
+        (folder / "record.json").write_text(json.dumps(record.model_dump(mode="json"), indent=2))
         write_reports(folder, record)
     return resolve(settings, f"{name}:{version}")

@@ -65,7 +65,7 @@ def test_unknown_model_lists_the_registered_ones(trained, loaded_project: Settin
 
 def test_a_failure_while_registering_leaves_no_version(trained, loaded_project: Settings) -> None:
     before = registry.list_versions(loaded_project, "flight_delay")
-    record = dict(trained["flight_delay"].record, name="flight_delay")
+    record = trained["flight_delay"].record.model_copy(update={"name": "flight_delay"})
 
     def broken_reports(folder, rec):  # type: ignore[no-untyped-def]
         raise RuntimeError("disk full")
@@ -81,7 +81,7 @@ def test_compare_puts_two_versions_side_by_side(trained, loaded_project: Setting
     )
     names = [m[0] for m in comparison["metrics"]]
     assert "auc" in names and "f1" in names
-    assert comparison["importance"][0][0] in trained["late_arrival"].record["importance"]
+    assert comparison["importance"][0][0] in trained["late_arrival"].record.importance
 
 
 def test_models_commands_show_list_compare_and_report(trained, loaded_project: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,12 @@ from maquette import registry
 from maquette.config import Settings
 from maquette.errors import ConfigError, FeatureNotFound, InvalidModelSpec
 from maquette.training import pipeline as training
+from maquette.training.evaluate import evaluate
+from maquette.training.model_types import LABEL, TrainedModel
+from maquette.training.partitions import fit_partitions
+from maquette.training.prepare import prepare
+from maquette.training.search import run_trial, search_space
+from maquette.version_record import Artifacts, VersionRecord
 
 REGRESSION_METRICS = {"rows", "r2", "rmse", "mae", "rmsle", "rmsle_shift"}
 BINARY_METRICS = {
@@ -34,66 +41,70 @@ def test_record_answers_every_question_of_the_model_repository(
 ) -> None:
     version = trained["flight_delay"]
     r = version.record
-    assert r["trained_by"]["user"] and r["trained_by"]["host"]
-    assert r["started_at"] < r["ended_at"] and r["seconds"] > 0
-    assert "git_commit" in r["code_version"] and {"lightgbm", "feast", "bentoml"} <= set(
-        r["libraries"]
-    )
-    assert r["spec"]["partition_by"] == "origin" and r["params"]["best_iteration"] >= 1
-    assert len(r["search"]["trials"]) == 2 and r["search"]["metric"] == "rmse"
-    service = {f"{v}:{f}" for v, f in [(x["view"], x["name"]) for x in r["features"]]}
+    assert r.trained_by.user and r.trained_by.host
+    assert r.started_at < r.ended_at and r.seconds > 0
+    assert "git_commit" in r.code_version.model_fields_set
+    assert {"lightgbm", "feast", "bentoml"} <= set(r.libraries)
+    assert r.spec.partition_by == "origin" and r.params["best_iteration"] >= 1
+    assert len(r.search.trials) == 2 and r.search.metric == "rmse"
+    service = {f"{x.view}:{x.name}" for x in r.features}
     assert "weather_hourly:temp" in service and "departure_calendar:dep_hour_local" in service
     for split in ("train", "validation", "test"):
-        ref = r["data"][split]
-        assert hashlib.sha256(Path(ref["path"]).read_bytes()).hexdigest() == ref["sha256"]
-        assert ref["rows"] > 1000 and ref["first_event"] >= ref["window"][0]
-    assert set(r["distributions"]) == set(r["feature_names"])
-    assert (
-        r["distributions"]["temp"]["kind"] == "numeric"
-        and "histogram" in r["distributions"]["temp"]
-    )
-    assert r["distributions"]["plane_type"]["kind"] == "categorical"
-    assert sum(r["importance"].values()) == pytest.approx(1.0)
-    assert len(r["partial_dependence"]) >= 1
-    for split in ("validation", "test"):
-        assert set(r["metrics"][split]["model"]) == REGRESSION_METRICS
-        assert set(r["metrics"][split]["baseline"]) == REGRESSION_METRICS
-        assert set(r["metrics"][split]["partitions"]) == {"EWR", "JFK", "LGA"}
+        ref = r.data[split]
+        assert hashlib.sha256(Path(ref.path).read_bytes()).hexdigest() == ref.sha256
+        assert ref.rows > 1000 and ref.first_event and ref.first_event >= str(ref.window[0])
+    assert set(r.distributions) == set(r.feature_names)
+    assert r.distributions["temp"]["kind"] == "numeric" and "histogram" in r.distributions["temp"]
+    assert r.distributions["plane_type"]["kind"] == "categorical"
+    assert sum(r.importance.values()) == pytest.approx(1.0)
+    assert len(r.partial_dependence) >= 1
+    for split in (r.metrics.validation, r.metrics.test):
+        assert set(split.model) == REGRESSION_METRICS
+        assert set(split.baseline) == REGRESSION_METRICS
+        assert set(split.partitions or {}) == {"EWR", "JFK", "LGA"}
     for name in ("report.html", "evidently.html", "record.json"):
         assert (version.path / name).stat().st_size > 1000
-    assert all((version.path / f).is_file() for f in r["artifacts"]["models"].values())
+    assert r.artifacts is not None
+    assert all((version.path / f).is_file() for f in r.artifacts.models.values())
+
+
+def test_record_json_keeps_the_keys_and_values_it_was_written_with(trained) -> None:
+    for version in trained.values():
+        written = json.loads((version.path / "record.json").read_text())
+        assert version.record.model_dump(mode="json") == written
 
 
 def test_regression_beats_the_naive_baseline_and_says_by_how_much(trained) -> None:
     r = trained["flight_delay"].record
-    assert r["metrics"]["test"]["model"]["rmse"] < r["metrics"]["test"]["baseline"]["rmse"]
-    assert r["baseline"]["beats_baseline"] and "% lower" in r["baseline"]["gain"]
+    assert r.metrics.test.model["rmse"] < r.metrics.test.baseline["rmse"]
+    assert r.baseline.beats_baseline and "% lower" in r.baseline.gain
 
 
 def test_binary_record_has_threshold_confusion_and_calibration(trained) -> None:
     r = trained["late_arrival"].record
-    test = r["metrics"]["test"]["model"]
+    test = r.metrics.test.model
     assert set(test) == BINARY_METRICS
-    assert 0 < r["threshold"] < 1 and test["threshold"] == r["threshold"]
+    assert r.threshold is not None and 0 < r.threshold < 1 and test["threshold"] == r.threshold
     assert sum(test["confusion"].values()) == test["rows"]
     assert sum(b["rows"] for b in test["calibration"]) == test["rows"]
-    assert test["auc"] > r["metrics"]["test"]["baseline"]["auc"]
+    assert test["auc"] > r.metrics.test.baseline["auc"]
 
 
 def test_partition_decisions_follow_the_validation_scores(trained) -> None:
     r = trained["flight_delay"].record
-    for decision in r["partitions"]:
-        assert decision["kept"] == (decision["own"] < decision["parent"]), decision
-        served = r["metrics"]["test"]["partitions"][decision["partition"]]["served_by"]
-        assert served == (decision["partition"] if decision["kept"] else "__parent__")
+    for decision in r.partitions:
+        assert decision.own is not None and decision.parent is not None
+        assert decision.kept == (decision.own < decision.parent), decision
+        served = (r.metrics.test.partitions or {})[decision.partition].served_by
+        assert served == (decision.partition if decision.kept else "__parent__")
 
 
 def test_a_partition_with_too_few_rows_falls_back_and_says_why(loaded_project: Settings) -> None:
     settings = loaded_project.model_copy(deep=True)
     settings.models["flight_delay"].min_partition_rows = 10**9
-    data = training.prepare(settings, "flight_delay")
-    best = training.run_trial(data, {"n_estimators": 20}, 0)
-    model, decisions = training.fit_partitions(data, best)
+    data = prepare(settings, "flight_delay")
+    best = run_trial(data, {"n_estimators": 20}, 0)
+    model, decisions = fit_partitions(data, best)
     assert model.partitions == {}
     assert [d["kept"] for d in decisions] == [False, False, False]
     assert all("fewer than 1000000000 training rows" in d["reason"] for d in decisions)
@@ -103,15 +114,15 @@ def test_a_partition_with_too_few_rows_falls_back_and_says_why(loaded_project: S
 
 def test_registered_model_reloads_and_predicts_what_was_evaluated(trained) -> None:
     version = trained["flight_delay"]
-    model = training.TrainedModel.load(version.path, version.record)
-    test = Path(version.record["data"]["test"]["path"])
+    model = TrainedModel.load(version.path, version.record)
+    test = Path(version.record.data["test"].path)
     import pandas as pd
 
     frame = pd.read_parquet(test)
     pred, used = model.predict(frame)
-    rmse = float(np.sqrt(np.mean((frame[training.LABEL].to_numpy() - pred) ** 2)))
-    assert rmse == pytest.approx(version.record["metrics"]["test"]["model"]["rmse"])
-    assert set(used) == set(version.record["metrics"]["test"]["routed_rows"])
+    rmse = float(np.sqrt(np.mean((frame[LABEL].to_numpy() - pred) ** 2)))
+    assert rmse == pytest.approx(version.record.metrics.test.model["rmse"])
+    assert set(used) == set(version.record.metrics.test.routed_rows)
 
 
 def test_bentoml_lists_every_version(trained) -> None:
@@ -125,14 +136,14 @@ def test_unknown_feature_service_in_a_spec_lists_the_known_ones(loaded_project: 
     settings = loaded_project.model_copy(deep=True)
     settings.models["flight_delay"].feature_service = "nope"
     with pytest.raises(FeatureNotFound, match="unknown feature service 'nope'"):
-        training.prepare(settings, "flight_delay")
+        prepare(settings, "flight_delay")
 
 
 def test_missing_label_column_lists_the_columns(loaded_project: Settings) -> None:
     settings = loaded_project.model_copy(deep=True)
     settings.models["flight_delay"].label = "arrival_delay_minutes"
     with pytest.raises(InvalidModelSpec, match="label 'arrival_delay_minutes'") as info:
-        training.prepare(settings, "flight_delay")
+        prepare(settings, "flight_delay")
     assert "arr_delay" in info.value.remedy
 
 
@@ -143,7 +154,7 @@ def test_empty_train_window_is_refused(loaded_project: Settings) -> None:
     with pytest.raises(
         InvalidModelSpec, match=r"train window 2010-01-01 \.\. 2010-10-01 holds no labelled rows"
     ):
-        training.prepare(settings, "flight_delay")
+        prepare(settings, "flight_delay")
 
 
 @pytest.mark.parametrize("space", ["normal(0, 1)", "uniform(1)", "loguniform(0, 1)", "int(9, 3)"])
@@ -167,8 +178,8 @@ def test_unknown_model_name_lists_the_declared_ones(loaded_project: Settings) ->
 def test_search_draws_are_reproducible_and_inside_the_space(loaded_project: Settings) -> None:
     spec = loaded_project.models["flight_delay"].model_copy(deep=True)
     spec.search.trials = 20
-    draws = training.search_space(spec)
-    assert draws == training.search_space(spec)
+    draws = search_space(spec)
+    assert draws == search_space(spec)
     assert all(0.03 <= d["learning_rate"] <= 0.2 and 15 <= d["num_leaves"] <= 127 for d in draws)
 
 
@@ -180,19 +191,20 @@ def test_scikit_learn_algorithms_train_and_reload(
     spec = settings.models["flight_delay"]
     spec.algorithm, spec.partition_by, spec.params = algorithm, None, {}
     spec.row_filter = "hash(flight_id) % 20 = 0"
-    data = training.prepare(settings, "flight_delay")
-    model, _ = training.fit_partitions(data, training.run_trial(data, {}, 0))
-    evaluation = training.evaluate(data, model)
+    data = prepare(settings, "flight_delay")
+    model, _ = fit_partitions(data, run_trial(data, {}, 0))
+    evaluation = evaluate(data, model)
     assert evaluation["test"]["model"]["rmse"] > 0
     files = model.save(tmp_path)
-    record = {
-        "name": "flight_delay",
-        "task": "regression",
-        "algorithm": algorithm,
-        "spec": {},
-        "feature_names": data.features,
-        "categories": data.categories,
-        "artifacts": {"models": files},
-    }
-    again = training.TrainedModel.load(tmp_path, record)
+    # Only what loading reads: a record without metrics or search, built without validation.
+    record = VersionRecord.model_construct(
+        name="flight_delay",
+        task="regression",
+        algorithm=algorithm,
+        spec=spec,
+        feature_names=data.features,
+        categories=data.categories,
+        artifacts=Artifacts(models=files),
+    )
+    again = TrainedModel.load(tmp_path, record)
     assert np.allclose(again.predict(data.frames["test"])[0], model.predict(data.frames["test"])[0])

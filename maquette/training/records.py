@@ -10,6 +10,7 @@ and the same metrics for the naive baseline with the gain over it.
 from __future__ import annotations
 
 import getpass
+import json
 import socket
 import subprocess
 from datetime import datetime
@@ -17,14 +18,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from maquette.training.pipeline import (
-    TrainedModel,
-    TrainingData,
-    Trial,
-    feature_profiles,
-    importance,
-    partial_dependence,
-)
+from maquette.training.explain import feature_profiles, importance, partial_dependence
+from maquette.training.model_types import TrainedModel, TrainingData, Trial
+from maquette.version_record import VersionRecord
 
 LIBRARIES = (
     "maquette",
@@ -99,12 +95,12 @@ def build_record(
     started: datetime,
     ended: datetime,
     project_dir: Path,
-) -> dict[str, Any]:
-    """The full, JSON-serializable record of one version."""
+) -> VersionRecord:
+    """The full record of one version."""
     spec = data.spec
     ranked = importance(data, model)
     numeric_top = [f for f in ranked if f not in model.categories][:3]
-    return {
+    raw = {
         "name": name,
         "version": version,
         "task": spec.task,
@@ -146,3 +142,6 @@ def build_record(
         "metrics": evaluation,
         "baseline": baseline_summary(data, evaluation),
     }
+    # Through JSON as record.json has always been written (numpy scalars as `json` writes them),
+    # so the typed record holds exactly what the file will.
+    return VersionRecord.model_validate(json.loads(json.dumps(raw, default=str)))
