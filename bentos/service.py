@@ -22,7 +22,6 @@ from maquette.config import load_settings
 from maquette.errors import MaquetteError
 from maquette.serving.http import (
     AS_OF_DESCRIPTION,
-    EXAMPLE_ROW,
     MODEL_DESCRIPTION,
     ROWS_DESCRIPTION,
     PredictionOut,
@@ -33,6 +32,9 @@ from maquette.serving.http import (
 from maquette.serving.predictor import Prediction, Predictor, http_status
 
 SETTINGS = load_settings()
+# The Swagger UI's example request: the project's example row and its first model.
+EXAMPLE_ROWS = [[SETTINGS.serving.example_row]] if SETTINGS.serving.example_row else None
+EXAMPLE_MODEL = [f"{m}@{SETTINGS.serving.default_alias}" for m in list(SETTINGS.models)[:1]] or None
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="maquette_predictions",
@@ -142,10 +144,10 @@ class PredictionService:
         self,
         rows: Annotated[
             list[dict[str, Any]] | dict[str, Any],
-            Field(description=ROWS_DESCRIPTION, examples=[[EXAMPLE_ROW]]),
+            Field(description=ROWS_DESCRIPTION, examples=EXAMPLE_ROWS),
         ],
         model: Annotated[
-            str | None, Field(description=MODEL_DESCRIPTION, examples=["flight_delay@production"])
+            str | None, Field(description=MODEL_DESCRIPTION, examples=EXAMPLE_MODEL)
         ] = None,
         as_of: Annotated[datetime | None, Field(description=AS_OF_DESCRIPTION)] = None,
     ) -> PredictResponse:

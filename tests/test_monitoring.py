@@ -13,7 +13,7 @@ import pytest
 from maquette.config import Settings
 from maquette.errors import ConfigError, DataNotLoaded, InvalidEntityFrame
 from maquette.monitoring import labels
-from maquette.monitoring import monitor as monitoring
+from maquette.monitoring.live_metrics import live_metrics, metrics_path
 from maquette.platform.demo import entity_frame
 from maquette.serving import prediction_log as predictions
 from maquette.serving.predictor import Predictor
@@ -59,7 +59,7 @@ def test_labels_join_every_prediction_with_its_flights_outcome(served_december) 
 def test_daily_metrics_match_a_hand_computation(served_december) -> None:
     settings, _ = served_december
     scored = labels.join_labels(settings, "flight_delay")
-    series = monitoring.live_metrics(settings, "flight_delay", scored, "daily")
+    series = live_metrics(settings, "flight_delay", scored, "daily")
     overall = series[series.partition == "all"]
     assert len(overall) == 2 and overall["predictions"].sum() == 300
     day = scored.to_pandas()
@@ -67,7 +67,7 @@ def test_daily_metrics_match_a_hand_computation(served_december) -> None:
     rmse = float(np.sqrt(np.mean((day.label - day.prediction) ** 2)))
     assert overall.iloc[0]["rmse"] == pytest.approx(rmse)
     assert set(series.partition) >= {"all", "JFK"} or set(series.partition) >= {"all", "__parent__"}
-    assert monitoring.metrics_path(settings, "flight_delay", "daily").is_file()
+    assert metrics_path(settings, "flight_delay", "daily").is_file()
 
 
 def test_labels_keyed_by_prediction_id_report_unknown_ids(served_december, tmp_path: Path) -> None:
@@ -98,11 +98,11 @@ def test_bad_label_inputs_say_what_is_wrong(served_december, tmp_path: Path) -> 
     with pytest.raises(InvalidEntityFrame, match="lacks column"):
         labels.ingest_labels(settings, "flight_delay", bad)
     with pytest.raises(ConfigError, match="unknown window 'weekly'"):
-        monitoring.live_metrics(
+        live_metrics(
             settings, "flight_delay", labels.join_labels(settings, "flight_delay"), "weekly"
         )
     with pytest.raises(DataNotLoaded, match="no scored predictions"):
-        monitoring.live_metrics(
+        live_metrics(
             settings,
             "flight_delay",
             labels.join_labels(settings, "flight_delay"),

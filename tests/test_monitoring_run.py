@@ -20,6 +20,8 @@ from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features.layer import FeatureLayer
 from maquette.monitoring import alerts, labels
 from maquette.monitoring import monitor as monitoring
+from maquette.monitoring.freshness import freshness
+from maquette.monitoring.live_metrics import live_metrics
 from maquette.platform import replay
 from maquette.serving.predictor import Predictor
 from maquette.training.metrics import binary_metrics, regression_metrics
@@ -103,7 +105,7 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
     known = scored[scored.label.notna()]
     version = registry.resolve(replayed, f"late_arrival:{known.version.iloc[0]}").record
     expected = binary_metrics(
-        known.label.to_numpy(), known.prediction.to_numpy(), version["threshold"]
+        known.label.to_numpy(), known.prediction.to_numpy(), version.threshold
     )
     late = run.models["late_arrival"].metrics["daily"]
     (row,) = late[late.partition == "all"].to_dict("records")
@@ -115,9 +117,9 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
     known = scored[scored.label.notna()]
     record = registry.resolve(replayed, f"flight_delay:{known.version.iloc[0]}").record
     expected = regression_metrics(
-        known.label.to_numpy(), known.prediction.to_numpy(), record["label_shift"]
+        known.label.to_numpy(), known.prediction.to_numpy(), record.label_shift
     )
-    series = monitoring.live_metrics(
+    series = live_metrics(
         replayed, "flight_delay", labels.join_labels(replayed, "flight_delay", END)
     )
     (row,) = series[series.partition == "all"].to_dict("records")
@@ -135,7 +137,7 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
     fresh = {f.view: f for f in run.freshness}
     assert fresh["weather_hourly"].stale and fresh["plane"].ttl_s is None
     assert any(a.metric == "freshness:weather_hourly" for a in run.new_alerts)
-    at_end = {f.view: f for f in monitoring.freshness(replayed, END)}
+    at_end = {f.view: f for f in freshness(replayed, END)}
     assert not at_end["weather_hourly"].stale and not at_end["carrier_daily"].stale
     page = run.index.read_text()
     assert "flight_delay" in page and "Training/serving skew" in page and "evidently ui" in page

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,7 +21,9 @@ from maquette.config import Settings
 from maquette.serving import batch
 from maquette.serving import prediction_log as predictions
 from maquette.serving.http import PredictRoute
-from maquette.serving.predictor import Predictor, load_model, service_process
+from maquette.serving.library import load_model
+from maquette.serving.predictor import Predictor
+from maquette.serving.server import service_process
 from maquette.training import pipeline as training
 from tests.conftest import free_port
 
@@ -35,9 +36,9 @@ ROW = {
 }
 
 
-def start_service(project: Path, port: int) -> subprocess.Popen[bytes]:
+def start_service(settings: Settings, port: int) -> subprocess.Popen[bytes]:
     return service_process(
-        project, "127.0.0.1", port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        settings, "127.0.0.1", port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
@@ -78,7 +79,7 @@ def two_versions(trained, loaded_project: Settings) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def service(production, loaded_project: Settings) -> Iterator[str]:
     port = free_port()
-    proc = start_service(loaded_project.project_dir, port)
+    proc = start_service(loaded_project, port)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url)
@@ -367,7 +368,7 @@ def test_the_fast_path_answers_exactly_like_bentomls_own_api(
     assert _batches(service) > 0
     port = free_port()
     proc = service_process(
-        loaded_project.project_dir,
+        loaded_project,
         "127.0.0.1",
         port,
         env={"MAQUETTE_SERVING_FAST_PATH": "false"},

@@ -17,7 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from maquette import registry
 from maquette.config import Settings
+from maquette.training import pipeline as training
 
 # metric column -> (threshold field, breach when the value is above?)
 CHECKS = {
@@ -165,7 +167,7 @@ def send_webhook(settings: Settings, alerts: list[Alert]) -> str | None:
     url = settings.monitoring.webhook
     if not url or not alerts:
         return None
-    import httpx
+    import httpx  # only needed when a webhook is set
 
     try:
         response = httpx.post(
@@ -189,9 +191,6 @@ def retrain(settings: Settings, name: str) -> str:
     deployment = _run_deployment(name, alias)
     if deployment:
         return deployment
-    from maquette import registry
-    from maquette.training import pipeline as training
-
     version = training.train(settings, name)
     if alias:
         registry.promote(settings, version.tag, alias)
@@ -205,7 +204,7 @@ def _run_deployment(name: str, promote: str | None) -> str | None:
     # Only when a Prefect server runs the deployments (`maquette up`); never a throwaway server.
     if not os.environ.get("PREFECT_API_URL"):
         return None
-    from prefect.deployments import run_deployment
+    from prefect.deployments import run_deployment  # lazy: Prefect takes seconds to import
 
     try:
         run = run_deployment(

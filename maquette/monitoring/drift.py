@@ -24,16 +24,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from maquette import registry
 from maquette.config import Settings
+from maquette.data.sql import duckdb_connection
 from maquette.monitoring.labels import LABEL
-from maquette.training.pipeline import LABEL as TRAINING_LABEL
-from maquette.training.pipeline import TrainedModel
+from maquette.monitoring.live_metrics import quality_scores
+from maquette.training.model_types import LABEL as TRAINING_LABEL
+from maquette.training.model_types import TrainedModel
+from maquette.version_record import VersionRecord
 
 PERIODS = {"daily": "D", "weekly": "W-SUN", "monthly": "M"}
 SEED = 7
@@ -84,13 +86,13 @@ def served_inputs(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
 def reference_frame(settings: Settings, version: registry.ModelVersion) -> pd.DataFrame:
     """A seeded sample of the version's training rows, with the version's predictions on them."""
     record = version.record
-    path = record["data"]["train"]["path"]
+    path = record.data["train"].path
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"the training set of {version.tag} is gone ({path}); drift needs it as reference."
         )
     rows = settings.monitoring.reference_rows
-    con = duckdb.connect()
+    con = duckdb_connection()
     frame = con.sql(
         f"SELECT * FROM read_parquet('{path}') USING SAMPLE reservoir({rows} ROWS) "
         f"REPEATABLE ({SEED})"
@@ -110,14 +112,15 @@ def _drift_verdict(method: str, score: float, threshold: float) -> bool:
     return score < threshold if "p_value" in method else score >= threshold
 
 
-def _datasets(record: dict[str, Any], frames: list[pd.DataFrame], with_label: bool) -> list[Any]:
+def _datasets(record: VersionRecord, frames: list[pd.DataFrame], with_label: bool) -> list[Any]:
     """Evidently datasets of the served features and the prediction (and the label)."""
+    # Lazy: Evidently takes seconds to import.
     from evidently import BinaryClassification, DataDefinition, Dataset, Regression
 
-    features = list(record["feature_names"])
-    categorical = [f for f in features if f in record.get("categories", {})]
+    features = list(record.feature_names)
+    categorical = [f for f in features if f in record.categories]
     numerical = [f for f in features if f not in categorical]
-    binary = record["task"] == "binary"
+    binary = record.task == "binary"
     kinds: dict[str, Any] = {}
     if with_label:
         kinds = (
@@ -160,56 +163,22 @@ def window_report(
     replaces: Sequence[str] = (),
 ) -> WindowReport:
     """Run Evidently on one window of served rows (scored-predictions rows, labels when known)."""
-    from evidently import Report
-    from evidently.metrics import ValueDrift
-    from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
-
-    from maquette.monitoring.monitor import quality_scores
-
     record = version.record
-    features = list(record["feature_names"])
+    features = list(record.feature_names)
     rows, labelled = len(window), int(window[LABEL].notna().sum())
     if rows > settings.monitoring.report_rows:
         window = window.sample(settings.monitoring.report_rows, random_state=SEED)
     current = served_inputs(window, features)
     current["prediction"] = window["prediction"].to_numpy(float)
     current[LABEL] = window[LABEL].to_numpy(float)
-    notes = []
-    if len(window) < rows:
-        notes.append(f"current window sampled: {len(window):,} of {rows:,} rows")
-    notes.append(f"reference: {len(reference):,} sampled training rows of {version.tag}")
-    if not labelled:
-        notes.append("no labels yet in this window: quality not computed")
-    one_class = record["task"] == "binary" and window[LABEL].dropna().nunique() < 2
-    if labelled and one_class:
-        notes.append("labels of a single class in this window: classification quality not computed")
+    one_class = record.task == "binary" and window[LABEL].dropna().nunique() < 2
     # Evidently cannot test a column with no values on one side; say so instead.
     empty = [f for f in features if current[f].isna().all() or reference[f].isna().all()]
-    if empty:
-        notes.append(f"no values to compare, drift not tested: {', '.join(empty)}")
+    notes = _window_notes(version, reference, rows, len(window), labelled, one_class, empty)
     compared = [f for f in features if f not in empty]
-    metadata = {"model": version.name, "version": version.version, "note": "; ".join(notes)}
-    with warnings.catch_warnings():
-        # Evidently warns about its own internal slices (a window with one class, a column
-        # with no values yet); the report shows those cases.
-        warnings.simplefilter("ignore")
-        tags = [version.name, version.version]
-        drift_data, reference_data = _datasets(record, [current, reference], with_label=False)
-        snapshot = Report(
-            [DataDriftPreset(columns=compared), ValueDrift(column="prediction")],
-            metadata={**metadata, "report": "drift"},
-            tags=[*tags, "drift"],
-        ).run(drift_data, reference_data, timestamp=start.to_pydatetime())
-        quality = None
-        if labelled and not one_class:
-            known = current[current[LABEL].notna()]
-            preset = ClassificationPreset() if record["task"] == "binary" else RegressionPreset()
-            quality = Report(
-                [preset], metadata={**metadata, "report": "quality"}, tags=[*tags, "quality"]
-            ).run(
-                *_datasets(record, [known, reference], with_label=True),
-                timestamp=start.to_pydatetime(),
-            )
+    snapshot, quality = _evidently_runs(
+        version, current, reference, compared, labelled > 0 and not one_class, notes, start
+    )
     found = WindowReport(
         version.name,
         version.version,
@@ -226,6 +195,84 @@ def window_report(
         None,
         note="; ".join(notes),
     )
+    _read_drift(snapshot, found)
+    if labelled:
+        known = window[window[LABEL].notna()]
+        found.quality = quality_scores(
+            record, known[LABEL].to_numpy(float), known["prediction"].to_numpy(float)
+        )
+    _save_reports(settings, version, start, snapshot, quality, found)
+    if workspace is not None:
+        _add_to_workspace(workspace, version, (snapshot, quality), found, replaces)
+    return found
+
+
+def _window_notes(
+    version: registry.ModelVersion,
+    reference: pd.DataFrame,
+    rows: int,
+    sampled: int,
+    labelled: int,
+    one_class: bool,
+    empty: list[str],
+) -> list[str]:
+    """What a reader of the report must know: sampling, missing labels, untested columns."""
+    notes = []
+    if sampled < rows:
+        notes.append(f"current window sampled: {sampled:,} of {rows:,} rows")
+    notes.append(f"reference: {len(reference):,} sampled training rows of {version.tag}")
+    if not labelled:
+        notes.append("no labels yet in this window: quality not computed")
+    if labelled and one_class:
+        notes.append("labels of a single class in this window: classification quality not computed")
+    if empty:
+        notes.append(f"no values to compare, drift not tested: {', '.join(empty)}")
+    return notes
+
+
+def _evidently_runs(
+    version: registry.ModelVersion,
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    compared: list[str],
+    with_quality: bool,
+    notes: list[str],
+    start: pd.Timestamp,
+) -> tuple[Any, Any | None]:
+    """The drift snapshot of one window and, when its labels allow, the quality snapshot."""
+    # Evidently takes seconds to import: loaded when a report is made, not with the package.
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
+
+    record = version.record
+    metadata = {"model": version.name, "version": version.version, "note": "; ".join(notes)}
+    tags = [version.name, version.version]
+    with warnings.catch_warnings():
+        # Evidently warns about its own internal slices (a window with one class, a column
+        # with no values yet); the report shows those cases.
+        warnings.simplefilter("ignore")
+        drift_data, reference_data = _datasets(record, [current, reference], with_label=False)
+        snapshot = Report(
+            [DataDriftPreset(columns=compared), ValueDrift(column="prediction")],
+            metadata={**metadata, "report": "drift"},
+            tags=[*tags, "drift"],
+        ).run(drift_data, reference_data, timestamp=start.to_pydatetime())
+        quality = None
+        if with_quality:
+            known = current[current[LABEL].notna()]
+            preset = ClassificationPreset() if record.task == "binary" else RegressionPreset()
+            quality = Report(
+                [preset], metadata={**metadata, "report": "quality"}, tags=[*tags, "quality"]
+            ).run(
+                *_datasets(record, [known, reference], with_label=True),
+                timestamp=start.to_pydatetime(),
+            )
+    return snapshot, quality
+
+
+def _read_drift(snapshot: Any, found: WindowReport) -> None:
+    """Copy the drift share, per-feature scores and prediction drift of a snapshot into `found`."""
     for metric in snapshot.dict()["metrics"]:
         config, value = metric["config"], metric["value"]
         kind = config.get("type", "")
@@ -241,11 +288,17 @@ def window_report(
             found.drift_method[column] = config["method"]
             if _drift_verdict(config["method"], score, config["threshold"]):
                 found.drifted_features.append(column)
-    if labelled:
-        known = window[window[LABEL].notna()]
-        found.quality = quality_scores(
-            record, known[LABEL].to_numpy(float), known["prediction"].to_numpy(float)
-        )
+
+
+def _save_reports(
+    settings: Settings,
+    version: registry.ModelVersion,
+    start: pd.Timestamp,
+    snapshot: Any,
+    quality: Any | None,
+    found: WindowReport,
+) -> None:
+    """Write the window's reports as self-contained HTML and note where in `found`."""
     folder = reports_dir(settings, version.name)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{version.name}_{version.version}_{start:%Y-%m-%d}"
@@ -254,20 +307,29 @@ def window_report(
     if quality is not None:
         quality.save_html(str(folder / f"{stem}_quality.html"))
         found.quality_html = str(folder / f"{stem}_quality.html")
-    if workspace is not None:
-        project = _workspace_project(workspace, version.name, record["task"])
-        for run in (snapshot, quality):
-            if run is not None:
-                added = workspace.add_run(project.id, run, include_data=False)
-                found.workspace_runs.append(str(added.id))
-        # The window's earlier runs go once the new ones are in: one run per report per window.
-        for old in replaces:
-            with contextlib.suppress(Exception):  # already gone (a workspace reset by hand)
-                workspace.delete_run(project.id, old)
-    return found
+
+
+def _add_to_workspace(
+    workspace: Any,
+    version: registry.ModelVersion,
+    runs: tuple[Any, Any | None],
+    found: WindowReport,
+    replaces: Sequence[str],
+) -> None:
+    """Add the window's runs to the Evidently workspace, replacing the window's earlier ones."""
+    project = _workspace_project(workspace, version.name, version.record.task)
+    for run in runs:
+        if run is not None:
+            added = workspace.add_run(project.id, run, include_data=False)
+            found.workspace_runs.append(str(added.id))
+    # The window's earlier runs go once the new ones are in: one run per report per window.
+    for old in replaces:
+        with contextlib.suppress(Exception):  # already gone (a workspace reset by hand)
+            workspace.delete_run(project.id, old)
 
 
 def open_workspace(settings: Settings) -> Any:
+    # Lazy: Evidently takes seconds to import.
     from evidently.ui.workspace import Workspace
 
     return Workspace.create(str(settings.path(settings.monitoring.workspace)))
@@ -276,6 +338,7 @@ def open_workspace(settings: Settings) -> Any:
 def _workspace_project(workspace: Any, name: str, task: str) -> Any:
     for project in workspace.search_project(f"maquette: {name}"):
         return project
+    # Lazy: Evidently takes seconds to import.
     from evidently.sdk.panels import PanelMetric, line_plot_panel
 
     project = workspace.create_project(

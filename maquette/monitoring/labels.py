@@ -1,7 +1,7 @@
 """Late-arriving labels and their join with logged predictions.
 
-Labels come from the model's declared label source (for the demo: each flight's actual delay,
-known once it landed) or from a Parquet/CSV file keyed by `prediction_id` or by the entity keys
+Labels come from the model's declared label source (the actual outcome, known some time after
+the prediction) or from a Parquet/CSV file keyed by `prediction_id` or by the entity keys
 and the request time. `join_labels` produces the scored-predictions table: every logged
 prediction (shadows excluded) with its label when known, the delay between prediction and
 label, and the version and partition that answered.
@@ -18,9 +18,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maquette.config import LabelSpec, Settings
+from maquette.config import Settings
 from maquette.data import sources as datasets
+from maquette.data.sql import duckdb_connection
 from maquette.errors import ConfigError, DataNotLoaded, InvalidEntityFrame
+from maquette.model_spec import LabelSpec
 from maquette.serving import prediction_log as predictions
 
 LABEL = "label"
@@ -62,15 +64,14 @@ def _spec(settings: Settings, name: str) -> LabelSpec:
 
 
 def _con(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    if settings is not None:
-        # Bounded memory for large logs: DuckDB spills to disk instead of growing.
-        spill = settings.state_dir / "duckdb_tmp"
-        spill.mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET memory_limit = '{settings.monitoring.join_memory_limit}'")
-        con.execute(f"SET temp_directory = '{spill}'")
-        con.execute("SET preserve_insertion_order = false")
+    if settings is None:
+        return duckdb_connection()
+    # Bounded memory for large logs: DuckDB spills to disk instead of growing.
+    con = duckdb_connection(
+        memory_limit=settings.monitoring.join_memory_limit,
+        spill_dir=settings.state_dir / "duckdb_tmp",
+    )
+    con.execute("SET preserve_insertion_order = false")
     return con
 
 
@@ -107,9 +108,7 @@ def ingest_labels(settings: Settings, name: str, file: Path | None = None) -> In
         pq.write_table(table, partial)
         partial.replace(target)
         return IngestResult(table.num_rows, target, unknown)
-    source = datasets.require_loaded(
-        settings, labels.source or spec.entity_source or settings.dataset.entity_source
-    )
+    source = datasets.require_loaded(settings, labels.source or settings.entity_source(spec))
     keys = ", ".join(f'"{k}"' for k in labels.join_keys)
     known = f', "{labels.available_at}" AS label_available_at' if labels.available_at else ""
     table = con.sql(
@@ -161,6 +160,31 @@ def _unknown_ids(settings: Settings, name: str, table: pa.Table) -> int:
     return sum(1 for pid in table["prediction_id"].to_pylist() if pid not in logged)
 
 
+def _label_matches(
+    labels: LabelSpec, by_id: list[str], by_entity: list[str], avail: str
+) -> tuple[list[str], list[str], list[str]]:
+    """(CTEs, LEFT JOINs, aliases) matching labels to the logged predictions `p`: one label
+    per prediction id, one per entity keys and time, each available by `avail`."""
+    ctes: list[str] = []
+    joins: list[str] = []
+    matched: list[str] = []
+    for alias, parts, keys, on in (
+        ("lp", by_id, ["prediction_id"], "lp.prediction_id = p.prediction_id"),
+        ("le", by_entity, [*labels.join_keys, labels.time_column], _entity_on(labels)),
+    ):
+        if not parts:
+            continue
+        distinct = ", ".join(f'"{k}"' for k in keys)
+        ctes.append(
+            f"{alias} AS (SELECT DISTINCT ON ({distinct}) * FROM ({' UNION ALL BY NAME '.join(parts)})"
+            f" WHERE label_available_at IS NULL OR {avail}"
+            f" ORDER BY {distinct}, __source, label_available_at NULLS FIRST)"
+        )
+        joins.append(f"LEFT JOIN {alias} ON {on}")
+        matched.append(alias)
+    return ctes, joins, matched
+
+
 def join_labels(
     settings: Settings,
     name: str,
@@ -184,21 +208,8 @@ def join_labels(
     # With as_of, a label counts only once available; of several labels for one prediction
     # (or one entity and time), a file's wins over the declared source's, then the earliest.
     avail = f"label_available_at <= '{as_of.isoformat()}'::TIMESTAMPTZ" if as_of else "TRUE"
-    ctes, joins, matched = [f"p AS ({logged})"], [], []  # type: list[str], list[str], list[str]
-    for alias, parts, keys, on in (
-        ("lp", by_id, ["prediction_id"], "lp.prediction_id = p.prediction_id"),
-        ("le", by_entity, [*labels.join_keys, labels.time_column], _entity_on(labels)),
-    ):
-        if not parts:
-            continue
-        distinct = ", ".join(f'"{k}"' for k in keys)
-        ctes.append(
-            f"{alias} AS (SELECT DISTINCT ON ({distinct}) * FROM ({' UNION ALL BY NAME '.join(parts)})"
-            f" WHERE label_available_at IS NULL OR {avail}"
-            f" ORDER BY {distinct}, __source, label_available_at NULLS FIRST)"
-        )
-        joins.append(f"LEFT JOIN {alias} ON {on}")
-        matched.append(alias)
+    ctes, joins, matched = _label_matches(labels, by_id, by_entity, avail)
+    ctes.insert(0, f"p AS ({logged})")
 
     # Label and availability come from the same match: by prediction id first.
     def chosen(column: str) -> str:

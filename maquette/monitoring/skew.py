@@ -60,12 +60,12 @@ def skew_report(
     for version_id, rows in frame.groupby("version"):
         version = registry.resolve(settings, f"{name}:{version_id}")
         record = version.record
-        features = list(record["feature_names"])
+        features = list(record.feature_names)
         if len(rows) > settings.monitoring.skew_sample:
             rows = rows.sample(settings.monitoring.skew_sample, random_state=SEED)
         served = served_inputs(rows, features)
         entities = pd.DataFrame.from_records([json.loads(e) for e in rows["entity"]])
-        fields = list(layer._plan(record["feature_service"]).request_fields)
+        fields = list(layer.read_plan(record.feature_service).request_fields)
         requests = pd.DataFrame.from_records(
             [{k: json.loads(r).get(k) for k in fields} for r in rows["request"]], columns=fields
         )
@@ -75,7 +75,7 @@ def skew_report(
         entity_frame = pd.concat([entities, requests], axis=1)
         entity_frame[TIMESTAMP] = rows["request_time"].to_numpy()
         offline = (
-            layer.training_frame(entity_frame, record["feature_service"], TIMESTAMP)
+            layer.training_frame(entity_frame, record.feature_service, TIMESTAMP)
             .to_pandas()
             .reset_index(drop=True)
         )

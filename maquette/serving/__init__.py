@@ -1,8 +1,13 @@
 """Serving: answering predictions online and in batch.
 
-Owns the predictor (routing, aliases, traffic split, shadow, feature fetch, the model), the
-HTTP fast path inside the BentoML service (`http`), the prediction log (`prediction_log`),
-batch scoring (`batch`), library mode and building the bento.
+Modules:
+    predictor       Predictor: routing, aliases, traffic split, shadow, feature fetch, the model
+    http            the POST /predict fast path inside the BentoML service (PredictRoute)
+    prediction_log  the prediction log: Redis Stream -> Parquet (drain, read_predictions)
+    batch           predict_batch: point-in-time features, a version, Parquet out
+    library         library mode: load_model / LibraryModel, the Predictor in process
+    server          service_process: `bentoml serve` of the project's bento service
+    bento           building the bento (`maquette build`)
 
 May import: `maquette.training`, `maquette.registry`, `maquette.features`, `maquette.data`,
 `maquette.config`, `maquette.errors`.

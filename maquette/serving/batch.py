@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,9 +18,10 @@ import pyarrow.parquet as pq
 from maquette import registry
 from maquette.config import Settings
 from maquette.data import sources as datasets
+from maquette.data.sql import duckdb_connection
 from maquette.errors import InvalidEntityFrame
 from maquette.features.layer import FeatureLayer
-from maquette.training.pipeline import TrainedModel
+from maquette.training.model_types import TrainedModel
 
 
 @dataclass
@@ -43,8 +43,7 @@ def entity_table(settings: Settings, entities: str | Path | pa.Table | pd.DataFr
         return entities
     if isinstance(entities, pd.DataFrame):
         return pa.Table.from_pandas(entities, preserve_index=False)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = duckdb_connection()
     text = str(entities)
     if text.lstrip().lower().startswith(("select", "with")):
         for path in datasets.sources_dir(settings).glob("*.parquet"):
@@ -77,7 +76,7 @@ def predict_batch(
     model = TrainedModel.load(version.path, version.record)
     table = entity_table(settings, entities)
     frame = FeatureLayer(settings).training_frame(
-        table, version.record["feature_service"], timestamp_column
+        table, version.record.feature_service, timestamp_column
     )
     scored, used = model.predict(frame.to_pandas())
     out = frame.append_column("prediction", pa.array(scored, pa.float64()))

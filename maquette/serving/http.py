@@ -26,14 +26,6 @@ from maquette.serving.predictor import PredictCall, Prediction, Predictor, http_
 
 log = logging.getLogger("maquette.serving.predictor")
 
-EXAMPLE_ROW = {
-    "origin": "JFK",
-    "carrier": "B6",
-    "tailnum": "N804JB",
-    "route": "JFK-LAX",
-    "scheduled_departure": "2013-12-15T14:30:00Z",
-}
-
 # Request fields, shared by the BentoML API signature and the fast path's validator.
 ROWS_DESCRIPTION = "One row or a list of rows: entity keys and request fields."
 MODEL_DESCRIPTION = "NAME, NAME:VERSION or NAME@ALIAS."
@@ -41,14 +33,11 @@ AS_OF_DESCRIPTION = "Judge feature freshness as of this time."
 
 
 class PredictRequest(BaseModel):
-    """The body of POST /predict."""
+    """The body of POST /predict (the fast path's validator; the Swagger UI shows the BentoML
+    API method's signature, whose examples come from the project's settings)."""
 
-    rows: list[dict[str, Any]] | dict[str, Any] = Field(
-        description=ROWS_DESCRIPTION, examples=[[EXAMPLE_ROW]]
-    )
-    model: str | None = Field(
-        None, description=MODEL_DESCRIPTION, examples=["flight_delay@production"]
-    )
+    rows: list[dict[str, Any]] | dict[str, Any] = Field(description=ROWS_DESCRIPTION)
+    model: str | None = Field(None, description=MODEL_DESCRIPTION)
     as_of: datetime | None = Field(None, description=AS_OF_DESCRIPTION)
 
 
@@ -59,10 +48,8 @@ class PredictionOut(BaseModel):
     prediction: float = Field(
         description="Predicted value (binary: probability of the positive class)."
     )
-    model: str = Field(
-        description="Exact version used, NAME:VERSION.", examples=["flight_delay:v3"]
-    )
-    partition: str = Field(description="Partition model used, or __parent__.", examples=["JFK"])
+    model: str = Field(description="Exact version used, NAME:VERSION.")
+    partition: str = Field(description="Partition model used, or __parent__.")
     decision: bool | None = Field(None, description="Binary models: probability >= the threshold.")
     missing_features: list[str] = Field(
         default_factory=list, description="Not in the online store."
@@ -210,7 +197,7 @@ def _validation_error(exc: ValidationError) -> bytes:
 def _is_json(scope: Any) -> bool:
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return value.split(b";")[0].strip() == b"application/json"
+            return bool(value.split(b";")[0].strip() == b"application/json")
     return True  # BentoML reads a body without a content type as JSON too
 
 

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +27,7 @@ import redis
 
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url
+from maquette.data.sql import duckdb_connection
 from maquette.errors import DataNotLoaded, StoreUnavailable
 
 GROUP = "drain"
@@ -58,7 +58,7 @@ SCHEMA = pa.schema(
 class PredictionLog:
     """Appends prediction entries to the Redis Stream (sampled)."""
 
-    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis[bytes] | None = None) -> None:
         self.settings = settings
         self.stream = settings.predictions.stream
         self.client = client or redis.Redis.from_url(
@@ -153,7 +153,7 @@ def _write_batch(settings: Settings, entries: list[tuple[bytes, dict[bytes, byte
     return written
 
 
-def ensure_group(client: redis.Redis, stream: str) -> None:
+def ensure_group(client: redis.Redis[bytes], stream: str) -> None:
     try:
         client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
@@ -232,6 +232,5 @@ def logged_sql(settings: Settings, model: str | None = None) -> str:
 def read_predictions(settings: Settings, model: str | None = None) -> pa.Table:
     """Drained predictions, one row per prediction id (redelivered copies removed)."""
     sql = logged_sql(settings, model)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = duckdb_connection()
     return con.sql(f"SELECT * FROM ({sql}) ORDER BY stream_id").to_arrow_table()

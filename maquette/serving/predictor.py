@@ -16,15 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,9 +37,10 @@ from maquette.errors import (
     ModelVersionNotFound,
     StoreUnavailable,
 )
-from maquette.features.layer import PRESENT, FeatureLayer, OnlineFeatures
+from maquette.features.layer import FeatureLayer
+from maquette.features.online import PRESENT, OnlineFeatures
 from maquette.serving.prediction_log import PredictionLog
-from maquette.training.pipeline import TrainedModel
+from maquette.training.model_types import TrainedModel
 
 log = logging.getLogger("maquette.serving.predictor")
 
@@ -147,16 +145,13 @@ class Predictor:
         found = registry.resolve(self.settings, tag)
         record = found.record
         model = TrainedModel.load(found.path, record)
-        plan = self.layer._plan(record["feature_service"])
-        keys = [k for g in plan.groups for k in g.join_keys]
-        if model.partition_by and model.partition_by not in keys:
-            keys.append(model.partition_by)
-        required = tuple(dict.fromkeys([*keys, *plan.request_fields]))
+        plan = self.layer.read_plan(record.feature_service)
+        required = tuple(self.layer.request_keys(record.feature_service, model.partition_by))
         return ServedVersion(
             found.tag,
             found.name,
             model,
-            record["feature_service"],
+            record.feature_service,
             required,
             tuple(plan.request_fields),
         )
@@ -393,28 +388,6 @@ def _entry(
     }
 
 
-class LibraryModel:
-    """Library deployment: `maquette.load_model("flight_delay@production").predict(rows)`."""
-
-    def __init__(self, settings: Settings, selector: str, log: bool = False) -> None:
-        self.predictor = Predictor(settings, log=log)
-        self.selector = selector
-        self.tag = self.predictor.resolve(selector)
-        self.predictor.version(self.tag)
-
-    def predict(
-        self, rows: list[dict[str, Any]], as_of: datetime | None = None
-    ) -> list[Prediction]:
-        return self.predictor.predict(rows, self.selector, as_of)
-
-
-def load_model(selector: str, settings: Settings | None = None, log: bool = False) -> LibraryModel:
-    """A registered model with Maquette's feature and partition logic, for in-process use."""
-    from maquette.config import load_settings
-
-    return LibraryModel(settings or load_settings(), selector, log)
-
-
 # Where each error lands over HTTP: decided here, once (first match wins).
 HTTP_STATUS: list[tuple[type[Exception], int]] = [
     (InvalidEntityFrame, 422),
@@ -428,36 +401,3 @@ HTTP_STATUS: list[tuple[type[Exception], int]] = [
 
 def http_status(error: Exception) -> int:
     return next((status for kind, status in HTTP_STATUS if isinstance(error, kind)), 500)
-
-
-def service_process(
-    project_dir: Path,
-    host: str,
-    port: int,
-    env: dict[str, str] | None = None,
-    **popen: Any,
-) -> subprocess.Popen[bytes]:
-    """`bentoml serve` of bentos/service.py for a project, started from this checkout."""
-    root = Path(__file__).resolve().parents[2]
-    # Feast points PROMETHEUS_MULTIPROC_DIR at its own folder when imported; inherited, it
-    # would make every service started from this process share (and overwrite) one metrics
-    # folder. BentoML makes a folder per server when the variable is unset.
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
-    env = {
-        **inherited,
-        "MAQUETTE_PROJECT_DIR": str(project_dir),
-        "PYTHONWARNINGS": "ignore",
-        **(env or {}),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "bentos.service:PredictionService",
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-    return subprocess.Popen(command, cwd=root, env=env, **popen)

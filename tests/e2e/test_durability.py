@@ -20,7 +20,7 @@ from maquette.config import Settings, load_settings
 from maquette.data.redis_server import redis_server_binary, server_command, wait_until_ready
 from maquette.features.layer import FeatureLayer
 from maquette.serving import prediction_log as predictions
-from maquette.serving.predictor import service_process
+from maquette.serving.server import service_process
 from tests.conftest import ROOT, free_port, make_project
 from tests.test_serving import ROW, wait_ready
 
@@ -34,9 +34,9 @@ def _redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _service(project: Path, port: int) -> subprocess.Popen[bytes]:
+def _service(settings: Settings, port: int) -> subprocess.Popen[bytes]:
     return service_process(
-        project,
+        settings,
         "127.0.0.1",
         port,
         start_new_session=True,
@@ -82,7 +82,7 @@ def test_answers_survive_server_kill_redis_outage_and_drain_kills(
         datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 2, tzinfo=UTC)
     )
     port = free_port()
-    service = _service(project, port)
+    service = _service(settings, port)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url)
@@ -95,7 +95,7 @@ def test_answers_survive_server_kill_redis_outage_and_drain_kills(
         _kill_9(service)  # no goodbye: the log must already hold them
 
         # Redis away: a clear 503, /readyz fails; back: the service recovers by itself.
-        service = _service(project, port)
+        service = _service(settings, port)
         wait_ready(url)
         redis_proc.terminate()
         redis_proc.wait(10)
@@ -115,7 +115,8 @@ def test_answers_survive_server_kill_redis_outage_and_drain_kills(
     # Drain with real kills at random moments, then once to the end.
     rng = random.Random(3)
     code = (
-        f"from maquette.config import load_settings; from maquette import predictions; "
+        "from maquette.config import load_settings; "
+        "from maquette.serving import prediction_log as predictions; "
         f"predictions.drain(load_settings({str(project)!r}))"
     )
     for _ in range(6):

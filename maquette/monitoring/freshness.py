@@ -1,0 +1,102 @@
+"""Freshness: how old the newest value of every feature view in the online store is.
+
+A view whose newest value is older than its TTL (or that has no value at all) is stale: the
+service answers its features as missing, so materialization is late. Stale views become alerts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+from feast import FeatureView
+
+from maquette.config import Settings
+from maquette.data.redis_server import unreachable
+from maquette.features import redis_layout as wire
+from maquette.features.layer import FeatureLayer
+from maquette.monitoring import alerts
+
+
+@dataclass
+class Freshness:
+    """The newest event time of a feature view in the online store, against its TTL."""
+
+    view: str
+    ttl_s: float | None
+    newest: datetime | None
+    age_s: float | None
+    stale: bool
+
+
+def freshness(
+    settings: Settings, as_of: datetime | None = None, layer: FeatureLayer | None = None
+) -> list[Freshness]:
+    """Per feature view: newest `_ts` stored in Redis, its age at `as_of` (default now), stale?"""
+    layer = layer or FeatureLayer(settings)
+    now = as_of or datetime.now(UTC)
+    views = layer.feature_views()
+    out = []
+    for view, seconds in zip(views, _newest_seconds(settings, layer, views), strict=True):
+        ttl = view.ttl.total_seconds() if view.ttl else None  # a zero TTL means no limit
+        when = datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
+        age = (now - when).total_seconds() if when else None
+        stale = when is None or (ttl is not None and age is not None and age > ttl)
+        out.append(Freshness(view.name, ttl, when, age, stale))
+    return out
+
+
+def _newest_seconds(
+    settings: Settings, layer: FeatureLayer, views: list[FeatureView]
+) -> list[float | None]:
+    """Per view, the newest event time (epoch seconds) over every entity hash in Redis."""
+    fields = [wire.ts_field(v.name) for v in views]
+    newest: list[float | None] = [None] * len(views)
+    client = layer.redis
+    pattern = b"*" + settings.feast.project.encode()
+    try:
+        keys = list(client.scan_iter(match=pattern, count=5000, _type="HASH"))
+        for start in range(0, len(keys), 5000):
+            pipe = client.pipeline(transaction=False)
+            for key in keys[start : start + 5000]:
+                pipe.hmget(key, fields)
+            for reply in pipe.execute():
+                for i, raw in enumerate(reply):
+                    seconds = wire.decode_timestamp_seconds(raw)
+                    best = newest[i]
+                    if seconds is not None and (best is None or seconds > best):
+                        newest[i] = seconds
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise unreachable(settings, exc) from exc
+    return newest
+
+
+def freshness_alerts(views: list[Freshness]) -> list[alerts.Alert]:
+    return [
+        alerts.Alert(
+            "freshness",
+            None,
+            None,
+            None,
+            f.newest.isoformat() if f.newest else None,
+            f"freshness:{f.view}",
+            f.age_s if f.age_s is not None else float("inf"),
+            f.ttl_s or 0.0,
+            f"feature view {f.view} has no rows in the online store; run `maquette features "
+            "materialize`."
+            if f.newest is None
+            else f"feature view {f.view}: newest value is {_duration(f.age_s or 0)} old, "
+            f"older than its TTL of {_duration(f.ttl_s or 0)}; materialization is late.",
+        )
+        for f in views
+        if f.stale
+    ]
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"

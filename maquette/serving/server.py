@@ -1,0 +1,70 @@
+"""The prediction service as a process: `bentoml serve` of the project's own bento service.
+
+The service is the project's `<paths.bentos>/service.py` (class `PredictionService`), imported
+with the project folder as working directory, so one project never serves another's code and a
+wheel install plus a project folder can serve.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+from maquette.config import Settings
+from maquette.errors import ConfigError
+
+SERVICE_CLASS = "PredictionService"
+
+
+def service_target(settings: Settings) -> tuple[str, str]:
+    """(working directory, import path) of the project's BentoML service for `bentoml serve`."""
+    folder = settings.path(settings.paths.bentos)
+    if not (folder / "service.py").is_file():
+        raise ConfigError(
+            f"no BentoML service at {folder / 'service.py'}.",
+            "Copy bentos/ from the Maquette checkout into the project, or set paths.bentos.",
+        )
+    if not folder.name.isidentifier():
+        raise ConfigError(
+            f"the bentos folder {folder} is not a Python package name.",
+            "Rename it (e.g. bentos) and set paths.bentos to it.",
+        )
+    # Imported as `<folder>.service`, as bentofile.yaml names it, from the folder's parent.
+    return str(folder.parent), f"{folder.name}.service:{SERVICE_CLASS}"
+
+
+def service_process(
+    settings: Settings,
+    host: str,
+    port: int,
+    env: dict[str, str] | None = None,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """`bentoml serve` of the project's bento service (`paths.bentos`), started for `settings`."""
+    working_dir, target = service_target(settings)
+    # Feast points PROMETHEUS_MULTIPROC_DIR at its own folder when imported; inherited, it
+    # would make every service started from this process share (and overwrite) one metrics
+    # folder. BentoML makes a folder per server when the variable is unset.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    env = {
+        **inherited,
+        "MAQUETTE_PROJECT_DIR": str(settings.project_dir),
+        "PYTHONWARNINGS": "ignore",
+        **(env or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        target,
+        "--working-dir",
+        working_dir,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    return subprocess.Popen(command, cwd=settings.project_dir, env=env, **popen)
