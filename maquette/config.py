@@ -9,25 +9,21 @@ underscore between section and field: `MAQUETTE_REDIS_URL`, `MAQUETTE_PATHS_STAT
 from __future__ import annotations
 
 import os
-from datetime import UTC, date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from maquette.errors import ConfigError
+from maquette.model_spec import ModelSpec, Section, as_utc
 
 SETTINGS_FILE = "maquette.yaml"
 
 
-class _Section(BaseModel):
-    # A misspelt setting must fail loudly, not silently fall back to its default.
-    model_config = ConfigDict(extra="forbid")
-
-
-class PathsSettings(_Section):
+class PathsSettings(Section):
     """Where Maquette keeps things on disk."""
 
     state: Path = Field(Path(".maquette"), description="Git-ignored folder for all runtime state.")
@@ -35,10 +31,16 @@ class PathsSettings(_Section):
         Path(".maquette/offline"), description="Parquet offline store (sources and feature tables)."
     )
     feature_repo: Path = Field(Path("feature_repo"), description="Feast feature repository.")
+    # Flows and the bento are the project's own files, so a wheel install plus a project folder
+    # works and one project never runs another's code.
+    flows: Path = Field(Path("flows"), description="Folder of the project's Prefect flow files.")
+    bentos: Path = Field(
+        Path("bentos"), description="Folder of the project's BentoML service and bentofile.yaml."
+    )
     reports: Path = Field(Path(".maquette/reports"), description="HTML reports.")
 
 
-class RedisSettings(_Section):
+class RedisSettings(Section):
     """The online store. Without `url`, Maquette runs its own redis-server."""
 
     url: str | None = Field(
@@ -51,13 +53,14 @@ class RedisSettings(_Section):
     start_timeout_s: float = Field(10.0, description="How long to wait for the server to answer.")
 
 
-class FeastSettings(_Section):
+class FeastSettings(Section):
     """How Maquette drives Feast in-process (feature_store.yaml mirrors the defaults)."""
 
     project: str = Field("maquette", description="Feast project name.")
     registry: Path = Field(Path(".maquette/feast/registry.db"), description="Feast file registry.")
-    feature_service: str = Field(
-        "flight_delay", description="Feature service used when none is named."
+    feature_service: str | None = Field(
+        None,
+        description="Feature service used when a call names none (null: every call names one).",
     )
     materialize_batch_rows: int = Field(
         50_000, description="Rows encoded and written to Redis per batch (bounds memory)."
@@ -67,12 +70,13 @@ class FeastSettings(_Section):
     )
 
 
-class DatasetSettings(_Section):
+class DatasetSettings(Section):
     """The data loaded into the offline store by `maquette data load`."""
 
     module: str | None = Field(
-        "maquette.examples.nycflights13.tables",
-        description="Python module with source_tables() and FEATURE_TABLES (SQL by table name).",
+        None,
+        description="Python module with source_tables() and FEATURE_TABLES (SQL by table name); "
+        "null: use sources and feature_sql.",
     )
     sources: dict[str, Path] = Field(
         default_factory=dict, description="Source tables as Parquet/CSV paths, by table name."
@@ -80,133 +84,14 @@ class DatasetSettings(_Section):
     feature_sql: Path | None = Field(
         None, description="Folder of <feature_table>.sql files run by DuckDB over the sources."
     )
-    entity_source: str = Field(
-        "flights", description="Source table holding entities, event times and labels."
-    )
-
-
-class TimeWindow(_Section):
-    """[start, end) in UTC; plain dates mean UTC midnight."""
-
-    start: datetime
-    end: datetime
-
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _utc(cls, value: Any) -> Any:
-        if isinstance(value, date) and not isinstance(value, datetime):
-            value = datetime(value.year, value.month, value.day)
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
-
-
-class SplitSettings(_Section):
-    """Time-based split: the model never sees a later window while fitting an earlier one."""
-
-    train: TimeWindow = Field(description="Rows the model is fitted on.")
-    validation: TimeWindow = Field(
-        description="Rows for early stopping, search and partition choice."
-    )
-    test: TimeWindow = Field(description="Rows for the final, untouched evaluation.")
-
-
-class SearchSettings(_Section):
-    """Hyperparameter search: random sampling of `space` for `trials` fits."""
-
-    space: dict[str, str] = Field(
-        default_factory=dict,
-        description='Per parameter: "uniform(a, b)", "loguniform(a, b)", "int(a, b)" or "choice(x, y)".',
-    )
-    trials: int = Field(8, ge=1, description="How many parameter sets to try.")
-    metric: str | None = Field(
-        None, description="Validation metric to optimize (default rmse / auc)."
-    )
-    early_stopping_rounds: int = Field(30, ge=1, description="Boosting rounds without improvement.")
-    seed: int = Field(7, description="Seed of the search and of the learners.")
-
-
-class LabelSpec(_Section):
-    """Where a model's labels come from once they are known, and how they meet predictions."""
-
-    source: str | None = Field(
-        None, description="Table with the labels (default: the model's entity source)."
-    )
-    join_keys: list[str] = Field(description="Columns that match the logged entity keys.")
-    time_column: str = Field(
-        "scheduled_departure", description="Column matching the logged request time field."
-    )
-    available_at: str | None = Field(
-        None, description="Column saying when each label became known."
-    )
-
-
-class AlertThresholds(_Section):
-    """Live values that raise an alert (unset: not checked)."""
-
-    rmse_above: float | None = Field(None, description="Regression: window RMSE above this.")
-    mae_above: float | None = Field(None, description="Regression: window MAE above this.")
-    r2_below: float | None = Field(None, description="Regression: window R² below this.")
-    auc_below: float | None = Field(None, description="Binary: window AUC below this.")
-    log_loss_above: float | None = Field(None, description="Binary: window log loss above this.")
-    drift_share_above: float | None = Field(
-        None, description="Share of served features drifted from the training reference."
-    )
-    missing_feature_rate_above: float | None = Field(
-        None, description="Share of predictions served with a missing or stale feature."
-    )
-    min_labelled: int = Field(
-        30, ge=1, description="Accuracy alerts need at least this many labelled rows in a window."
-    )
-
-
-class ModelMonitoring(_Section):
-    """What monitoring watches for one model and what an alert does."""
-
-    thresholds: AlertThresholds = Field(default_factory=AlertThresholds)
-    retrain_on_alert: bool = Field(
-        False, description="An accuracy or drift alert starts the training flow for a candidate."
-    )
-    promote_retrained: bool = Field(
-        False, description="Promote that candidate to the default alias (never, unless set)."
-    )
-
-
-class ModelSpec(_Section):
-    """A model declared in the project file: what to predict, from which features, how."""
-
-    task: Literal["regression", "binary"] = Field(description="What kind of prediction.")
-    label: str = Field(description="Label column of the entity source, or a DuckDB expression.")
-    feature_service: str = Field(description="Feast feature service giving the features.")
     entity_source: str | None = Field(
-        None, description="Entity/label table (default: dataset.entity_source)."
+        None,
+        description="Source table holding entities, event times and labels (a model's own "
+        "entity_source wins).",
     )
-    timestamp_column: str = Field("event_timestamp", description="Event time of each entity row.")
-    row_filter: str | None = Field(None, description="DuckDB condition selecting the rows to use.")
-    split: SplitSettings
-    algorithm: Literal["lightgbm", "hist_gradient_boosting", "ridge", "logistic_regression"] = (
-        Field("lightgbm", description="Learner.")
-    )
-    params: dict[str, Any] = Field(default_factory=dict, description="Fixed learner parameters.")
-    search: SearchSettings = Field(default_factory=SearchSettings)
-    partition_by: str | None = Field(
-        None, description="Train one model per value of this column too."
-    )
-    min_partition_rows: int = Field(2000, ge=1, description="Fewer training rows: use the parent.")
-    baseline_by: list[str] = Field(
-        default_factory=list,
-        description="Naive baseline: mean label per these columns (train window).",
-    )
-    threshold: float | None = Field(
-        None, description="Binary decision threshold (default: best F1 on validation)."
-    )
-    labels: LabelSpec | None = Field(None, description="Late-arriving labels for monitoring.")
-    monitoring: ModelMonitoring = Field(default_factory=ModelMonitoring)
 
 
-class RegistrySettings(_Section):
+class RegistrySettings(Section):
     """The model repository, built on BentoML's model store."""
 
     bentoml_home: Path | None = Field(
@@ -217,7 +102,7 @@ class RegistrySettings(_Section):
     )
 
 
-class ServingSettings(_Section):
+class ServingSettings(Section):
     """The online prediction service (BentoML) and library mode."""
 
     host: str = Field(
@@ -268,9 +153,14 @@ class ServingSettings(_Section):
         default_factory=dict,
         description="Per model: a version scored and logged but never returned.",
     )
+    example_row: dict[str, Any] | None = Field(
+        None,
+        description="A request row (entity keys and request fields) shown as the example of "
+        "POST /predict in the service's Swagger UI; none: no example.",
+    )
 
 
-class PredictionLogSettings(_Section):
+class PredictionLogSettings(Section):
     """Where served predictions go: a Redis Stream, drained into Parquet."""
 
     stream: str = Field("maquette:predictions", description="Redis Stream of logged predictions.")
@@ -283,12 +173,17 @@ class PredictionLogSettings(_Section):
     )
 
 
-class StreamSettings(_Section):
-    """The speed layer: departure events on a Redis Stream, windowed aggregates pushed to Feast."""
+class StreamSettings(Section):
+    """The speed layer: events on a Redis Stream, windowed aggregates pushed to Feast."""
 
-    stream: str = Field("maquette:departures", description="Redis Stream of departure events.")
+    # Which events and windows is the project's code, not a setting: this names it.
+    definition: str | None = Field(
+        None,
+        description="The stream's events and windows: 'module:attribute' of a StreamDefinition.",
+    )
+    stream: str = Field("maquette:events", description="Redis Stream of the events.")
     dead_letter: str = Field(
-        "maquette:departures:dead", description="Stream of rejected events, each with its reason."
+        "maquette:events:dead", description="Stream of rejected events, each with its reason."
     )
     group: str = Field("speed-layer", description="Consumer group of the stream processor.")
     consumer: str = Field("processor-1", description="Consumer name (pending entries are its own).")
@@ -308,8 +203,8 @@ class StreamSettings(_Section):
         5_000_000, ge=1, description="Approximate cap on the event stream's length (XADD MAXLEN)."
     )
     events_source: str | None = Field(
-        "flights",
-        description="Offline table of historical departures (backfill, replay); null: none.",
+        None,
+        description="Offline table of historical events (backfill, replay); null: none.",
     )
     backfill_before: datetime | None = Field(
         None,
@@ -319,10 +214,10 @@ class StreamSettings(_Section):
     @field_validator("backfill_before", mode="before")
     @classmethod
     def _utc(cls, value: Any) -> Any:
-        return None if value is None else TimeWindow._utc(value)
+        return None if value is None else as_utc(value)
 
 
-class MonitoringSettings(_Section):
+class MonitoringSettings(Section):
     """Live metrics, Evidently reports, skew and freshness checks, alerts."""
 
     windows: list[Literal["hourly", "daily"]] = Field(
@@ -356,7 +251,7 @@ class MonitoringSettings(_Section):
 Component = Literal["redis", "prefect", "deployments", "service", "stream"]
 
 
-class ScheduleSettings(_Section):
+class ScheduleSettings(Section):
     """Cron schedule of each flow's deployments (null: deployed, run on demand only)."""
 
     materialize: str | None = Field("0 * * * *", description="Incremental materialization.")
@@ -368,7 +263,7 @@ class ScheduleSettings(_Section):
     )
 
 
-class OrchestrationSettings(_Section):
+class OrchestrationSettings(Section):
     """`maquette up`: a local Prefect server, the deployments and the components kept running."""
 
     host: str = Field(
@@ -385,9 +280,10 @@ class OrchestrationSettings(_Section):
     )
     schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
     timezone: str = Field("UTC", description="Time zone of the cron schedules.")
-    batch_entities: str = Field(
-        "SELECT * FROM flights WHERE event_timestamp >= '2013-12-01'",
-        description="Entities scored by the daily batch_predict deployments (path or DuckDB SELECT).",
+    batch_entities: str | None = Field(
+        None,
+        description="Entities scored by the daily batch_predict deployments (path or DuckDB "
+        "SELECT); null: no batch_predict deployments.",
     )
     batch_output: Path = Field(
         Path(".maquette/batch"),
@@ -406,14 +302,14 @@ class OrchestrationSettings(_Section):
         return f"http://{self.host}:{self.prefect_port}"
 
 
-class DemoSettings(_Section):
+class DemoSettings(Section):
     """What `maquette demo` replays after training: live traffic over a stretch of history."""
 
-    replay_start: datetime = Field(
-        datetime(2013, 12, 1, tzinfo=UTC), description="First instant replayed (UTC)."
+    replay_start: datetime | None = Field(
+        None, description="First instant replayed (UTC); `maquette demo` needs it."
     )
-    replay_end: datetime = Field(
-        datetime(2014, 1, 1, tzinfo=UTC), description="End of the replay (UTC, exclusive)."
+    replay_end: datetime | None = Field(
+        None, description="End of the replay (UTC, exclusive); `maquette demo` needs it."
     )
     quick_days: float = Field(2.0, gt=0, description="Days replayed by `maquette demo --quick`.")
     slot_minutes: int = Field(
@@ -423,7 +319,7 @@ class DemoSettings(_Section):
     @field_validator("replay_start", "replay_end", mode="before")
     @classmethod
     def _utc(cls, value: Any) -> Any:
-        return TimeWindow._utc(value)
+        return None if value is None else as_utc(value)
 
 
 class Settings(BaseSettings):
@@ -490,6 +386,27 @@ class Settings(BaseSettings):
                 f"no model named {name!r} in maquette.yaml.", f"Declared models: {known}."
             )
         return self.models[name]
+
+    def entity_source(self, spec: ModelSpec | None = None) -> str:
+        """The table of entities, event times and labels: the model's own, else the dataset's."""
+        source = (spec.entity_source if spec else None) or self.dataset.entity_source
+        if source is None:
+            raise ConfigError(
+                "dataset.entity_source is not set, so no table is known to hold the entities.",
+                "Set dataset.entity_source in maquette.yaml to the source table with the entity "
+                "keys, event times and labels (or entity_source on the model).",
+            )
+        return source
+
+    def default_feature_service(self) -> str:
+        """The feature service a call uses when it names none (feast.feature_service)."""
+        if self.feast.feature_service is None:
+            raise ConfigError(
+                "no feature service was named and feast.feature_service is not set.",
+                "Name the feature service in the call, or set feast.feature_service in "
+                "maquette.yaml to one defined in the feature repo.",
+            )
+        return self.feast.feature_service
 
 
 def find_project_dir(start: Path | None = None) -> Path:

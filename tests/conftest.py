@@ -50,13 +50,14 @@ def running_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def make_project(folder: Path, redis_url: str | None, **overrides: object) -> Path:
-    """A copy of this project's maquette.yaml and feature_repo/ in `folder`."""
+    """A copy of this project's maquette.yaml, feature_repo/, flows/ and bentos/ in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(
-        ROOT / "feature_repo",
-        folder / "feature_repo",
-        ignore=shutil.ignore_patterns("__pycache__", "data"),
-    )
+    for part in ("feature_repo", "flows", "bentos"):
+        shutil.copytree(
+            ROOT / part,
+            folder / part,
+            ignore=shutil.ignore_patterns("__pycache__", "data", ".aliases.json"),
+        )
     config = yaml.safe_load((ROOT / "maquette.yaml").read_text())
     config["redis"]["url"] = redis_url
     config["registry"] = {
@@ -82,8 +83,8 @@ def project_dir(tmp_path_factory: pytest.TempPathFactory, running_redis: str) ->
 @pytest.fixture(scope="session")
 def loaded_project(project_dir: Path) -> Settings:
     """Settings of a project with nycflights13 loaded, applied to Feast and fully materialized."""
-    from maquette.data.sources import load_dataset
     from maquette.features.layer import FeatureLayer
+    from maquette.stream.backfill import load_dataset
 
     settings = load_settings(project_dir)
     load_dataset(settings)

@@ -1,10 +1,13 @@
+from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 from feast.repo_config import load_repo_config
+from pydantic import BaseModel
 
-from maquette.config import load_settings
+from maquette.config import Settings, load_settings
 from maquette.data.redis_server import embedded_url, redis_url
 from maquette.errors import ConfigError
 from maquette.features.layer import repo_config
@@ -63,4 +66,62 @@ def test_unknown_setting_is_a_config_error_naming_the_field(tmp_path: Path) -> N
 def test_wrong_type_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "maquette.yaml").write_text(yaml.safe_dump({"redis": {"port": "high"}}))
     with pytest.raises(ConfigError, match="port"):
+        load_settings(tmp_path)
+
+
+def _sections(model: type[BaseModel]) -> Iterator[type[BaseModel]]:
+    yield model
+    for field in model.model_fields.values():
+        for kind in (field.annotation, *get_args(field.annotation)):
+            for inner in (kind, *get_args(kind)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    yield from _sections(inner)
+
+
+def test_every_setting_has_a_description() -> None:
+    missing = [
+        f"{section.__name__}.{name}"
+        for section in dict.fromkeys(_sections(Settings))
+        for name, field in section.model_fields.items()
+        if not field.description
+        and not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel))
+    ]
+    assert missing == []
+
+
+def test_default_settings_know_nothing_of_the_demo_dataset(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path)
+    assert settings.dataset.module is None and settings.dataset.entity_source is None
+    assert settings.feast.feature_service is None and settings.stream.events_source is None
+    assert settings.orchestration.batch_entities is None
+    assert settings.demo.replay_start is None and settings.demo.replay_end is None
+
+
+def test_unset_entity_source_is_a_config_error_saying_what_to_set(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"dataset\.entity_source") as caught:
+        load_settings(tmp_path).entity_source()
+    assert "Set dataset.entity_source in maquette.yaml" in caught.value.remedy
+
+
+def test_a_models_own_entity_source_wins_over_the_datasets(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path)
+    settings.dataset.entity_source = "events"
+    spec = (
+        load_settings(ROOT).model_spec("flight_delay").model_copy(update={"entity_source": "own"})
+    )
+    assert (settings.entity_source(), settings.entity_source(spec)) == ("events", "own")
+
+
+def test_unset_default_feature_service_is_a_config_error_saying_what_to_set(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match=r"feast\.feature_service is not set"):
+        load_settings(tmp_path).default_feature_service()
+
+
+def test_labels_without_time_column_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "maquette.yaml").read_text())
+    del config["models"]["flight_delay"]["labels"]["time_column"]
+    (tmp_path / "maquette.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"flight_delay\.labels\.time_column"):
         load_settings(tmp_path)

@@ -64,7 +64,7 @@ def test_train_flow_registers_a_version_on_a_prefect_server(
     )
     assert state.is_completed()
     version = registry.resolve(loaded_project, state.result())
-    assert version.record["search"]["trials"][0]["number"] == 0
+    assert version.record.search.trials[0].number == 0
     assert version.report.is_file()
 
 

@@ -4,13 +4,13 @@ runner, the BentoML service (and the stream processor once `maquette stream run`
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from maquette.cli import app
 from maquette.config import Settings, load_settings
 from maquette.platform import components as platform
-from tests.conftest import ROOT, free_port, make_project
+from tests.conftest import free_port, make_project
 
 runner = CliRunner()
 # Rare schedules (1 January), each different, so no run fires during the test and each
@@ -172,11 +172,10 @@ def test_an_unknown_component_is_a_config_error_listing_the_known_ones(tmp_path:
 
 def test_deployments_follow_the_settings_and_skip_missing_flows(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    import flows.deployments as deployments
+    from maquette.platform.deployments import flow_deployments
 
     folder = make_project(
         tmp_path / "project",
@@ -184,7 +183,7 @@ def test_deployments_follow_the_settings_and_skip_missing_flows(
         orchestration={"schedules": {"drain": "*/5 * * * *"}, "batch_output": "scored"},
     )
     settings = load_settings(folder)
-    built = {f"{d.flow_name}/{d.name}": d for d in deployments.deployments(settings)}
+    built = {f"{d.flow_name}/{d.name}": d for d in flow_deployments(settings)}
     assert [s.schedule.cron for s in built["drain/prediction-log"].schedules] == ["*/5 * * * *"]
     assert [s.schedule.cron for s in built["materialize/incremental"].schedules] == ["0 * * * *"]
     assert built["train/flight_delay"].parameters == {
@@ -195,14 +194,35 @@ def test_deployments_follow_the_settings_and_skip_missing_flows(
     assert batch["model"] == "late_arrival@production"
     assert batch["output_dir"] == str(folder.resolve() / "scored" / "late_arrival")
 
-    # A project's own flows/ folder wins; a flow found nowhere is skipped with a warning.
-    (folder / "flows").mkdir()
-    shutil.copy(ROOT / "flows" / "drain.py", folder / "flows" / "drain.py")
-    monkeypatch.setattr(deployments, "CHECKOUT", tmp_path / "elsewhere")
-    only = deployments.deployments(settings)
+    # Flows come from the project's flows folder only: one it lacks is skipped with a warning.
+    for name in ("materialize", "monitor", "batch_predict", "train"):
+        (folder / "flows" / f"{name}.py").unlink()
+    only = flow_deployments(settings)
     assert [f"{d.flow_name}/{d.name}" for d in only] == ["drain/prediction-log"]
     # Prefect's handler writes to stderr, unless pytest's log capture got the logger first.
-    assert "flows/train.py not found" in caplog.text + capfd.readouterr().err
+    assert f"{folder.resolve() / 'flows' / 'train.py'} not found" in (
+        caplog.text + capfd.readouterr().err
+    )
+
+
+def test_batch_predict_without_batch_entities_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from maquette.platform.deployments import flow_deployments
+
+    folder = make_project(tmp_path / "project", None, orchestration={"batch_entities": None})
+    names = [f"{d.flow_name}/{d.name}" for d in flow_deployments(load_settings(folder))]
+    assert names and not [n for n in names if n.startswith("batch_predict/")]
+    assert "orchestration.batch_entities is not set" in caplog.text + capfd.readouterr().err
+
+
+def test_up_without_the_runner_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "project", None)
+    (folder / "flows" / "deployments.py").unlink()
+    result = runner.invoke(app, ["up", "--component", "deployments", "--project", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert "no flow file" in result.output and "paths.flows" in result.output
+    assert not (folder / ".maquette" / "run" / "deployments.json").exists()
 
 
 @pytest.mark.slow
@@ -231,3 +251,23 @@ def test_the_service_component_answers_ready_with_production_models(
     finally:
         (stopped,) = platform.down(settings, ["service"])
     assert stopped.state == "stopped"
+
+
+def test_demo_without_a_replay_period_is_a_config_error_saying_what_to_set(
+    tmp_path: Path,
+) -> None:
+    from maquette.errors import ConfigError
+    from maquette.platform.demo import replay_period
+
+    folder = make_project(tmp_path / "project", None, demo={"replay_end": None})
+    with pytest.raises(ConfigError, match=r"demo\.replay_start and demo\.replay_end"):
+        replay_period(load_settings(folder))
+
+
+def test_a_quick_demo_replays_quick_days_from_the_replay_start(tmp_path: Path) -> None:
+    from maquette.platform.demo import replay_period
+
+    settings = load_settings(make_project(tmp_path / "project", None, demo={"quick_days": 2}))
+    start, end = replay_period(settings, quick=True)
+    assert (start, end - start) == (settings.demo.replay_start, timedelta(days=2))
+    assert replay_period(settings) == (settings.demo.replay_start, settings.demo.replay_end)

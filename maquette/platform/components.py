@@ -3,8 +3,8 @@
     component     process                                          health check
     redis         redis-server daemon (redis_server.ensure_redis)   PING
     prefect       prefect server start, PREFECT_HOME in the state   GET /api/health
-    deployments   flows/deployments.py: Prefect `serve`             GET /health of the runner
-    service       bentoml serve bentos.service (serving.py)         GET /readyz (/healthz: unready)
+    deployments   <paths.flows>/deployments.py: Prefect `serve`     GET /health of the runner
+    service       bentoml serve of <paths.bentos>/service.py        GET /readyz (/healthz: unready)
     stream        maquette stream run                               alive for a few seconds
 
 Each process starts in a session of its own, so it outlives the command that started it, and
@@ -37,6 +37,8 @@ import psutil
 from maquette.config import Settings
 from maquette.data import redis_server
 from maquette.errors import ComponentFailed, ConfigError
+from maquette.platform.flows import runner_file
+from maquette.serving.server import service_process
 
 COMPONENTS = ("redis", "prefect", "deployments", "service", "stream")
 # Started only once these answer (when they are started too).
@@ -44,7 +46,6 @@ NEEDS = {"deployments": ("prefect",), "service": ("redis",), "stream": ("redis",
 # Alive at least this long before a component without a health endpoint counts as running.
 SETTLE_S = 3.0
 UP = ("running", "unready")  # states in which `up` leaves a component alone
-CHECKOUT = Path(__file__).resolve().parents[2]
 # Environment variable marking every process of a component, children included.
 MARK = "MAQUETTE_COMPONENT_TOKEN"
 
@@ -84,7 +85,7 @@ def prefect_api(settings: Settings) -> Iterator[str]:
 def run_deployment(
     settings: Settings, name: str, parameters: dict[str, Any] | None = None, timeout_s: float = 0
 ) -> Any:
-    """Start FLOW/DEPLOYMENT (e.g. "train/flight_delay") on the platform; wait up to timeout_s."""
+    """Start FLOW/DEPLOYMENT (e.g. "train/<model>") on the platform; wait up to timeout_s."""
     from prefect.deployments import run_deployment as start
 
     with prefect_api(settings):
@@ -135,15 +136,11 @@ def _launch(settings: Settings, name: str, log: IO[bytes], token: str) -> subpro
         "start_new_session": True,
     }
     if name == "service":
-        from maquette.serving.predictor import service_process
-
         # service_process builds its environment from ours: lend it the mark for the call.
         inherited = os.environ.get(MARK)
         os.environ[MARK] = token
         try:
-            return service_process(
-                settings.project_dir, settings.serving.host, settings.serving.port, **popen
-            )
+            return service_process(settings, settings.serving.host, settings.serving.port, **popen)
         finally:
             if inherited is None:
                 del os.environ[MARK]
@@ -153,7 +150,7 @@ def _launch(settings: Settings, name: str, log: IO[bytes], token: str) -> subpro
     bind = ["--host", o.host, "--port", str(o.prefect_port)]
     arguments = {
         "prefect": ["-m", "prefect", "server", "start", *bind],
-        "deployments": [str(CHECKOUT / "flows" / "deployments.py"), "--project", project],
+        "deployments": [str(runner_file(settings)), "--project", project],
         "stream": ["-m", "maquette", "stream", "run", "--project", project],
     }
     env = {**os.environ, **prefect_env(settings), MARK: token}
@@ -226,7 +223,7 @@ def _process(record: dict[str, Any]) -> psutil.Process | None:
 
 def _alive(process: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
-        return process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
     return False
 
 
@@ -355,8 +352,11 @@ def up(
     A component that fails does not stop the others (only those needing it); ComponentFailed
     at the end names every failure with the end of its log.
     """
+    names = _names(settings, components, False)
+    if "deployments" in names:
+        runner_file(settings)  # a project without it fails here, before anything starts
     with _exclusive(settings):
-        return _up(settings, _names(settings, components, False), announce)
+        return _up(settings, names, announce)
 
 
 def _up(

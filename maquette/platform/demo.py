@@ -3,9 +3,10 @@
 Start the platform (Redis, Prefect server) -> load the offline store (and backfill the
 streaming features) -> `feast apply` -> start the deployments and the stream processor ->
 materialize up to the replay start -> build a training frame -> train, register and promote
-every declared model -> start the prediction service -> replay live traffic (December 2013 for
-the demo): hour by hour, materialize, publish the hour's departures to the stream, send the
-next hour's flights to the HTTP service -> drain the prediction log -> one monitoring pass.
+every declared model -> start the prediction service -> replay live traffic (`demo.replay_start`
+to `demo.replay_end`): slot by slot, materialize, publish the slot's events to the stream, send
+the next slot's entity rows to the HTTP service -> drain the prediction log -> one monitoring
+pass.
 The CLI renders progress and chooses how flows run (on the platform's Prefect server); this
 module only does the work.
 """
@@ -19,13 +20,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import duckdb
+import httpx
 import pyarrow as pa
 
+from maquette import registry
 from maquette.config import Settings
 from maquette.data import sources as datasets
 from maquette.data.redis_server import redis_url
-from maquette.features.layer import FeatureLayer, MaterializeResult, OnlineFeatures
+from maquette.data.sql import duckdb_connection
+from maquette.errors import ConfigError
+from maquette.features import redis_layout as wire
+from maquette.features.layer import FeatureLayer
+from maquette.features.materialize import MaterializeResult
+from maquette.features.online import OnlineFeatures
+from maquette.monitoring import monitor as monitoring
+from maquette.platform import components as platform
+from maquette.platform import replay
+from maquette.platform.components import prefect_api
+from maquette.platform.flows import project_flow
+from maquette.serving import prediction_log as predictions
+from maquette.stream.aggregations import stream_definition
+from maquette.stream.backfill import load_dataset
+from maquette.stream.events import publish
+from maquette.stream.history import events_sql
+from maquette.stream.operations import reset
+from maquette.training import pipeline as training
 
 Progress = Callable[[str, int, int], None]
 # (settings, model name, trials or None) -> registered "NAME:VERSION"
@@ -35,8 +54,6 @@ Monitor = Callable[[Settings, datetime], Any]
 
 
 def train_plain(settings: Settings, name: str, trials: int | None) -> str:
-    from maquette.training import pipeline as training
-
     return str(training.train(settings, name, trials).tag)
 
 
@@ -71,24 +88,48 @@ def _stage(report: DemoReport, name: str, announce: Callable[[str], None]) -> It
 
 def entity_frame(settings: Settings, limit: int | None = None) -> pa.Table:
     """Entity and label rows of the dataset's entity source (newest last)."""
-    path = datasets.require_loaded(settings, settings.dataset.entity_source)
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    path = datasets.require_loaded(settings, settings.entity_source())
+    con = duckdb_connection()
     sql = "SELECT * FROM read_parquet($path) ORDER BY event_timestamp"
     if limit:
         sql += f" LIMIT {int(limit)}"
     return con.sql(sql, params={"path": str(path)}).to_arrow_table()
 
 
+def labelled_rows(settings: Settings, entities: pa.Table) -> int:
+    """Entity rows whose label is known, by the first declared model's label (0 without one)."""
+    spec = next(iter(settings.models.values()), None)
+    if spec is None:
+        return 0
+    con = duckdb_connection()
+    con.register("entities", entities)
+    sql = f"SELECT count(*) FROM entities WHERE ({spec.label}) IS NOT NULL"
+    found = con.execute(sql).fetchone()
+    return int(found[0]) if found else 0
+
+
+def replay_period(settings: Settings, quick: bool = False) -> tuple[datetime, datetime]:
+    """[start, end) of the replayed traffic: `demo.replay_*`, cut to `demo.quick_days` if quick."""
+    demo = settings.demo
+    if demo.replay_start is None or demo.replay_end is None:
+        raise ConfigError(
+            "demo.replay_start and demo.replay_end must be set for the demo's replay.",
+            "Set them in maquette.yaml to a stretch of the entity source's event times after "
+            "the models' test window, e.g. `demo: {replay_start: 2024-06-01, replay_end: "
+            "2024-07-01}`.",
+        )
+    if not quick:
+        return demo.replay_start, demo.replay_end
+    return demo.replay_start, min(
+        demo.replay_end, demo.replay_start + timedelta(days=demo.quick_days)
+    )
+
+
 def request_fields(settings: Settings, layer: FeatureLayer, name: str) -> list[str]:
     """What a prediction request of model `name` carries: entity keys, partition key, request
     fields (in the service's own terms)."""
     spec = settings.model_spec(name)
-    plan = layer._plan(spec.feature_service)
-    keys = [k for g in plan.groups for k in g.join_keys]
-    if spec.partition_by:
-        keys.append(spec.partition_by)
-    return list(dict.fromkeys([*keys, *plan.request_fields]))
+    return layer.request_keys(spec.feature_service, spec.partition_by)
 
 
 @dataclass
@@ -97,7 +138,7 @@ class TrafficReport:
 
     start: datetime
     end: datetime
-    flights: int = 0
+    entity_rows: int = 0
     skipped: int = 0
     requests: int = 0
     failures: int = 0
@@ -111,46 +152,94 @@ class TrafficReport:
 
     @property
     def rows_per_request(self) -> float:
-        # Each slot's flights go once to every model.
-        return self.flights * self.models / max(self.requests, 1)
+        # Each slot's entity rows go once to every model.
+        return self.entity_rows * self.models / max(self.requests, 1)
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
-def publish_departures(
+def publish_events(
     settings: Settings, layer: FeatureLayer, start: datetime, end: datetime, timeout_s: float = 30
 ) -> tuple[int, float]:
-    """Publish the historical departures in [start, end) to the stream, then wait until the
+    """Publish the historical events in [start, end) to the stream, then wait until the
     stream processor's value for the last of them is readable online. (events, seconds waited)
 
     The processor writes each batch online as soon as it reads it, in event order, so once the
     last event's rows are in Redis, every earlier one is too.
     """
-    from maquette.features import redis_layout as wire
-    from maquette.stream import processor as stream
 
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    events = con.sql(stream.events_sql(settings, start, end)).to_arrow_table().to_pylist()
+    definition = stream_definition(settings)
+    con = duckdb_connection()
+    events = con.sql(events_sql(settings, start, end)).to_arrow_table().to_pylist()
     if not events:
         return 0, 0.0
-    stream.publish(settings, events)
+    publish(settings, events)
     last = events[-1]
     began = time.perf_counter()
-    for agg in stream.AGGREGATIONS:
-        (group,) = layer._plan([f"{agg.view}:{agg.feature_names[0]}"]).groups
+    for agg in definition.aggregations:
+        (group,) = layer.read_plan([f"{agg.view}:{agg.feature_names[0]}"]).groups
         key = wire.entity_key_bytes(
             {agg.key: last[agg.key]}, group.key_types, settings.feast.project
         )
-        due = last[stream.EVENT_TIME].timestamp()
+        due = last[definition.event_time].timestamp()
         while time.perf_counter() - began < timeout_s:
             stored = wire.decode_timestamp_seconds(layer.redis.hget(key, wire.ts_field(agg.view)))
             if stored is not None and stored >= due:
                 break
             time.sleep(0.005)
     return len(events), time.perf_counter() - began
+
+
+class _PredictionRequests:
+    """Sends a slot's entity rows to every model, one request per model, recording each answer."""
+
+    def __init__(self, settings: Settings, client: httpx.Client, report: TrafficReport) -> None:
+        self.names = list(settings.models)
+        self.alias = settings.serving.default_alias
+        self.client = client
+        self.report = report
+
+    def __call__(self, batch: list[dict[str, Any]], when: datetime) -> list[Any]:
+        body_rows = [_json_row(r) for r in batch]
+        answers = []
+        for name in self.names:
+            tick = time.perf_counter()
+            response = self.client.post(
+                "/predict",
+                json={
+                    "rows": body_rows,
+                    "model": f"{name}@{self.alias}",
+                    "as_of": when.isoformat(),
+                },
+            )
+            self.report.request_ms.append((time.perf_counter() - tick) * 1000)
+            self.report.requests += 1
+            if response.status_code != 200:
+                self.report.failures += 1
+                if len(self.report.errors) < 5:
+                    self.report.errors.append(f"{response.status_code}: {response.text[:200]}")
+                continue
+            answers.extend(response.json()["predictions"])
+        return answers
+
+
+class _StreamFollower:
+    """At each slot start, publishes the events not yet published and waits for the processor."""
+
+    def __init__(
+        self, settings: Settings, layer: FeatureLayer, start: datetime, report: TrafficReport
+    ) -> None:
+        self.settings, self.layer, self.until, self.report = settings, layer, start, report
+
+    def __call__(self, clock: datetime, _upper: datetime) -> None:
+        if clock <= self.until:
+            return
+        events, waited = publish_events(self.settings, self.layer, self.until, clock)
+        self.report.events += events
+        self.report.stream_wait_s += waited
+        self.until = clock
 
 
 def replay_traffic(
@@ -164,78 +253,117 @@ def replay_traffic(
 ) -> TrafficReport:
     """Replay [start, end) as live traffic through the HTTP service, slot by slot.
 
-    At each slot start T: materialize up to T, publish the departures before T to the stream
-    and wait for the processor, then send the slot's flights to every model in one request
-    per model, as of T (a prediction made up to one slot ahead of departure).
+    At each slot start T: materialize up to T, publish the events before T to the stream and
+    wait for the processor, then send the slot's entity rows to every model in one request
+    per model, as of T (a prediction made up to one slot ahead of the event).
     """
-    import httpx
-
-    from maquette.platform import replay
-
     names = list(settings.models)
     report = TrafficReport(start, end, models=len(names))
     fields = list(dict.fromkeys(f for n in names for f in request_fields(settings, layer, n)))
     rows = replay.entity_rows(settings, names[0], start, end)
     report.skipped = int(rows[fields].isna().any(axis=1).sum())
     rows = rows.dropna(subset=fields)
-    report.flights = len(rows)
-    headers = (
-        {"Authorization": f"Bearer {settings.serving.api_key}"} if settings.serving.api_key else {}
-    )
-    published = {"until": start}
-
-    def on_slot(clock: datetime, _upper: datetime) -> None:
-        if not with_stream or clock <= published["until"]:
-            return
-        events, waited = publish_departures(settings, layer, published["until"], clock)
-        report.events += events
-        report.stream_wait_s += waited
-        published["until"] = clock
-
+    report.entity_rows = len(rows)
+    key = settings.serving.api_key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    follow = _StreamFollower(settings, layer, start, report) if with_stream else None
     began = time.perf_counter()
     with httpx.Client(base_url=service_url, headers=headers, timeout=30) as client:
-
-        def send(batch: list[dict[str, Any]], when: datetime) -> list[Any]:
-            body_rows = [_json_row(r) for r in batch]
-            answers = []
-            for name in names:
-                tick = time.perf_counter()
-                response = client.post(
-                    "/predict",
-                    json={
-                        "rows": body_rows,
-                        "model": f"{name}@{settings.serving.default_alias}",
-                        "as_of": when.isoformat(),
-                    },
-                )
-                report.request_ms.append((time.perf_counter() - tick) * 1000)
-                report.requests += 1
-                if response.status_code != 200:
-                    report.failures += 1
-                    if len(report.errors) < 5:
-                        report.errors.append(f"{response.status_code}: {response.text[:200]}")
-                    continue
-                answers.extend(response.json()["predictions"])
-            return answers
-
         result = replay.replay(
             settings,
             rows,
             fields,
-            send,
+            _PredictionRequests(settings, client, report),
             start,
             end,
             slot=timedelta(minutes=settings.demo.slot_minutes),
             timestamp_column=settings.model_spec(names[0]).timestamp_column,
-            on_slot=on_slot,
+            on_slot=follow,
             progress=(lambda done, total: progress("replay", done, total)) if progress else None,
             layer=layer,
             per_slot=True,
         )
-    on_slot(end, end)  # the last departures, so the stream has the whole period
+    if follow is not None:
+        follow(end, end)  # the last events, so the stream has the whole period
     report.materialize_s = result.materialize_s
     report.seconds = time.perf_counter() - began
     return report
+
+
+def _prepare_features(
+    settings: Settings,
+    layer: FeatureLayer,
+    report: DemoReport,
+    start: datetime,
+    announce: Callable[[str], None],
+    progress: Progress | None,
+) -> None:
+    """Platform, offline store, Feast registry, online store up to `start`, a training frame."""
+    with _stage(report, "start Redis and Prefect", announce):
+        report.platform = platform.up(settings, ["redis", "prefect"], announce)
+        report.redis_url = redis_url(settings)
+        # A rerun replays the same history: start from an empty online store and stream.
+        platform.down(settings, ["stream"])
+        reset(settings)
+        layer.clear_online()
+    with _stage(report, "load offline store", announce):
+        report.tables = load_dataset(settings, announce)
+    with _stage(report, "feast apply", announce):
+        report.registered = layer.apply()
+    with _stage(report, "start deployments and stream processor", announce):
+        report.platform = platform.up(settings, ["deployments", "stream"], announce)
+    with _stage(report, "materialize to Redis", announce):
+        # Up to where the replay starts: the replay moves the online store along its clock.
+        report.materialized = layer.materialize(
+            datetime(1970, 1, 1, tzinfo=UTC), start, progress=progress
+        )
+    with _stage(report, "build training frame", announce):
+        entities = entity_frame(settings)
+        frame = layer.training_frame(entities)
+        report.training_rows, report.training_columns = frame.num_rows, frame.column_names
+        report.label_rows = labelled_rows(settings, entities)
+    with _stage(report, "read online features", announce):
+        before = entities.filter(pa.compute.less(entities["event_timestamp"], start))
+        row = {k: v[0] for k, v in before.slice(before.num_rows - 1, 1).to_pydict().items()}
+        report.online_entity = row
+        report.online_sample = layer.online_features([row], as_of=row["event_timestamp"])
+
+
+def _train_and_promote(
+    settings: Settings,
+    report: DemoReport,
+    trainer: Trainer,
+    quick: bool,
+    announce: Callable[[str], None],
+) -> None:
+    """Train every declared model and promote it to the serving alias."""
+    for name in settings.models:
+        with _stage(report, f"train {name}", announce):
+            tag = trainer(settings, name, 1 if quick else None)
+            registry.promote(settings, tag, settings.serving.default_alias)
+            report.models.append(registry.resolve(settings, tag))
+
+
+def _serve_and_replay(
+    settings: Settings,
+    layer: FeatureLayer,
+    report: DemoReport,
+    period: tuple[datetime, datetime],
+    announce: Callable[[str], None],
+    progress: Progress | None,
+) -> None:
+    """Start the service and replay the period through it, wall-clock schedules paused."""
+    start, end = period
+    with _stage(report, "start prediction service", announce):
+        report.platform = platform.up(settings, ["service"], announce)
+    with (
+        _stage(report, f"replay {start:%Y-%m-%d} to {end:%Y-%m-%d}", announce),
+        # A wall-clock materialization would load the whole replay period into Redis at once.
+        platform.schedules_paused(settings, ["materialize/incremental", "monitor/models"]),
+    ):
+        service = f"http://{settings.serving.host}:{settings.serving.port}"
+        with_stream = "stream" in settings.orchestration.components
+        report.traffic = replay_traffic(settings, layer, service, start, end, progress, with_stream)
 
 
 def run_demo(
@@ -250,78 +378,36 @@ def run_demo(
 
     `quick`: one search trial per model and `demo.quick_days` of replayed traffic.
     """
-    from maquette import registry
-    from maquette.platform import components as platform
-
     report = DemoReport()
     layer = FeatureLayer(settings)
-    demo = settings.demo
-    start = demo.replay_start
-    end = (
-        min(demo.replay_end, start + timedelta(days=demo.quick_days)) if quick else demo.replay_end
-    )
-    with _stage(report, "start Redis and Prefect", announce):
-        report.platform = platform.up(settings, ["redis", "prefect"], announce)
-        report.redis_url = redis_url(settings)
-        # A rerun replays the same history: start from an empty online store and stream.
-        platform.down(settings, ["stream"])
-        from maquette.stream import processor as stream
-
-        stream.reset(settings)
-        layer.clear_online()
-    with _stage(report, "load offline store", announce):
-        report.tables = datasets.load_dataset(settings, announce)
-    with _stage(report, "feast apply", announce):
-        report.registered = layer.apply()
-    with _stage(report, "start deployments and stream processor", announce):
-        report.platform = platform.up(settings, ["deployments", "stream"], announce)
-    with _stage(report, "materialize to Redis", announce):
-        # Up to where the replay starts: the replay moves the online store along its clock.
-        report.materialized = layer.materialize(
-            datetime(1970, 1, 1, tzinfo=UTC), start, progress=progress
-        )
-    with _stage(report, "build training frame", announce):
-        entities = entity_frame(settings)
-        frame = layer.training_frame(entities)
-        report.training_rows, report.training_columns = frame.num_rows, frame.column_names
-        if "arr_delay" in entities.column_names:
-            report.label_rows = entities.num_rows - entities["arr_delay"].null_count
-    with _stage(report, "read online features", announce):
-        before = entities.filter(pa.compute.less(entities["event_timestamp"], start))
-        row = {k: v[0] for k, v in before.slice(before.num_rows - 1, 1).to_pydict().items()}
-        report.online_entity = row
-        report.online_sample = layer.online_features([row], as_of=row["event_timestamp"])
-    for name in settings.models:
-        with _stage(report, f"train {name}", announce):
-            tag = trainer(settings, name, 1 if quick else None)
-            registry.promote(settings, tag, settings.serving.default_alias)
-            report.models.append(registry.resolve(settings, tag))
-    with _stage(report, "start prediction service", announce):
-        report.platform = platform.up(settings, ["service"], announce)
-    with (
-        _stage(report, f"replay {start:%Y-%m-%d} to {end:%Y-%m-%d}", announce),
-        # A wall-clock materialization would load the whole replay period into Redis at once.
-        platform.schedules_paused(settings, ["materialize/incremental", "monitor/models"]),
-    ):
-        service = f"http://{settings.serving.host}:{settings.serving.port}"
-        report.traffic = replay_traffic(
-            settings,
-            layer,
-            service,
-            start,
-            end,
-            progress,
-            "stream" in settings.orchestration.components,
-        )
+    start, end = replay_period(settings, quick)
+    _prepare_features(settings, layer, report, start, announce, progress)
+    _train_and_promote(settings, report, trainer, quick, announce)
+    _serve_and_replay(settings, layer, report, (start, end), announce, progress)
     with _stage(report, "drain prediction log", announce):
-        from maquette.serving import prediction_log as predictions
-
         report.drained = predictions.drain(settings).entries
     with _stage(report, "monitor", announce):
-        from maquette.monitoring import monitor as monitoring
-
-        # Judged at the end of the replay: labels of flights landed by then are known.
+        # Judged at the end of the replay: the labels known by then are joined.
         runner = monitor or (lambda s, when: monitoring.run(s, None, when, announce=announce))
         report.monitoring = runner(settings, end)
     report.platform = platform.status(settings)
     return report
+
+
+def run_demo_on_platform(
+    settings: Settings,
+    announce: Callable[[str], None] = lambda _: None,
+    progress: Progress | None = None,
+    quick: bool = False,
+) -> DemoReport:
+    """`run_demo` with training and monitoring run as the project's Prefect flows (`train`,
+    `monitor`), reporting to the platform's Prefect server rather than a throwaway one."""
+
+    def train_flow(s: Settings, name: str, trials: int | None) -> str:
+        return str(project_flow(s, "train")(name, trials, str(s.project_dir)))
+
+    def monitor_flow(s: Settings, as_of: datetime) -> Any:
+        return project_flow(s, "monitor")(str(s.project_dir), None, as_of)
+
+    with prefect_api(settings):
+        return run_demo(settings, announce, progress, quick, train_flow, monitor_flow)

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import duckdb
 import pandas as pd
 
 from maquette.config import Settings
 from maquette.data import sources as datasets
+from maquette.data.sql import duckdb_connection
 from maquette.features.layer import FeatureLayer
 
 # (rows of one request, request time) -> answers (anything; counted by length)
@@ -50,13 +50,12 @@ def entity_rows(
 ) -> pd.DataFrame:
     """Entity rows of `model`'s source with event time in [start, end), in time order."""
     spec = settings.model_spec(model)
-    source = datasets.require_loaded(settings, spec.entity_source or settings.dataset.entity_source)
+    source = datasets.require_loaded(settings, settings.entity_source(spec))
     ts = spec.timestamp_column
     where = f'"{ts}" >= $start AND "{ts}" < $end'
     if spec.row_filter:
         where += f" AND ({spec.row_filter})"
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
+    con = duckdb_connection()
     frame = con.sql(
         f"SELECT * FROM read_parquet('{source}') WHERE {where} ORDER BY \"{ts}\"",
         params={"start": start, "end": end},
@@ -93,7 +92,7 @@ def replay(
     """
     layer = layer or FeatureLayer(settings)
     # Views fed by a push source get their online values from the stream processor.
-    batch_views = [v.name for v in layer._feature_views() if not _pushed(v)]
+    batch_views = [v.name for v in layer.feature_views() if not _pushed(v)]
     result = ReplayResult(start, end)
     began = time.perf_counter()
     times = rows[timestamp_column]

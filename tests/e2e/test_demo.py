@@ -56,7 +56,7 @@ def test_quick_demo_runs_the_whole_lifecycle_from_a_fresh_project(
         ):
             assert stage in out, stage
         assert "336,776 rows" in out and "327,346 with a label" in out
-        assert " 0 failed" in out and "departure events through the stream" in out
+        assert " 0 failed" in out and "events through the stream" in out
         assert "live accuracy per day" in out and "2013-12-01" in out and "2013-12-02" in out
         assert "drift flight_delay:v1" in out and "alerts raised" in out
         assert "where to look" in out and "evidently ui --workspace" in out

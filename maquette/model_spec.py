@@ -1,0 +1,145 @@
+"""A model declared in `maquette.yaml`: task, label, features, time split, search, labels, alerts.
+
+`config.Settings.models` holds one `ModelSpec` per model name; `config` builds its sections on
+`Section` too. This module imports nothing from Maquette, so it sits below `config`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Section(BaseModel):
+    """A settings section: an unknown field is an error."""
+
+    # A misspelt setting must fail loudly, not silently fall back to its default.
+    model_config = ConfigDict(extra="forbid")
+
+
+def as_utc(value: Any) -> Any:
+    """A date, ISO string or naive datetime as an aware UTC datetime (plain dates: midnight)."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+class TimeWindow(Section):
+    """[start, end) in UTC; plain dates mean UTC midnight."""
+
+    start: datetime = Field(description="First instant of the window (inclusive).")
+    end: datetime = Field(description="End of the window (exclusive).")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _utc(cls, value: Any) -> Any:
+        return as_utc(value)
+
+
+class SplitSettings(Section):
+    """Time-based split: the model never sees a later window while fitting an earlier one."""
+
+    train: TimeWindow = Field(description="Rows the model is fitted on.")
+    validation: TimeWindow = Field(
+        description="Rows for early stopping, search and partition choice."
+    )
+    test: TimeWindow = Field(description="Rows for the final, untouched evaluation.")
+
+
+class SearchSettings(Section):
+    """Hyperparameter search: random sampling of `space` for `trials` fits."""
+
+    space: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per parameter: "uniform(a, b)", "loguniform(a, b)", "int(a, b)" or "choice(x, y)".',
+    )
+    trials: int = Field(8, ge=1, description="How many parameter sets to try.")
+    metric: str | None = Field(
+        None, description="Validation metric to optimize (default rmse / auc)."
+    )
+    early_stopping_rounds: int = Field(30, ge=1, description="Boosting rounds without improvement.")
+    seed: int = Field(7, description="Seed of the search and of the learners.")
+
+
+class LabelSpec(Section):
+    """Where a model's labels come from once they are known, and how they meet predictions."""
+
+    source: str | None = Field(
+        None, description="Table with the labels (default: the model's entity source)."
+    )
+    join_keys: list[str] = Field(description="Columns that match the logged entity keys.")
+    time_column: str = Field(
+        description="Column matching the request time field the service logs with each prediction."
+    )
+    available_at: str | None = Field(
+        None, description="Column saying when each label became known."
+    )
+
+
+class AlertThresholds(Section):
+    """Live values that raise an alert (unset: not checked)."""
+
+    rmse_above: float | None = Field(None, description="Regression: window RMSE above this.")
+    mae_above: float | None = Field(None, description="Regression: window MAE above this.")
+    r2_below: float | None = Field(None, description="Regression: window R² below this.")
+    auc_below: float | None = Field(None, description="Binary: window AUC below this.")
+    log_loss_above: float | None = Field(None, description="Binary: window log loss above this.")
+    drift_share_above: float | None = Field(
+        None, description="Share of served features drifted from the training reference."
+    )
+    missing_feature_rate_above: float | None = Field(
+        None, description="Share of predictions served with a missing or stale feature."
+    )
+    min_labelled: int = Field(
+        30, ge=1, description="Accuracy alerts need at least this many labelled rows in a window."
+    )
+
+
+class ModelMonitoring(Section):
+    """What monitoring watches for one model and what an alert does."""
+
+    thresholds: AlertThresholds = Field(default_factory=AlertThresholds)
+    retrain_on_alert: bool = Field(
+        False, description="An accuracy or drift alert starts the training flow for a candidate."
+    )
+    promote_retrained: bool = Field(
+        False, description="Promote that candidate to the default alias (never, unless set)."
+    )
+
+
+class ModelSpec(Section):
+    """A model declared in the project file: what to predict, from which features, how."""
+
+    task: Literal["regression", "binary"] = Field(description="What kind of prediction.")
+    label: str = Field(description="Label column of the entity source, or a DuckDB expression.")
+    feature_service: str = Field(description="Feast feature service giving the features.")
+    entity_source: str | None = Field(
+        None, description="Entity/label table (default: dataset.entity_source)."
+    )
+    timestamp_column: str = Field("event_timestamp", description="Event time of each entity row.")
+    row_filter: str | None = Field(None, description="DuckDB condition selecting the rows to use.")
+    split: SplitSettings
+    algorithm: Literal["lightgbm", "hist_gradient_boosting", "ridge", "logistic_regression"] = (
+        Field("lightgbm", description="Learner.")
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Fixed learner parameters.")
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    partition_by: str | None = Field(
+        None, description="Train one model per value of this column too."
+    )
+    min_partition_rows: int = Field(2000, ge=1, description="Fewer training rows: use the parent.")
+    baseline_by: list[str] = Field(
+        default_factory=list,
+        description="Naive baseline: mean label per these columns (train window).",
+    )
+    threshold: float | None = Field(
+        None, description="Binary decision threshold (default: best F1 on validation)."
+    )
+    labels: LabelSpec | None = Field(None, description="Late-arriving labels for monitoring.")
+    monitoring: ModelMonitoring = Field(default_factory=ModelMonitoring)
