@@ -131,8 +131,11 @@ def test_redis_status_reports_a_running_server(loaded_project: Settings) -> None
     assert result.exit_code == 0 and "running" in result.output and "True" in result.output
 
 
-def test_data_load_in_an_empty_folder_loads_the_demo_dataset(tmp_path: Path) -> None:
-    (tmp_path / "maquette.yaml").write_text("paths: {offline_store: offline}\n")
+def test_data_load_in_a_fresh_folder_loads_the_configured_dataset(tmp_path: Path) -> None:
+    (tmp_path / "maquette.yaml").write_text(
+        "paths: {offline_store: offline}\n"
+        "dataset: {module: maquette.examples.nycflights13.tables}\n"
+    )
     result = runner.invoke(app, ["data", "load", "--project", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "offline" / "route_daily.parquet").is_file()

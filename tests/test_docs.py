@@ -54,3 +54,14 @@ def test_readme_names_the_two_commands_and_ci_runs_the_test_one() -> None:
     assert "make demo" in README and "make test" in README
     ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
     assert ci.strip().splitlines()[-1] == "make test"
+
+
+def test_every_command_example_runs_that_command() -> None:
+    group = get_command(app)
+    for path in _command_paths():
+        command = group
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        if not hasattr(command, "commands"):
+            # Examples use placeholders (MODEL, KEY=VALUE), never one dataset's names.
+            assert f"Example: maquette {' '.join(path)}" in (command.help or ""), path

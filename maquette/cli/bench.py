@@ -1,0 +1,121 @@
+"""`maquette bench ...`: the stock way next to Maquette's, as ratios, in one run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from maquette.cli.options import OutOpt, ProjectOpt, console, model_name, project_settings
+from maquette.data import redis_server
+
+# The benchmarks are imported inside the commands: they load Feast, Prefect and BentoML, which
+# take seconds, and `maquette --help` must not wait for them.
+
+bench_app = typer.Typer(
+    help="Benchmarks: the stock way next to Maquette's, as ratios.", no_args_is_help=True
+)
+ModelArg = Annotated[
+    str | None, typer.Argument(help="Model to use (default: the first declared in maquette.yaml).")
+]
+
+
+@bench_app.command("features")
+def bench_features(
+    rows: Annotated[int, typer.Option(help="Entities for the materialize benchmark.")] = 1_000_000,
+    stock_rows: Annotated[
+        int | None,
+        typer.Option(help="Entities for stock Feast's materialize (default: same as --rows)."),
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Online reads per case.")] = 2000,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Stock Feast next to Maquette: materialize, online reads, training frames (same run).
+
+    Example: maquette bench features --rows 200000
+    """
+    from maquette.bench.features import run_feature_benchmarks
+
+    settings = project_settings(project)
+    markdown = run_feature_benchmarks(settings, rows, stock_rows or rows, repeats, console)
+    if out:
+        out.write_text(markdown)
+
+
+@bench_app.command("monitoring")
+def bench_monitoring(
+    name: ModelArg = None,
+    rows: Annotated[int, typer.Option(help="Logged predictions to join.")] = 1_000_000,
+    drift_rows: Annotated[int, typer.Option(help="Rows per side of the drift case.")] = 100_000,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Label join + live metrics on a large log; Evidently drift, stock vs Maquette's path.
+
+    Example: maquette bench monitoring --rows 200000 --drift-rows 20000
+    """
+    from maquette.bench.monitoring import run_monitoring_benchmarks
+
+    settings = project_settings(project)
+    name = model_name(settings, name)
+    markdown = run_monitoring_benchmarks(settings, name, rows, drift_rows, console)
+    if out:
+        out.write_text(markdown)
+
+
+@bench_app.command("training")
+def bench_training(
+    name: ModelArg = None,
+    trials: Annotated[int, typer.Option(help="Search budget for both runs.")] = 4,
+    project: ProjectOpt = None,
+) -> None:
+    """The train flow on a Prefect server next to the same steps as plain calls.
+
+    Example: maquette bench training MODEL --trials 4
+    """
+    from maquette.bench.training import run_training_benchmark
+
+    settings = project_settings(project)
+    run_training_benchmark(settings, model_name(settings, name), trials, console)
+
+
+@bench_app.command("serving")
+def bench_serving(
+    seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Maquette's service vs BentoML + get_online_features vs a bare endpoint, with wrk.
+
+    Example: maquette bench serving --seconds 10
+    """
+    from maquette.bench.serving import run_serving_benchmark
+
+    settings = project_settings(project)
+    redis_server.ensure_redis(settings)
+    markdown = run_serving_benchmark(settings, seconds, console)
+    if out:
+        out.write_text(markdown)
+
+
+@bench_app.command("stream")
+def bench_stream(
+    seconds: Annotated[float, typer.Option(help="Publishing time per Maquette rate.")] = 15,
+    stock_seconds: Annotated[
+        float, typer.Option(help="Publishing time per rate for stock FeatureStore.push.")
+    ] = 8,
+    backlog: Annotated[int, typer.Option(help="Events waiting before a capacity run.")] = 100_000,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """The stream processor vs stock FeatureStore.push at 1,000 and 5,000 events/s: rate and lag.
+
+    Example: maquette bench stream --seconds 15
+    """
+    from maquette.bench.stream import run_stream_benchmark
+
+    settings = project_settings(project)
+    markdown = run_stream_benchmark(settings, seconds, stock_seconds, backlog, console)
+    if out:
+        out.write_text(markdown)

@@ -1,0 +1,119 @@
+"""`maquette data ...` and `maquette features ...`: the offline store and the feature layer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from maquette.cli.options import ProjectOpt, console, progress_bars, project_settings, when
+from maquette.cli.render import online_features_table, tables_table
+from maquette.data import redis_server
+from maquette.stream.backfill import load_dataset
+
+# The feature layer is imported inside the commands: Feast takes seconds to import, and
+# `maquette --help` must not wait for it.
+
+data_app = typer.Typer(help="The offline store.", no_args_is_help=True)
+features_app = typer.Typer(
+    help="Feast feature views: apply, materialize, inspect.", no_args_is_help=True
+)
+
+
+@data_app.command("load")
+def data_load(project: ProjectOpt = None) -> None:
+    """Write the dataset's sources and feature tables to the offline store as Parquet.
+
+    Example: maquette data load
+    """
+    with console.status("loading"):
+        tables = load_dataset(project_settings(project))
+    console.print(tables_table(tables))
+
+
+@features_app.command("apply")
+def features_apply(project: ProjectOpt = None) -> None:
+    """Register the feature repo's definitions with Feast (in-process `feast apply`).
+
+    Example: maquette features apply
+    """
+    from maquette.features.layer import FeatureLayer
+
+    names = FeatureLayer(project_settings(project)).apply()
+    console.print(f"registered: {', '.join(names)}")
+
+
+@features_app.command("materialize")
+def features_materialize(
+    start: Annotated[
+        str | None, typer.Option(help="ISO start; default: where each view stopped.")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="ISO end (inclusive); default: now.")] = None,
+    view: Annotated[
+        list[str] | None, typer.Option(help="Only this feature view (repeatable).")
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Write the newest feature values per entity into Redis (Feast's layout, in bulk).
+
+    Example: maquette features materialize --start 2013-01-01 --end 2014-01-02
+    """
+    from maquette.cli.render import materialize_table
+    from maquette.features.layer import FeatureLayer
+
+    settings = project_settings(project)
+    redis_server.ensure_redis(settings)
+    layer = FeatureLayer(settings)
+    bar, update = progress_bars()
+    with bar:
+        if start is None:
+            result = layer.materialize_incremental(when(end), update)
+        else:
+            result = layer.materialize(when(start), when(end, datetime.now(UTC)), view, update)  # type: ignore[arg-type]
+    console.print(materialize_table(result))
+
+
+@features_app.command("list")
+def features_list(project: ProjectOpt = None) -> None:
+    """List feature services, feature views, their features and TTLs.
+
+    Example: maquette features list
+    """
+    from maquette.cli.render import feature_views_table
+    from maquette.features.layer import FeatureLayer
+
+    console.print(feature_views_table(FeatureLayer(project_settings(project))))
+
+
+@features_app.command("get")
+def features_get(
+    entity: Annotated[
+        list[str], typer.Argument(help="KEY=VALUE pairs: entity keys and request fields.")
+    ],
+    service: Annotated[
+        str | None, typer.Option(help="Feature service (default from settings).")
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Read one entity's features from the online store, with each value's status.
+
+    Example: maquette features get KEY=VALUE KEY2=VALUE2 TIME_FIELD=2013-12-31T15:00
+    """
+    from maquette.features.entity_rows import entity_row
+    from maquette.features.layer import FeatureLayer
+
+    layer = FeatureLayer(project_settings(project))
+    result = layer.online_features([entity_row(layer, _pairs(entity))], service)
+    console.print(online_features_table(result))
+
+
+def _pairs(words: list[str]) -> dict[str, str]:
+    """KEY=VALUE words as a mapping (a word without "=" is a usage error)."""
+    pairs: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{word!r} is not key=value")
+        pairs[key] = value
+    return pairs

@@ -1,0 +1,186 @@
+"""`maquette train`, `models ...`, `serve`, `build`, `predict-batch`: from training to use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from maquette.cli.options import PlainOpt, ProjectOpt, console, project_settings
+from maquette.data import redis_server
+
+# Training, the registry and serving are imported inside the commands: they load BentoML,
+# Prefect or Feast, which take seconds, and `maquette --help` must not wait for them.
+
+commands = typer.Typer()
+models_app = typer.Typer(
+    help="The model repository: versions, records, aliases.", no_args_is_help=True
+)
+RefArg = Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")]
+
+
+@commands.command()
+def train(
+    name: Annotated[str, typer.Argument(help="Model declared under models: in maquette.yaml.")],
+    trials: Annotated[int | None, typer.Option(help="Override the search budget.")] = None,
+    plain: PlainOpt = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Train a model with search and partitions, evaluate it, register a new version.
+
+    Example: maquette train MODEL --trials 4
+    """
+    from maquette import registry
+    from maquette.cli.render_models import version_summary
+    from maquette.platform.flows import project_flow
+    from maquette.training import pipeline as training
+
+    settings = project_settings(project)
+    training.ensure_trainable(settings, name)
+    if plain:
+        with console.status("training") as status:
+            tag = training.train(settings, name, trials, announce=status.update).tag
+    else:
+        tag = project_flow(settings, "train")(name, trials, str(settings.project_dir))
+    version_summary(console, registry.resolve(settings, tag))
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """List registered versions with their test metrics and aliases.
+
+    Example: maquette models list MODEL
+    """
+    from maquette.cli.render_models import versions_table
+
+    console.print(versions_table(project_settings(project), name))
+
+
+@models_app.command("show")
+def models_show(
+    ref: RefArg,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole record as JSON.")
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Show every field of a version's record.
+
+    Example: maquette models show MODEL@production
+    """
+    import json
+
+    from maquette import registry
+    from maquette.cli.render_models import record_view
+
+    settings = project_settings(project)
+    version = registry.resolve(settings, ref)
+    if as_json:
+        print(json.dumps(version.record.model_dump(mode="json"), indent=2))
+    else:
+        record_view(console, settings, version)
+
+
+@models_app.command("compare")
+def models_compare(
+    a: Annotated[str, typer.Argument(help="First version (NAME:VERSION or NAME@ALIAS).")],
+    b: Annotated[str, typer.Argument(help="Second version.")],
+    project: ProjectOpt = None,
+) -> None:
+    """Test metrics and feature importances of two versions side by side.
+
+    Example: maquette models compare MODEL:v1 MODEL:v2
+    """
+    from maquette import registry
+    from maquette.cli.render_models import comparison_tables
+
+    for table in comparison_tables(registry.compare(project_settings(project), a, b)):
+        console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION (or NAME@ALIAS) to point the alias at.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+    project: ProjectOpt = None,
+) -> None:
+    """Point NAME@ALIAS at a version; the move is kept in the alias history.
+
+    Example: maquette models promote MODEL:v2 --alias production
+    """
+    from maquette import registry
+
+    move = registry.promote(project_settings(project), ref, alias)
+    was = f" (was {move['previous']})" if move["previous"] else ""
+    console.print(
+        f"{move['name']}@{alias} -> {move['version']}{was}, by {move['by']} at {move['at']}"
+    )
+
+
+@models_app.command("report")
+def models_report(ref: RefArg, project: ProjectOpt = None) -> None:
+    """Print the path of a version's HTML report (open it in a browser).
+
+    Example: maquette models report MODEL@production
+    """
+    from maquette import registry
+
+    print(registry.resolve(project_settings(project), ref).report)
+
+
+@commands.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Start the BentoML prediction service on loopback (Ctrl-C stops it).
+
+    Example: maquette serve --port 3000
+    """
+    from maquette.serving.server import service_process
+
+    settings = project_settings(project)
+    redis_server.ensure_redis(settings)
+    host, port = settings.serving.host, port or settings.serving.port
+    console.print(f"serving on http://{host}:{port} (Swagger UI at /, POST /predict)")
+    raise typer.Exit(service_process(settings, host, port).wait())
+
+
+@commands.command()
+def build(project: ProjectOpt = None) -> None:
+    """Build a bento holding the service, the maquette package and every @production model.
+
+    The spec is the project's <paths.bentos>/bentofile.yaml.
+
+    Example: maquette build
+    """
+    from maquette.serving.bento import build_bento
+
+    raise typer.Exit(build_bento(project_settings(project), announce=console.print))
+
+
+@commands.command("predict-batch")
+def predict_batch(
+    entities: Annotated[
+        str, typer.Argument(help="Parquet/CSV path, or a DuckDB SELECT over the offline store.")
+    ],
+    model: Annotated[str, typer.Option(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    output: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    project: ProjectOpt = None,
+) -> None:
+    """Score entities with point-in-time features; every row carries the model version.
+
+    Example: maquette predict-batch "SELECT * FROM TABLE WHERE event_timestamp >= '2013-12-01'" \
+    --model MODEL@production --output scores.parquet
+    """
+    from maquette.serving import batch
+
+    result = batch.predict_batch(project_settings(project), entities, model, output)
+    console.print(
+        f"{result.version}: {result.rows:,} rows in {result.seconds:.2f}s "
+        f"({result.rows_per_second:,.0f} rows/s) -> {result.path}"
+    )

@@ -1,0 +1,134 @@
+"""`maquette predictions ...`, `labels ...` and `monitor ...`: what the served models did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from maquette.cli.options import PlainOpt, ProjectOpt, console, err, project_settings, when
+from maquette.cli.render import metrics_series_table, monitor_summary
+from maquette.data import redis_server
+
+# The prediction log and monitoring are imported inside the commands: they load Feast and
+# Evidently, which take seconds, and `maquette --help` must not wait for them.
+
+predictions_app = typer.Typer(
+    help="The prediction log: drain it to Parquet, inspect it.", no_args_is_help=True
+)
+labels_app = typer.Typer(
+    help="Late-arriving labels: ingest them, join them with predictions.", no_args_is_help=True
+)
+monitor_app = typer.Typer(help="Live accuracy of served models.", no_args_is_help=True)
+
+
+@predictions_app.command("drain")
+def predictions_drain(project: ProjectOpt = None) -> None:
+    """Move logged predictions from the Redis Stream into Parquet (acknowledged once written).
+
+    Example: maquette predictions drain
+    """
+    from maquette.serving import prediction_log as predictions
+
+    result = predictions.drain(project_settings(project))
+    again = (
+        f" ({result.redelivered:,} redelivered after an interrupted drain)"
+        if result.redelivered
+        else ""
+    )
+    console.print(f"drained {result.entries:,} predictions into {len(result.files)} files{again}")
+
+
+@predictions_app.command("count")
+def predictions_count(project: ProjectOpt = None) -> None:
+    """How many predictions wait in the stream and how many are in Parquet.
+
+    Example: maquette predictions count
+    """
+    from maquette.errors import DataNotLoaded
+    from maquette.serving import prediction_log as predictions
+
+    settings = project_settings(project)
+    try:
+        drained = predictions.read_predictions(settings).num_rows
+    except DataNotLoaded:
+        drained = 0
+    console.print(f"waiting in the stream: {predictions.pending(settings):,}; drained: {drained:,}")
+
+
+@labels_app.command("ingest")
+def labels_ingest(
+    name: Annotated[str, typer.Argument(help="Model whose labels to ingest.")],
+    file: Annotated[
+        Path | None, typer.Option(help="Parquet/CSV keyed by prediction_id or entity keys + time.")
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Store a model's labels (from its declared source, or a file) and join them to predictions.
+
+    Example: maquette labels ingest MODEL
+    """
+    from maquette.monitoring import labels
+
+    settings = project_settings(project)
+    result = labels.ingest_labels(settings, name, file)
+    scored = labels.join_labels(settings, name)
+    known = scored.num_rows - scored["label"].null_count
+    console.print(
+        f"{result.rows:,} labels stored; {known:,} of {scored.num_rows:,} logged predictions now have one"
+    )
+    if result.unknown_ids:
+        err.print(
+            f"[yellow]{result.unknown_ids:,} labels name prediction ids that were never logged[/]"
+        )
+
+
+@monitor_app.command("metrics")
+def monitor_metrics(
+    name: Annotated[str, typer.Argument(help="Model to report on.")],
+    window: Annotated[str, typer.Option(help="hourly or daily.")] = "daily",
+    since: Annotated[str | None, typer.Option(help="ISO start of the period.")] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Live accuracy per version, partition and window, from predictions joined with labels.
+
+    Example: maquette monitor metrics MODEL --since 2013-12-01
+    """
+    from maquette.monitoring import labels
+    from maquette.monitoring.live_metrics import live_metrics
+
+    settings = project_settings(project)
+    scored = labels.join_labels(settings, name)
+    series = live_metrics(settings, name, scored, window, when(since))
+    console.print(metrics_series_table(name, window, series))
+
+
+@monitor_app.command("run")
+def monitor_run(
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Only these models (repeatable).")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="ISO time freshness is judged at (default now).")
+    ] = None,
+    plain: PlainOpt = False,
+    project: ProjectOpt = None,
+) -> None:
+    """One monitoring pass: drain, labels, join, metrics, Evidently reports, skew, alerts.
+
+    Example: maquette monitor run --as-of 2014-01-01
+    """
+    from maquette.monitoring import monitor as monitoring
+    from maquette.platform.flows import project_flow
+
+    settings = project_settings(project)
+    redis_server.ensure_redis(settings)
+    if plain:
+        with console.status("monitoring") as status:
+            run = monitoring.run(settings, model or None, when(as_of), announce=status.update)
+    else:
+        run = project_flow(settings, "monitor")(
+            str(settings.project_dir), model or None, when(as_of)
+        )
+    monitor_summary(console, run)

@@ -1,0 +1,121 @@
+"""`maquette demo`, `up`, `status`, `down` and `redis ...`: the running platform."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from maquette.cli.options import (
+    ComponentOpt,
+    ProjectOpt,
+    console,
+    progress_bars,
+    project_settings,
+)
+from maquette.cli.render import fields_table, platform_table
+from maquette.data import redis_server
+
+# Library modules are imported inside the commands: Feast, Prefect and BentoML take seconds to
+# import, and `maquette --help` must not wait for them.
+
+commands = typer.Typer()
+redis_app = typer.Typer(
+    help="The online store's Redis (embedded unless redis.url is set).", no_args_is_help=True
+)
+
+
+@commands.command()
+def demo(
+    quick: Annotated[
+        bool, typer.Option(help="One search trial per model, a few days of traffic (for tests).")
+    ] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Run the whole lifecycle on the configured dataset (`dataset:` in maquette.yaml).
+
+    Example: maquette demo
+    """
+    from maquette.cli.render_demo import demo_summary
+    from maquette.platform.demo import run_demo_on_platform
+
+    bar, update = progress_bars()
+
+    def announce(stage: str) -> None:
+        bar.console.print(f"[cyan]>[/] {stage}")
+
+    with bar:
+        report = run_demo_on_platform(project_settings(project), announce, update, quick)
+    demo_summary(console, report)
+
+
+@commands.command("up")
+def platform_up(component: ComponentOpt = None, project: ProjectOpt = None) -> None:
+    """Start the platform in the background, on loopback (what already runs is left alone).
+
+    Redis, a Prefect server, the flows' deployments, the prediction service, the stream
+    processor; logs in <state>/logs. Example: maquette up
+    """
+    from maquette.platform import components as platform
+
+    with console.status("starting") as progress:
+        statuses = platform.up(project_settings(project), component, announce=progress.update)
+    console.print(platform_table(statuses))
+
+
+@commands.command("status")
+def platform_status(component: ComponentOpt = None, project: ProjectOpt = None) -> None:
+    """Each component's state (running, crashed, stopped...), URL, pid and log; exit 1 if one is down.
+
+    Example: maquette status
+    """
+    from maquette.platform import components as platform
+
+    statuses = platform.status(project_settings(project), component)
+    console.print(platform_table(statuses))
+    if not all(s.is_up for s in statuses):
+        raise typer.Exit(1)
+
+
+@commands.command("down")
+def platform_down(component: ComponentOpt = None, project: ProjectOpt = None) -> None:
+    """Stop the platform's components in reverse order (SIGTERM, then SIGKILL after a timeout).
+
+    Example: maquette down
+    """
+    from maquette.platform import components as platform
+
+    with console.status("stopping") as progress:
+        statuses = platform.down(project_settings(project), component, announce=progress.update)
+    console.print(platform_table(statuses))
+
+
+@redis_app.command("start")
+def redis_start(project: ProjectOpt = None) -> None:
+    """Start the embedded Redis (or check the configured one answers).
+
+    Example: maquette redis start
+    """
+    console.print(f"Redis ready at {redis_server.ensure_redis(project_settings(project))}")
+
+
+@redis_app.command("status")
+def redis_status(project: ProjectOpt = None) -> None:
+    """Show whether Redis answers, with its pid, version, memory, keys and AOF state.
+
+    Example: maquette redis status
+    """
+    state = redis_server.status(project_settings(project))
+    console.print(fields_table(state))
+    if not state.running:
+        raise typer.Exit(1)
+
+
+@redis_app.command("stop")
+def redis_stop(project: ProjectOpt = None) -> None:
+    """Stop the embedded Redis; its append-only file keeps the data for the next start.
+
+    Example: maquette redis stop
+    """
+    stopped = redis_server.stop(project_settings(project))
+    console.print("stopped" if stopped else "was not running")
