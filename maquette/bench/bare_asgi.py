@@ -1,4 +1,8 @@
-"""Benchmark only: the floor, the same model behind a bare Starlette endpoint, no feature fetch."""
+"""Benchmark only: the floor, the same model behind a bare Starlette endpoint, no feature fetch.
+
+Served by `maquette bench serving` as `maquette.bench.bare_asgi:app` (uvicorn), for the project
+in MAQUETTE_PROJECT_DIR, with the model the Maquette service answers a request naming none with.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from maquette import registry
+from maquette.bench.harness import default_model
 from maquette.config import load_settings
-from maquette.training.pipeline import TrainedModel
+from maquette.training.model_types import TrainedModel
 
 SETTINGS = load_settings()
-VERSION = registry.resolve(SETTINGS, "flight_delay@production")
+VERSION = registry.resolve(SETTINGS, f"{default_model(SETTINGS)}@{SETTINGS.serving.default_alias}")
 MODEL = TrainedModel.load(VERSION.path, VERSION.record)
 FEATURES = np.zeros((1, len(MODEL.features)))
 
