@@ -225,6 +225,16 @@ def test_up_without_the_runner_file_is_a_config_error_naming_it(tmp_path: Path) 
     assert not (folder / ".maquette" / "run" / "deployments.json").exists()
 
 
+def test_up_without_the_bento_service_fails_before_starting_anything(tmp_path: Path) -> None:
+    folder = make_project(tmp_path / "project", None)
+    (folder / "bentos" / "service.py").unlink()
+    result = runner.invoke(app, ["up", "--project", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert "no BentoML service" in result.output and "paths.bentos" in result.output
+    # Redis comes first in `up`; it was not started, so nothing is left running.
+    assert not list((folder / ".maquette" / "run").glob("*.json"))
+
+
 @pytest.mark.slow
 def test_the_service_component_answers_ready_with_production_models(
     production: dict[str, str], loaded_project: Settings

@@ -10,10 +10,9 @@ import typer
 from maquette.cli.options import ProjectOpt, console, progress_bars, project_settings, when
 from maquette.cli.render import online_features_table, tables_table
 from maquette.data import redis_server
-from maquette.stream.backfill import load_dataset
 
-# The feature layer is imported inside the commands: Feast takes seconds to import, and
-# `maquette --help` must not wait for it.
+# The feature layer and the loader are imported inside the commands: Feast, pyarrow and DuckDB
+# take seconds to import, and `maquette --help` must not wait for them.
 
 data_app = typer.Typer(help="The offline store.", no_args_is_help=True)
 features_app = typer.Typer(
@@ -27,6 +26,8 @@ def data_load(project: ProjectOpt = None) -> None:
 
     Example: maquette data load
     """
+    from maquette.stream.backfill import load_dataset
+
     with console.status("loading"):
         tables = load_dataset(project_settings(project))
     console.print(tables_table(tables))

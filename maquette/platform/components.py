@@ -38,7 +38,7 @@ from maquette.config import Settings
 from maquette.data import redis_server
 from maquette.errors import ComponentFailed, ConfigError
 from maquette.platform.flows import runner_file
-from maquette.serving.server import service_process
+from maquette.serving.server import service_process, service_target
 
 COMPONENTS = ("redis", "prefect", "deployments", "service", "stream")
 # Started only once these answer (when they are started too).
@@ -342,6 +342,16 @@ def status(settings: Settings, components: list[str] | None = None) -> list[Comp
     return [_component_status(settings, name) for name in _names(settings, components, True)]
 
 
+def require_project_files(settings: Settings, components: list[str]) -> None:
+    """Raise ConfigError when the project lacks the flows or service these components run."""
+    # Checked before anything starts: a missing file found halfway would leave the
+    # components started before it running, and a demo would fail after training.
+    if "deployments" in components:
+        runner_file(settings)
+    if "service" in components:
+        service_target(settings)
+
+
 def up(
     settings: Settings,
     components: list[str] | None = None,
@@ -353,8 +363,7 @@ def up(
     at the end names every failure with the end of its log.
     """
     names = _names(settings, components, False)
-    if "deployments" in names:
-        runner_file(settings)  # a project without it fails here, before anything starts
+    require_project_files(settings, names)
     with _exclusive(settings):
         return _up(settings, names, announce)
 

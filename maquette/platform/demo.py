@@ -378,6 +378,7 @@ def run_demo(
 
     `quick`: one search trial per model and `demo.quick_days` of replayed traffic.
     """
+    platform.require_project_files(settings, list(settings.orchestration.components))
     report = DemoReport()
     layer = FeatureLayer(settings)
     start, end = replay_period(settings, quick)
