@@ -12,12 +12,12 @@ from typing import Any
 
 import bentoml
 import pandas as pd
-from feast.types import UnixTimestamp
 
 from maquette import registry
 from maquette.bench.harness import default_model
 from maquette.config import load_settings
 from maquette.features.layer import FeatureLayer
+from maquette.features.read_plan import time_request_fields
 from maquette.training.model_types import TrainedModel
 
 SETTINGS = load_settings()
@@ -25,13 +25,8 @@ SETTINGS = load_settings()
 
 def _time_fields(layer: FeatureLayer, service: str) -> list[str]:
     """The request fields of `service` that are timestamps (sent as ISO 8601 text)."""
-    plan = layer.read_plan(service)
     return [
-        field.name
-        for odfv in plan.odfvs
-        for source in odfv.view.source_request_sources.values()
-        for field in source.schema
-        if field.dtype == UnixTimestamp
+        name for odfv in layer.read_plan(service).odfvs for name in time_request_fields(odfv.view)
     ]
 
 

@@ -11,23 +11,17 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from feast.types import UnixTimestamp
-
 from maquette.errors import InvalidEntityFrame
 from maquette.features.layer import FeatureLayer
+from maquette.features.read_plan import time_request_fields
 
 
 def time_fields(layer: FeatureLayer) -> set[str]:
     """Request fields the feature repo declares as timestamps (none before `feast apply`)."""
     if not layer.settings.registry_path.is_file():
         return set()  # reading then says the registry is missing, with its remedy
-    return {
-        f.name
-        for odfv in layer.store.list_on_demand_feature_views(allow_cache=True)
-        for request in odfv.source_request_sources.values()
-        for f in request.schema
-        if f.dtype == UnixTimestamp
-    }
+    odfvs = layer.store.list_on_demand_feature_views(allow_cache=True)
+    return {name for odfv in odfvs for name in time_request_fields(odfv)}
 
 
 def entity_row(layer: FeatureLayer, values: Mapping[str, str]) -> dict[str, Any]:

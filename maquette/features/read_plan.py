@@ -15,7 +15,7 @@ from pathlib import Path
 
 from feast import FeatureView, OnDemandFeatureView
 from feast.infra.offline_stores.file_source import FileSource
-from feast.types import FeastType
+from feast.types import FeastType, UnixTimestamp
 
 from maquette.errors import DataNotLoaded
 from maquette.features import redis_layout as wire
@@ -117,6 +117,16 @@ def _on_demand_read(view: OnDemandFeatureView) -> OnDemandRead:
 def request_fields(odfv: OnDemandFeatureView) -> list[str]:
     """The request fields an on-demand view reads (values sent with the request, not stored)."""
     return [f.name for rs in odfv.source_request_sources.values() for f in rs.schema]
+
+
+def time_request_fields(odfv: OnDemandFeatureView) -> list[str]:
+    """The request fields of an on-demand view declared as timestamps (`UnixTimestamp`)."""
+    return [
+        f.name
+        for rs in odfv.source_request_sources.values()
+        for f in rs.schema
+        if f.dtype == UnixTimestamp
+    ]
 
 
 def view_source(view: FeatureView, features: Sequence[str]) -> ViewSource:
