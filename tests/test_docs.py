@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -65,3 +67,33 @@ def test_every_command_example_runs_that_command() -> None:
         if not hasattr(command, "commands"):
             # Examples use placeholders (MODEL, KEY=VALUE), never one dataset's names.
             assert f"Example: maquette {' '.join(path)}" in (command.help or ""), path
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_python_examples_use_names_that_exist() -> None:
+    """Every import in the README's Python examples works, and so does every `module.name`."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = []
+    for block in _python_blocks(readme):
+        modules: dict[str, object] = {}
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    modules[alias.asname or alias.name] = importlib.import_module(alias.name)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    value = getattr(module, alias.name, None)
+                    if value is None:
+                        value = importlib.import_module(f"{node.module}.{alias.name}")
+                    modules[alias.asname or alias.name] = value
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                owner = modules.get(node.value.id)
+                is_module = type(owner).__name__ == "module"
+                if is_module and not hasattr(owner, node.attr):
+                    missing.append(f"{node.value.id}.{node.attr}")
+    assert missing == []
