@@ -23,7 +23,7 @@ $(UV_STAMP):
 	touch $(UV_STAMP)
 
 # --locked installs exactly uv.lock (maquette itself editable, the dev extra included, anything
-# else removed) and stops if pyproject.toml changed without `make lock`, instead of drifting.
+# else removed) and stops, instead of drifting, if pyproject.toml changed since the last lock.
 $(STAMP): $(UV_STAMP) pyproject.toml uv.lock
 	$(UV) sync --locked --extra dev
 	touch $(STAMP)
