@@ -9,6 +9,8 @@ aggregates over historical events (the backfill), both from one declaration.
     backfill       backfill (the batch layer) and load_dataset (tables, then backfill)
     windows        Window: one key's recent events, and the Redis keys of the state
     processor      StreamProcessor: read, window, write online and offline, commit
+    targets        the feature views a processor feeds; merge_rows into their Parquet
+    reconnect      wait_for_redis: backoff through a Redis outage, logged once each way
     foreground     run_until_stopped: a processor until a signal (`maquette stream run`)
     operations     status, dead_letters, reset
 

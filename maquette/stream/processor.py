@@ -22,39 +22,41 @@ unless that one is newer); every `commit_interval_s` the offline rows are merged
 then the window state, dead letters, counters and XACK go to Redis in one transaction. After a
 kill, the unacknowledged entries are read again, in order, from the last committed state, so
 every value comes out the same whether or not the processor was killed.
+
+Redis outages: `run` waits for Redis with backoff (`reconnect`), then starts again from what
+Redis committed, exactly as a restarted processor would: the window state, its own pending
+entries first, then new ones. What was read but not committed is read again; nothing
+acknowledged is lost or counted twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
 import redis
 from feast.data_source import PushMode
 
 from maquette.config import Settings
+from maquette.data.redis_server import redis_url
 from maquette.data.sources import TIMESTAMP_TYPE
-from maquette.data.sql import duckdb_connection, sql_literal
-from maquette.data.sql import sql_identifier as _q
+from maquette.data.sql import duckdb_connection
 from maquette.errors import DataNotLoaded
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
 from maquette.stream.aggregations import (
     STAMP_OFFSET_US,
-    WindowAggregation,
     feast_type,
     stream_definition,
 )
-from maquette.stream.backfill import write_parquet_durably
 from maquette.stream.events import (
     Event,
     epoch_us,
@@ -64,6 +66,8 @@ from maquette.stream.events import (
     stream_unavailable,
 )
 from maquette.stream.history import events_sql
+from maquette.stream.reconnect import REDIS_DOWN, wait_for_redis, without_retries
+from maquette.stream.targets import merge_rows, resolve_targets
 from maquette.stream.windows import MAX_TIME_FIELD, Window, state_key, stats_key
 
 
@@ -79,15 +83,6 @@ class RunResult:
     offline_rows: int = 0
     commits: int = 0
     seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Target:
-    """A Feast feature view fed by an aggregation's push source."""
-
-    agg: WindowAggregation
-    view: str
-    batch_path: Path
 
 
 @dataclass
@@ -114,10 +109,11 @@ class StreamProcessor:
         self.conf = settings.stream
         self.definition = stream_definition(settings)
         self.client = stream_client(settings)
+        without_retries(self.client)
         self.layer: FeatureLayer = FeatureLayer(settings)
         self.feast_push = feast_push
         self.lateness_us = int(self.conf.allowed_lateness_s * 1e6)
-        self.targets = self._resolve_targets()
+        self.targets = resolve_targets(self.layer, self.definition)
         self.windows: dict[tuple[str, str], Window] = {}
         self.max_time: int | None = None
         self.result = RunResult()
@@ -129,32 +125,10 @@ class StreamProcessor:
         try:
             self._ensure_group()
             self._load_state()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             raise stream_unavailable(settings, exc) from exc
 
     # ------------------------------------------------------------ setup
-
-    def _resolve_targets(self) -> list[_Target]:
-        # Feast's push semantics: a push goes to every feature view whose source is the push source.
-        views = self.layer.store.list_feature_views(allow_cache=False)
-        targets = []
-        for agg in self.definition.aggregations:
-            fed = [v for v in views if v.stream_source and v.stream_source.name == agg.push_source]
-            if not fed:
-                raise DataNotLoaded(
-                    f"no feature view is fed by the push source {agg.push_source!r}.",
-                    "Declare it in feature_repo/ and run `maquette features apply`.",
-                )
-            for view in fed:
-                known = {f.name for f in view.features}
-                if missing := [n for n in agg.feature_names if n not in known]:
-                    raise DataNotLoaded(
-                        f"feature view {view.name!r} lacks {missing}.",
-                        "Align feature_repo/ with stream.definition and run `maquette features apply`.",
-                    )
-                path = Path(view.batch_source.path)  # type: ignore[union-attr]
-                targets.append(_Target(agg, view.name, path))
-        return targets
 
     def _ensure_group(self) -> None:
         try:
@@ -195,23 +169,26 @@ class StreamProcessor:
 
     def poll(self) -> int:
         """Read one batch, apply it and write its online rows; returns the entries read."""
+        try:
+            return self._poll()
+        except REDIS_DOWN as exc:
+            raise stream_unavailable(self.settings, exc) from exc
+
+    def _poll(self) -> int:
         conf = self.conf
         redelivery = self._cursor != b">"
-        try:
-            reply = self.client.xreadgroup(
-                conf.group,
-                conf.consumer,
-                {conf.stream: self._cursor},
-                count=conf.batch,
-                block=None if redelivery else conf.block_ms,
-            )
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise stream_unavailable(self.settings, exc) from exc
+        reply = self.client.xreadgroup(
+            conf.group,
+            conf.consumer,
+            {conf.stream: self._cursor},
+            count=conf.batch,
+            block=None if redelivery else conf.block_ms,
+        )
         entries = reply[0][1] if reply else []
         if redelivery:
             if not entries:
                 self._cursor = b">"
-                return self.poll()
+                return self._poll()
             self._cursor = entries[-1][0]
             self.result.redelivered += len(entries)
         touched = self._apply(entries)
@@ -360,6 +337,12 @@ class StreamProcessor:
         With `wait=False` the writing runs on the commit thread while reading goes on (a big
         Parquet merge must not hold back fresh values); commits still happen one at a time.
         """
+        try:
+            self._commit(wait)
+        except REDIS_DOWN as exc:
+            raise stream_unavailable(self.settings, exc) from exc
+
+    def _commit(self, wait: bool) -> None:
         todo, self._todo = self._todo, _Uncommitted()
         # The state as of this commit's last entry, taken before later entries change it.
         state = {
@@ -388,7 +371,7 @@ class StreamProcessor:
                 if con is None:
                     con = duckdb_connection(quiet=True)
                     con.execute("SET threads = 1")  # leave the other core to reads and Redis
-                _merge_rows(con, target, rows)
+                merge_rows(con, target, rows)
                 self.result.offline_rows += len(rows)
         todo.counts["offline_rows"] += sum(len(r) for r in todo.rows.values())
         windows, stats = state_key(self.settings), stats_key(self.settings)
@@ -408,10 +391,7 @@ class StreamProcessor:
         pipe.hset(stats, "committed_at", datetime.now(UTC).isoformat())
         if todo.ids:
             pipe.xack(self.conf.stream, self.conf.group, *todo.ids)
-        try:
-            pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise stream_unavailable(self.settings, exc) from exc
+        pipe.execute()
         self.result.commits += 1
 
     # ------------------------------------------------------------ the loop
@@ -422,48 +402,50 @@ class StreamProcessor:
         max_events: int | None = None,
         stop: threading.Event | None = None,
     ) -> RunResult:
-        """Poll and commit until stopped, idle for `until_idle_s`, or `max_events` entries read."""
+        """Poll and commit until stopped, idle for `until_idle_s`, or `max_events` entries read.
+
+        While Redis is unreachable it waits (time without Redis is not idle time), then
+        resumes from the committed state.
+        """
         began = idle_since = time.monotonic()
-        read = 0
+        read, redis_gone = 0, False
         while not (stop and stop.is_set()):
-            got = self.poll()
+            try:
+                got = self._poll()
+                if time.monotonic() - self._last_commit >= self.conf.commit_interval_s:
+                    self._commit(wait=False)
+            except REDIS_DOWN as exc:
+                if not self._wait_out_outage(exc, stop):
+                    redis_gone = True  # stopped without Redis: what was read stays pending
+                    break
+                idle_since = time.monotonic()
+                continue
             read += got
             now = time.monotonic()
             idle_since = now if got else idle_since
-            if now - self._last_commit >= self.conf.commit_interval_s:
-                self.commit(wait=False)
             if until_idle_s is not None and now - idle_since >= until_idle_s:
                 break
             if max_events is not None and read >= max_events:
                 break
-        self.commit()
+        if not redis_gone:
+            self.commit()
         self.result.seconds = time.monotonic() - began
         return self.result
 
+    def _wait_out_outage(self, error: Exception, stop: threading.Event | None) -> bool:
+        """Wait for Redis, then start again from its committed state; False if stopped first.
 
-def _merge_rows(
-    con: duckdb.DuckDBPyConnection, target: _Target, rows: dict[tuple[str, int], dict[str, Any]]
-) -> None:
-    """Rows replace those with the same key and timestamp in the view's Parquet file."""
-    agg = target.agg
-    ordered = sorted(rows.items())
-    columns: dict[str, Any] = {
-        agg.key: [k for (k, _), _ in ordered],
-        "event_timestamp": pa.array([t + STAMP_OFFSET_US for (_, t), _ in ordered]).cast(
-            TIMESTAMP_TYPE
-        ),
-    }
-    for name in agg.feature_names:
-        columns[name] = [values[name] for _, values in ordered]
-    con.register("new_rows", pa.table(columns, schema=agg.arrow_schema()))
-    sql = "SELECT * FROM new_rows"
-    if target.batch_path.is_file():
-        k = _q(agg.key)
-        sql += (
-            f" UNION ALL SELECT o.* FROM read_parquet({sql_literal(target.batch_path)}) o "
-            f"ANTI JOIN new_rows n ON o.{k} = n.{k} AND o.event_timestamp = n.event_timestamp"
-        )
-    # No ORDER BY: sorting the whole file on every commit would cost more than the merge;
-    # readers (the ASOF join, materialize) sort by key and time themselves.
-    write_parquet_durably(con, sql, target.batch_path)
-    con.unregister("new_rows")
+        Whatever was read since the last commit is dropped: its entries are still pending and
+        are read again, so windows and counters come out as if Redis had never gone.
+        """
+        with contextlib.suppress(*REDIS_DOWN):
+            self._finish_commit()  # the commit in flight went through whole or not at all
+        return wait_for_redis(redis_url(self.settings), error, self._restart, stop)
+
+    def _restart(self) -> None:
+        """What a new processor does at start: the group, the committed state, own PEL first."""
+        self.windows, self.max_time = {}, None
+        self._todo, self._cursor = _Uncommitted(), b"0"
+        self._ensure_group()
+        self._load_state()
+        self._last_commit = time.monotonic()
