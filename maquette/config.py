@@ -49,7 +49,11 @@ class RedisSettings(Section):
     host: str = Field("127.0.0.1", description="Interface the embedded redis-server binds to.")
     # 6379 is every Redis's default; a different port keeps the user's own Redis untouched.
     port: int = Field(6399, description="Port of the embedded redis-server.")
-    appendfsync: str = Field("everysec", description="AOF fsync policy of the embedded Redis.")
+    appendfsync: Literal["always", "everysec", "no"] = Field(
+        "everysec",
+        description="AOF fsync policy of the embedded Redis: everysec loses up to ~1 s of "
+        "acknowledged writes if the machine (not the process) crashes; always loses none.",
+    )
     start_timeout_s: float = Field(10.0, description="How long to wait for the server to answer.")
 
 
@@ -295,6 +299,18 @@ class OrchestrationSettings(Section):
     )
     stop_timeout_s: float = Field(
         20.0, description="How long `down` waits after SIGTERM before sending SIGKILL."
+    )
+    settle_s: int = Field(
+        3,
+        ge=1,
+        description="A component alive this long after a (re)start counts as started; one that "
+        "exits sooner is retried with a growing delay (supervisord's startsecs).",
+    )
+    start_retries: int = Field(
+        5,
+        ge=0,
+        description="Failed starts in a row before a crash-looping component is given up "
+        "(`maquette status` says so; `maquette up` tries again).",
     )
 
     @property

@@ -3,13 +3,14 @@ runner, the BentoML service (and the stream processor once `maquette stream run`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 
 from maquette.cli import app
 from maquette.config import Settings, load_settings
+from maquette.errors import ComponentFailed
 from maquette.platform import components as platform
 from tests.conftest import free_port, make_project
 
@@ -53,6 +55,16 @@ def _running(pid: int) -> bool:
 
 def _states(settings: Settings) -> dict[str, str]:
     return {s.name: s.state for s in platform.status(settings)}
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll until the condition holds (True) or the time is up (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return condition()
 
 
 @pytest.fixture
@@ -128,20 +140,27 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     assert "starting" not in again.output
     assert {n: _pid(settings, n) for n in COMPONENTS} == pids
 
-    # Killed components are reported as crashed and restarted by the next `up`. (Not Redis
-    # when the stream processor runs: that one exits when its Redis goes away.)
-    killed = ["deployments", "stream" if HAS_STREAM else "redis"]
+    # Killed with -9, each component is brought back by the supervisor, nobody typing a
+    # command: Redis too (the stream processor waits for it), each with its restart counted.
+    killed = ["redis", "deployments", *(["stream"] if HAS_STREAM else [])]
     for name in killed:
         os.kill(pids[name], signal.SIGKILL)
-    time.sleep(0.5)
-    shown = runner.invoke(app, ["status", "--project", str(settings.project_dir)])
-    assert shown.exit_code == 1, shown.output
-    assert _states(settings) == {n: "crashed" if n in killed else "running" for n in COMPONENTS}
-    restarted = platform.up(settings)
-    assert all(s.state == "running" for s in restarted), restarted
-    assert all(_pid(settings, n) != pids[n] for n in killed)
-    assert _pid(settings, "prefect") == pids["prefect"]
+    back = _wait_for(
+        lambda: all(
+            s.state == "running" and s.pid != pids[s.name]
+            for s in platform.status(settings)
+            if s.name in killed
+        ),
+        seconds=90,
+    )
+    assert back, platform.status(settings)
+    after = {s.name: s for s in platform.status(settings)}
+    for name in killed:
+        assert after[name].restarts == 1 and "SIGKILL" in str(after[name].last_exit), after[name]
+    assert after["prefect"].pid == pids["prefect"] and after["prefect"].restarts == 0
     assert len(_served_deployments(settings)) == 3 + 2 * len(models)
+    shown = runner.invoke(app, ["status", "--project", str(settings.project_dir)])
+    assert shown.exit_code == 0 and "SIGKILL" in shown.output, shown.output
 
     # `down` stops everything, children included, and frees the ports.
     leaders = [_pid(settings, n) for n in COMPONENTS]
@@ -222,7 +241,7 @@ def test_up_without_the_runner_file_is_a_config_error_naming_it(tmp_path: Path) 
     result = runner.invoke(app, ["up", "--component", "deployments", "--project", str(folder)])
     assert result.exit_code == 2, result.output
     assert "no flow file" in result.output and "paths.flows" in result.output
-    assert not (folder / ".maquette" / "run" / "deployments.json").exists()
+    assert not (folder / ".maquette" / "run" / "supervisord.conf").exists()
 
 
 def test_up_without_the_bento_service_fails_before_starting_anything(tmp_path: Path) -> None:
@@ -231,16 +250,17 @@ def test_up_without_the_bento_service_fails_before_starting_anything(tmp_path: P
     result = runner.invoke(app, ["up", "--project", str(folder)])
     assert result.exit_code == 2, result.output
     assert "no BentoML service" in result.output and "paths.bentos" in result.output
-    # Redis comes first in `up`; it was not started, so nothing is left running.
-    assert not list((folder / ".maquette" / "run").glob("*.json"))
+    # Nothing was started: no supervisor, so nothing is left running.
+    assert not (folder / ".maquette" / "run" / "supervisord.conf").exists()
 
 
 @pytest.mark.slow
 def test_the_service_component_answers_ready_with_production_models(
-    production: dict[str, str], loaded_project: Settings
+    production: dict[str, str], loaded_project: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = loaded_project.model_copy(deep=True)
-    settings.serving.port = free_port()
+    # The supervisor's components read the project's settings from its folder and MAQUETTE_*.
+    monkeypatch.setenv("MAQUETTE_SERVING_PORT", str(free_port()))
+    settings = load_settings(loaded_project.project_dir)
     try:
         began = time.monotonic()
         (service,) = platform.up(settings, ["service"])
@@ -251,16 +271,47 @@ def test_the_service_component_answers_ready_with_production_models(
         )
         group = [p.pid for p in psutil.Process(service.pid).children(recursive=True)]
 
-        # Its leader killed, the BentoML workers are cleaned up before the restart.
+        # Its leader killed, the supervisor restarts it, and the restart first stops the old
+        # BentoML workers (they live in sessions of their own and would keep the port).
         os.kill(service.pid, signal.SIGKILL)
-        time.sleep(0.5)
-        assert _states(settings)["service"] == "crashed"
-        (again,) = platform.up(settings, ["service"])
-        assert again.state == "running" and again.pid != service.pid
-        assert not any(_running(p) for p in group)
+        assert _wait_for(
+            lambda: (
+                _states(settings)["service"] == "running" and not any(_running(p) for p in group)
+            ),
+            seconds=120,
+        )
+        again = {s.name: s for s in platform.status(settings)}["service"]
+        assert again.pid != service.pid and again.restarts == 1
     finally:
-        (stopped,) = platform.down(settings, ["service"])
-    assert stopped.state == "stopped"
+        platform.down(settings)
+    assert _states(settings)["service"] == "stopped"
+
+
+def test_a_component_that_keeps_failing_to_start_is_given_up_and_reported(
+    tmp_path: Path,
+) -> None:
+    folder = make_project(
+        tmp_path / "project",
+        None,
+        redis={"port": free_port()},
+        orchestration={"components": ["redis", "stream"], "start_retries": 1, "settle_s": 2},
+        stream={"definition": "no_such_module:EVENTS"},  # the processor exits at once
+    )
+    settings = load_settings(folder)
+    try:
+        # `up` may see the processor alive before its first crash; the supervisor and the
+        # launcher then restart it, with a delay, until they give it up.
+        with contextlib.suppress(ComponentFailed):
+            platform.up(settings)
+        assert _wait_for(lambda: _states(settings)["stream"] == "gave up", seconds=120)
+        assert _states(settings) == {"redis": "running", "stream": "gave up"}
+        (stream,) = platform.status(settings, ["stream"])
+        assert stream.restarts >= 1 and "gave up" in str(stream.last_exit), stream
+        shown = runner.invoke(app, ["status", "--project", str(folder)])
+        assert shown.exit_code == 1 and "gave up" in shown.output
+    finally:
+        platform.down(settings)
+    assert set(_states(settings).values()) == {"stopped"}
 
 
 def test_demo_without_a_replay_period_is_a_config_error_saying_what_to_set(

@@ -84,12 +84,29 @@ def online_features_table(result: OnlineFeatures, row: int = 0) -> Table:
 
 
 def platform_table(statuses: list[ComponentStatus]) -> Table:
-    colours = {"running": "green", "unready": "yellow", "starting": "yellow"}
+    colours = {
+        "running": "green",
+        "unready": "yellow",
+        "starting": "yellow",
+        "restarting": "yellow",
+    }
     logs = sorted({str(s.log.parent) for s in statuses if s.log})
-    table = Table("component", "state", "url", "pid", "detail", caption=f"logs: {', '.join(logs)}")
+    table = Table(
+        "component",
+        "state",
+        "url",
+        "pid",
+        "restarts",
+        "last exit",
+        "detail",
+        caption=f"logs: {', '.join(logs)}",
+    )
     for s in statuses:
         state = f"[{colours.get(s.state, 'red')}]{s.state}[/]"
-        table.add_row(s.name, state, s.url or "", str(s.pid or ""), s.detail)
+        restarts = f"[yellow]{s.restarts}[/]" if s.restarts else "0"
+        table.add_row(
+            s.name, state, s.url or "", str(s.pid or ""), restarts, s.last_exit or "", s.detail
+        )
     return table
 
 

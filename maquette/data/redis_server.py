@@ -111,6 +111,40 @@ def _data_dir(settings: Settings) -> Path:
     return settings.state_dir / "redis"
 
 
+# A file in the data folder saying `maquette up` keeps this server running (under supervisord):
+# then nothing else may start or stop it, or the two would fight over the port.
+SUPERVISED = "supervised"
+
+
+def is_supervised(settings: Settings) -> bool:
+    """True when the embedded server is kept running by the platform's process supervisor."""
+    return settings.redis.url is None and (_data_dir(settings) / SUPERVISED).is_file()
+
+
+def mark_supervised(settings: Settings, supervised: bool) -> None:
+    """Record whether the platform's supervisor owns the embedded server."""
+    marker = _data_dir(settings) / SUPERVISED
+    if supervised:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("kept running by `maquette up`; stop it with `maquette down redis`\n")
+    else:
+        marker.unlink(missing_ok=True)
+
+
+def embedded_command(settings: Settings) -> list[str]:
+    """The embedded server's command line in the foreground, for a process supervisor."""
+    data_dir = _data_dir(settings)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return server_command(
+        redis_server_binary(),
+        settings.redis.port,
+        settings.redis.host,
+        data_dir,
+        daemonize=False,
+        appendfsync=settings.redis.appendfsync,
+    )
+
+
 def _pid(settings: Settings) -> int | None:
     pidfile = _data_dir(settings) / "redis.pid"
     try:
@@ -183,6 +217,9 @@ def ensure_redis(settings: Settings) -> str:
     url = embedded_url(settings)
     if ping(url):
         return url
+    if is_supervised(settings):  # crashed: the supervisor is bringing it back within seconds
+        wait_until_ready(url, settings.redis.start_timeout_s, _data_dir(settings) / "redis.log")
+        return url
     if _port_taken(settings.redis.host, settings.redis.port):
         raise StoreUnavailable(
             f"port {settings.redis.port} on {settings.redis.host} is taken by something that is "
@@ -254,6 +291,12 @@ def stop(settings: Settings, timeout_s: float = 10.0) -> bool:
         raise StoreUnavailable(
             f"Redis at {settings.redis.url} is not Maquette's to stop.",
             "Stop it the way it was started, or unset redis.url.",
+        )
+    if is_supervised(settings):
+        raise StoreUnavailable(
+            "the embedded Redis is kept running by `maquette up`: stopped here, it would be "
+            "started again within seconds.",
+            "Stop it with `maquette down redis` (or `maquette down` for everything).",
         )
     url = embedded_url(settings)
     pid = _pid(settings)

@@ -1,53 +1,48 @@
 """The running platform: start, check and stop what `maquette up` keeps running, all on loopback.
 
     component     process                                          health check
-    redis         redis-server daemon (redis_server.ensure_redis)   PING
+    redis         redis-server (the embedded one; AOF on)          PING
     prefect       prefect server start, PREFECT_HOME in the state   GET /api/health
     deployments   <paths.flows>/deployments.py: Prefect `serve`     GET /health of the runner
     service       bentoml serve of <paths.bentos>/service.py        GET /readyz (/healthz: unready)
-    stream        maquette stream run                               alive for a few seconds
+    stream        maquette stream run                               alive past orchestration.settle_s
 
-Each process starts in a session of its own, so it outlives the command that started it, and
-carries a token in its environment that its children inherit, so stopping it also stops them
-(flow runs, BentoML workers), even after its leader was killed. Its pid goes
-to <state>/run/<component>.json and its output to <state>/logs/<component>.log. A recorded
-process that is gone is "crashed": `status` says so and `up` starts it again.
+A process supervisor of the project's own (supervisord, see `platform.supervisor`) runs them and
+restarts any that exits, without anyone typing a command; `maquette up / status / down` drive it.
+`up` returns once every component answers, and the supervisor outlives it. `status` reports
+each component's state with its restart count and last exit; a component that kept failing to
+start is "gave up" until the next `up`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
-import psutil
+import redis
 
 from maquette.config import Settings
 from maquette.data import redis_server
 from maquette.errors import ComponentFailed, ConfigError
+from maquette.platform import supervisor
 from maquette.platform.flows import runner_file
-from maquette.serving.server import service_process, service_target
+from maquette.platform.launch import (
+    COMPONENTS,
+    forget_starts,
+    prefect_api_url,
+    prefect_env,
+    stop_leftovers,
+)
+from maquette.serving.server import service_target
 
-COMPONENTS = ("redis", "prefect", "deployments", "service", "stream")
-# Started only once these answer (when they are started too).
-NEEDS = {"deployments": ("prefect",), "service": ("redis",), "stream": ("redis",)}
-# Alive at least this long before a component without a health endpoint counts as running.
-SETTLE_S = 3.0
+__all__ = ["COMPONENTS", "prefect_api_url", "prefect_env"]
 UP = ("running", "unready")  # states in which `up` leaves a component alone
-# Environment variable marking every process of a component, children included.
-MARK = "MAQUETTE_COMPONENT_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -55,21 +50,19 @@ class ComponentStatus:
     """One line of `maquette status`."""
 
     name: str
-    state: str  # running | unready | starting | unhealthy | crashed | stopped
+    # running | unready | starting | restarting | unhealthy | gave up | crashed | stopped
+    state: str
     url: str | None = None
     pid: int | None = None
     log: Path | None = None
     detail: str = ""
+    restarts: int = 0  # restarts after a crash since the platform came up
+    last_exit: str | None = None  # when and how the component last exited
 
     @property
     def is_up(self) -> bool:
         """Running, or alive and answering but not ready (a service without models)."""
         return self.state in UP
-
-
-def prefect_api_url(settings: Settings) -> str:
-    """The API of the platform's Prefect server (what PREFECT_API_URL must say)."""
-    return f"{settings.orchestration.prefect_url}/api"
 
 
 @contextlib.contextmanager
@@ -92,30 +85,7 @@ def run_deployment(
         return start(name, parameters=parameters, timeout=timeout_s, poll_interval=1)
 
 
-def prefect_env(settings: Settings) -> dict[str, str]:
-    """Environment of the Prefect processes: the platform's server, state under the state dir."""
-    o = settings.orchestration
-    return {
-        "PREFECT_HOME": str(settings.state_dir / "prefect"),
-        "PREFECT_API_URL": prefect_api_url(settings),
-        # Offline, the analytics call only writes an error into the server's log.
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-        "PREFECT_RUNNER_SERVER_HOST": o.host,
-        "PREFECT_RUNNER_SERVER_PORT": str(o.runner_port),
-        "MAQUETTE_PROJECT_DIR": str(settings.project_dir),
-    }
-
-
-# ---------------------------------------------------------------------------- the components
-
-
-def _log_path(settings: Settings, name: str) -> Path:
-    return settings.state_dir / "logs" / f"{name}.log"
-
-
-def _record_path(settings: Settings, name: str) -> Path:
-    return settings.state_dir / "run" / f"{name}.json"
+# ---------------------------------------------------------------------------- health
 
 
 def _url(settings: Settings, name: str) -> str | None:
@@ -128,35 +98,10 @@ def _url(settings: Settings, name: str) -> str | None:
     }.get(name)
 
 
-def _launch(settings: Settings, name: str, log: IO[bytes], token: str) -> subprocess.Popen[bytes]:
-    popen: dict[str, Any] = {
-        "stdin": subprocess.DEVNULL,
-        "stdout": log,
-        "stderr": subprocess.STDOUT,
-        "start_new_session": True,
-    }
-    if name == "service":
-        # service_process builds its environment from ours: lend it the mark for the call.
-        inherited = os.environ.get(MARK)
-        os.environ[MARK] = token
-        try:
-            return service_process(settings, settings.serving.host, settings.serving.port, **popen)
-        finally:
-            if inherited is None:
-                del os.environ[MARK]
-            else:
-                os.environ[MARK] = inherited
-    o, project = settings.orchestration, str(settings.project_dir)
-    bind = ["--host", o.host, "--port", str(o.prefect_port)]
-    arguments = {
-        "prefect": ["-m", "prefect", "server", "start", *bind],
-        "deployments": [str(runner_file(settings)), "--project", project],
-        "stream": ["-m", "maquette", "stream", "run", "--project", project],
-    }
-    env = {**os.environ, **prefect_env(settings), MARK: token}
-    return subprocess.Popen(
-        [sys.executable, *arguments[name]], cwd=settings.project_dir, env=env, **popen
-    )
+def _log(settings: Settings, name: str) -> Path:
+    if name == "redis":
+        return settings.state_dir / "redis" / "redis.log"  # redis-server writes its own log
+    return supervisor.component_log(settings, name)
 
 
 def _answers(url: str) -> bool:
@@ -169,6 +114,8 @@ def _answers(url: str) -> bool:
 def _health(settings: Settings, name: str, age_s: float) -> str:
     """running, unready (alive, not ready) or starting, for a live process."""
     url = _url(settings, name)
+    if name == "redis":
+        return "running" if redis_server.ping(str(url)) else "starting"
     if name == "prefect":
         return "running" if _answers(f"{url}/api/health") else "starting"
     if name == "deployments":
@@ -177,10 +124,12 @@ def _health(settings: Settings, name: str, age_s: float) -> str:
         if _answers(f"{url}/readyz"):
             return "running"
         return "unready" if _answers(f"{url}/healthz") else "starting"
-    return "running" if age_s >= SETTLE_S else "starting"
+    return "running" if age_s >= settings.orchestration.settle_s else "starting"
 
 
 def _detail(settings: Settings, name: str, state: str) -> str:
+    if name == "redis":
+        return f"embedded, AOF appendfsync {settings.redis.appendfsync}"
     if name == "prefect":
         return "UI at /, API at /api"
     if name == "deployments" and state == "running":
@@ -196,113 +145,46 @@ def _detail(settings: Settings, name: str, state: str) -> str:
     return ""
 
 
-# ---------------------------------------------------------------------------- processes
+def _component_status(
+    settings: Settings, name: str, program: supervisor.ProgramInfo | None
+) -> ComponentStatus:
+    url, log = _url(settings, name), _log(settings, name)
+    if name == "redis" and settings.redis.url is not None:
+        answering = redis_server.ping(settings.redis.url)
+        detail = "external (redis.url)" + ("" if answering else ": does not answer")
+        return ComponentStatus(name, "running" if answering else "stopped", url, None, None, detail)
+    if program is None:
+        return _unsupervised_status(settings, name, url, log)
+    state, pid, detail = "stopped", None, ""
+    if program.state == supervisor.RUNNING and program.pid:
+        age = time.time() - (program.started or time.time())
+        state, pid = _health(settings, name, age), program.pid
+        if state == "starting" and age > settings.orchestration.start_timeout_s:
+            state = "unhealthy"
+        detail = _detail(settings, name, state)
+    elif program.state in supervisor.STARTING:
+        state = "restarting" if program.restarts or program.state == "BACKOFF" else "starting"
+        detail = program.error
+    elif program.gave_up:
+        state = "gave up"
+        detail = "kept crashing: see its log; `maquette up` tries again"
+    return ComponentStatus(name, state, url, pid, log, detail, program.restarts, program.last_exit)
 
 
-def _read_record(settings: Settings, name: str) -> dict[str, Any] | None:
-    try:
-        return dict(json.loads(_record_path(settings, name).read_text()))
-    except (OSError, ValueError):
-        return None
-
-
-def _process(record: dict[str, Any]) -> psutil.Process | None:
-    """The recorded process when it still runs (same pid *and* start time), else None."""
-    try:
-        process = psutil.Process(record["pid"])
-        if abs(process.create_time() - record["started"]) > 1:
-            return None  # the pid now belongs to another process
-        if process.status() == psutil.STATUS_ZOMBIE:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(process.pid, os.WNOHANG)  # our own child (started in-process): reap
-            return None
-        return process
-    except psutil.Error:
-        return None
-
-
-def _alive(process: psutil.Process) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return bool(process.status() != psutil.STATUS_ZOMBIE)
-    return False
-
-
-def _members(record: dict[str, Any]) -> list[psutil.Process]:
-    """Live processes of a component: its process group, and every process carrying its mark
-    (BentoML workers start sessions of their own and outlive a killed leader)."""
-    members = []
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if process.create_time() < record["started"] - 1 or not _alive(process):
-                continue
-            if os.getpgid(process.pid) == record["pid"] or (
-                record.get("token") and process.environ().get(MARK) == record["token"]
-            ):
-                members.append(process)
-    return members
-
-
-def _terminate(record: dict[str, Any], timeout_s: float) -> None:
-    """SIGTERM to every member of the component, SIGKILL to whatever is left after timeout_s."""
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        members = _members(record)
-        for process in members:
-            with contextlib.suppress(psutil.Error):
-                process.send_signal(sig)
-        deadline = time.monotonic() + wait_s
-        while any(_alive(p) for p in members) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    _process(record)  # reaps the leader when it was our own child
-
-
-def _start(settings: Settings, name: str) -> None:
-    record = _read_record(settings, name)
-    if record:  # it crashed or hangs: what it left may still hold the port
-        _terminate(record, settings.orchestration.stop_timeout_s)
-    log_path = _log_path(settings, name)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    _record_path(settings, name).parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex
-    with log_path.open("ab") as log:
-        stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
-        log.write(f"\n--- maquette up: starting {name} at {stamp} UTC\n".encode())
-        log.flush()
-        proc = _launch(settings, name, log, token)
-    record = {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time(), "token": token}
-    _record_path(settings, name).write_text(json.dumps(record))
-
-
-def _component_status(settings: Settings, name: str) -> ComponentStatus:
-    if name == "redis":
-        return _redis_status(settings)
-    record = _read_record(settings, name)
-    log = _log_path(settings, name)
-    url = _url(settings, name)
-    if record is None:
-        return ComponentStatus(name, "stopped", url, None, log if log.is_file() else None)
-    process = _process(record)
-    if process is None:
-        return ComponentStatus(name, "crashed", url, record["pid"], log, "exited: see its log")
-    age = time.time() - record["started"]
-    state = _health(settings, name, age)
-    if state == "starting" and age > settings.orchestration.start_timeout_s:
-        state = "unhealthy"
-    return ComponentStatus(name, state, url, process.pid, log, _detail(settings, name, state))
-
-
-def _redis_status(settings: Settings) -> ComponentStatus:
-    state = redis_server.status(settings)
-    if not state.embedded:
-        detail = "external (redis.url)" + ("" if state.running else ": does not answer")
+def _unsupervised_status(
+    settings: Settings, name: str, url: str | None, log: Path
+) -> ComponentStatus:
+    """A component the supervisor does not run: stopped, or an embedded Redis started by hand."""
+    if name == "redis" and redis_server.ping(str(url)):
         return ComponentStatus(
-            "redis", "running" if state.running else "stopped", state.url, None, None, detail
+            name,
+            "running",
+            url,
+            redis_server.status(settings).pid,
+            log,
+            "embedded, started by `maquette redis start` (not supervised until `maquette up`)",
         )
-    log = state.data_dir / "redis.log" if state.data_dir else None
-    if state.running:
-        return ComponentStatus("redis", "running", state.url, state.pid, log, "embedded, AOF on")
-    # redis-server removes its pid file on a clean shutdown: one left behind means it died.
-    died = state.data_dir is not None and (state.data_dir / "redis.pid").is_file()
-    return ComponentStatus("redis", "crashed" if died else "stopped", state.url, None, log)
+    return ComponentStatus(name, "stopped", url, None, log if log.is_file() else None)
 
 
 def _failure(status: ComponentStatus, why: str) -> str:
@@ -315,22 +197,22 @@ def _failure(status: ComponentStatus, why: str) -> str:
 # ---------------------------------------------------------------------------- the API
 
 
-def _names(settings: Settings, components: list[str] | None, recorded: bool) -> list[str]:
+def _names(settings: Settings, components: list[str] | None, known: bool) -> list[str]:
     names = list(components or settings.orchestration.components)
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise ConfigError(
             f"unknown component(s): {', '.join(unknown)}.", f"Choose from {', '.join(COMPONENTS)}."
         )
-    if recorded and components is None:  # also whatever still runs from an earlier setting
-        names += [n for n in COMPONENTS if n not in names and _read_record(settings, n)]
-    return names
+    if known and components is None:  # also whatever the supervisor runs from an earlier setting
+        names += [n for n in supervisor.programs(settings) if n not in names]
+    return sorted(names, key=COMPONENTS.index)
 
 
 @contextlib.contextmanager
 def _exclusive(settings: Settings) -> Iterator[None]:
     """One `up` or `down` at a time per project (two would start the same component twice)."""
-    lock = settings.state_dir / "run" / ".lock"
+    lock = supervisor.run_dir(settings) / ".lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -338,8 +220,13 @@ def _exclusive(settings: Settings) -> Iterator[None]:
 
 
 def status(settings: Settings, components: list[str] | None = None) -> list[ComponentStatus]:
-    """State, URL, pid and log of each component (the configured ones and any left running)."""
-    return [_component_status(settings, name) for name in _names(settings, components, True)]
+    """State, URL, pid, log, restarts and last exit of each component (the configured ones and
+    any the supervisor still runs)."""
+    programs = supervisor.programs(settings)
+    return [
+        _component_status(settings, name, programs.get(name))
+        for name in _names(settings, components, True)
+    ]
 
 
 def require_project_files(settings: Settings, components: list[str]) -> None:
@@ -352,55 +239,80 @@ def require_project_files(settings: Settings, components: list[str]) -> None:
         service_target(settings)
 
 
+def _supervised(settings: Settings, names: list[str]) -> list[str]:
+    """The components the supervisor runs: all but an external Redis."""
+    return [n for n in names if not (n == "redis" and settings.redis.url is not None)]
+
+
 def up(
     settings: Settings,
     components: list[str] | None = None,
     announce: Callable[[str], None] = lambda _: None,
 ) -> list[ComponentStatus]:
-    """Start each component that is not running, dependencies first; wait until each answers.
+    """Start each component that is not running and wait until each answers; from then on the
+    project's supervisor restarts any that exits.
 
-    A component that fails does not stop the others (only those needing it); ComponentFailed
-    at the end names every failure with the end of its log.
+    A component that fails does not stop the others; ComponentFailed at the end names every
+    failure with the end of its log.
     """
     names = _names(settings, components, False)
     require_project_files(settings, names)
     with _exclusive(settings):
-        return _up(settings, names, announce)
+        if settings.redis.url is not None and "redis" in names:
+            redis_server.ensure_redis(settings)  # external: it must answer, it is not ours
+        # Every component the supervisor already knows stays in its config.
+        known = [n for n in supervisor.programs(settings) if n not in names]
+        supervisor.start(
+            settings, sorted({*_supervised(settings, names), *known}, key=COMPONENTS.index)
+        )
+        started = _start_programs(settings, _supervised(settings, names), announce)
+        _wait_until_up(settings, started)
+    return status(settings, names)
 
 
-def _up(
+def _start_programs(
     settings: Settings, names: list[str], announce: Callable[[str], None]
-) -> list[ComponentStatus]:
+) -> dict[str, float]:
+    programs = supervisor.programs(settings)
+    started: dict[str, float] = {}
+    for name in names:
+        current = _component_status(settings, name, programs.get(name))
+        if current.state in (*UP, "starting", "restarting", "unhealthy"):
+            continue  # running, or the supervisor is on it
+        again = f" (it was {current.state})" if current.state != "stopped" else ""
+        announce(f"starting {name}{again}")
+        if name == "redis":
+            _hand_redis_to_the_supervisor(settings, announce)
+        forget_starts(settings, name)
+        supervisor.start_program(settings, name)
+        started[name] = time.monotonic()
+    return started
+
+
+def _hand_redis_to_the_supervisor(settings: Settings, announce: Callable[[str], None]) -> None:
+    """An embedded Redis started by hand (`maquette redis start`) is stopped (its AOF keeps the
+    data) and started again under the supervisor, which then owns it."""
+    redis_server.mark_supervised(settings, False)
+    if redis_server.ping(redis_server.redis_url(settings)):
+        announce("moving the embedded redis under the supervisor")
+        with contextlib.suppress(redis.RedisError):
+            redis_server.stop(settings)
+    redis_server.mark_supervised(settings, True)
+
+
+def _wait_until_up(settings: Settings, started: dict[str, float]) -> None:
     timeout = settings.orchestration.start_timeout_s
-    waiting, started, failed = list(names), dict[str, float](), dict[str, str]()
-    began = time.monotonic()
-    while waiting:
-        for name in list(waiting):
-            needs = [n for n in NEEDS.get(name, ()) if n in names]
-            if broken := [n for n in needs if n in failed]:
-                failed[name] = f"{name} was not started because {broken[0]} failed."
-                waiting.remove(name)
-                continue
-            if not all(_component_status(settings, n).is_up for n in needs):
-                if time.monotonic() - began > timeout:
-                    failed[name] = f"{name} was not started: {', '.join(needs)} never answered."
-                    waiting.remove(name)
-                continue  # its dependencies are still starting
-            waiting.remove(name)
-            current = _component_status(settings, name)
-            if current.state in (*UP, "starting"):
-                continue  # already running: left alone
-            again = f" (it was {current.state})" if current.state != "stopped" else ""
-            announce(f"starting {name}{again}")
-            if name == "redis":
-                redis_server.ensure_redis(settings)
-            else:
-                _start(settings, name)
-            started[name] = time.monotonic()
-        _check_progress(settings, started, failed, timeout)
-        time.sleep(0.3 if waiting else 0)
-    while pending := [n for n in started if n not in failed and not _is_up(settings, n)]:
-        _check_progress(settings, {n: started[n] for n in pending}, failed, timeout)
+    failed: dict[str, str] = {}
+    while pending := [n for n in started if n not in failed]:
+        statuses = {s.name: s for s in status(settings, pending)}
+        for name in pending:
+            current = statuses[name]
+            if current.is_up:
+                started.pop(name)
+            elif current.state in ("gave up", "stopped"):
+                failed[name] = _failure(current, "could not be started")
+            elif time.monotonic() - started[name] > timeout:
+                failed[name] = _failure(current, f"did not answer within {timeout:.0f}s")
         time.sleep(0.3)
     if failed:
         raise ComponentFailed(
@@ -408,25 +320,6 @@ def _up(
             "Fix the cause shown in the log, then run `maquette up` again (`maquette status` "
             "shows what runs).",
         )
-    return status(settings, names)
-
-
-def _is_up(settings: Settings, name: str) -> bool:
-    return _component_status(settings, name).is_up
-
-
-def _check_progress(
-    settings: Settings, started: dict[str, float], failed: dict[str, str], timeout_s: float
-) -> None:
-    """Record in `failed` each started component that exited or outlived the start timeout."""
-    for name, began in started.items():
-        if name in failed:
-            continue
-        current = _component_status(settings, name)
-        if current.state in ("crashed", "stopped"):
-            failed[name] = _failure(current, "exited while starting")
-        elif not current.is_up and time.monotonic() - began > timeout_s:
-            failed[name] = _failure(current, f"did not answer within {timeout_s:.0f}s")
 
 
 def down(
@@ -434,29 +327,20 @@ def down(
     components: list[str] | None = None,
     announce: Callable[[str], None] = lambda _: None,
 ) -> list[ComponentStatus]:
-    """Stop the components in reverse order: SIGTERM, then SIGKILL after stop_timeout_s."""
+    """Stop the components in reverse order (SIGTERM, SIGKILL after stop_timeout_s); with no
+    components named, stop the supervisor too."""
     names = _names(settings, components, True)
     with _exclusive(settings):
-        for name in sorted(names, key=COMPONENTS.index, reverse=True):
-            _stop(settings, name, announce)
+        running = supervisor.is_running(settings)
+        for name in reversed(_supervised(settings, names)):
+            if running and supervisor.stop_program(settings, name):
+                announce(f"stopped {name}")
+            if name == "redis":
+                redis_server.mark_supervised(settings, False)
+            stop_leftovers(settings, name, settings.orchestration.stop_timeout_s)
+        if running and components is None:
+            supervisor.shutdown(settings)
     return status(settings, names)
-
-
-def _stop(settings: Settings, name: str, announce: Callable[[str], None]) -> None:
-    if name == "redis":
-        if settings.redis.url is not None:
-            return  # an external Redis is not Maquette's to stop
-        if redis_server.stop(settings):
-            announce("stopped redis")
-        data_dir = redis_server.status(settings).data_dir
-        if data_dir and not redis_server.ping(redis_server.redis_url(settings)):
-            (data_dir / "redis.pid").unlink(missing_ok=True)  # left behind by a crash
-        return
-    record = _read_record(settings, name)
-    if record is not None:
-        _terminate(record, settings.orchestration.stop_timeout_s)
-        _record_path(settings, name).unlink(missing_ok=True)
-        announce(f"stopped {name}")
 
 
 @contextlib.contextmanager

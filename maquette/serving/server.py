@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from maquette.config import Settings
@@ -35,22 +36,29 @@ def service_target(settings: Settings) -> tuple[str, str]:
     return str(folder.parent), f"{folder.name}.service:{SERVICE_CLASS}"
 
 
-def service_process(
-    settings: Settings,
-    host: str,
-    port: int,
-    env: dict[str, str] | None = None,
-    **popen: Any,
-) -> subprocess.Popen[bytes]:
-    """`bentoml serve` of the project's bento service (`paths.bentos`), started for `settings`."""
+def bentoml_home(settings: Settings) -> str:
+    """The BentoML home whose model store this project's processes read and write."""
+    # Given to every process the project starts, so a service never reads another project's
+    # store, or ~/bentoml, by falling back to BentoML's default.
+    if settings.registry.bentoml_home is not None:
+        return str(settings.path(settings.registry.bentoml_home))
+    return os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
+
+
+def service_command(
+    settings: Settings, host: str, port: int, env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of `bentoml serve` for the project's bento service (`paths.bentos`);
+    run it with the project folder as working directory."""
     working_dir, target = service_target(settings)
     # Feast points PROMETHEUS_MULTIPROC_DIR at its own folder when imported; inherited, it
     # would make every service started from this process share (and overwrite) one metrics
     # folder. BentoML makes a folder per server when the variable is unset.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
-    env = {
+    environment = {
         **inherited,
         "MAQUETTE_PROJECT_DIR": str(settings.project_dir),
+        "BENTOML_HOME": bentoml_home(settings),
         "PYTHONWARNINGS": "ignore",
         **(env or {}),
     }
@@ -67,4 +75,16 @@ def service_process(
         "--port",
         str(port),
     ]
-    return subprocess.Popen(command, cwd=settings.project_dir, env=env, **popen)
+    return command, environment
+
+
+def service_process(
+    settings: Settings,
+    host: str,
+    port: int,
+    env: dict[str, str] | None = None,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """`bentoml serve` of the project's bento service (`paths.bentos`), started for `settings`."""
+    command, environment = service_command(settings, host, port, env)
+    return subprocess.Popen(command, cwd=settings.project_dir, env=environment, **popen)
