@@ -198,13 +198,19 @@ def test_bad_input_is_named(replayed: Settings, loaded_project: Settings) -> Non
         monitoring.run(fresh, ["flight_delay"], drain=False)
 
 
-def test_monitor_run_command_runs_the_prefect_flow(replayed: Settings) -> None:
+def test_monitor_run_command_runs_the_prefect_flow_on_the_platforms_server(
+    replayed: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
     from typer.testing import CliRunner
 
     from maquette.cli import app
 
     with prefect_test_harness(server_startup_timeout=120):
+        # The harness's server stands in for the platform's: the command finds it by its port.
+        port = str(PREFECT_API_URL.value()).rsplit(":", 1)[1].split("/")[0]
+        monkeypatch.setenv("MAQUETTE_ORCHESTRATION_PREFECT_PORT", port)
         result = CliRunner().invoke(
             app,
             [
@@ -220,3 +226,4 @@ def test_monitor_run_command_runs_the_prefect_flow(replayed: Settings) -> None:
         )
     assert result.exit_code == 0, result.output
     assert "flight_delay" in result.output and "reports:" in result.output
+    assert "monitor flow run on the platform's Prefect" in " ".join(result.output.split())

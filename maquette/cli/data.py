@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from maquette.cli.options import ProjectOpt, console, progress_bars, project_settings, when
+from maquette.cli.options import ProjectOpt, console, err, progress_bars, project_settings, when
 from maquette.cli.render import online_features_table, tables_table
 from maquette.data import redis_server
 
@@ -61,18 +61,26 @@ def features_materialize(
     Example: maquette features materialize --start 2013-01-01 --end 2014-01-02
     """
     from maquette.cli.render import materialize_table
+    from maquette.cli.render_platform import flow_run_note, written_table
     from maquette.features.layer import FeatureLayer
+    from maquette.platform.flows import run_flow
 
     settings = project_settings(project)
     redis_server.ensure_redis(settings)
-    layer = FeatureLayer(settings)
-    bar, update = progress_bars()
-    with bar:
-        if start is None:
-            result = layer.materialize_incremental(when(end), update)
-        else:
-            result = layer.materialize(when(start), when(end, datetime.now(UTC)), view, update)  # type: ignore[arg-type]
-    console.print(materialize_table(result))
+    # Incremental runs are the `materialize` flow (what its schedule runs); a window is not.
+    run = None if start else run_flow(settings, "materialize", str(settings.project_dir), when(end))
+    if run is not None:
+        console.print(written_table(run.result))
+    else:
+        layer = FeatureLayer(settings)
+        bar, update = progress_bars()
+        with bar:
+            if start is None:
+                result = layer.materialize_incremental(when(end), update)
+            else:
+                result = layer.materialize(when(start), when(end, datetime.now(UTC)), view, update)  # type: ignore[arg-type]
+        console.print(materialize_table(result))
+    flow_run_note(err, run, plain=start is not None)  # a window never runs as a flow
 
 
 @features_app.command("list")

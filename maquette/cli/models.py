@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from maquette.cli.options import PlainOpt, ProjectOpt, console, project_settings
+from maquette.cli.options import PlainOpt, ProjectOpt, console, err, project_settings
 from maquette.data import redis_server
 
 # Training, the registry and serving are imported inside the commands: they load BentoML,
@@ -33,17 +33,18 @@ def train(
     """
     from maquette import registry
     from maquette.cli.render_models import version_summary
-    from maquette.platform.flows import project_flow
+    from maquette.cli.render_platform import flow_run_note
+    from maquette.platform.flows import run_flow
     from maquette.training import pipeline as training
 
     settings = project_settings(project)
     training.ensure_trainable(settings, name)
-    if plain:
+    run = None if plain else run_flow(settings, "train", name, trials, str(settings.project_dir))
+    if run is None:
         with console.status("training") as status:
             tag = training.train(settings, name, trials, announce=status.update).tag
-    else:
-        tag = project_flow(settings, "train")(name, trials, str(settings.project_dir))
-    version_summary(console, registry.resolve(settings, tag))
+    version_summary(console, registry.resolve(settings, run.result if run else tag))
+    flow_run_note(err, run, plain)
 
 
 @models_app.command("list")
@@ -177,10 +178,20 @@ def predict_batch(
     Example: maquette predict-batch "SELECT * FROM TABLE WHERE event_timestamp >= '2013-12-01'" \
     --model MODEL@production --output scores.parquet
     """
+    from maquette.cli.render_platform import flow_run_note
+    from maquette.platform.flows import run_flow
     from maquette.serving import batch
 
-    result = batch.predict_batch(project_settings(project), entities, model, output)
+    settings = project_settings(project)
+    args = (entities, model, str(output), str(settings.project_dir))
+    run = run_flow(settings, "batch_predict", *args)
+    if run is None:
+        result = batch.predict_batch(settings, entities, model, output)
+        scored = {"version": result.version, "rows": result.rows, "output": result.path}
+        scored["rows_per_second"] = result.rows_per_second
+    done = run.result if run else scored  # the flow returns the same fields
     console.print(
-        f"{result.version}: {result.rows:,} rows in {result.seconds:.2f}s "
-        f"({result.rows_per_second:,.0f} rows/s) -> {result.path}"
+        f"{done['version']}: {done['rows']:,} rows ({done['rows_per_second']:,.0f} rows/s) "
+        f"-> {done['output']}"
     )
+    flow_run_note(err, run)

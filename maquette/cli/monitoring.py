@@ -29,15 +29,20 @@ def predictions_drain(project: ProjectOpt = None) -> None:
 
     Example: maquette predictions drain
     """
+    from maquette.cli.render_platform import flow_run_note
+    from maquette.platform.flows import run_flow
     from maquette.serving import prediction_log as predictions
 
-    result = predictions.drain(project_settings(project))
-    again = (
-        f" ({result.redelivered:,} redelivered after an interrupted drain)"
-        if result.redelivered
-        else ""
-    )
-    console.print(f"drained {result.entries:,} predictions into {len(result.files)} files{again}")
+    settings = project_settings(project)
+    run = run_flow(settings, "drain", str(settings.project_dir))
+    if run is not None:  # the flow returns how many entries it moved
+        console.print(f"drained {run.result:,} predictions")
+    else:
+        result = predictions.drain(settings)
+        again = f" ({result.redelivered:,} redelivered after an interrupted drain)"
+        files = f"into {len(result.files)} files{again if result.redelivered else ''}"
+        console.print(f"drained {result.entries:,} predictions {files}")
+    flow_run_note(err, run)
 
 
 @predictions_app.command("count")
@@ -119,16 +124,16 @@ def monitor_run(
 
     Example: maquette monitor run --as-of 2014-01-01
     """
+    from maquette.cli.render_platform import flow_run_note
     from maquette.monitoring import monitor as monitoring
-    from maquette.platform.flows import project_flow
+    from maquette.platform.flows import run_flow
 
     settings = project_settings(project)
     redis_server.ensure_redis(settings)
-    if plain:
+    args = (str(settings.project_dir), model or None, when(as_of))
+    flow_run = None if plain else run_flow(settings, "monitor", *args)
+    if flow_run is None:
         with console.status("monitoring") as status:
             run = monitoring.run(settings, model or None, when(as_of), announce=status.update)
-    else:
-        run = project_flow(settings, "monitor")(
-            str(settings.project_dir), model or None, when(as_of)
-        )
-    monitor_summary(console, run)
+    monitor_summary(console, flow_run.result if flow_run else run)
+    flow_run_note(err, flow_run, plain)

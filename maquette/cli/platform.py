@@ -54,7 +54,8 @@ def platform_up(component: ComponentOpt = None, project: ProjectOpt = None) -> N
     """Start the platform in the background, on loopback (what already runs is left alone).
 
     Redis, a Prefect server, the flows' deployments, the prediction service, the stream
-    processor; logs in <state>/logs. Example: maquette up
+    processor, kept running by a supervisor that restarts whatever exits; logs in
+    <state>/logs. Example: maquette up
     """
     from maquette.platform import components as platform
 
@@ -65,14 +66,21 @@ def platform_up(component: ComponentOpt = None, project: ProjectOpt = None) -> N
 
 @commands.command("status")
 def platform_status(component: ComponentOpt = None, project: ProjectOpt = None) -> None:
-    """Each component's state (running, crashed, stopped...), URL, pid and log; exit 1 if one is down.
+    """Each component's state (running, restarting, gave up, stopped...), restarts, last exit and
+    log; exit 1 if one is down.
+
+    Then each deployment's schedule, last run and next run, and any error of Prefect's scheduler.
 
     Example: maquette status
     """
+    from maquette.cli.render_platform import schedules_report
     from maquette.platform import components as platform
 
-    statuses = platform.status(project_settings(project), component)
+    settings = project_settings(project)
+    statuses = platform.status(settings, component)
     console.print(platform_table(statuses))
+    if not component or {"prefect", "deployments"} & set(component):
+        schedules_report(console, settings)
     if not all(s.is_up for s in statuses):
         raise typer.Exit(1)
 
