@@ -98,8 +98,12 @@ class DatasetSettings(Section):
 class RegistrySettings(Section):
     """The model repository, built on BentoML's model store."""
 
+    # In the project by default: with BentoML's own default (~/bentoml) shared by every
+    # project, one project's service could serve another's models.
     bentoml_home: Path | None = Field(
-        None, description="BentoML home holding the model store (default: BentoML's, ~/bentoml)."
+        Path(".maquette/bentoml"),
+        description="BentoML home holding the model store; null: $BENTOML_HOME, else ~/bentoml "
+        "(shared with every project on the machine).",
     )
     aliases: Path = Field(
         Path(".maquette/registry/aliases.json"), description="Alias table and its history."

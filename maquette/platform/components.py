@@ -31,14 +31,8 @@ from maquette.config import Settings
 from maquette.data import redis_server
 from maquette.errors import ComponentFailed, ConfigError
 from maquette.platform import supervisor
-from maquette.platform.flows import runner_file
-from maquette.platform.launch import (
-    COMPONENTS,
-    forget_starts,
-    prefect_api_url,
-    prefect_env,
-    stop_leftovers,
-)
+from maquette.platform.flows import platform_prefect, prefect_api_url, runner_file
+from maquette.platform.launch import COMPONENTS, forget_starts, prefect_env, stop_leftovers
 from maquette.serving.server import service_target
 
 __all__ = ["COMPONENTS", "prefect_api_url", "prefect_env"]
@@ -68,10 +62,8 @@ class ComponentStatus:
 @contextlib.contextmanager
 def prefect_api(settings: Settings) -> Iterator[str]:
     """Point this process's Prefect client at the platform's server, e.g. for run_deployment."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     url = prefect_api_url(settings)
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    with platform_prefect(settings, url):
         yield url
 
 

@@ -68,9 +68,14 @@ class PlatformFlowRun:
     result: Any
 
 
+def prefect_api_url(settings: Settings) -> str:
+    """The API of the platform's Prefect server (what PREFECT_API_URL must say)."""
+    return f"{settings.orchestration.prefect_url}/api"
+
+
 def platform_prefect_url(settings: Settings, timeout_s: float = 1.0) -> str | None:
     """The API URL of the platform's Prefect server if it answers /api/health now, else None."""
-    url = f"{settings.orchestration.prefect_url}/api"
+    url = prefect_api_url(settings)
     try:
         answered = httpx.get(f"{url}/health", timeout=timeout_s).is_success
     except httpx.HTTPError:

@@ -23,7 +23,7 @@ import psutil
 
 from maquette.config import Settings, load_settings
 from maquette.data import redis_server
-from maquette.platform.flows import runner_file
+from maquette.platform.flows import prefect_api_url, runner_file
 from maquette.platform.supervisor import DROPPED_ENV, GAVE_UP_EXIT, component_mark, run_dir
 from maquette.serving.server import bentoml_home, service_command
 
@@ -35,11 +35,6 @@ NEEDS = {"deployments": ("prefect",), "service": ("redis",), "stream": ("redis",
 # Starts counted for crash loops: more than `orchestration.start_retries` restarts in this
 # window and the component is given up (until the next `maquette up`).
 CRASH_WINDOW_S = 120.0
-
-
-def prefect_api_url(settings: Settings) -> str:
-    """The API of the platform's Prefect server (what PREFECT_API_URL must say)."""
-    return f"{settings.orchestration.prefect_url}/api"
 
 
 def prefect_env(settings: Settings) -> dict[str, str]:
