@@ -141,8 +141,9 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     assert {n: _pid(settings, n) for n in COMPONENTS} == pids
 
     # Killed with -9, each component is brought back by the supervisor, nobody typing a
-    # command: Redis too (the stream processor waits for it), each with its restart counted.
-    killed = ["redis", "deployments", *(["stream"] if HAS_STREAM else [])]
+    # command (the stream processor waits for Redis, the runner for Prefect), each restart
+    # counted, and the deployments are still there.
+    killed = list(COMPONENTS)  # all at once: each waits for what it needs, nothing exits for good
     for name in killed:
         os.kill(pids[name], signal.SIGKILL)
     back = _wait_for(
@@ -151,13 +152,12 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
             for s in platform.status(settings)
             if s.name in killed
         ),
-        seconds=90,
+        seconds=240,
     )
     assert back, platform.status(settings)
     after = {s.name: s for s in platform.status(settings)}
     for name in killed:
         assert after[name].restarts == 1 and "SIGKILL" in str(after[name].last_exit), after[name]
-    assert after["prefect"].pid == pids["prefect"] and after["prefect"].restarts == 0
     assert len(_served_deployments(settings)) == 3 + 2 * len(models)
     shown = runner.invoke(app, ["status", "--project", str(settings.project_dir)])
     assert shown.exit_code == 0 and "SIGKILL" in shown.output, shown.output
