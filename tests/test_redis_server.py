@@ -80,3 +80,36 @@ def test_no_binary_anywhere_says_how_to_install(monkeypatch: pytest.MonkeyPatch)
 def test_feast_connection_string_carries_db_and_password() -> None:
     assert redis_server.feast_connection_string("redis://:pw@h:7/3") == "h:7,db=3,password=pw"
     assert redis_server.feast_connection_string("redis://127.0.0.1:6399/0") == "127.0.0.1:6399"
+
+
+def test_appendfsync_always_is_a_setting_the_embedded_server_runs_with(tmp_path: Path) -> None:
+    (tmp_path / "maquette.yaml").write_text(
+        f"redis:\n  port: {free_port()}\n  appendfsync: always\n"
+    )
+    settings = load_settings(tmp_path)
+    try:
+        url = redis_server.ensure_redis(settings)
+        assert redis.Redis.from_url(url).config_get("appendfsync") == {"appendfsync": "always"}
+    finally:
+        redis_server.stop(settings)
+
+
+def test_a_supervised_redis_is_neither_stopped_nor_started_twice_by_hand(embedded_settings) -> None:  # type: ignore[no-untyped-def]
+    # `maquette up` marks the embedded server as its supervisor's: a `redis stop` would be
+    # undone within seconds, and a second server would fight the restarted one for the port.
+    redis_server.mark_supervised(embedded_settings, True)
+    try:
+        with pytest.raises(StoreUnavailable, match="maquette down redis"):
+            redis_server.stop(embedded_settings)
+        # Down (crashed, being restarted): ensure_redis waits for it instead of starting one.
+        with pytest.raises(StoreUnavailable, match="did not answer"):
+            redis_server.ensure_redis(
+                embedded_settings.model_copy(
+                    update={
+                        "redis": embedded_settings.redis.model_copy(update={"start_timeout_s": 0.5})
+                    }
+                )
+            )
+        assert not redis_server.status(embedded_settings).running
+    finally:
+        redis_server.mark_supervised(embedded_settings, False)
