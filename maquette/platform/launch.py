@@ -24,7 +24,7 @@ import psutil
 from maquette.config import Settings, load_settings
 from maquette.data import redis_server
 from maquette.platform.flows import prefect_api_url, runner_file
-from maquette.platform.supervisor import DROPPED_ENV, GAVE_UP_EXIT, component_mark, run_dir
+from maquette.platform.supervisor import GAVE_UP_EXIT, component_mark, inherited_env, run_dir
 from maquette.serving.server import bentoml_home, service_command
 
 # Environment variable carrying component_mark(): inherited by every child of a component.
@@ -63,7 +63,9 @@ def project_env(settings: Settings) -> dict[str, str]:
 
 def component_command(settings: Settings, name: str) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of a component as the platform runs it."""
-    base = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    # Feast sets PROMETHEUS_MULTIPROC(ESS)_DIR to a folder that dies with the process that ran
+    # `up`; inherited, both projects would share it and crash on `import feast` once it is gone.
+    base = inherited_env()
     env = {**base, **project_env(settings), MARK: component_mark(settings, name)}
     o, project = settings.orchestration, str(settings.project_dir)
     if name == "redis":
@@ -166,7 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("component", choices=COMPONENTS)
     parser.add_argument("--project", default=None, help="Folder holding maquette.yaml.")
+    parser.add_argument(
+        "--environment", type=Path, default=None, help="JSON of the MAQUETTE_* `up` ran with."
+    )
     args = parser.parse_args(argv)
+    if args.environment is not None:  # the settings `up` read, whatever supervisord inherited
+        for key in [k for k in os.environ if k.startswith("MAQUETTE_")]:
+            del os.environ[key]
+        os.environ.update(json.loads(args.environment.read_text()))
     settings = load_settings(args.project)
     delay = restart_delay(settings, args.component)
     if delay is None:

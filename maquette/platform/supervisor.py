@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,9 +35,17 @@ from maquette.config import Settings
 from maquette.errors import ComponentFailed
 
 # The environment supervisord (and so every component) is started with leaves these out: Feast
-# points PROMETHEUS_MULTIPROC_DIR at a temporary folder of the process that imported it, which
-# is gone once `maquette up` exits, and every flow run would then die on `import feast`.
-DROPPED_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+# points PROMETHEUS_MULTIPROC_DIR and PROMETHEUS_MULTIPROCESS_DIR at a temporary folder of the
+# process that imported it, which is gone once `maquette up` exits: inherited, every flow run
+# would die on `import feast`, and two projects would share one metrics folder.
+DROPPED_ENV_PREFIX = "PROMETHEUS_MULTIPROC"
+
+
+def inherited_env() -> dict[str, str]:
+    """This process's environment without what must not outlive it (see DROPPED_ENV_PREFIX)."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith(DROPPED_ENV_PREFIX)}
+
+
 # Exit code of the launcher when a component crash-looped: supervisord then leaves it stopped.
 GAVE_UP_EXIT = 75
 # supervisord's names for a program's states, grouped the way `maquette status` reports them.
@@ -101,24 +111,40 @@ def component_mark(settings: Settings, name: str) -> str:
     return f"{digest}:{name}"
 
 
-def _program(settings: Settings, name: str) -> str:
+def overrides_path(settings: Settings) -> Path:
+    return run_dir(settings) / "environment.json"
+
+
+def _write_overrides(settings: Settings) -> str:
+    """Save the MAQUETTE_* variables `up` runs with, for the launcher; returns their digest."""
+    # A file rather than supervisord's `environment=`, whose parser cannot carry every value
+    # (quotes, JSON); 0600, since a value may be a secret (serving.api_key).
+    overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MAQUETTE_")}
+    text = json.dumps(overrides, sort_keys=True)
+    path = overrides_path(settings)
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(text)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _program(settings: Settings, name: str, digest: str) -> str:
     o = settings.orchestration
-    command = (
-        f"{sys.executable} -m maquette.platform.launch {name} --project {settings.project_dir}"
-    )
+    launcher = [sys.executable, "-m", "maquette.platform.launch", name]
+    arguments = [
+        "--project",
+        str(settings.project_dir),
+        "--environment",
+        str(overrides_path(settings)),
+    ]
+    command = shlex.join([*launcher, *arguments])
     log = component_log(settings, name)
-    # The MAQUETTE_* overrides `up` was run with: the component reads the same settings, and a
-    # change of them changes the program, which the next `up` then restarts.
-    overrides = ",".join(
-        f'{key}="{_escape(value)}"'
-        for key, value in sorted(os.environ.items())
-        if key.startswith("MAQUETTE_") and '"' not in value
-    )
     return "\n".join(
         [
             f"[program:{name}]",
             f"command={_escape(command)}",
-            *([f"environment={overrides}"] if overrides else []),
+            # Components read the settings `up` read (the file above); when those change, the
+            # program changes too, and `up` restarts it.
+            f'environment=MAQUETTE_OVERRIDES_DIGEST="{digest}"',
             f"directory={_escape(str(settings.project_dir))}",
             "autostart=false",
             # Restarted whatever its exit, except the launcher's own "gave up" code.
@@ -148,6 +174,7 @@ def write_config(settings: Settings, names: list[str]) -> Path:
     for folder in (run_dir(settings), sock.parent, log_path(settings).parent):
         folder.mkdir(parents=True, exist_ok=True)
     sock.parent.chmod(0o700)  # the socket's folder: nobody else may drive the supervisor
+    digest = _write_overrides(settings)
     sections = [
         "[unix_http_server]",
         f"file={_escape(str(sock))}",
@@ -164,7 +191,7 @@ def write_config(settings: Settings, names: list[str]) -> Path:
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "",
-        *[_program(settings, name) + "\n" for name in names],
+        *[_program(settings, name, digest) + "\n" for name in names],
     ]
     path = config_path(settings)
     path.write_text("\n".join(sections))
@@ -195,7 +222,7 @@ def start(settings: Settings, names: list[str], timeout_s: float = 20.0) -> None
     if is_running(settings):
         _apply_config(settings)
         return
-    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    env = inherited_env()
     socket_path(settings).unlink(missing_ok=True)  # left by a supervisord that was killed
     command = [sys.executable, "-m", "supervisor.supervisord", "-c", str(config_path(settings))]
     # supervisord daemonizes itself: the command returns once it runs in the background.
