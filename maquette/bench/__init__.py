@@ -10,6 +10,9 @@
 - `stock_service`, `bare_asgi`, `wrk_post.lua`: the stock and floor servers, the wrk script.
 - `stream`: the stream processor vs stock `FeatureStore.push`: sustained rate, freshness lag.
 - `monitoring`: label join + live metrics on a large log; Evidently drift, stock vs sampled.
+- `soak`: the whole platform under traffic, Redis and the stream processor killed once each:
+  schedules fired, restarts, answers, acknowledged predictions reconciled with Parquet.
+- `durability`: `redis.appendfsync` everysec vs always on the serving path, loaded by wrk.
 
 May import: everything below the CLI; never `maquette.cli` or `maquette.examples` (a
 dataset's `BenchDataset` is found through the settings).

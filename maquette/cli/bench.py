@@ -119,3 +119,47 @@ def bench_stream(
     markdown = run_stream_benchmark(settings, seconds, stock_seconds, backlog, console)
     if out:
         out.write_text(markdown)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(help="How long the traffic runs.")] = 5,
+    rate: Annotated[float, typer.Option(help="Prediction requests per second, in all.")] = 20,
+    clients: Annotated[int, typer.Option(help="Concurrent HTTP clients.")] = 4,
+    events: Annotated[float, typer.Option(help="Stream events published per second.")] = 20,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """The whole platform under steady traffic, Redis and the stream processor killed once each;
+    schedules fired, restarts, answers, and every acknowledged prediction found in Parquet once.
+
+    Needs a trained project with the platform down (`maquette demo --quick` leaves one).
+
+    Example: maquette bench soak --minutes 5
+    """
+    from maquette.bench.soak import run_soak, soak_table
+
+    settings = project_settings(project)
+    result = run_soak(settings, minutes, clients, rate, events, console=console)
+    markdown = soak_table(result, console)
+    if out:
+        out.write_text(markdown)
+
+
+@bench_app.command("durability")
+def bench_durability(
+    seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """The cost of `redis.appendfsync: always` on the serving path, next to everysec, with wrk.
+
+    Example: maquette bench durability --seconds 10
+    """
+    from maquette.bench.durability import run_durability_benchmark
+
+    settings = project_settings(project)
+    redis_server.ensure_redis(settings)
+    markdown = run_durability_benchmark(settings, seconds, console)
+    if out:
+        out.write_text(markdown)
