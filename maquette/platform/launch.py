@@ -144,7 +144,7 @@ def forget_starts(settings: Settings, name: str) -> None:
 
 
 def restart_delay(settings: Settings, name: str) -> float | None:
-    """Seconds to wait before this start (1, 2, 4... up to 30 after repeated crashes), or None
+    """Seconds to wait before this start (0, then 1, 2, 4... up to 30 as crashes repeat), or None
     when the component restarted more than `start_retries` times within CRASH_WINDOW_S."""
     # supervisord backs off only for processes that die within `startsecs`; a component that
     # dies after a slow start (Python imports take seconds) would be restarted forever.
@@ -157,7 +157,8 @@ def restart_delay(settings: Settings, name: str) -> float | None:
         path.unlink(missing_ok=True)
         return None
     path.write_text(json.dumps([*starts, now]))
-    return 0.0 if not starts else min(2.0 ** (len(starts) - 1), 30.0)
+    # The first restart after a crash is immediate; the next ones wait 1, 2, 4... seconds.
+    return 0.0 if len(starts) <= 1 else min(2.0 ** (len(starts) - 2), 30.0)
 
 
 def _say(message: str) -> None:
