@@ -332,3 +332,26 @@ def test_a_quick_demo_replays_quick_days_from_the_replay_start(tmp_path: Path) -
     start, end = replay_period(settings, quick=True)
     assert (start, end - start) == (settings.demo.replay_start, timedelta(days=2))
     assert replay_period(settings) == (settings.demo.replay_start, settings.demo.replay_end)
+
+
+def test_up_never_stops_a_redis_on_its_port_that_is_another_projects(tmp_path: Path) -> None:
+    from maquette.data import redis_server
+    from maquette.errors import StoreUnavailable
+
+    port = free_port()
+    first = load_settings(make_project(tmp_path / "first", None, redis={"port": port}))
+    second = load_settings(
+        make_project(
+            tmp_path / "second", None, redis={"port": port}, orchestration={"components": ["redis"]}
+        )
+    )
+    url = redis_server.ensure_redis(first)  # started by hand, as `maquette redis start` does
+    try:
+        with pytest.raises(StoreUnavailable, match="not this project's"):
+            platform.up(second)
+        assert redis_server.ping(url)  # the first project's Redis still runs
+        (shown,) = platform.status(second, ["redis"])
+        assert shown.state == "stopped" and "not with this project's Redis" in shown.detail
+    finally:
+        platform.down(second)
+        redis_server.stop(first)

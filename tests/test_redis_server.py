@@ -99,7 +99,7 @@ def test_a_supervised_redis_is_neither_stopped_nor_started_twice_by_hand(embedde
     # undone within seconds, and a second server would fight the restarted one for the port.
     redis_server.mark_supervised(embedded_settings, True)
     try:
-        with pytest.raises(StoreUnavailable, match="maquette down redis"):
+        with pytest.raises(StoreUnavailable, match="maquette down --component redis"):
             redis_server.stop(embedded_settings)
         # Down (crashed, being restarted): ensure_redis waits for it instead of starting one.
         with pytest.raises(StoreUnavailable, match="did not answer"):

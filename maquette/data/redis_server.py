@@ -130,7 +130,9 @@ def mark_supervised(settings: Settings, supervised: bool) -> None:
     marker = _data_dir(settings) / SUPERVISED
     if supervised:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("kept running by `maquette up`; stop it with `maquette down redis`\n")
+        marker.write_text(
+            "kept running by `maquette up`; stop it with `maquette down --component redis`\n"
+        )
     else:
         marker.unlink(missing_ok=True)
 
@@ -240,7 +242,10 @@ def ensure_redis(settings: Settings) -> str:
         daemonize=True,
         appendfsync=settings.redis.appendfsync,
     )
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # Not marked as part of the component whose process starts it (e.g. a flow run of the
+    # platform's runner): stopping that component must not stop the project's Redis.
+    env = {k: v for k, v in os.environ.items() if k != "MAQUETTE_COMPONENT"}
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0:
         raise StoreUnavailable(
             f"redis-server failed to start: {result.stderr or result.stdout}", INSTALL_HINT
@@ -253,6 +258,17 @@ def _port_taken(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
+
+
+def is_ours(settings: Settings) -> bool:
+    """True when the Redis answering on the embedded port is this project's (its pid file)."""
+    pid = _pid(settings)
+    if settings.redis.url is not None or pid is None:
+        return False
+    try:
+        return int(_client(embedded_url(settings), timeout=0.5).info()["process_id"]) == pid
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        return False
 
 
 def status(settings: Settings) -> RedisStatus:
@@ -300,7 +316,7 @@ def stop(settings: Settings, timeout_s: float = 10.0) -> bool:
         raise StoreUnavailable(
             "the embedded Redis is kept running by `maquette up`: stopped here, it would be "
             "started again within seconds.",
-            "Stop it with `maquette down redis` (or `maquette down` for everything).",
+            "Stop it with `maquette down --component redis` (or `maquette down` for everything).",
         )
     url = embedded_url(settings)
     pid = _pid(settings)

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import redis
 
 from maquette.config import Settings
 from maquette.data import redis_server
-from maquette.errors import ComponentFailed, ConfigError
+from maquette.errors import ComponentFailed, ConfigError, StoreUnavailable
 from maquette.platform import supervisor
 from maquette.platform.flows import platform_prefect, prefect_api_url, runner_file
 from maquette.platform.launch import COMPONENTS, forget_starts, prefect_env, stop_leftovers
@@ -151,6 +152,8 @@ def _component_status(
     if program.state == supervisor.RUNNING and program.pid:
         age = time.time() - (program.started or time.time())
         state, pid = _health(settings, name, age), program.pid
+        if state == "running" and _still_launching(program.pid):
+            state = "starting"  # the launcher waits (backoff, dependencies): not the component yet
         if state == "starting" and age > settings.orchestration.start_timeout_s:
             state = "unhealthy"
         detail = _detail(settings, name, state)
@@ -160,7 +163,20 @@ def _component_status(
     elif program.gave_up:
         state = "gave up"
         detail = "kept crashing: see its log; `maquette up` tries again"
+    elif program.state == "EXITED":
+        state = "restarting"  # exited unexpectedly: supervisord restarts it within a second
+    elif program.state == "STOPPING":
+        state = "stopping"
+    elif name == "redis":  # stopped here: maybe started by hand, or another's on its port
+        return _unsupervised_status(settings, name, url, log)
     return ComponentStatus(name, state, url, pid, log, detail, program.restarts, program.last_exit)
+
+
+def _still_launching(pid: int) -> bool:
+    """True while the supervised process is still the launcher, not yet the component."""
+    with contextlib.suppress(psutil.Error):
+        return "maquette.platform.launch" in psutil.Process(pid).cmdline()
+    return False
 
 
 def _unsupervised_status(
@@ -168,6 +184,9 @@ def _unsupervised_status(
 ) -> ComponentStatus:
     """A component the supervisor does not run: stopped, or an embedded Redis started by hand."""
     if name == "redis" and redis_server.ping(str(url)):
+        if not redis_server.is_ours(settings):
+            why = "the port answers, but not with this project's Redis: set redis.port"
+            return ComponentStatus(name, "stopped", url, None, log, why)
         return ComponentStatus(
             name,
             "running",
@@ -286,6 +305,11 @@ def _hand_redis_to_the_supervisor(settings: Settings, announce: Callable[[str], 
     data) and started again under the supervisor, which then owns it."""
     redis_server.mark_supervised(settings, False)
     if redis_server.ping(redis_server.redis_url(settings)):
+        if not redis_server.is_ours(settings):  # another project's, or the user's own
+            raise StoreUnavailable(
+                f"port {settings.redis.port} answers with a Redis that is not this project's.",
+                "Set redis.port in maquette.yaml (or MAQUETTE_REDIS_PORT) to a free port.",
+            )
         announce("moving the embedded redis under the supervisor")
         with contextlib.suppress(redis.RedisError):
             redis_server.stop(settings)
@@ -327,9 +351,11 @@ def down(
         for name in reversed(_supervised(settings, names)):
             if running and supervisor.stop_program(settings, name):
                 announce(f"stopped {name}")
-            if name == "redis":
-                redis_server.mark_supervised(settings, False)
             stop_leftovers(settings, name, settings.orchestration.stop_timeout_s)
+            if name == "redis":  # redis-server overwrites its environment: no mark to find
+                redis_server.mark_supervised(settings, False)
+                if redis_server.is_ours(settings):
+                    redis_server.stop(settings)
         if running and components is None:
             supervisor.shutdown(settings)
     return status(settings, names)

@@ -24,7 +24,13 @@ import psutil
 from maquette.config import Settings, load_settings
 from maquette.data import redis_server
 from maquette.platform.flows import prefect_api_url, runner_file
-from maquette.platform.supervisor import GAVE_UP_EXIT, component_mark, inherited_env, run_dir
+from maquette.platform.supervisor import (
+    GAVE_UP_EXIT,
+    component_mark,
+    inherited_env,
+    run_dir,
+    write_private,
+)
 from maquette.serving.server import bentoml_home, service_command
 
 # Environment variable carrying component_mark(): inherited by every child of a component.
@@ -156,7 +162,7 @@ def restart_delay(settings: Settings, name: str) -> float | None:
     if len(starts) > settings.orchestration.start_retries:
         path.unlink(missing_ok=True)
         return None
-    path.write_text(json.dumps([*starts, now]))
+    write_private(path, json.dumps([*starts, now]))
     # The first restart after a crash is immediate; the next ones wait 1, 2, 4... seconds.
     return 0.0 if len(starts) <= 1 else min(2.0 ** (len(starts) - 2), 30.0)
 
@@ -178,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
             del os.environ[key]
         os.environ.update(json.loads(args.environment.read_text()))
     settings = load_settings(args.project)
+    # Marked from here on, not only once it becomes the component: a launcher still waiting
+    # (backoff, dependencies) is found and stopped by `down` or by the next start.
+    os.environ[MARK] = component_mark(settings, args.component)
     delay = restart_delay(settings, args.component)
     if delay is None:
         retries = settings.orchestration.start_retries

@@ -38,12 +38,16 @@ from maquette.errors import ComponentFailed
 # points PROMETHEUS_MULTIPROC_DIR and PROMETHEUS_MULTIPROCESS_DIR at a temporary folder of the
 # process that imported it, which is gone once `maquette up` exits: inherited, every flow run
 # would die on `import feast`, and two projects would share one metrics folder.
-DROPPED_ENV_PREFIX = "PROMETHEUS_MULTIPROC"
+# PREFECT_* and BENTOML_* of the shell that ran `up` are left out as well: the project's
+# settings give the components their Prefect server, home and BentoML store, and a stray
+# PREFECT_API_URL, profile or database URL would point them at someone else's.
+DROPPED_ENV_PREFIXES = ("PROMETHEUS_MULTIPROC", "PREFECT_", "BENTOML_")
 
 
 def inherited_env() -> dict[str, str]:
-    """This process's environment without what must not outlive it (see DROPPED_ENV_PREFIX)."""
-    return {k: v for k, v in os.environ.items() if not k.upper().startswith(DROPPED_ENV_PREFIX)}
+    """This process's environment without what must not reach the components (see
+    DROPPED_ENV_PREFIXES)."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith(DROPPED_ENV_PREFIXES)}
 
 
 # Exit code of the launcher when a component crash-looped: supervisord then leaves it stopped.
@@ -121,10 +125,18 @@ def _write_overrides(settings: Settings) -> str:
     # (quotes, JSON); 0600, since a value may be a secret (serving.api_key).
     overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MAQUETTE_")}
     text = json.dumps(overrides, sort_keys=True)
-    path = overrides_path(settings)
-    path.touch(mode=0o600, exist_ok=True)
-    path.write_text(text)
+    write_private(overrides_path(settings), text)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once (a reader never sees half of it), readable by this
+    user only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 def _program(settings: Settings, name: str, digest: str) -> str:
@@ -239,15 +251,20 @@ def start(settings: Settings, names: list[str], timeout_s: float = 20.0) -> None
 
 
 def _apply_config(settings: Settings) -> None:
-    """`supervisorctl update`: add new programs, replace changed ones, drop removed ones."""
+    """`supervisorctl update`: add new programs, replace changed ones (those that ran run
+    again, with the new config), drop removed ones."""
     proxy = api(settings)
     [[added, changed, removed]] = proxy.supervisor.reloadConfig()
+    states = {info["name"]: info["statename"] for info in proxy.supervisor.getAllProcessInfo()}
     for name in [*changed, *removed]:
         with contextlib.suppress(xmlrpc.client.Fault):
             proxy.supervisor.stopProcess(name, True)
         proxy.supervisor.removeProcessGroup(name)
     for name in [*changed, *added]:
         proxy.supervisor.addProcessGroup(name)
+    for name in changed:
+        if states.get(name) in (RUNNING, *STARTING):
+            start_program(settings, name)
 
 
 def start_program(settings: Settings, name: str) -> None:
@@ -271,12 +288,35 @@ def stop_program(settings: Settings, name: str) -> bool:
 
 
 def shutdown(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Stop supervisord itself (after its programs); returns once its socket is gone."""
+    """Stop supervisord itself (after its programs); returns once its process has exited."""
+    # Its API answers SHUTDOWN at once, and it removes its socket and pid file on the way
+    # out: a new supervisord started before that would lose both. Wait for the process.
+    pidfile = run_dir(settings) / "supervisord.pid"
+    try:
+        pid: int | None = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
     with contextlib.suppress(OSError, xmlrpc.client.Error):
         api(settings).supervisor.shutdown()
     deadline = time.monotonic() + timeout_s
-    while is_running(settings) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+        is_running(settings) or (pid is not None and _alive(pid))
+    ):
         time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (its parent, `up`, never waited) has exited for our purpose.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
 
 
 def programs(settings: Settings) -> dict[str, ProgramInfo]:
