@@ -176,13 +176,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("component", choices=COMPONENTS)
     parser.add_argument("--project", default=None, help="Folder holding maquette.yaml.")
     parser.add_argument(
-        "--environment", type=Path, default=None, help="JSON of the MAQUETTE_* `up` ran with."
+        "--environment",
+        type=Path,
+        default=None,
+        help="JSON of the MAQUETTE_* `up` ran with, and the BentoML home it resolved.",
     )
     args = parser.parse_args(argv)
     if args.environment is not None:  # the settings `up` read, whatever supervisord inherited
         for key in [k for k in os.environ if k.startswith("MAQUETTE_")]:
             del os.environ[key]
-        os.environ.update(json.loads(args.environment.read_text()))
+        os.environ.update(json.loads(args.environment.read_text()))  # and BENTOML_HOME
     settings = load_settings(args.project)
     # Marked from here on, not only once it becomes the component: a launcher still waiting
     # (backoff, dependencies) is found and stopped by `down` or by the next start.

@@ -33,6 +33,7 @@ from typing import Any
 
 from maquette.config import Settings
 from maquette.errors import ComponentFailed
+from maquette.serving.server import bentoml_home
 
 # The environment supervisord (and so every component) is started with leaves these out: Feast
 # points PROMETHEUS_MULTIPROC_DIR and PROMETHEUS_MULTIPROCESS_DIR at a temporary folder of the
@@ -124,6 +125,9 @@ def _write_overrides(settings: Settings) -> str:
     # A file rather than supervisord's `environment=`, whose parser cannot carry every value
     # (quotes, JSON); 0600, since a value may be a secret (serving.api_key).
     overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MAQUETTE_")}
+    # With `registry.bentoml_home: null`, the store is the BENTOML_HOME of the shell that ran
+    # `up` (BENTOML_* is not passed on as such): resolved here, where that shell's value is.
+    overrides["BENTOML_HOME"] = bentoml_home(settings)
     text = json.dumps(overrides, sort_keys=True)
     write_private(overrides_path(settings), text)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
