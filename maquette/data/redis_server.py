@@ -137,8 +137,9 @@ def mark_supervised(settings: Settings, supervised: bool) -> None:
         marker.unlink(missing_ok=True)
 
 
-def embedded_command(settings: Settings) -> list[str]:
-    """The embedded server's command line in the foreground, for a process supervisor."""
+def embedded_command(settings: Settings, daemonize: bool = False) -> list[str]:
+    """The embedded server's command line: in the foreground for a process supervisor, or as a
+    daemon for `maquette redis start`."""
     data_dir = _data_dir(settings)
     data_dir.mkdir(parents=True, exist_ok=True)
     return server_command(
@@ -146,7 +147,7 @@ def embedded_command(settings: Settings) -> list[str]:
         settings.redis.port,
         settings.redis.host,
         data_dir,
-        daemonize=False,
+        daemonize=daemonize,
         appendfsync=settings.redis.appendfsync,
     )
 
@@ -232,16 +233,7 @@ def ensure_redis(settings: Settings) -> str:
             "not Redis.",
             "Set redis.port in maquette.yaml (or MAQUETTE_REDIS_PORT) to a free port.",
         )
-    data_dir = _data_dir(settings)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = server_command(
-        redis_server_binary(),
-        settings.redis.port,
-        settings.redis.host,
-        data_dir,
-        daemonize=True,
-        appendfsync=settings.redis.appendfsync,
-    )
+    cmd = embedded_command(settings, daemonize=True)
     # Not marked as part of the component whose process starts it (e.g. a flow run of the
     # platform's runner): stopping that component must not stop the project's Redis.
     env = {k: v for k, v in os.environ.items() if k != "MAQUETTE_COMPONENT"}
@@ -250,7 +242,7 @@ def ensure_redis(settings: Settings) -> str:
         raise StoreUnavailable(
             f"redis-server failed to start: {result.stderr or result.stdout}", INSTALL_HINT
         )
-    wait_until_ready(url, settings.redis.start_timeout_s, data_dir / "redis.log")
+    wait_until_ready(url, settings.redis.start_timeout_s, _data_dir(settings) / "redis.log")
     return url
 
 
