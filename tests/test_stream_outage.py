@@ -11,27 +11,28 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import pyarrow as pa
 import pytest
 import redis
 
 from maquette.config import load_settings
 from maquette.data.redis_server import redis_server_binary, server_command, wait_until_ready
-from maquette.examples.nycflights13.stream import DEPARTURES
-from maquette.features.layer import FeatureLayer
 from maquette.stream.events import publish
 from maquette.stream.operations import status
 from maquette.stream.processor import StreamProcessor
-from tests.conftest import ROOT, free_port, make_project
+from tests.conftest import free_port, make_project
+from tests.stream_checks import (
+    assert_counted_once,
+    assert_stream_equals_batch,
+    processor_process,
+    wait_until,
+)
 from tests.test_stream import DAY, apply_own_repo
 
 pytestmark = pytest.mark.slow
@@ -83,13 +84,6 @@ def _departures(count: int) -> list[dict[str, Any]]:
     return events
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_processor_waits_out_a_redis_crash_and_resumes_exactly(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -114,17 +108,10 @@ def test_processor_waits_out_a_redis_crash_and_resumes_exactly(
     letters = iter(bad)
 
     log = tmp_path / "processor.log"
-    processor = subprocess.Popen(
-        [sys.executable, "-m", "maquette", "stream", "run", "--project", str(project)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    processor = processor_process(project, log)
     try:
         client = redis.Redis.from_url(redis_server.url)
-        _wait(lambda: bool(client.exists("outage:departures")), 60, "the consumer group")
+        wait_until(lambda: bool(client.exists("outage:departures")), 60, "the consumer group")
         sent = 0
         for sent, chunk in enumerate(chunks, 1):
             publish(settings, [*chunk, next(letters)] if sent % 3 == 0 else chunk)
@@ -137,7 +124,7 @@ def test_processor_waits_out_a_redis_crash_and_resumes_exactly(
         redis_server.kill()
 
         # The processor notices, says so, and stays up while Redis is away.
-        _wait(
+        wait_until(
             lambda: processor.poll() is not None or "retrying" in log.read_text(),
             60,
             "the processor to notice the outage",
@@ -157,7 +144,9 @@ def test_processor_waits_out_a_redis_crash_and_resumes_exactly(
             done = (state.length, state.pending, state.undelivered)
             return done == (len(events) + len(bad), 0, 0)
 
-        _wait(lambda: processor.poll() is not None or caught_up(), 120, "the processor to catch up")
+        wait_until(
+            lambda: processor.poll() is not None or caught_up(), 120, "the processor to catch up"
+        )
         assert processor.poll() is None, log.read_text()[-3_000:]
     finally:
         if processor.poll() is None:
@@ -167,23 +156,8 @@ def test_processor_waits_out_a_redis_crash_and_resumes_exactly(
     text = log.read_text()
     assert exit_code == 0, text[-3_000:]
     assert "unreachable, retrying" in text and "back after" in text, text[-3_000:]
-    done = status(settings)
-    assert (done.events, done.malformed, done.late) == (len(events), len(bad), 0)
-    assert (done.pending, done.undelivered, done.dead_letters) == (0, 0, len(bad))
-
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.register("sent", pa.Table.from_pylist(events))
-    layer = FeatureLayer(settings)
-    for agg in DEPARTURES.aggregations:
-        expected = con.sql(agg.backfill_sql("SELECT * FROM sent", DEPARTURES.event_time)).fetchall()
-        path = settings.offline_store / f"{agg.view}.parquet"
-        assert con.sql(f"SELECT * FROM read_parquet('{path}') ORDER BY 1, 2").fetchall() == expected
-        newest = {row[0]: row[2:] for row in expected}  # the last row per key wins
-        online = layer.online_features(
-            [{agg.key: k} for k in newest], [f"{agg.view}:{n}" for n in agg.feature_names]
-        )
-        assert [tuple(v.values()) for v in online.values] == list(newest.values())
+    assert_counted_once(settings, len(events), len(bad))
+    assert_stream_equals_batch(settings, events)
 
 
 def test_a_processor_stopped_while_redis_is_away_returns_and_keeps_its_entries_pending(
@@ -203,9 +177,9 @@ def test_a_processor_stopped_while_redis_is_away_returns_and_keeps_its_entries_p
     stop, outcome = threading.Event(), []
     runner = threading.Thread(target=lambda: outcome.append(processor.run(stop=stop)))
     runner.start()
-    _wait(lambda: processor.result.events == 100, 60, "the first events")
+    wait_until(lambda: processor.result.events == 100, 60, "the first events")
     redis_server.kill()  # read and pushed online, never committed (the interval is an hour)
-    _wait(lambda: "unreachable, retrying" in caplog.text, 60, "the processor to notice")
+    wait_until(lambda: "unreachable, retrying" in caplog.text, 60, "the processor to notice")
     stop.set()
     runner.join(60)
     assert not runner.is_alive() and outcome, "run() did not return"

@@ -50,6 +50,7 @@ from maquette.data.redis_server import redis_url
 from maquette.data.sources import TIMESTAMP_TYPE
 from maquette.data.sql import duckdb_connection
 from maquette.errors import DataNotLoaded
+from maquette.faults import crash_point
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
 from maquette.stream.aggregations import (
@@ -373,6 +374,12 @@ class StreamProcessor:
                     con.execute("SET threads = 1")  # leave the other core to reads and Redis
                 merge_rows(con, target, rows)
                 self.result.offline_rows += len(rows)
+                # One view's Parquet holds the commit's rows, the next not yet: a kill here must
+                # not double them (test_stream_kill.py::test_processor_killed_inside_a_commit_...).
+                crash_point("stream.view_merged")
+        # Parquet written; state, counters and XACK not: the entries come again and must count once
+        # (tests/e2e/test_stream_kill.py::test_processor_killed_inside_a_commit_resumes_exactly).
+        crash_point("stream.offline_written")
         todo.counts["offline_rows"] += sum(len(r) for r in todo.rows.values())
         windows, stats = state_key(self.settings), stats_key(self.settings)
         pipe = self.client.pipeline(transaction=True)
