@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from typer.testing import CliRunner
 
 from maquette import registry
 from maquette.cli import app
+from maquette.cli.render import fmt
 from maquette.config import Settings
 from maquette.errors import ModelVersionNotFound
+from maquette.registry import ModelVersion
 from maquette.training import pipeline as training
 
 runner = CliRunner()
@@ -23,12 +27,29 @@ def test_references_resolve_by_name_version_and_alias(trained, loaded_project: S
     assert registry.resolve(loaded_project, "flight_delay@candidate").tag == v1.tag
 
 
-def test_promote_moves_the_alias_and_keeps_its_history(trained, loaded_project: Settings) -> None:
+@pytest.fixture(scope="module")
+def second_late_arrival(trained, loaded_project: Settings) -> tuple[str, ModelVersion]:
+    """The version number `next_version` announced, and the late_arrival version then trained:
+    one search trial with fewer trees than the session's, so its metrics differ."""
     settings = loaded_project.model_copy(deep=True)
     settings.models["late_arrival"].search.trials = 1
-    v1 = trained["late_arrival"]
+    settings.models["late_arrival"].params = {"n_estimators": 20}
     expected = registry.next_version(loaded_project, "late_arrival")
-    v2 = training.train(settings, "late_arrival")
+    return expected, training.train(settings, "late_arrival")
+
+
+@pytest.fixture
+def production_put_back(production: dict[str, str], loaded_project: Settings) -> Iterator[None]:
+    """The test may move late_arrival@production; afterwards it points where it did."""
+    yield
+    registry.promote(loaded_project, production["late_arrival"], "production")
+
+
+def test_promote_moves_the_alias_and_keeps_its_history(
+    trained, second_late_arrival, production_put_back, loaded_project: Settings
+) -> None:
+    v1 = trained["late_arrival"]
+    expected, v2 = second_late_arrival
     assert v2.version == expected != v1.version
     registry.promote(loaded_project, v1.tag, "production")
     move = registry.promote(loaded_project, v2.tag, "production")
@@ -38,9 +59,48 @@ def test_promote_moves_the_alias_and_keeps_its_history(trained, loaded_project: 
         (m["alias"], m["previous"], m["version"])
         for m in registry.alias_history(loaded_project, "late_arrival")
     ]
-    assert history[-1] == ("production", v1.version, v2.version)
+    assert history[-1:] == [("production", v1.version, v2.version)]
     assert history[-2][2] == v1.version
     assert registry.aliases_of(loaded_project, v2) == ["production"]
+
+
+def test_models_promote_command_moves_the_alias_and_records_the_move(
+    trained, second_late_arrival, production_put_back, loaded_project: Settings
+) -> None:
+    project = ["--project", str(loaded_project.project_dir)]
+    v1, (_, v2) = trained["late_arrival"], second_late_arrival
+    registry.promote(loaded_project, v1.tag, "production")
+    result = runner.invoke(app, ["models", "promote", v2.tag, "--alias", "production", *project])
+    assert result.exit_code == 0, result.output
+    assert f"late_arrival@production -> {v2.version} (was {v1.version}), by " in result.output
+    assert registry.resolve(loaded_project, "late_arrival@production").tag == v2.tag
+    moves = [
+        (m["alias"], m["previous"], m["version"], bool(m["by"] and m["at"]))
+        for m in registry.alias_history(loaded_project, "late_arrival")
+    ]
+    assert moves[-1:] == [("production", v1.version, v2.version, True)], "move not in history"
+    shown = runner.invoke(app, ["models", "list", "late_arrival", *project])
+    row = next(line for line in shown.output.splitlines() if v2.tag in line)
+    assert "production" in row, shown.output
+
+
+def test_models_compare_command_prints_both_versions_metrics(
+    trained, second_late_arrival, loaded_project: Settings
+) -> None:
+    v1, (_, v2) = trained["late_arrival"], second_late_arrival
+    result = runner.invoke(
+        app,
+        ["models", "compare", v1.tag, v2.tag, "--project", str(loaded_project.project_dir)],
+    )
+    assert result.exit_code == 0, result.output
+    first, second = v1.record.metrics.test.model, v2.record.metrics.test.model
+    assert any(first[k] != second[k] for k in ("auc", "f1", "log_loss")), "versions alike"
+    header = next(line for line in result.output.splitlines() if "test metric" in line)
+    assert header.index(v1.tag) < header.index(v2.tag), result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│" in line}
+    for metric in ("auc", "f1", "log_loss", "precision", "recall"):
+        cells = [cell.strip() for cell in lines[metric].split("│")[1:4]]
+        assert cells == [metric, fmt(first[metric]), fmt(second[metric])], result.output
 
 
 def test_unknown_version_lists_the_versions(trained, loaded_project: Settings) -> None:
@@ -75,7 +135,9 @@ def test_a_failure_while_registering_leaves_no_version(trained, loaded_project: 
     assert registry.list_versions(loaded_project, "flight_delay") == before
 
 
-def test_compare_puts_two_versions_side_by_side(trained, loaded_project: Settings) -> None:
+def test_compare_puts_two_versions_side_by_side(
+    trained, production, loaded_project: Settings
+) -> None:
     comparison = registry.compare(
         loaded_project, trained["late_arrival"].tag, "late_arrival@production"
     )

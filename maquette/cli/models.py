@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -148,7 +149,10 @@ def serve(
     redis_server.ensure_redis(settings)
     host, port = settings.serving.host, port or settings.serving.port
     console.print(f"serving on http://{host}:{port} (Swagger UI at /, POST /predict)")
-    raise typer.Exit(service_process(settings, host, port).wait())
+    server = service_process(settings, host, port)
+    # `kill PID` of this command stops its server too, instead of leaving it on the port.
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
+    raise typer.Exit(server.wait())
 
 
 @commands.command()

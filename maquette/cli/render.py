@@ -60,7 +60,7 @@ def materialize_table(result: MaterializeResult) -> Table:
 
 def feature_views_table(layer: FeatureLayer) -> Table:
     table = Table("feature view", "entities", "ttl", "features", title="feature views")
-    for view in sorted(layer.store.list_feature_views(), key=lambda v: v.name):
+    for view in sorted(layer.feature_views(), key=lambda v: v.name):
         table.add_row(
             view.name,
             ", ".join(view.entities),
