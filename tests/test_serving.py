@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import httpx
@@ -52,6 +52,14 @@ def wait_ready(url: str, timeout: float = 90) -> None:
             pass
         time.sleep(0.3)
     raise TimeoutError(f"{url} not ready")
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming what was awaited after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)
@@ -204,6 +212,7 @@ def test_an_alias_moves_under_load_without_a_restart_or_a_failed_request(
     settings = loaded_project.model_copy(deep=True)
     settings.models["flight_delay"].search.trials = 1
     newer = training.train(settings, "flight_delay")
+    old = production["flight_delay"]
     failures, seen = [], Counter()
     stop = threading.Event()
 
@@ -219,15 +228,20 @@ def test_an_alias_moves_under_load_without_a_restart_or_a_failed_request(
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
-    registry.promote(loaded_project, newer.tag, "production")
-    time.sleep(2.0)
-    stop.set()
-    for t in threads:
-        t.join()
-    registry.promote(loaded_project, production["flight_delay"], "production")
+    try:
+        wait_until(lambda: seen[old] >= 20 or failures, 60, f"20 answers from {old}")
+        registry.promote(loaded_project, newer.tag, "production")
+        old_at_move = seen[old]
+        wait_until(lambda: seen[newer.tag] >= 20 or failures, 60, f"20 answers from {newer.tag}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        registry.promote(loaded_project, old, "production")
     assert failures == []
-    assert seen[production["flight_delay"]] > 0 and seen[newer.tag] > 0
+    assert seen[old] >= 20 and seen[newer.tag] >= 20
+    # After the move only requests already in flight (one per thread) got the old version.
+    assert seen[old] <= old_at_move + len(threads), seen
 
 
 def test_traffic_split_follows_the_weights(two_versions, loaded_project: Settings) -> None:
@@ -273,22 +287,55 @@ def test_online_library_and_batch_predictions_are_identical(
     from maquette.features.layer import FeatureLayer
 
     redis_py.Redis.from_url(settings.redis.url).flushdb()
-    cutoff = datetime(2013, 12, 30, 23, 30, tzinfo=UTC)
-    FeatureLayer(settings).materialize(datetime(2013, 1, 1, tzinfo=UTC), cutoff)
-    query = (
-        "SELECT * FROM flights WHERE event_timestamp >= '2013-12-30 23:00:00+00' "
-        "AND event_timestamp <= '2013-12-30 23:30:00+00' AND tailnum IS NOT NULL ORDER BY flight_id"
+    # The HTTP leg: a server of the same project reading that database (it starts meanwhile).
+    port = free_port()
+    server = service_process(
+        loaded_project,
+        "127.0.0.1",
+        port,
+        env={"MAQUETTE_REDIS_URL": settings.redis.url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    scored = batch.predict_batch(settings, query, "flight_delay@production").table.to_pylist()
-    assert len(scored) >= 5
-    library = load_model("flight_delay@production", settings)
-    for row in scored:
-        request = {
-            k: row[k] for k in ("origin", "carrier", "tailnum", "route", "scheduled_departure")
-        }
-        (answer,) = library.predict([request], as_of=row["event_timestamp"])
-        assert answer.prediction == pytest.approx(row["prediction"], rel=1e-9), row["flight_id"]
-        assert answer.partition == row["partition"]
+    try:
+        cutoff = datetime(2013, 12, 30, 23, 30, tzinfo=UTC)
+        FeatureLayer(settings).materialize(datetime(2013, 1, 1, tzinfo=UTC), cutoff)
+        query = (
+            "SELECT * FROM flights WHERE event_timestamp >= '2013-12-30 23:00:00+00' AND "
+            "event_timestamp <= '2013-12-30 23:30:00+00' AND tailnum IS NOT NULL ORDER BY flight_id"
+        )
+        scored = batch.predict_batch(settings, query, "flight_delay@production").table.to_pylist()
+        assert len(scored) >= 5
+        library = load_model("flight_delay@production", settings)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, timeout=120)
+        for row in scored:
+            request = {
+                k: row[k] for k in ("origin", "carrier", "tailnum", "route", "scheduled_departure")
+            }
+            (answer,) = library.predict([request], as_of=row["event_timestamp"])
+            assert answer.prediction == pytest.approx(row["prediction"], rel=1e-9), row["flight_id"]
+            assert answer.partition == row["partition"]
+            body = {
+                "rows": {
+                    **request,
+                    "scheduled_departure": request["scheduled_departure"].isoformat(),
+                },
+                "model": "flight_delay@production",
+                "as_of": row["event_timestamp"].isoformat(),
+            }
+            reply = httpx.post(f"{url}/predict", json=body, timeout=10)
+            assert reply.status_code == 200, reply.text
+            (online,) = reply.json()["predictions"]
+            assert online["prediction"] == pytest.approx(row["prediction"], rel=1e-9), row
+            assert (online["model"], online["partition"]) == (
+                row["model_version"],
+                row["partition"],
+            )
+            assert online["missing_features"] == answer.missing_features
+    finally:
+        server.terminate()
+        server.wait(20)
 
 
 def test_http_and_library_answers_are_identical(
