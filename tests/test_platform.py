@@ -1,5 +1,5 @@
 """`maquette up / status / down` with real processes: Redis, a Prefect server, the deployments'
-runner, the BentoML service (and the stream processor once `maquette stream run` exists)."""
+runner, the BentoML service and the stream processor."""
 
 from __future__ import annotations
 
@@ -10,19 +10,23 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
-from typer.main import get_command
+import redis
 from typer.testing import CliRunner
 
 from maquette.cli import app
 from maquette.config import Settings, load_settings
+from maquette.data.redis_server import redis_url
 from maquette.errors import ComponentFailed
 from maquette.platform import components as platform
+from maquette.serving.prediction_log import PredictionLog
 from tests.conftest import free_port, make_project
 
 runner = CliRunner()
@@ -35,8 +39,7 @@ SCHEDULES = {
     "batch_predict": "0 4 1 1 *",
     "train": "0 5 1 1 *",
 }
-HAS_STREAM = "stream" in get_command(app).commands  # type: ignore[attr-defined]
-COMPONENTS = ["redis", "prefect", "deployments", *(["stream"] if HAS_STREAM else [])]
+COMPONENTS = ["redis", "prefect", "deployments", "stream"]
 
 
 def _pid(settings: Settings, name: str) -> int:
@@ -57,14 +60,54 @@ def _states(settings: Settings) -> dict[str, str]:
     return {s.name: s.state for s in platform.status(settings)}
 
 
-def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    """Poll until the condition holds (True) or the time is up (False)."""
+def wait_for(
+    condition: Callable[[], object], seconds: float, what: str | Callable[[], str]
+) -> None:
+    """Poll until the condition holds; fail saying what was awaited (`what`, or what it
+    returns then) when the time is up."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
+    while not condition():
+        if time.monotonic() > deadline:
+            said = what if isinstance(what, str) else what()
+            raise AssertionError(f"waited {seconds:.0f}s for {said}")
         time.sleep(0.5)
-    return condition()
+
+
+def logged_entry(prediction_id: str) -> dict[str, object]:
+    """A prediction-log entry as the service writes it (`PredictionLog.append` takes these)."""
+    now = datetime.now(UTC).isoformat()
+    return {
+        "prediction_id": prediction_id,
+        "logged_at": now,
+        "request_time": now,
+        "model": "flight_delay",
+        "version": "v1",
+        "partition": None,
+        "shadow": False,
+        "prediction": 12.5,
+        "decision": None,
+        "latency_ms": 1.0,
+        "entity": {"origin": "JFK"},
+        "request": {},
+        "features": {},
+        "missing": [],
+        "stale": [],
+    }
+
+
+def log_predictions(settings: Settings, count: int) -> list[str]:
+    """`count` predictions logged into the project's Redis; their ids."""
+    ids = [uuid.uuid4().hex for _ in range(count)]
+    PredictionLog(settings).append([logged_entry(i) for i in ids])
+    return ids
+
+
+def drained_ids(settings: Settings) -> list[str]:
+    """Prediction ids in the project's Parquet files (copies included)."""
+    files = sorted(settings.path(settings.predictions.folder).rglob("*.parquet"))
+    return [
+        i for f in files for i in pq.read_table(f, columns=["prediction_id"]).column(0).to_pylist()
+    ]
 
 
 @pytest.fixture
@@ -82,11 +125,11 @@ def platform_project(tmp_path: Path) -> Iterator[Settings]:
         },
     )
     settings = load_settings(folder)
-    if HAS_STREAM:  # the stream processor needs the feature views it pushes to
-        # In a process of its own: the feature repo's modules, once imported, keep the paths
-        # of the first project that imported them (the session's loaded project).
-        apply = [sys.executable, "-m", "maquette", "features", "apply", "--project", str(folder)]
-        subprocess.run(apply, check=True, capture_output=True)
+    # The stream processor needs the feature views it pushes to. In a process of its own: the
+    # feature repo's modules, once imported, keep the paths of the first project that imported
+    # them (the session's loaded project).
+    apply = [sys.executable, "-m", "maquette", "features", "apply", "--project", str(folder)]
+    subprocess.run(apply, check=True, capture_output=True)
     try:
         yield settings
     finally:
@@ -107,6 +150,7 @@ def _served_deployments(settings: Settings) -> dict[str, list[str | None]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # up, two drains, every component's restart (up to 240 s), down
 def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     platform_project: Settings,
 ) -> None:
@@ -129,9 +173,12 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
         **{f"batch_predict/{m}": ["0 4 1 1 *"] for m in models},
         **{f"train/{m}": ["0 5 1 1 *"] for m in models},
     }
-    # The runner executes a run started through the API, against the project's own Redis.
+    # The runner executes a run started through the API, against the project's own Redis:
+    # predictions logged the way the service logs them reach Parquet.
+    logged = log_predictions(settings, 20)
     run = platform.run_deployment(settings, "drain/prediction-log", timeout_s=120)
     assert run.state.is_completed(), run.state
+    assert sorted(drained_ids(settings)) == sorted(logged)
 
     # A second `up` leaves the running components alone.
     pids = {n: _pid(settings, n) for n in COMPONENTS}
@@ -140,25 +187,38 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     assert "starting" not in again.output
     assert {n: _pid(settings, n) for n in COMPONENTS} == pids
 
+    # What Redis acknowledged before it is killed: a key, and predictions not yet drained.
+    store = redis.Redis.from_url(redis_url(settings))
+    marker = uuid.uuid4().hex
+    store.set("maquette:test:before-the-kill", marker)
+    pending = log_predictions(settings, 20)
+
     # Killed with -9, each component is brought back by the supervisor, nobody typing a
     # command (the stream processor waits for Redis, the runner for Prefect), each restart
     # counted, and the deployments are still there.
     killed = list(COMPONENTS)  # all at once: each waits for what it needs, nothing exits for good
     for name in killed:
         os.kill(pids[name], signal.SIGKILL)
-    back = _wait_for(
+    wait_for(
         lambda: all(
             s.state == "running" and s.pid != pids[s.name]
             for s in platform.status(settings)
             if s.name in killed
         ),
         seconds=240,
+        what=lambda: f"every killed component running again: {platform.status(settings)}",
     )
-    assert back, platform.status(settings)
     after = {s.name: s for s in platform.status(settings)}
     for name in killed:
         assert after[name].restarts == 1 and "SIGKILL" in str(after[name].last_exit), after[name]
     assert len(_served_deployments(settings)) == 3 + 2 * len(models)
+    # Redis came back from its append-only file with everything it had acknowledged, and the
+    # restarted runner drains the predictions logged before the kill.
+    store = redis.Redis.from_url(redis_url(settings))  # the old connection died with it
+    assert store.get("maquette:test:before-the-kill") == marker.encode()
+    run = platform.run_deployment(settings, "drain/prediction-log", timeout_s=120)
+    assert run.state.is_completed(), run.state
+    assert sorted(drained_ids(settings)) == sorted(logged + pending)
     shown = runner.invoke(app, ["status", "--project", str(settings.project_dir)])
     assert shown.exit_code == 0 and "SIGKILL" in shown.output, shown.output
 
@@ -274,11 +334,12 @@ def test_the_service_component_answers_ready_with_production_models(
         # Its leader killed, the supervisor restarts it, and the restart first stops the old
         # BentoML workers (they live in sessions of their own and would keep the port).
         os.kill(service.pid, signal.SIGKILL)
-        assert _wait_for(
+        wait_for(
             lambda: (
                 _states(settings)["service"] == "running" and not any(_running(p) for p in group)
             ),
             seconds=120,
+            what="the service running again with none of its old workers left",
         )
         again = {s.name: s for s in platform.status(settings)}["service"]
         assert again.pid != service.pid and again.restarts == 1
@@ -303,7 +364,7 @@ def test_a_component_that_keeps_failing_to_start_is_given_up_and_reported(
         # launcher then restart it, with a delay, until they give it up.
         with contextlib.suppress(ComponentFailed):
             platform.up(settings)
-        assert _wait_for(lambda: _states(settings)["stream"] == "gave up", seconds=120)
+        wait_for(lambda: _states(settings)["stream"] == "gave up", 120, "the stream to be given up")
         assert _states(settings) == {"redis": "running", "stream": "gave up"}
         (stream,) = platform.status(settings, ["stream"])
         assert stream.restarts >= 1 and "gave up" in str(stream.last_exit), stream
@@ -355,3 +416,58 @@ def test_up_never_stops_a_redis_on_its_port_that_is_another_projects(tmp_path: P
     finally:
         platform.down(second)
         redis_server.stop(first)
+
+
+def test_holding_schedules_raises_when_the_server_does_not_answer_or_a_name_is_malformed(
+    tmp_path: Path,
+) -> None:
+    import httpx
+
+    from maquette.platform.schedules import held_schedules
+
+    folder = make_project(tmp_path / "project", None, orchestration={"prefect_port": free_port()})
+    settings = load_settings(folder)
+    # Only a deployment the server does not know is skipped: a server that does not answer
+    # cannot pause anything, and the demo must not go on as if it had.
+    with (
+        pytest.raises(httpx.ConnectError),
+        platform.schedules_paused(settings, ["materialize/incremental"]),
+    ):
+        pytest.fail("schedules held without a Prefect server to pause them on")
+    with (
+        pytest.raises(ValueError, match="Invalid deployment name format: materialize"),
+        platform.schedules_paused(settings, ["materialize"]),
+    ):
+        pytest.fail("a malformed deployment name was skipped")
+    assert held_schedules(settings) == set()  # nothing is left held for a runner to read
+
+
+def test_a_stream_processor_that_does_not_keep_up_is_reported_in_the_demo_summary(
+    loaded_project: Settings, running_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from maquette.cli.render_demo import demo_summary
+    from maquette.features.layer import FeatureLayer
+    from maquette.platform.demo import DemoReport, TrafficReport, publish_events
+
+    # Its own Redis database: no stream processor reads the stream there, and the online
+    # store is empty, so the events published are never applied.
+    url = running_redis.rsplit("/", 1)[0] + "/11"
+    redis.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("MAQUETTE_REDIS_URL", url)
+    settings = load_settings(loaded_project.project_dir)
+    start = datetime(2013, 12, 2, 14, tzinfo=UTC)  # 9 am in New York: departures
+    try:
+        published = publish_events(
+            settings, FeatureLayer(settings), start, start + timedelta(hours=1), timeout_s=0.5
+        )
+    finally:
+        redis.Redis.from_url(url).flushdb()
+    assert published.events > 0 and not published.caught_up, published
+
+    console = Console(record=True, width=400)
+    traffic = TrafficReport(start, start + timedelta(hours=1), stream_behind=1)
+    demo_summary(console, DemoReport(traffic=traffic))
+    shown = console.export_text()
+    assert "WARNING the stream processor had not applied the events within 30 s at 1 of" in shown

@@ -62,7 +62,10 @@ def _models_table(report: DemoReport) -> Table:
 
 
 def _traffic_summary(console: Console, report: DemoReport) -> None:
+    # Lazy, as the imports above: numpy and the demo module (Feast) cost start-up time.
     import numpy as np
+
+    from maquette.platform.demo import STREAM_WAIT_S
 
     t = report.traffic
     assert t is not None
@@ -72,8 +75,15 @@ def _traffic_summary(console: Console, report: DemoReport) -> None:
         f"{t.entity_rows:,} entity rows ({t.skipped:,} without entity keys skipped), "
         f"{t.events:,} events through the "
         f"stream, {t.requests:,} HTTP requests to the service, {t.failures} failed; "
-        f"{report.drained:,} logged predictions drained"
+        f"{report.logged:,} predictions logged and drained to Parquet "
+        f"({report.drained:,} by the final drain, the rest by the scheduled one)"
     )
+    if t.stream_behind:
+        console.print(
+            f"[bold red]WARNING[/] the stream processor had not applied the events within "
+            f"{STREAM_WAIT_S:.0f} s at {t.stream_behind:,} of the replay's slots: predictions "
+            "there used streaming features behind the replay's clock (see the stream log)"
+        )
     console.print(
         f"serving latency seen by the client per request (~{t.rows_per_request:.0f}"
         f" rows): p50 {np.percentile(ms, 50):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, "
@@ -82,6 +92,12 @@ def _traffic_summary(console: Console, report: DemoReport) -> None:
     )
     for error in t.errors:
         console.print(f"[red]request failed[/] {error}")
+    if report.schedules_held and report.schedules_resumed_at:
+        console.print(
+            f"schedules held paused from before the deployments started until the replay "
+            f"ended: {', '.join(report.schedules_held)}; resumed at "
+            f"{report.schedules_resumed_at.isoformat()}"
+        )
 
 
 def _daily_table(run: MonitorRun) -> Table:

@@ -31,7 +31,7 @@ import redis
 from maquette.config import Settings
 from maquette.data import redis_server
 from maquette.errors import ComponentFailed, ConfigError, StoreUnavailable
-from maquette.platform import supervisor
+from maquette.platform import schedules, supervisor
 from maquette.platform.flows import platform_prefect, prefect_api_url, runner_file
 from maquette.platform.launch import COMPONENTS, forget_starts, prefect_env, stop_leftovers
 from maquette.serving.server import service_target
@@ -363,21 +363,34 @@ def down(
 
 @contextlib.contextmanager
 def schedules_paused(settings: Settings, deployments: list[str]) -> Iterator[list[str]]:
-    """Pause these deployments' schedules for a while (e.g. wall-clock materialization while
-    the demo replays history); resumed on the way out. Yields those that exist."""
-    from prefect.client.orchestration import get_client
+    """Hold these deployments' schedules paused (e.g. the wall-clock materialization while the
+    demo trains and replays history); resumed on the way out. Yields the names held.
 
-    found: list[Any] = []
+    Those deployed are paused now; the runner creates the others paused if it starts (or
+    restarts) before the hold ends, so name them before starting the runner. A name the
+    server does not know is skipped; any other error (server down, a malformed name) raises.
+    """
+    schedules.hold_schedules(settings, deployments)
+    try:
+        _set_paused(settings, deployments, True)
+        yield list(deployments)
+    finally:
+        # Released first: a runner restarting from here on creates them active.
+        schedules.release_schedules(settings)
+        _set_paused(settings, deployments, False)
+
+
+def _set_paused(settings: Settings, deployments: list[str], paused: bool) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
     with prefect_api(settings), get_client(sync_client=True) as client:
         for name in deployments:
             try:
                 deployment = client.read_deployment_by_name(name)
-            except Exception:  # not deployed (runner not started): nothing to pause
+            except ObjectNotFound:  # not deployed (yet): the runner creates it paused if held
                 continue
-            client.set_deployment_paused_state(deployment.id, True)
-            found.append(deployment)
-        try:
-            yield [d.name for d in found]
-        finally:
-            for deployment in found:
-                client.set_deployment_paused_state(deployment.id, False)
+            if paused:
+                client.pause_deployment(deployment.id)  # also deletes its runs waiting to start
+            else:
+                client.resume_deployment(deployment.id)

@@ -1,12 +1,12 @@
 """The main job: the whole Michelangelo lifecycle on the configured dataset, each stage timed.
 
-Start the platform (Redis, Prefect server) -> load the offline store (and backfill the
-streaming features) -> `feast apply` -> start the deployments and the stream processor ->
-materialize up to the replay start -> build a training frame -> train, register and promote
-every declared model -> start the prediction service -> replay live traffic (`demo.replay_start`
-to `demo.replay_end`): slot by slot, materialize, publish the slot's events to the stream, send
-the next slot's entity rows to the HTTP service -> drain the prediction log -> one monitoring
-pass.
+Start the platform (Redis, Prefect server) -> hold the wall-clock schedules paused -> load the
+offline store (and backfill the streaming features) -> `feast apply` -> start the deployments
+and the stream processor -> materialize up to the replay start -> build a training frame ->
+train, register and promote every declared model -> start the prediction service -> replay live
+traffic (`demo.replay_start` to `demo.replay_end`): slot by slot, materialize, publish the slot's
+events to the stream, send the next slot's entity rows to the HTTP service -> resume the
+schedules -> drain the prediction log -> one monitoring pass.
 The CLI renders progress and chooses how flows run (on the platform's Prefect server); this
 module only does the work.
 """
@@ -28,7 +28,7 @@ from maquette.config import Settings
 from maquette.data import sources as datasets
 from maquette.data.redis_server import redis_url
 from maquette.data.sql import duckdb_connection
-from maquette.errors import ConfigError
+from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
 from maquette.features.materialize import MaterializeResult
@@ -51,6 +51,12 @@ Progress = Callable[[str, int, int], None]
 Trainer = Callable[[Settings, str, int | None], str]
 # (settings, as of) -> monitoring.MonitorRun
 Monitor = Callable[[Settings, datetime], Any]
+# Held paused from before the deployments' runner starts until the replay ends: the hourly
+# materialization would load the replay period into Redis ahead of the replay's clock (and a
+# monitoring pass would judge a half-replayed period).
+HELD_SCHEDULES = ["materialize/incremental", "monitor/models"]
+# Seconds the replay waits, at each slot, for the stream processor to apply the slot's events.
+STREAM_WAIT_S = 30.0
 
 
 def train_plain(settings: Settings, name: str, trials: int | None) -> str:
@@ -73,7 +79,10 @@ class DemoReport:
     models: list[Any] = field(default_factory=list)
     platform: list[Any] = field(default_factory=list)
     traffic: TrafficReport | None = None
-    drained: int = 0
+    drained: int = 0  # by the demo's own drain (the scheduled drain moves the rest)
+    logged: int = 0  # predictions of the replay in Parquet after that drain
+    schedules_held: list[str] = field(default_factory=list)
+    schedules_resumed_at: datetime | None = None
     monitoring: Any = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -146,6 +155,9 @@ class TrafficReport:
     request_ms: list[float] = field(default_factory=list)
     materialize_s: float = 0.0
     stream_wait_s: float = 0.0
+    # Slots at which the stream processor had not applied the events within STREAM_WAIT_S:
+    # their predictions were served with streaming features behind the replay's clock.
+    stream_behind: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     models: int = 1
@@ -160,11 +172,24 @@ def _json_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
+@dataclass(frozen=True)
+class PublishedEvents:
+    """Events published to the stream, and whether the processor applied them in time."""
+
+    events: int
+    waited_s: float
+    caught_up: bool
+
+
 def publish_events(
-    settings: Settings, layer: FeatureLayer, start: datetime, end: datetime, timeout_s: float = 30
-) -> tuple[int, float]:
-    """Publish the historical events in [start, end) to the stream, then wait until the
-    stream processor's value for the last of them is readable online. (events, seconds waited)
+    settings: Settings,
+    layer: FeatureLayer,
+    start: datetime,
+    end: datetime,
+    timeout_s: float = STREAM_WAIT_S,
+) -> PublishedEvents:
+    """Publish the historical events in [start, end) to the stream, then wait (up to
+    timeout_s) until the stream processor's value for the last of them is readable online.
 
     The processor writes each batch online as soon as it reads it, in event order, so once the
     last event's rows are in Redis, every earlier one is too.
@@ -174,22 +199,26 @@ def publish_events(
     con = duckdb_connection()
     events = con.sql(events_sql(settings, start, end)).to_arrow_table().to_pylist()
     if not events:
-        return 0, 0.0
+        return PublishedEvents(0, 0.0, True)
     publish(settings, events)
     last = events[-1]
     began = time.perf_counter()
+    caught_up = True
     for agg in definition.aggregations:
         (group,) = layer.read_plan([f"{agg.view}:{agg.feature_names[0]}"]).groups
         key = wire.entity_key_bytes(
             {agg.key: last[agg.key]}, group.key_types, settings.feast.project
         )
         due = last[definition.event_time].timestamp()
-        while time.perf_counter() - began < timeout_s:
-            stored = wire.decode_timestamp_seconds(layer.redis.hget(key, wire.ts_field(agg.view)))
-            if stored is not None and stored >= due:
-                break
+
+        def applied(key: bytes = key, view: str = agg.view, due: float = due) -> bool:
+            stored = wire.decode_timestamp_seconds(layer.redis.hget(key, wire.ts_field(view)))
+            return stored is not None and stored >= due
+
+        while not applied() and time.perf_counter() - began < timeout_s:
             time.sleep(0.005)
-    return len(events), time.perf_counter() - began
+        caught_up = caught_up and applied()
+    return PublishedEvents(len(events), time.perf_counter() - began, caught_up)
 
 
 class _PredictionRequests:
@@ -236,9 +265,10 @@ class _StreamFollower:
     def __call__(self, clock: datetime, _upper: datetime) -> None:
         if clock <= self.until:
             return
-        events, waited = publish_events(self.settings, self.layer, self.until, clock)
-        self.report.events += events
-        self.report.stream_wait_s += waited
+        published = publish_events(self.settings, self.layer, self.until, clock)
+        self.report.events += published.events
+        self.report.stream_wait_s += published.waited_s
+        self.report.stream_behind += 0 if published.caught_up else 1
         self.until = clock
 
 
@@ -290,6 +320,19 @@ def replay_traffic(
     return report
 
 
+def _start_platform(
+    settings: Settings, layer: FeatureLayer, report: DemoReport, announce: Callable[[str], None]
+) -> None:
+    """Redis and the Prefect server, with an empty online store and stream."""
+    with _stage(report, "start Redis and Prefect", announce):
+        report.platform = platform.up(settings, ["redis", "prefect"], announce)
+        report.redis_url = redis_url(settings)
+        # A rerun replays the same history: start from an empty online store and stream.
+        platform.down(settings, ["stream"])
+        reset(settings)
+        layer.clear_online()
+
+
 def _prepare_features(
     settings: Settings,
     layer: FeatureLayer,
@@ -298,14 +341,8 @@ def _prepare_features(
     announce: Callable[[str], None],
     progress: Progress | None,
 ) -> None:
-    """Platform, offline store, Feast registry, online store up to `start`, a training frame."""
-    with _stage(report, "start Redis and Prefect", announce):
-        report.platform = platform.up(settings, ["redis", "prefect"], announce)
-        report.redis_url = redis_url(settings)
-        # A rerun replays the same history: start from an empty online store and stream.
-        platform.down(settings, ["stream"])
-        reset(settings)
-        layer.clear_online()
+    """Offline store, Feast registry, deployments, online store up to `start`, a training
+    frame."""
     with _stage(report, "load offline store", announce):
         report.tables = load_dataset(settings, announce)
     with _stage(report, "feast apply", announce):
@@ -352,18 +389,25 @@ def _serve_and_replay(
     announce: Callable[[str], None],
     progress: Progress | None,
 ) -> None:
-    """Start the service and replay the period through it, wall-clock schedules paused."""
+    """Start the service and replay the period through it."""
     start, end = period
     with _stage(report, "start prediction service", announce):
         report.platform = platform.up(settings, ["service"], announce)
-    with (
-        _stage(report, f"replay {start:%Y-%m-%d} to {end:%Y-%m-%d}", announce),
-        # A wall-clock materialization would load the whole replay period into Redis at once.
-        platform.schedules_paused(settings, ["materialize/incremental", "monitor/models"]),
-    ):
+    with _stage(report, f"replay {start:%Y-%m-%d} to {end:%Y-%m-%d}", announce):
         service = f"http://{settings.serving.host}:{settings.serving.port}"
         with_stream = "stream" in settings.orchestration.components
         report.traffic = replay_traffic(settings, layer, service, start, end, progress, with_stream)
+
+
+def logged_predictions(settings: Settings, start: datetime, end: datetime) -> int:
+    """Predictions in Parquet (copies counted once) requested as of a time in [start, end)."""
+    try:
+        logged = predictions.logged_sql(settings)
+    except DataNotLoaded:  # nothing drained yet, e.g. every request failed
+        return 0
+    sql = f"SELECT count(*) FROM ({logged}) WHERE request_time >= $start AND request_time < $end"
+    found = duckdb_connection().execute(sql, {"start": start, "end": end}).fetchone()
+    return int(found[0]) if found else 0
 
 
 def run_demo(
@@ -382,11 +426,18 @@ def run_demo(
     report = DemoReport()
     layer = FeatureLayer(settings)
     start, end = replay_period(settings, quick)
-    _prepare_features(settings, layer, report, start, announce, progress)
-    _train_and_promote(settings, report, trainer, quick, announce)
-    _serve_and_replay(settings, layer, report, (start, end), announce, progress)
+    _start_platform(settings, layer, report, announce)
+    # Held from before the runner creates the deployments, so no wall-clock run can fire
+    # during training or the replay, even if the runner restarts.
+    with platform.schedules_paused(settings, HELD_SCHEDULES) as held:
+        report.schedules_held = held
+        _prepare_features(settings, layer, report, start, announce, progress)
+        _train_and_promote(settings, report, trainer, quick, announce)
+        _serve_and_replay(settings, layer, report, (start, end), announce, progress)
+        report.schedules_resumed_at = datetime.now(UTC)  # just before they are resumed
     with _stage(report, "drain prediction log", announce):
         report.drained = predictions.drain(settings).entries
+        report.logged = logged_predictions(settings, start, end)
     with _stage(report, "monitor", announce):
         # Judged at the end of the replay: the labels known by then are joined.
         runner = monitor or (lambda s, when: monitoring.run(s, None, when, announce=announce))

@@ -29,6 +29,7 @@ from prefect import flow
 
 from maquette.config import Settings, load_settings
 from maquette.platform.flows import FLOW_NAMES, flow_file, project_flow
+from maquette.platform.schedules import held_schedules
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -92,6 +93,7 @@ def flow_deployments(settings: Settings) -> list[RunnerDeployment]:
             "DuckDB SELECT or a Parquet path of the entities to score daily)"
         )
     built: list[RunnerDeployment] = []
+    held = held_schedules(settings)  # e.g. by the demo: created paused, resumed when released
     for name in FLOW_NAMES:
         if flow_file(settings, name) is None:
             where = settings.path(settings.paths.flows) / f"{name}.py"
@@ -104,6 +106,7 @@ def flow_deployments(settings: Settings) -> list[RunnerDeployment]:
                 schedules=_schedules(settings, name),
                 parameters=parameters,
                 tags=["maquette"],
+                paused=f"{name}/{deployment_name}" in held,
             )
             built.append(cast("RunnerDeployment", deployment))  # sync call: not a coroutine
     return built

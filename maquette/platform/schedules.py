@@ -4,10 +4,17 @@ errors the Prefect server's scheduler logged.
 `deployment_schedules` reads the platform's Prefect API (nothing when the server does not
 answer); `scheduler_errors` reads the server's log since it last started. `maquette status`
 shows both, so a user sees at a glance whether scheduled runs happen.
+
+`hold_schedules` names deployments held paused by this process (the demo holds the wall-clock
+materialization while it trains and replays history); the deployments' runner reads
+`held_schedules` when it creates them, so one that starts or restarts meanwhile creates them
+paused instead of letting a due schedule fire.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -15,8 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from maquette.config import Settings
 from maquette.platform.flows import platform_prefect, platform_prefect_url
+from maquette.platform.supervisor import run_dir, write_private
 
 # Seconds each API call may take: `status` must answer even if the server hangs.
 API_TIMEOUT_S = 3.0
@@ -159,6 +169,39 @@ def _next_run(client: Any, deployment_id: Any) -> datetime | None:
         return None
     run = waiting[0]
     return run.next_scheduled_start_time or run.expected_start_time  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------ schedules held paused
+
+
+def held_file(settings: Settings) -> Path:
+    """Where the deployments held paused are named, with the process holding them."""
+    return run_dir(settings) / "schedules_held.json"
+
+
+def hold_schedules(settings: Settings, deployments: list[str]) -> None:
+    """Name these deployments (FLOW/DEPLOYMENT) held paused by this process, until
+    `release_schedules`: a runner that starts meanwhile creates them paused."""
+    path = held_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, json.dumps({"pid": os.getpid(), "deployments": sorted(deployments)}))
+
+
+def release_schedules(settings: Settings) -> None:
+    """End the hold: a runner that starts from now on creates the deployments active."""
+    held_file(settings).unlink(missing_ok=True)
+
+
+def held_schedules(settings: Settings) -> set[str]:
+    """The deployments held paused, while the process holding them lives."""
+    try:
+        held = json.loads(held_file(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return set()
+    # A holder killed before it released them holds nothing: the next runner start resumes them.
+    if not psutil.pid_exists(int(held.get("pid", 0))):
+        return set()
+    return set(held.get("deployments", []))
 
 
 # ------------------------------------------------------------------ the scheduler's own errors

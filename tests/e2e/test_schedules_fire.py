@@ -4,6 +4,10 @@ The drain runs on a one-minute cron; the test logs predictions into the project'
 waits until the Prefect server reports a run *the scheduler* created Completed, and the
 predictions are in Parquet. `up` runs with a PROMETHEUS_MULTIPROC_DIR that is deleted after it
 exits, as Feast's temporary folder is: inherited by the runner, it killed every flow run.
+
+Meanwhile materialize and monitor, due every minute too, are held paused (as the demo holds
+them while it trains and replays) from before the runner starts: they get no run until released,
+then they do.
 """
 
 from __future__ import annotations
@@ -12,54 +16,26 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
-import pyarrow.parquet as pq
 import pytest
 
-from maquette.config import load_settings
+from maquette.config import Settings, load_settings
 from maquette.platform import components as platform
-from maquette.serving.prediction_log import PredictionLog
 from tests.conftest import free_port, make_project
+from tests.test_platform import drained_ids, log_predictions, wait_for
 
 DRAIN = "drain/prediction-log"
+MATERIALIZE = "materialize/incremental"
+MONITOR = "monitor/models"
 EVERY_MINUTE = "* * * * *"
 
 
-def _entry(prediction_id: str) -> dict[str, object]:
-    now = datetime.now(UTC).isoformat()
-    return {
-        "prediction_id": prediction_id,
-        "logged_at": now,
-        "request_time": now,
-        "model": "flight_delay",
-        "version": "v1",
-        "partition": None,
-        "shadow": False,
-        "prediction": 12.5,
-        "decision": None,
-        "latency_ms": 1.0,
-        "entity": {"origin": "JFK"},
-        "request": {},
-        "features": {},
-        "missing": [],
-        "stale": [],
-    }
-
-
-def _drained_ids(folder: Path) -> list[str]:
-    files = sorted(folder.rglob("*.parquet"))
-    return [
-        i for f in files for i in pq.read_table(f, columns=["prediction_id"]).column(0).to_pylist()
-    ]
-
-
-def _scheduled_runs(settings, state: str) -> list[object]:  # type: ignore[no-untyped-def]
-    """Runs of the drain deployment that the scheduler created, in this state (e.g. COMPLETED)."""
+def scheduled_runs(settings: Settings, name: str, states: list[str] | None = None) -> list[Any]:
+    """Runs of deployment `name` that the scheduler created (in one of `states`, if given),
+    the earliest 200 by expected start (the scheduler queues up to 100 ahead)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -68,21 +44,32 @@ def _scheduled_runs(settings, state: str) -> list[object]:  # type: ignore[no-un
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
+    from prefect.client.schemas.sorting import FlowRunSort
 
+    by_state = FlowRunFilterState(type=FlowRunFilterStateType(any_=states)) if states else None
     with platform.prefect_api(settings), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(DRAIN)
+        deployment = client.read_deployment_by_name(name)
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[state]))
-            ),
-            limit=50,
+            flow_run_filter=FlowRunFilter(state=by_state),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
         )
     return [r for r in runs if r.auto_scheduled]
 
 
+def _paused(settings: Settings, name: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    with platform.prefect_api(settings), get_client(sync_client=True) as client:
+        return bool(client.read_deployment_by_name(name).paused)
+
+
 @pytest.mark.slow
-def test_a_scheduled_drain_completes_after_up_has_exited(tmp_path: Path) -> None:
+@pytest.mark.timeout(900)  # two `up`s (400 s at most), the scheduled run (240 s), status (120 s)
+def test_a_scheduled_drain_completes_after_up_has_exited_while_held_schedules_create_no_run(
+    tmp_path: Path,
+) -> None:
     folder = make_project(
         tmp_path / "project",
         None,
@@ -92,9 +79,9 @@ def test_a_scheduled_drain_completes_after_up_has_exited(tmp_path: Path) -> None
             "runner_port": free_port(),
             "components": ["redis", "prefect", "deployments"],
             "schedules": {
-                "materialize": None,
+                "materialize": EVERY_MINUTE,
                 "drain": EVERY_MINUTE,
-                "monitor": None,
+                "monitor": EVERY_MINUTE,
                 "batch_predict": None,
                 "train": None,
             },
@@ -106,40 +93,63 @@ def test_a_scheduled_drain_completes_after_up_has_exited(tmp_path: Path) -> None
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
     up = [sys.executable, "-m", "maquette", "up", "--project", str(folder)]
     try:
-        done = subprocess.run(up, env=env, capture_output=True, text=True, timeout=400)
+        first = [*up, "--component", "redis", "--component", "prefect"]
+        done = subprocess.run(first, env=env, capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stdout + done.stderr
-        shutil.rmtree(metrics)  # gone with the process that made it
+        # Held before the runner starts, as the demo holds them: the runner creates them
+        # paused (a name not deployed at all is skipped).
+        with platform.schedules_paused(settings, [MATERIALIZE, MONITOR, "nothing/deployed"]):
+            done = subprocess.run(up, env=env, capture_output=True, text=True, timeout=400)
+            assert done.returncode == 0, done.stdout + done.stderr
+            shutil.rmtree(metrics)  # gone with the process that made it
 
-        runner = {s.name: s for s in platform.status(settings)}["deployments"]
-        assert runner.state == "running" and runner.pid
-        assert "PROMETHEUS_MULTIPROC_DIR" not in psutil.Process(runner.pid).environ()
+            runner = {s.name: s for s in platform.status(settings)}["deployments"]
+            assert runner.state == "running" and runner.pid
+            assert "PROMETHEUS_MULTIPROC_DIR" not in psutil.Process(runner.pid).environ()
+            # The scheduler has been round since the runner deployed them: the drain has runs.
+            wait_for(lambda: scheduled_runs(settings, DRAIN), 120, "the drain's scheduled runs")
+            _held_ones_have_no_run(settings)
+            _a_scheduled_drain_completes(settings)
+            _held_ones_have_no_run(settings)  # not even once a run of the same cron has run
 
-        ids = [uuid.uuid4().hex for _ in range(50)]
-        PredictionLog(settings).append([_entry(i) for i in ids])
-        folder_of_parquet = settings.path(settings.predictions.folder)
-
-        # Nothing is driven from here on: the scheduler creates a run, the runner executes it.
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            completed = _scheduled_runs(settings, "COMPLETED")
-            if completed and set(ids) <= set(_drained_ids(folder_of_parquet)):
-                break
-            time.sleep(2)
-        failed = _scheduled_runs(settings, "FAILED") + _scheduled_runs(settings, "CRASHED")
-        assert not failed, failed
-        assert _scheduled_runs(settings, "COMPLETED"), "no scheduled drain run completed"
-        drained = _drained_ids(folder_of_parquet)
-        assert sorted(drained) == sorted(ids)  # each once
-
-        shown = subprocess.run(
-            [sys.executable, "-m", "maquette", "status", "--project", str(folder)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "COLUMNS": "200"},
-            timeout=120,
-        )
-        line = next(x for x in shown.stdout.splitlines() if DRAIN in x)
-        assert EVERY_MINUTE in line and "Completed" in line and "scheduled" in line, shown.stdout
-        assert "scheduler is failing" not in shown.stdout, shown.stdout
+        # Released, they are active again and the scheduler gives them runs.
+        for name in (MATERIALIZE, MONITOR):
+            assert not _paused(settings, name), f"{name} still paused once released"
+            wait_for(lambda n=name: scheduled_runs(settings, n), 120, f"{name}'s scheduled runs")
     finally:
         platform.down(settings)
+
+
+def _held_ones_have_no_run(settings: Settings) -> None:
+    for name in (MATERIALIZE, MONITOR):
+        assert _paused(settings, name), f"{name} deployed active while held"
+        assert not scheduled_runs(settings, name), f"{name} got runs while held"
+
+
+def _a_scheduled_drain_completes(settings: Settings) -> None:
+    """Predictions logged now reach Parquet through a run the scheduler starts, nobody driving;
+    `maquette status` shows that run."""
+    ids = log_predictions(settings, 50)
+    wait_for(
+        lambda: (
+            scheduled_runs(settings, DRAIN, ["COMPLETED", "FAILED", "CRASHED"])
+            and set(ids) <= set(drained_ids(settings))
+        ),
+        240,
+        "a scheduled drain run to finish with the logged predictions in Parquet",
+    )
+    failed = scheduled_runs(settings, DRAIN, ["FAILED", "CRASHED"])
+    assert not failed, failed
+    assert scheduled_runs(settings, DRAIN, ["COMPLETED"]), "no scheduled drain run completed"
+    assert sorted(drained_ids(settings)) == sorted(ids)  # each once
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "maquette", "status", "--project", str(settings.project_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=120,
+    )
+    line = next(x for x in shown.stdout.splitlines() if DRAIN in x)
+    assert EVERY_MINUTE in line and "Completed" in line and "scheduled" in line, shown.stdout
+    assert "scheduler is failing" not in shown.stdout, shown.stdout
