@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hmac
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -98,7 +99,10 @@ class BearerAuth:
         refused = (
             scope["type"] == "http"
             and scope["path"] not in self.OPEN
-            and dict(scope["headers"]).get(b"authorization") != self.expected
+            # Constant time: how long a wrong key takes to refuse says nothing about the key.
+            and not hmac.compare_digest(
+                dict(scope["headers"]).get(b"authorization", b""), self.expected
+            )
         )
         if not refused:
             await self.app(scope, receive, send)
