@@ -1,11 +1,15 @@
-"""A replayed day of December: served with features as of each request, then one monitoring
-pass (real Redis, real Feast, real Evidently, Prefect for the flow)."""
+"""A replayed day of December: served with features as of each slot's start, the streamed ones
+from the stream processor, then monitoring passes (real Redis, real Feast, real Evidently, the
+stream processor, a real Prefect server for the flows and the train deployments)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -13,23 +17,87 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from maquette import registry
 from maquette.config import Settings, load_settings
+from maquette.data.sources import feature_table_path
+from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features.layer import FeatureLayer
-from maquette.monitoring import alerts, labels
+from maquette.monitoring import alerts, drift, labels
 from maquette.monitoring import monitor as monitoring
 from maquette.monitoring.freshness import freshness
 from maquette.monitoring.live_metrics import live_metrics
+from maquette.platform import components as platform
 from maquette.platform import replay
+from maquette.serving import prediction_log
 from maquette.serving.predictor import Predictor
+from maquette.stream import operations
+from maquette.stream.aggregations import stream_definition
+from maquette.stream.backfill import write_parquet_durably
+from maquette.stream.events import publish
+from maquette.stream.history import events_sql
+from maquette.stream.processor import StreamProcessor
 from maquette.training.metrics import binary_metrics, regression_metrics
-from tests.conftest import make_project
+from tests.conftest import free_port, make_project
 
 START = datetime(2013, 12, 2, 11, tzinfo=UTC)  # 06:00 in New York
 END = datetime(2013, 12, 2, 21, tzinfo=UTC)
 FIELDS = ["origin", "carrier", "tailnum", "route", "scheduled_departure"]
+MODELS = ("flight_delay", "late_arrival")
+FLOWS = ("materialize", "drain", "monitor", "batch_predict", "train")
+# The retraining test: which model's alert may promote its candidate (`promote_retrained`).
+PROMOTE_RETRAINED = {"flight_delay": True, "late_arrival": False}
+
+
+def _quick_retraining(folder: Path) -> None:
+    """Retraining here shows where a run happens and what it registers, not model quality."""
+    path = folder / "maquette.yaml"
+    config = yaml.safe_load(path.read_text())
+    for spec in config["models"].values():
+        spec["params"] = {"n_estimators": 10}
+        spec["search"]["trials"] = 1
+    path.write_text(yaml.safe_dump(config))
+
+
+def _forget_streamed_rows(settings: Settings) -> None:
+    """Keep only the batch layer's rows of the streamed views: whatever other tests streamed
+    into the session's project after `stream.backfill_before` is not this replay's."""
+    before = settings.stream.backfill_before
+    assert before is not None
+    con = duckdb_connection(quiet=True)
+    for agg in stream_definition(settings).aggregations:
+        path = feature_table_path(settings, agg.view)
+        kept = (
+            f"SELECT * FROM read_parquet({sql_literal(path)}) "
+            f"WHERE event_timestamp < {sql_literal(before.isoformat())}::TIMESTAMPTZ"
+        )
+        write_parquet_durably(con, kept, path)
+
+
+class _SpeedLayer:
+    """At each slot start: the departures not yet published go to the project's event stream
+    and the stream processor (in this process, until idle) applies them, so every streamed
+    value served in the slot is the processor's, as under `maquette demo`."""
+
+    def __init__(self, settings: Settings, since: datetime) -> None:
+        self.settings, self.since, self.published = settings, since, 0
+        self.processor = StreamProcessor(settings)
+
+    def __call__(self, clock: datetime, _upper: datetime | None = None) -> None:
+        sql = events_sql(self.settings, self.since, clock)
+        events = duckdb_connection(quiet=True).sql(sql).to_arrow_table().to_pylist()
+        publish(self.settings, events)
+        before = self.processor.result.events
+        self.processor.run(until_idle_s=0.1)  # ends with a commit: offline rows in Parquet
+        applied = self.processor.result.events - before
+        assert applied == len(events), f"{applied} of {len(events)} departures before {clock}"
+        self.since, self.published = clock, self.published + len(events)
+
+
+def _streamed_features(settings: Settings) -> list[str]:
+    return [n for agg in stream_definition(settings).aggregations for n in agg.feature_names]
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +107,29 @@ def replayed(
     running_redis: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
-    """A project on its own Redis database whose online store follows the replay clock."""
-    folder = make_project(tmp_path_factory.mktemp("replay"), running_redis.rsplit("/", 1)[0] + "/5")
+    """A project on its own Redis database whose online store follows the replay clock: batch
+    views materialized to each slot's start, streamed views fed by the stream processor from
+    the departures before it; each slot's flights predicted as of its start (as the demo does).
+    Its platform (a Prefect server and the deployments' runner) has free ports, no schedules."""
+    folder = make_project(
+        tmp_path_factory.mktemp("replay"),
+        running_redis.rsplit("/", 1)[0] + "/5",
+        orchestration={
+            "prefect_port": free_port(),
+            "runner_port": free_port(),
+            "components": ["prefect", "deployments"],
+            "schedules": dict.fromkeys(FLOWS),
+        },
+    )
+    _quick_retraining(folder)
     settings = load_settings(folder)
     shutil.copytree(
         loaded_project.offline_store,
         settings.offline_store,
         ignore=shutil.ignore_patterns("predictions*", "scored", "labels", "monitoring"),
     )
+    _forget_streamed_rows(settings)
+    operations.reset(settings)
     layer = FeatureLayer(settings)
     layer.apply()
     # Feast imports repo modules by bare name; this project's own sources must answer.
@@ -57,17 +140,27 @@ def replayed(
         registry.promote(settings, tag, "production")
     predictor = Predictor(settings)
     rows = replay.entity_rows(settings, "flight_delay", START, END).dropna(subset=FIELDS)
+    assert settings.stream.backfill_before is not None
+    speed_layer = _SpeedLayer(settings, settings.stream.backfill_before)
+    speed_layer(START)  # the stream takes over where the batch layer's history ends
 
     def send(batch: list[dict[str, Any]], when: datetime) -> list[Any]:
-        return [
-            predictor.predict(batch, f"{name}@production", as_of=when)
-            for name in ("flight_delay", "late_arrival")
-        ]
+        return [predictor.predict(batch, f"{name}@production", as_of=when) for name in MODELS]
 
     result = replay.replay(
-        settings, rows, FIELDS, send, START, END, timestamp_column="event_timestamp", layer=layer
+        settings,
+        rows,
+        FIELDS,
+        send,
+        START,
+        END,
+        timestamp_column="event_timestamp",
+        on_slot=speed_layer,
+        layer=layer,
+        per_slot=True,
     )
     assert result.failures == 0 and result.rows == len(rows) > 100
+    assert speed_layer.published > 1000 and speed_layer.processor.result.late == 0
     return settings
 
 
@@ -129,10 +222,19 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
     assert Path(report.html).is_file() and report.quality["rmse"] > 0
     # December mornings are far colder than the January-September reference.
     assert "temp" in report.drifted_features and report.prediction_drift is not None
-    # Served features were the offline point-in-time values: no skew.
-    for found in delay.skew:
-        assert found.rows == delay.predictions
-        assert found.worst == 0.0, found.examples
+    # Served features were the offline point-in-time values, the speed layer's too: no skew.
+    streamed = _streamed_features(replayed)
+    for name, findings in run.models.items():
+        assert findings.skew, f"no skew report for {name}"
+        for found in findings.skew:
+            assert found.rows == findings.predictions, name
+            assert set(streamed) <= set(found.mismatch_rate), found.mismatch_rate
+            assert found.worst == 0.0, found.examples
+    # ... and the streamed features were served (by the processor), not null on both sides.
+    served = drift.served_inputs(
+        labels.join_labels(replayed, "flight_delay", END).to_pandas(), streamed
+    )
+    assert served.notna().mean().min() > 0.9, served.notna().mean()
     # Judged 6 hours after the replay stopped materializing, hourly weather is stale (TTL 3 h).
     fresh = {f.view: f for f in run.freshness}
     assert fresh["weather_hourly"].stale and fresh["plane"].ttl_s is None
@@ -169,8 +271,12 @@ def test_labels_not_yet_known_are_not_counted(replayed: Settings) -> None:
 
 
 def test_tight_threshold_alerts_once_calls_webhook_and_retrains(
-    replayed: Settings, webhook: tuple[str, list[dict[str, Any]]]
+    replayed: Settings,
+    webhook: tuple[str, list[dict[str, Any]]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     url, received = webhook
     settings = replayed.model_copy(deep=True)
     settings.monitoring.webhook = url
@@ -178,11 +284,21 @@ def test_tight_threshold_alerts_once_calls_webhook_and_retrains(
     spec.thresholds.rmse_above = 1.0
     spec.retrain_on_alert = True
     before = registry.resolve(settings, "flight_delay@production").tag
-    run = monitoring.run(settings, ["flight_delay"], END + timedelta(hours=6), announce=print)
+    # A Prefect server is named but nothing answers there: the candidate is trained inline,
+    # and the run says why, as does a warning in the log.
+    nowhere = f"http://127.0.0.1:{free_port()}/api"
+    with (
+        temporary_settings({PREFECT_API_URL: nowhere}),
+        caplog.at_level(logging.WARNING, "maquette.monitoring"),
+    ):
+        run = monitoring.run(settings, ["flight_delay"], END + timedelta(hours=6), announce=print)
     accuracy = [a for a in run.new_alerts if a.kind == "accuracy" and a.metric == "rmse"]
     assert accuracy and "rmse" in accuracy[0].message and "above 1" in accuracy[0].message
     assert received and received[0]["alerts"][0]["model"] == "flight_delay"
-    assert "trained candidate flight_delay:" in run.retrained["flight_delay"]
+    retrained = run.retrained["flight_delay"]
+    assert "trained candidate flight_delay:" in retrained
+    assert f"inline, as the Prefect server at {nowhere} is unreachable" in retrained
+    assert f"retraining flight_delay inline: the Prefect server at {nowhere}" in caplog.text
     assert registry.resolve(settings, "flight_delay@production").tag == before  # not promoted
     again = monitoring.run(settings, ["flight_delay"], END + timedelta(hours=6), drain=False)
     assert not [a for a in again.new_alerts if a.kind == "accuracy"]  # recorded once
@@ -198,32 +314,211 @@ def test_bad_input_is_named(replayed: Settings, loaded_project: Settings) -> Non
         monitoring.run(fresh, ["flight_delay"], drain=False)
 
 
+@pytest.fixture(scope="module")
+def platform_prefect(replayed: Settings) -> Iterator[Settings]:
+    """The replayed project's platform with its Prefect server up (`maquette up`, free port)."""
+    try:
+        platform.up(replayed, ["prefect"])
+        yield replayed
+    finally:
+        platform.down(replayed)
+
+
 def test_monitor_run_command_runs_the_prefect_flow_on_the_platforms_server(
-    replayed: Settings, monkeypatch: pytest.MonkeyPatch
+    platform_prefect: Settings,
 ) -> None:
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
     from typer.testing import CliRunner
 
     from maquette.cli import app
 
-    with prefect_test_harness(server_startup_timeout=120):
-        # The harness's server stands in for the platform's: the command finds it by its port.
-        port = str(PREFECT_API_URL.value()).rsplit(":", 1)[1].split("/")[0]
-        monkeypatch.setenv("MAQUETTE_ORCHESTRATION_PREFECT_PORT", port)
-        result = CliRunner().invoke(
-            app,
-            [
-                "monitor",
-                "run",
-                "--model",
-                "flight_delay",
-                "--as-of",
-                (END + timedelta(hours=6)).isoformat(),
-                "--project",
-                str(replayed.project_dir),
-            ],
-        )
+    as_of = (END + timedelta(hours=6)).isoformat()
+    project = str(platform_prefect.project_dir)
+    command = ["monitor", "run", "--model", "flight_delay", "--as-of", as_of, "--project", project]
+    result = CliRunner().invoke(app, command)
+    with platform.prefect_api(platform_prefect):
+        runs = _flow_runs("monitor")
     assert result.exit_code == 0, result.output
     assert "flight_delay" in result.output and "reports:" in result.output
     assert "monitor flow run on the platform's Prefect" in " ".join(result.output.split())
+    # The server holds that run, Completed, with the command's arguments; the printed link is it.
+    assert len(runs) == 1, f"monitor flow runs on the Prefect server: {runs}"
+    (run,) = runs
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert run.parameters["models"] == ["flight_delay"]
+    assert f"/runs/flow-run/{run.id}" in "".join(result.output.split())
+
+
+def _flow_runs(flow: str, deployment: str | None = None) -> list[Any]:
+    """Runs of `flow` (of one of its deployments, if named) on the Prefect server in use."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowFilter,
+        FlowFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        deployments = None
+        if deployment is not None:
+            found = client.read_deployment_by_name(f"{flow}/{deployment}")
+            deployments = DeploymentFilter(id=DeploymentFilterId(any_=[found.id]))
+        return client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+            deployment_filter=deployments,
+        )
+
+
+def _final_run(flow: str, deployment: str, seconds: float, log: Path) -> Any:
+    """The one run of FLOW/DEPLOYMENT once it has finished (any final state)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        runs = _flow_runs(flow, deployment)
+        if len(runs) == 1 and runs[0].state is not None and runs[0].state.is_final():
+            return runs[0]
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-3000:] if log.is_file() else "(no runner log)"
+            raise AssertionError(
+                f"no finished run of {flow}/{deployment} in {seconds:g} s: {runs}\n{tail}"
+            )
+        time.sleep(1)
+
+
+def _logged(run_id: Any, pattern: str, seconds: float = 30) -> re.Match[str]:
+    """The first line of a flow run's log (as the server has it) matching `pattern`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + seconds
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        for line in logs:
+            if found := re.search(pattern, line.message):
+                return found
+        # The flow's log lines reach the server in batches, possibly after its final state.
+        assert time.monotonic() < deadline, [line.message for line in logs]
+        time.sleep(0.5)
+
+
+@pytest.fixture()
+def alerts_not_yet_raised(replayed: Settings) -> Iterator[None]:
+    """The project's alert record set aside (an alert is raised once), and put back after."""
+    path = alerts.alerts_path(replayed)
+    kept = path.read_bytes() if path.is_file() else None
+    path.unlink(missing_ok=True)
+    yield
+    if kept is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(kept)
+
+
+@pytest.mark.slow
+def test_an_alert_retrains_through_the_train_deployment_and_promotes_only_when_asked(
+    platform_prefect: Settings, alerts_not_yet_raised: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = platform_prefect.model_copy(deep=True)
+    for name, promote in PROMOTE_RETRAINED.items():
+        spec = settings.models[name].monitoring
+        spec.retrain_on_alert, spec.promote_retrained = True, promote
+    settings.models["flight_delay"].monitoring.thresholds.rmse_above = 1.0
+    settings.models["late_arrival"].monitoring.thresholds.auc_below = 1.0
+    production = {n: registry.resolve(settings, f"{n}@production").tag for n in MODELS}
+    runner_log = settings.state_dir / "logs" / "deployments.log"
+    try:
+        with (
+            platform.prefect_api(settings) as api,
+            caplog.at_level(logging.WARNING, "maquette.monitoring"),
+        ):
+            # Before the runner serves train/<model>, a retraining runs inline and says why.
+            inline = alerts.retrain(settings, "late_arrival")
+            missing = f"the Prefect server at {api} has no deployment train/late_arrival"
+            assert inline.startswith("trained candidate late_arrival:") and missing in inline
+            assert f"retraining late_arrival inline: {missing}" in caplog.text
+
+            platform.up(settings, ["deployments"])
+            versions = {n: {v.tag for v in registry.list_versions(settings, n)} for n in MODELS}
+            run = monitoring.run(settings, list(MODELS), END + timedelta(hours=6), announce=print)
+            assert {a.model for a in run.new_alerts if a.kind == "accuracy"} >= set(MODELS)
+            trained = {}
+            for name in MODELS:
+                done = _final_run("train", name, 240, runner_log)
+                assert run.retrained[name].startswith("started training run"), run.retrained
+                assert f"({done.id}) of deployment train/{name}" in run.retrained[name]
+                assert done.state.is_completed(), (done.state, runner_log.read_text()[-3000:])
+                promote = "production" if PROMOTE_RETRAINED[name] else None
+                assert done.parameters["promote"] == promote, done.parameters
+                trained[name] = _logged(done.id, rf"registered ({name}:v\d+)")[1]
+        for name in MODELS:  # each run registered one new version, the one its log names
+            new = {v.tag for v in registry.list_versions(settings, name)} - versions[name]
+            assert new == {trained[name]}, (name, new, trained)
+        # promote_retrained moved flight_delay's alias; late_arrival's stayed where it was.
+        assert registry.resolve(settings, "flight_delay@production").tag == trained["flight_delay"]
+        assert (
+            registry.resolve(settings, "late_arrival@production").tag == production["late_arrival"]
+        )
+    finally:
+        platform.down(settings, ["deployments"])
+        for tag in production.values():
+            registry.promote(settings, tag, "production")
+
+
+def _late_arrivals_scored(settings: Settings) -> Any:
+    """The replay's late_arrival predictions, drained from the log, with their labels."""
+    prediction_log.drain(settings)
+    labels.ingest_labels(settings, "late_arrival")
+    return labels.join_labels(settings, "late_arrival", END + timedelta(hours=6))
+
+
+def _own_reports(settings: Settings, folder: Path) -> Settings:
+    """The settings with reports and an Evidently workspace of their own, in `folder`."""
+    copy = settings.model_copy(deep=True)
+    copy.paths.reports = folder / "reports"
+    copy.monitoring.workspace = folder / "evidently"
+    return copy
+
+
+def test_an_unchanged_window_report_is_kept_and_a_changed_one_redone(
+    replayed: Settings, tmp_path: Path
+) -> None:
+    settings = _own_reports(replayed, tmp_path)
+    scored = _late_arrivals_scored(replayed)
+    said: list[str] = []
+    (first,) = drift.window_reports(settings, "late_arrival", scored, said.append)
+    assert len(said) == 1 and first.workspace_runs
+    written = Path(first.html).stat().st_mtime_ns
+    # The same rows again: the report is kept, not recomputed (no Evidently run, same file).
+    (kept,) = drift.window_reports(settings, "late_arrival", scored, said.append)
+    assert len(said) == 1, said
+    assert kept.workspace_runs == first.workspace_runs
+    assert Path(kept.html).stat().st_mtime_ns == written
+    # Fewer rows in the window: redone, its Evidently runs replaced.
+    (redone,) = drift.window_reports(
+        settings, "late_arrival", scored.slice(0, scored.num_rows - 10), said.append
+    )
+    assert len(said) == 2 and redone.rows == first.rows - 10
+    assert set(redone.workspace_runs).isdisjoint(first.workspace_runs)
+    assert Path(redone.html).stat().st_mtime_ns > written
+
+
+def test_a_window_report_compares_samples_of_the_window_and_the_training_rows(
+    replayed: Settings, tmp_path: Path
+) -> None:
+    scored = _late_arrivals_scored(replayed)
+    found = []
+    for folder in ("one", "two"):
+        settings = _own_reports(replayed, tmp_path / folder)
+        settings.monitoring.report_rows = 100
+        settings.monitoring.reference_rows = 150
+        (report,) = drift.window_reports(settings, "late_arrival", scored)
+        found.append(report)
+    report = found[0]
+    assert report.rows == scored.num_rows > 100
+    assert report.sampled_rows == 100
+    assert report.reference_rows == 150
+    assert f"current window sampled: 100 of {report.rows:,} rows" in report.note
+    assert "reference: 150 sampled training rows" in report.note
+    # Seeded samples: the same report twice.
+    assert found[1].feature_drift == report.feature_drift
+    assert found[1].prediction_drift == report.prediction_drift

@@ -9,17 +9,22 @@ optional webhook, and, if the model says so, starts the training flow for a cand
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
 from maquette import registry
 from maquette.config import Settings
 from maquette.training import pipeline as training
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 # metric column -> (threshold field, breach when the value is above?)
 CHECKS = {
@@ -30,6 +35,8 @@ CHECKS = {
     "log_loss": ("log_loss_above", True),
 }
 ACCURACY_KINDS = {"accuracy", "drift"}
+
+log = logging.getLogger("maquette.monitoring")
 
 
 @dataclass
@@ -184,32 +191,55 @@ def send_webhook(settings: Settings, alerts: list[Alert]) -> str | None:
 def retrain(settings: Settings, name: str) -> str:
     """Start training a candidate of `name` after an alert: the deployment if one runs, else inline.
 
-    Returns what happened, for the run summary.
+    Returns what happened, for the run summary (with why it trained inline, when it did).
     """
     spec = settings.model_spec(name).monitoring
     alias = settings.serving.default_alias if spec.promote_retrained else None
-    deployment = _run_deployment(name, alias)
-    if deployment:
-        return deployment
+    started, unavailable = _run_deployment(name, alias)
+    if started:
+        return started
     version = training.train(settings, name)
     if alias:
         registry.promote(settings, version.tag, alias)
-        return f"trained {version.tag} and promoted it to @{alias}"
-    return (
-        f"trained candidate {version.tag} (not promoted; `maquette models promote {version.tag}`)"
-    )
+        done = f"trained {version.tag} and promoted it to @{alias}"
+    else:
+        done = f"trained candidate {version.tag} (not promoted; `maquette models promote "
+        done += f"{version.tag}`)"
+    return f"{done}; inline, as {unavailable}"
 
 
-def _run_deployment(name: str, promote: str | None) -> str | None:
-    # Only when a Prefect server runs the deployments (`maquette up`); never a throwaway server.
-    if not os.environ.get("PREFECT_API_URL"):
-        return None
-    from prefect.deployments import run_deployment  # lazy: Prefect takes seconds to import
+def _run_deployment(name: str, promote: str | None) -> tuple[str | None, str]:
+    """Start a run of deployment train/<name>: (what started, ""), or (None, why it cannot).
 
+    Only a missing deployment or an unreachable server lets the caller train inline (logged as
+    a warning); any other error of the server or the run raises, so a broken platform is seen.
+    """
+    deployment = f"train/{name}"
+    unset = "no Prefect server is set (PREFECT_API_URL; `maquette up` runs one)"
+    if "prefect" not in sys.modules and not os.environ.get("PREFECT_API_URL"):
+        return None, unset  # a plain call: not worth the seconds Prefect takes to import
+    # Lazy: Prefect takes seconds to import, and only a retraining needs it here.
+    import httpx
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:  # no server of the platform's: never start a throwaway one
+        return None, unset
     try:
-        run = run_deployment(
-            f"train/{name}", parameters={"name": name, "promote": promote}, timeout=0
+        started = run_deployment(
+            deployment, parameters={"name": name, "promote": promote}, timeout=0
         )
-    except Exception:  # no such deployment or the server is gone: the caller trains inline
-        return None
-    return f"started training run {getattr(run, 'name', '?')} of deployment train/{name}"
+    except ObjectNotFound:
+        reason = (
+            f"the Prefect server at {url} has no deployment {deployment} "
+            "(`maquette up` serves it with the deployments component)"
+        )
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        reason = f"the Prefect server at {url} is unreachable ({exc})"
+    else:
+        run = cast("FlowRun", started)  # called from sync code: the run, not a coroutine
+        return f"started training run {run.name} ({run.id}) of deployment {deployment}", ""
+    log.warning("retraining %s inline: %s", name, reason)
+    return None, reason
