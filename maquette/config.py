@@ -139,7 +139,8 @@ class ServingSettings(Section):
         5.0,
         gt=0,
         description="A request running longer gets 504 (on the fast path a batch already running "
-        "finishes first; its Redis calls time out after 5 s). BentoML keeps every request's timer "
+        "finishes first; its Redis calls time out after 5 s, its prediction log writes after "
+        "0.6 x this, so they answer 503 first). BentoML keeps every request's timer "
         "this long, so a long timeout means more live objects and longer GC pauses under load.",
     )
     access_log: bool = Field(

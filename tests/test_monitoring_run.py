@@ -415,6 +415,7 @@ def alerts_not_yet_raised(replayed: Settings) -> Iterator[None]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # an inline training, a monitoring pass, two trainings on the runner
 def test_an_alert_retrains_through_the_train_deployment_and_promotes_only_when_asked(
     platform_prefect: Settings, alerts_not_yet_raised: None, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -438,6 +439,8 @@ def test_an_alert_retrains_through_the_train_deployment_and_promotes_only_when_a
             assert f"retraining late_arrival inline: {missing}" in caplog.text
 
             platform.up(settings, ["deployments"])
+            # Served once the runner has polled for its runs (Prefect marks it READY then).
+            _wait_until_served(settings, [f"train/{n}" for n in MODELS], 120)
             versions = {n: {v.tag for v in registry.list_versions(settings, n)} for n in MODELS}
             run = monitoring.run(settings, list(MODELS), END + timedelta(hours=6), announce=print)
             assert {a.model for a in run.new_alerts if a.kind == "accuracy"} >= set(MODELS)
@@ -462,6 +465,20 @@ def test_an_alert_retrains_through_the_train_deployment_and_promotes_only_when_a
         platform.down(settings, ["deployments"])
         for tag in production.values():
             registry.promote(settings, tag, "production")
+
+
+def _wait_until_served(settings: Settings, deployments: list[str], seconds: float) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import DeploymentStatus
+
+    deadline = time.monotonic() + seconds
+    with platform.prefect_api(settings), get_client(sync_client=True) as client:
+        while True:
+            states = {n: client.read_deployment_by_name(n).status for n in deployments}
+            if set(states.values()) == {DeploymentStatus.READY}:
+                return
+            assert time.monotonic() < deadline, f"no runner serves them: {states}"
+            time.sleep(0.5)
 
 
 def _late_arrivals_scored(settings: Settings) -> Any:

@@ -228,9 +228,19 @@ def _run_deployment(name: str, promote: str | None) -> tuple[str | None, str]:
     if not url:  # no server of the platform's: never start a throwaway one
         return None, unset
     try:
-        started = run_deployment(
-            deployment, parameters={"name": name, "promote": promote}, timeout=0
-        )
+        # A deployment outlives its runner in the server's database: a run created while no
+        # runner polls for it (deployments stopped or given up) would wait forever, unseen.
+        if not _served(deployment):
+            reason = (
+                f"no runner serves deployment {deployment} on the Prefect server at {url} "
+                "(`maquette up --component deployments` starts it)"
+            )
+        else:
+            started = run_deployment(
+                deployment, parameters={"name": name, "promote": promote}, timeout=0
+            )
+            run = cast("FlowRun", started)  # called from sync code: the run, not a coroutine
+            return f"started training run {run.name} ({run.id}) of deployment {deployment}", ""
     except ObjectNotFound:
         reason = (
             f"the Prefect server at {url} has no deployment {deployment} "
@@ -238,8 +248,14 @@ def _run_deployment(name: str, promote: str | None) -> tuple[str | None, str]:
         )
     except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         reason = f"the Prefect server at {url} is unreachable ({exc})"
-    else:
-        run = cast("FlowRun", started)  # called from sync code: the run, not a coroutine
-        return f"started training run {run.name} ({run.id}) of deployment {deployment}", ""
     log.warning("retraining %s inline: %s", name, reason)
     return None, reason
+
+
+def _served(deployment: str) -> bool:
+    """Whether a runner polls for this deployment's runs (Prefect marks it READY then)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import DeploymentStatus
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(deployment).status == DeploymentStatus.READY

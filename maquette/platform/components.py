@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from maquette.platform.launch import COMPONENTS, forget_starts, prefect_env, sto
 from maquette.serving.server import service_target
 
 __all__ = ["COMPONENTS", "prefect_api_url", "prefect_env"]
+log = logging.getLogger("maquette.platform")
 UP = ("running", "unready")  # states in which `up` leaves a component alone
 
 
@@ -374,10 +376,18 @@ def schedules_paused(settings: Settings, deployments: list[str]) -> Iterator[lis
     try:
         _set_paused(settings, deployments, True)
         yield list(deployments)
-    finally:
-        # Released first: a runner restarting from here on creates them active.
+    except BaseException:
+        # The body's error is the one to see; a resume that fails too (the server went away
+        # with it) is logged, not raised over it.
         schedules.release_schedules(settings)
-        _set_paused(settings, deployments, False)
+        try:
+            _set_paused(settings, deployments, False)
+        except Exception as resume:
+            log.warning("could not resume the schedules of %s: %s", deployments, resume)
+        raise
+    # Released first: a runner restarting from here on creates them active.
+    schedules.release_schedules(settings)
+    _set_paused(settings, deployments, False)
 
 
 def _set_paused(settings: Settings, deployments: list[str], paused: bool) -> None:

@@ -399,14 +399,23 @@ def _serve_and_replay(
         report.traffic = replay_traffic(settings, layer, service, start, end, progress, with_stream)
 
 
-def logged_predictions(settings: Settings, start: datetime, end: datetime) -> int:
-    """Predictions in Parquet (copies counted once) requested as of a time in [start, end)."""
+def logged_predictions(
+    settings: Settings, start: datetime, end: datetime, since: datetime | None = None
+) -> int:
+    """Predictions in Parquet (copies counted once) requested as of a time in [start, end),
+    logged at or after `since` (a rerun replays the same period: count only its own)."""
     try:
         logged = predictions.logged_sql(settings)
     except DataNotLoaded:  # nothing drained yet, e.g. every request failed
         return 0
-    sql = f"SELECT count(*) FROM ({logged}) WHERE request_time >= $start AND request_time < $end"
-    found = duckdb_connection().execute(sql, {"start": start, "end": end}).fetchone()
+    sql = (
+        f"SELECT count(*) FROM ({logged}) WHERE request_time >= $start AND request_time < $end "
+        "AND logged_at >= $since"
+    )
+    since = since or datetime.min.replace(tzinfo=UTC)
+    found = (
+        duckdb_connection().execute(sql, {"start": start, "end": end, "since": since}).fetchone()
+    )
     return int(found[0]) if found else 0
 
 
@@ -424,6 +433,7 @@ def run_demo(
     """
     platform.require_project_files(settings, list(settings.orchestration.components))
     report = DemoReport()
+    began = datetime.now(UTC)  # this run's log entries are those logged from now on
     layer = FeatureLayer(settings)
     start, end = replay_period(settings, quick)
     _start_platform(settings, layer, report, announce)
@@ -437,7 +447,7 @@ def run_demo(
         report.schedules_resumed_at = datetime.now(UTC)  # just before they are resumed
     with _stage(report, "drain prediction log", announce):
         report.drained = predictions.drain(settings).entries
-        report.logged = logged_predictions(settings, start, end)
+        report.logged = logged_predictions(settings, start, end, since=began)
     with _stage(report, "monitor", announce):
         # Judged at the end of the replay: the labels known by then are joined.
         runner = monitor or (lambda s, when: monitoring.run(s, None, when, announce=announce))

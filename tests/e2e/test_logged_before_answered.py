@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import yaml
 
 from maquette.config import Settings, load_settings
 from maquette.serving.prediction_log import FIELD
@@ -60,6 +61,11 @@ def served(
     redis_dir.mkdir()
     # No features materialized: a missing feature is answered (and flagged), which is enough.
     project = project_on(folder / "p", f"redis://127.0.0.1:{redis_port}/0", loaded_project)
+    # A request timer well past the log write's own (5 s): on a loaded machine, queueing and
+    # BentoML's overhead must not turn the 503 under test into BentoML's bare 504.
+    config = yaml.safe_load((project / "maquette.yaml").read_text())
+    config["serving"]["timeout_s"] = 15
+    (project / "maquette.yaml").write_text(yaml.safe_dump(config))
     settings = load_settings(project)
     port = free_port()
     log = (folder / "service.log").open("wb")
