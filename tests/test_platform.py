@@ -116,7 +116,9 @@ def platform_project(tmp_path: Path) -> Iterator[Settings]:
     folder = make_project(
         tmp_path / "project",
         None,
-        redis={"port": free_port()},
+        # `always`: Redis is SIGKILLed below and must keep every acknowledged write; with
+        # `everysec` a slow fsync may leave the last writes unwritten (README, "What survives").
+        redis={"port": free_port(), "appendfsync": "always"},
         orchestration={
             "prefect_port": free_port(),
             "runner_port": free_port(),

@@ -34,8 +34,14 @@ STARTUP_S = 240
 
 
 def redis_process(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """A redis-server of the test's own (AOF on, as the platform runs it): free to kill."""
-    cmd = server_command(redis_server_binary(), port, "127.0.0.1", data_dir, daemonize=False)
+    """A redis-server of the test's own (AOF on, as the platform runs it): free to kill.
+
+    `appendfsync always`: with `everysec`, while an fsync is slow Redis may answer a write it
+    has not yet written to the AOF, and a kill then loses it (README, "What survives a crash";
+    seen on a loaded CI machine). These tests assert that nothing acknowledged is lost."""
+    cmd = server_command(
+        redis_server_binary(), port, "127.0.0.1", data_dir, daemonize=False, appendfsync="always"
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until_ready(f"redis://127.0.0.1:{port}/0", 10, data_dir / "redis.log")
     return proc
