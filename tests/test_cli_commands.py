@@ -39,16 +39,9 @@ from maquette.errors import (
 )
 from maquette.serving import batch
 from tests.conftest import free_port, make_project
+from tests.test_serving import ROW
 
 runner = CliRunner()
-
-ROW = {
-    "origin": "JFK",
-    "carrier": "UA",
-    "tailnum": "N14228",
-    "route": "JFK-LAX",
-    "scheduled_departure": "2013-12-31T15:00:00Z",
-}
 
 
 def _words(text: str) -> str:

@@ -47,7 +47,7 @@ def redis_process(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _service(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+def service_in_own_session(settings: Settings, port: int) -> subprocess.Popen[bytes]:
     return service_process(
         settings,
         "127.0.0.1",
@@ -106,7 +106,7 @@ def test_answers_survive_server_kill_redis_outage_and_drain_kills(
             datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 2, tzinfo=UTC)
         )
         port = free_port()
-        service = _service(settings, port)
+        service = service_in_own_session(settings, port)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_ready(url, STARTUP_S)
@@ -119,7 +119,7 @@ def test_answers_survive_server_kill_redis_outage_and_drain_kills(
             kill_9(service)  # no goodbye: the log must already hold them
 
             # Redis away: a clear 503, /readyz fails; back: the service recovers by itself.
-            service = _service(settings, port)
+            service = service_in_own_session(settings, port)
             wait_ready(url, STARTUP_S)
             redis_proc.terminate()
             redis_proc.wait(10)

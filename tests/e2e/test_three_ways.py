@@ -37,12 +37,12 @@ from maquette.monitoring.drift import served_inputs
 from maquette.serving import batch
 from maquette.serving import prediction_log as predictions
 from maquette.serving.library import load_model
-from maquette.serving.server import service_process
 from maquette.stream.aggregations import stream_definition
 from maquette.stream.events import publish
 from maquette.stream.history import events_sql
 from maquette.stream.operations import status
 from tests.conftest import ROOT, free_port, make_project
+from tests.e2e.test_durability import service_in_own_session
 from tests.test_serving import wait_ready
 from tests.test_stream import apply_own_repo
 
@@ -116,14 +116,7 @@ def live_project(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    service = service_process(
-        settings,
-        "127.0.0.1",
-        port,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    service = service_in_own_session(settings, port)
     try:
         # Batch views as a scheduled materialize would have left them at HOUR; the streamed
         # views come from the processor alone.
