@@ -75,6 +75,16 @@ def make_project(folder: Path, redis_url: str | None, **overrides: object) -> Pa
     return folder
 
 
+def copy_feature_tables(loaded: Settings, target: Settings) -> None:
+    """The loaded project's offline tables in `target`'s offline store, without anything
+    served (logged predictions, labels, scores, monitoring), so a test starts from data load."""
+    shutil.copytree(
+        loaded.offline_store,
+        target.offline_store,
+        ignore=shutil.ignore_patterns("predictions*", "scored", "labels", "monitoring"),
+    )
+
+
 @pytest.fixture(scope="session")
 def project_dir(tmp_path_factory: pytest.TempPathFactory, running_redis: str) -> Path:
     return make_project(tmp_path_factory.mktemp("project"), running_redis)

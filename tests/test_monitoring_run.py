@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from maquette.stream.events import publish
 from maquette.stream.history import events_sql
 from maquette.stream.processor import StreamProcessor
 from maquette.training.metrics import binary_metrics, regression_metrics
-from tests.conftest import free_port, make_project
+from tests.conftest import copy_feature_tables, free_port, make_project
 
 START = datetime(2013, 12, 2, 11, tzinfo=UTC)  # 06:00 in New York
 END = datetime(2013, 12, 2, 21, tzinfo=UTC)
@@ -123,11 +122,7 @@ def replayed(
     )
     _quick_retraining(folder)
     settings = load_settings(folder)
-    shutil.copytree(
-        loaded_project.offline_store,
-        settings.offline_store,
-        ignore=shutil.ignore_patterns("predictions*", "scored", "labels", "monitoring"),
-    )
+    copy_feature_tables(loaded_project, settings)
     _forget_streamed_rows(settings)
     operations.reset(settings)
     layer = FeatureLayer(settings)

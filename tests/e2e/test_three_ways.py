@@ -11,7 +11,6 @@ and by `load_model`.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from maquette.stream.aggregations import stream_definition
 from maquette.stream.events import publish
 from maquette.stream.history import events_sql
 from maquette.stream.operations import status
-from tests.conftest import ROOT, free_port, make_project
+from tests.conftest import ROOT, copy_feature_tables, free_port, make_project
 from tests.e2e.test_durability import service_in_own_session
 from tests.test_serving import wait_ready
 from tests.test_stream import apply_own_repo
@@ -98,11 +97,7 @@ def live_project(
         },
     )
     settings = load_settings(folder)
-    shutil.copytree(
-        loaded_project.offline_store,
-        settings.offline_store,
-        ignore=shutil.ignore_patterns("predictions*", "scored", "labels", "monitoring"),
-    )
+    copy_feature_tables(loaded_project, settings)
     apply_own_repo(settings)
     for tag in production.values():
         registry.promote(settings, tag, "production")
