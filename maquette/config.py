@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from maquette.data_settings import DatasetSettings, StreamSettings
 from maquette.errors import ConfigError
 from maquette.model_spec import ModelSpec, Section, as_utc
 
@@ -71,27 +72,6 @@ class FeastSettings(Section):
     )
     duckdb_memory_limit: str = Field(
         "4GB", description="DuckDB memory cap for training frames; larger work spills to disk."
-    )
-
-
-class DatasetSettings(Section):
-    """The data loaded into the offline store by `maquette data load`."""
-
-    module: str | None = Field(
-        None,
-        description="Python module with source_tables() and FEATURE_TABLES (SQL by table name); "
-        "null: use sources and feature_sql.",
-    )
-    sources: dict[str, Path] = Field(
-        default_factory=dict, description="Source tables as Parquet/CSV paths, by table name."
-    )
-    feature_sql: Path | None = Field(
-        None, description="Folder of <feature_table>.sql files run by DuckDB over the sources."
-    )
-    entity_source: str | None = Field(
-        None,
-        description="Source table holding entities, event times and labels (a model's own "
-        "entity_source wins).",
     )
 
 
@@ -182,50 +162,6 @@ class PredictionLogSettings(Section):
     )
 
 
-class StreamSettings(Section):
-    """The speed layer: events on a Redis Stream, windowed aggregates pushed to Feast."""
-
-    # Which events and windows is the project's code, not a setting: this names it.
-    definition: str | None = Field(
-        None,
-        description="The stream's events and windows: 'module:attribute' of a StreamDefinition.",
-    )
-    stream: str = Field("maquette:events", description="Redis Stream of the events.")
-    dead_letter: str = Field(
-        "maquette:events:dead", description="Stream of rejected events, each with its reason."
-    )
-    group: str = Field("speed-layer", description="Consumer group of the stream processor.")
-    consumer: str = Field("processor-1", description="Consumer name (pending entries are its own).")
-    allowed_lateness_s: float = Field(
-        600.0,
-        ge=0,
-        description="Events this far behind the newest event time still update their windows.",
-    )
-    batch: int = Field(2_000, ge=1, description="Entries read per XREADGROUP.")
-    block_ms: int = Field(50, ge=1, description="How long one read waits for new entries.")
-    commit_interval_s: float = Field(
-        5.0,
-        gt=0,
-        description="Offline rows, processor state and XACK are committed this often.",
-    )
-    max_len: int = Field(
-        5_000_000, ge=1, description="Approximate cap on the event stream's length (XADD MAXLEN)."
-    )
-    events_source: str | None = Field(
-        None,
-        description="Offline table of historical events (backfill, replay); null: none.",
-    )
-    backfill_before: datetime | None = Field(
-        None,
-        description="The batch backfill covers events before this; the stream covers the rest.",
-    )
-
-    @field_validator("backfill_before", mode="before")
-    @classmethod
-    def _utc(cls, value: Any) -> Any:
-        return None if value is None else as_utc(value)
-
-
 class MonitoringSettings(Section):
     """Live metrics, Evidently reports, skew and freshness checks, alerts."""
 
@@ -291,12 +227,14 @@ class OrchestrationSettings(Section):
     timezone: str = Field("UTC", description="Time zone of the cron schedules.")
     batch_entities: str | None = Field(
         None,
-        description="Entities scored by the daily batch_predict deployments (path or DuckDB "
-        "SELECT); null: no batch_predict deployments.",
+        description="Entities scored by the daily batch_predict deployments (Parquet/CSV path "
+        "or DuckDB SELECT over the offline store); null: every row of each model's entity "
+        "source.",
     )
     batch_output: Path = Field(
         Path(".maquette/batch"),
-        description="Daily batch predictions go to <folder>/<model>/<run date>.parquet.",
+        description="Daily batch predictions go to <folder>/<model>/<first>_<last>.parquet, "
+        "named by the UTC dates of the scored entities' earliest and latest event time.",
     )
     run_limit: int = Field(4, ge=1, description="Flow runs the runner executes at the same time.")
     start_timeout_s: float = Field(

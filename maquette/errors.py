@@ -2,6 +2,7 @@
 
 MaquetteError                 base: `.remedy` says what to do; the CLI exits non-zero with both
 ├── ConfigError               maquette.yaml or MAQUETTE_* variables are invalid
+│   └── DataError             a source's data does not match what maquette.yaml declares
 ├── StoreUnavailable          Redis cannot be reached or started
 ├── DataNotLoaded             the offline store or Feast registry is empty: run the named command
 ├── FeatureNotFound           unknown feature, feature view or feature service (lists what exists)
@@ -31,6 +32,11 @@ class ConfigError(MaquetteError):
     """maquette.yaml or a MAQUETTE_* variable holds something invalid."""
 
     exit_code = 2
+
+
+class DataError(ConfigError):
+    """A source's data does not match what maquette.yaml declares: a time column that does not
+    parse in its unit or zone, or column names that differ only by case."""
 
 
 class InvalidModelSpec(ConfigError):

@@ -2,8 +2,10 @@
 
 A dataset is either a Python module (`source_tables()` returning Arrow tables by name, and
 `FEATURE_TABLES`, DuckDB SQL by feature-table name) or, for a user's own data, Parquet/CSV paths
-plus a folder of `<feature_table>.sql` files. Both go through `load_tables` (the public
-`load_dataset`, in `maquette.stream.backfill`, adds the stream's backfill). Every timestamp is
+(each with its event time's unit or zone: `source_files`) plus a folder of `<feature_table>.sql`
+files. Every table's column names are checked before it is written (`column_names`). Both go
+through `load_tables` (the public `load_dataset`, in `maquette.stream.backfill`, adds the
+stream's backfill). Every timestamp is
 written as microsecond UTC: Feast 0.67 on DuckDB 2.0 cannot read nanosecond Parquet timestamps
 (`Unimplemented type for cast (TIMESTAMPTZ_NS -> TIMESTAMP)`).
 """
@@ -22,8 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maquette.config import Settings
+from maquette.data.column_names import refuse_case_clashes, refuse_misspelt_declared_columns
+from maquette.data.source_files import read_source
 from maquette.data.sql import duckdb_connection
-from maquette.errors import ConfigError, DataNotLoaded
+from maquette.errors import ConfigError, DataError, DataNotLoaded
 
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 
@@ -63,15 +67,21 @@ def require_loaded(settings: Settings, name: str) -> Path:
     )
 
 
-def with_utc_microseconds(table: pa.Table) -> pa.Table:
-    """Cast every timestamp column to microsecond UTC; refuse naive timestamps."""
+def with_utc_microseconds(table: pa.Table, what: str = "a table", remedy: str = "") -> pa.Table:
+    """Cast every timestamp column to microsecond UTC; refuse naive timestamps.
+
+    `what` names the table in the error ("feature table 'x'") and `remedy` says how to give its
+    times a zone where they come from (`{column}` in it is replaced by the column's name).
+    """
     columns = []
     for field, column in zip(table.schema, table.columns, strict=True):
         if pa.types.is_timestamp(field.type):
             if field.type.tz is None:
-                raise ConfigError(
-                    f"column {field.name!r} holds timestamps without a time zone.",
-                    "Localize it (e.g. to UTC) in your source before loading.",
+                raise DataError(
+                    f"{what}: column {field.name!r} holds timestamps without a time zone.",
+                    (remedy or "Localize it (e.g. to UTC) in your source before loading.").format(
+                        column=field.name
+                    ),
                 )
             # Truncate sub-microsecond parts: Feast on DuckDB cannot read nanoseconds.
             column = column.cast(TIMESTAMP_TYPE, safe=False)
@@ -85,6 +95,18 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp, compression="zstd", row_group_size=128 * 1024)
     os.replace(tmp, path)
+
+
+def _write_checked(settings: Settings, what: str, table: pa.Table, path: Path, where: str) -> None:
+    """Write `table` to `path` once its names and times are as Feast and pandas will read them."""
+    refuse_case_clashes(what, table.column_names, where)
+    refuse_misspelt_declared_columns(settings, what, path, table.column_names, where)
+    remedy = (
+        f"Give it a zone in {where}, e.g. `timezone('UTC', {{column}}) AS {{column}}`."
+        if what.startswith("feature")
+        else ""
+    )
+    _write_parquet(with_utc_microseconds(table, what, remedy), path)
 
 
 def _dataset_parts(
@@ -113,15 +135,14 @@ def _dataset_parts(
 def _read_source_files(settings: Settings) -> dict[str, pa.Table]:
     con = duckdb_connection()
     tables = {}
-    for name, rel in settings.dataset.sources.items():
-        path = settings.path(rel)
+    for name, source in settings.dataset.sources.items():
+        path = settings.path(source.path)
         if not path.exists():
             raise ConfigError(
                 f"dataset source {name!r}: {path} does not exist.",
                 "Fix dataset.sources in maquette.yaml.",
             )
-        reader = "read_csv_auto" if path.suffix.lower() in {".csv", ".tsv"} else "read_parquet"
-        tables[name] = con.sql(f"SELECT * FROM {reader}(?)", params=[str(path)]).to_arrow_table()
+        tables[name] = read_source(con, name, source, path)
     return tables
 
 
@@ -152,7 +173,7 @@ def load_tables(
         if progress:
             progress(f"source {name}")
         path = source_path(settings, name)
-        _write_parquet(with_utc_microseconds(table), path)
+        _write_checked(settings, f"source {name!r}", table, path, "the source")
         con.execute(
             f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_str(path)})'
         )
@@ -168,6 +189,6 @@ def load_tables(
                 "Fix the SQL of that feature table.",
             ) from exc
         path = feature_table_path(settings, name)
-        _write_parquet(with_utc_microseconds(table), path)
+        _write_checked(settings, f"feature table {name!r}", table, path, f"{name}'s SQL")
         summaries.append(_summary(con, name, "feature", path))
     return summaries

@@ -26,6 +26,7 @@ import redis
 from feast import FeatureService, FeatureStore, FeatureView, OnDemandFeatureView, RepoConfig
 
 from maquette.config import Settings
+from maquette.data.column_names import refuse_view_case_mismatches, write_declared_columns
 from maquette.data.redis_server import feast_connection_string, redis_url, unreachable
 from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame
 from maquette.features.materialize import (
@@ -57,6 +58,34 @@ def repo_config(settings: Settings) -> RepoConfig:
         entity_key_serialization_version=3,
         repo_path=str(settings.feature_repo),
     )
+
+
+def _declared_columns(repo: Path) -> dict[Path, list[tuple[str, str]]]:
+    """(view, column) pairs each file-backed view of the repo needs, by its table's path."""
+    # Lazy: Feast's repo parsing is only needed by `apply`.
+    from feast.feature_view import DUMMY_ENTITY_ID
+    from feast.repo_operations import parse_repo
+
+    os.chdir(repo)  # Feast names the repo's modules relative to the working directory
+    contents = parse_repo(repo)
+    join_keys = {e.name: e.join_key for e in contents.entities}
+    declared: dict[Path, list[tuple[str, str]]] = {}
+    for view in [*contents.feature_views, *contents.stream_feature_views]:
+        source = view.batch_source
+        path = getattr(source, "path", None)
+        if source is None or not isinstance(path, str) or "://" in path:
+            continue  # only local files can be checked before they are read
+        # Feast renames the table's columns through field_mapping: check the table's own names.
+        to_table = {feast_name: column for column, feast_name in source.field_mapping.items()}
+        names = [f.name for f in view.features] + [f.name for f in view.entity_columns]
+        names += [join_keys[e] for e in view.entities if e in join_keys]
+        names += [source.timestamp_field, source.created_timestamp_column]
+        table = (repo / path).resolve()  # an absolute path stays itself
+        pairs = declared.setdefault(table, [])
+        # A view without entities gets a placeholder key that no table holds.
+        for name in dict.fromkeys(n for n in names if n and n != DUMMY_ENTITY_ID):
+            pairs.append((view.name, to_table.get(name, name)))
+    return declared
 
 
 class FeatureLayer:
@@ -111,9 +140,14 @@ class FeatureLayer:
         cwd = os.getcwd()
         with contextlib.redirect_stdout(sys.stderr):
             try:
+                # Checked before Feast registers anything: a view spelling a column otherwise
+                # than its table would apply, then fail much later as a KeyError.
+                declared = _declared_columns(repo.resolve())
+                refuse_view_case_mismatches(declared)
                 apply_total(repo_config(self.settings), repo, skip_source_validation=False)
             finally:
                 os.chdir(cwd)
+        write_declared_columns(self.settings, declared)
         self._store, self._plans = None, {}
         return sorted(fv.name for fv in self.feature_views()) + sorted(
             s.name for s in self.store.list_feature_services()
