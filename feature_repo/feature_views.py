@@ -9,16 +9,15 @@ from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 from sources import (
     carrier_daily_source,
-    carrier_last_hour_push,
     flight_request,
     origin_daily_source,
-    origin_last_hour_push,
     plane_source,
     route_daily_source,
+    settings,
     weather_hourly_source,
 )
 
-from maquette.examples.nycflights13.stream import CARRIER_LAST_HOUR, ORIGIN_LAST_HOUR
+from maquette.feast_repo import stream_view
 
 # Observations are hourly; older than 3 hours means the station went quiet, not "still true".
 weather_hourly = FeatureView(
@@ -95,23 +94,11 @@ origin_daily = FeatureView(
 
 # Streaming: departures in the last hour, pushed by the speed layer within a second of the
 # event and backfilled for history, both from the one definition in the example's `stream`
-# module (maquette.yaml's stream.definition). A row holds the window ending at its departure;
-# a window later it no longer describes "now" (the TTL).
-origin_last_hour = FeatureView(
-    name=ORIGIN_LAST_HOUR.view,
-    entities=[origin],
-    ttl=ORIGIN_LAST_HOUR.window,
-    schema=ORIGIN_LAST_HOUR.feast_schema(),
-    source=origin_last_hour_push,
-)
-
-carrier_last_hour = FeatureView(
-    name=CARRIER_LAST_HOUR.view,
-    entities=[carrier],
-    ttl=CARRIER_LAST_HOUR.window,
-    schema=CARRIER_LAST_HOUR.feast_schema(),
-    source=carrier_last_hour_push,
-)
+# module (maquette.yaml's stream.definition): schema, push source and offline table come from
+# it. A row holds the window ending at its departure; a window later it no longer describes
+# "now" (the TTL, one window by default).
+origin_last_hour = stream_view(settings, "origin_last_hour", entities=[origin])
+carrier_last_hour = stream_view(settings, "carrier_last_hour", entities=[carrier])
 
 
 @on_demand_feature_view(

@@ -17,18 +17,22 @@ PACKAGE = Path(__file__).resolve().parent.parent / "maquette"
 # Lowest first. A module may import its own layer or a lower one (cycles are caught apart).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("maquette.errors", "maquette.faults"),
-    ("maquette.config", "maquette.model_spec"),
+    ("maquette.config", "maquette.data_settings", "maquette.model_spec"),
     # The typed record of a version: pydantic and model_spec only, so the registry can use it.
     ("maquette.version_record",),
     ("maquette.data",),
     ("maquette.features",),
     ("maquette.stream",),
+    # Feature repos' helpers: Feast views of the declared stream, sources of offline tables.
+    ("maquette.feast_repo",),
     ("maquette.registry",),
     ("maquette.training",),
     ("maquette.serving",),
     ("maquette.monitoring",),
     ("maquette.platform",),
     ("maquette.bench",),
+    # `maquette init`: writes a project's files; only the CLI uses it.
+    ("maquette.project",),
     ("maquette.cli", "maquette.__main__"),
     # The demo dataset is an adapter: it may use the library, the library never uses it.
     ("maquette.examples",),

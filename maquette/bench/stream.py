@@ -83,7 +83,8 @@ def _apply_stream_views(bench: Settings) -> None:
 
     objects: list[Any] = []
     for agg in stream_definition(bench).aggregations:
-        entity = Entity(name=agg.key, join_keys=[agg.key], value_type=ValueType.STRING)
+        value_type = ValueType.INT64 if agg.key_type == "int64" else ValueType.STRING
+        entity = Entity(name=agg.key, join_keys=[agg.key], value_type=value_type)
         path = bench_dir(bench) / "stream" / f"{agg.view}.parquet"
         batch = FileSource(
             name=f"{agg.view}_source", path=str(path), timestamp_field="event_timestamp"
@@ -138,7 +139,7 @@ class _Prober:
         self.reads = [
             (
                 wire.entity_key_bytes(
-                    {a.key: k}, {a.key: feast_type("string")}, bench.feast.project
+                    {a.key: a.key_of(k)}, {a.key: feast_type(a.key_type)}, bench.feast.project
                 ),
                 wire.ts_field(a.view),
             )

@@ -1,4 +1,4 @@
-"""`maquette stream ...`: the speed layer (replay, processor, status, backfill, reset)."""
+"""`maquette stream ...`: the speed layer (publish, replay, processor, status, backfill, reset)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ from typing import Annotated
 
 import typer
 
-from maquette.cli.options import ProjectOpt, console, err, project_settings, when
-from maquette.cli.render import stream_status_tables, tables_table
+from maquette.cli.options import (
+    JsonOpt,
+    ProjectOpt,
+    console,
+    err,
+    print_json,
+    project_settings,
+    when,
+)
+from maquette.cli.render import stream_status_document, stream_status_tables, tables_table
 from maquette.data import redis_server
 
 # The stream modules are imported inside the commands: they load Feast's wire format and
@@ -28,6 +36,28 @@ def _speed(text: str) -> float | None:
         raise typer.BadParameter(f"{text!r} is not a speed like 600x (or max)") from None
 
 
+@stream_app.command("publish")
+def stream_publish(
+    events: Annotated[
+        typer.FileText,
+        typer.Argument(help="JSON lines, one event object per line; - reads standard input."),
+    ],
+    project: ProjectOpt = None,
+) -> None:
+    """Publish events to the event stream; a line that is not a valid event is reported by
+    number and not sent, the others are.
+
+    Example: maquette stream publish events.jsonl
+    """
+    from maquette.stream.events import publish_lines
+
+    settings = project_settings(project)
+    redis_server.ensure_redis(settings)
+    result = publish_lines(settings, events)
+    console.print(f"published {result.published:,} events to {settings.stream.stream}")
+    result.raise_for_rejected()
+
+
 @stream_app.command("replay")
 def stream_replay(
     start: Annotated[str, typer.Option("--from", help="ISO event time to start at.")],
@@ -43,7 +73,7 @@ def stream_replay(
 ) -> None:
     """Publish historical events to the event stream in event-time order.
 
-    Example: maquette stream replay --from 2013-12-01 --speed 600x
+    Example: maquette stream replay --from 2024-06-01 --speed 600x
     """
     from maquette.stream.history import replay
 
@@ -92,8 +122,11 @@ def stream_run(
 def stream_status(
     dead: Annotated[int, typer.Option(help="Show this many of the newest dead letters.")] = 5,
     project: ProjectOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """The stream's length, pending and undelivered entries, counters, watermark, dead letters.
+
+    --json prints the same as one document (counters, watermark, dead_letters, ...).
 
     Example: maquette stream status
     """
@@ -101,7 +134,11 @@ def stream_status(
 
     settings = project_settings(project)
     state = operations.status(settings)
-    for table in stream_status_tables(state, operations.dead_letters(settings, dead)):
+    letters = operations.dead_letters(settings, dead)
+    if as_json:
+        print_json(stream_status_document(state, letters))
+        return
+    for table in stream_status_tables(state, letters):
         console.print(table)
 
 

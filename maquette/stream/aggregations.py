@@ -2,8 +2,9 @@
 
 One `WindowAggregation` per Feast feature view generates both sides of the Lambda architecture:
 the backfill SQL (the batch side, DuckDB over historical events) and the streaming computation
-(`compute`, over one key's window). A `StreamDefinition` groups them with the event schema; a
-project names its definition in `stream.definition` ("module:attribute").
+(`compute`, over one key's window). A `StreamDefinition` groups them with the event schema. A
+project declares it in `maquette.yaml` (`stream.events` and `stream.aggregations`) or in Python,
+named by `stream.definition` ("module:attribute"); both give the same `StreamDefinition`.
 
 Window semantics, for a key k and an event of k at event time t: the row stamped t + 1 µs holds
 the aggregate of k's events with t - window < time <= t. The extra microsecond makes the
@@ -16,22 +17,29 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pyarrow as pa
 
 from maquette.config import Settings
 from maquette.data.sources import TIMESTAMP_TYPE
 from maquette.data.sql import sql_identifier as _q
+from maquette.data_settings import StreamAggregationSettings, StreamFieldType, StreamSettings
 from maquette.errors import ConfigError
 
 if TYPE_CHECKING:
     from feast import Field as FeastField
 
-Aggregate = Literal["count", "sum", "mean"]
+Aggregate = Literal["count", "sum", "mean", "min", "max"]
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+# Keys are looked up in Feast by value, so their type is part of the Redis key: string or int64.
+KeyType = Literal["string", "int64"]
+KEY_TYPES: tuple[str, ...] = get_args(KeyType)
+VALUE_TYPES = ("float64", "int64")
 # A row becomes visible one microsecond after the event it includes (see the docstring).
 STAMP_OFFSET_US = 1
 _US = timedelta(microseconds=1)
@@ -47,17 +55,39 @@ class WindowAggregation:
     value: str
     window: timedelta
     features: tuple[tuple[str, Aggregate], ...]
+    key_type: KeyType = "string"
+
+    def __post_init__(self) -> None:
+        if unknown := [f"{n}: {f}" for n, f in self.features if f not in AGGREGATES]:
+            raise ConfigError(
+                f"aggregation {self.view!r} names unknown aggregates {unknown}.",
+                f"Use one of {', '.join(AGGREGATES)}.",
+            )
+        if self.key_type not in KEY_TYPES:
+            raise ConfigError(
+                f"aggregation {self.view!r} has key type {self.key_type!r}.",
+                "Keys are string or int64.",
+            )
+        if self.window <= timedelta(0) or not self.features:
+            raise ConfigError(
+                f"aggregation {self.view!r} needs a positive window and at least one feature.",
+                "Give it a window such as 1h and features such as {n: count}.",
+            )
 
     @property
     def window_us(self) -> int:
         return self.window // _US
+
+    def key_of(self, raw: Any) -> str | int:
+        """A key as the processor, Redis and Parquet hold it: int for int64 keys, else text."""
+        return int(raw) if self.key_type == "int64" else str(raw)
 
     @property
     def feature_names(self) -> list[str]:
         return [name for name, _ in self.features]
 
     def feast_schema(self) -> list[FeastField]:
-        """The feature view's schema: counts are Int64, sums and means Float64."""
+        """The feature view's schema: counts are Int64; sums, means, minima, maxima Float64."""
         # Imported here: Feast takes seconds to import, and only feature repos call this.
         from feast import Field
 
@@ -66,18 +96,13 @@ class WindowAggregation:
     def arrow_schema(self) -> pa.Schema:
         """Columns of the offline table: key, event_timestamp, features."""
         return pa.schema(
-            [(self.key, pa.string()), ("event_timestamp", TIMESTAMP_TYPE)]
+            [(self.key, key_arrow_type(self.key_type)), ("event_timestamp", TIMESTAMP_TYPE)]
             + [(n, pa.int64() if f == "count" else pa.float64()) for n, f in self.features]
         )
 
     def compute(self, values: Sequence[float]) -> dict[str, Any]:
         """The features over the values of one window (the streaming side)."""
-        # fsum is exactly rounded, so the result does not depend on the order values arrived in.
-        count, total = len(values), math.fsum(values)
-        out: dict[str, Any] = {}
-        for name, fn in self.features:
-            out[name] = count if fn == "count" else total if fn == "sum" else total / count
-        return out
+        return {name: _COMPUTE[fn](values) for name, fn in self.features}
 
     def backfill_sql(self, events: str, event_time: str) -> str:
         """DuckDB SQL for every row over the relation `events`, timed by the column `event_time`
@@ -90,16 +115,39 @@ class WindowAggregation:
             f"INTERVAL {self.window_us - 1} MICROSECONDS PRECEDING AND CURRENT ROW"
         )
         count, total = f"count({v}) OVER w", f"sum({v}) OVER w"
-        exprs = {"count": count, "sum": total, "mean": f"{total} / {count}"}
+        exprs = {
+            "count": count,
+            "sum": total,
+            "mean": f"{total} / {count}",
+            "min": f"min({v}) OVER w",
+            "max": f"max({v}) OVER w",
+        }
         select = ", ".join(f"{exprs[fn]} AS {_q(name)}" for name, fn in self.features)
+        # An int64 key stays an integer (Feast keys Redis by its type); text that is not one is
+        # dropped, as the processor dead-letters it.
+        if self.key_type == "int64":
+            key, key_ok = f"TRY_CAST({k} AS BIGINT)", f"{k} IS NOT NULL"
+        else:
+            key, key_ok = f"{k}::VARCHAR", f"{k} IS NOT NULL AND {k} <> ''"
         # Events sharing a key and a time share their frame: DISTINCT keeps one row.
         return (
             f"SELECT DISTINCT {k}, {t} + INTERVAL {STAMP_OFFSET_US} MICROSECOND AS event_timestamp, "
-            f"{select} FROM (SELECT {k}::VARCHAR AS {k}, {t}::TIMESTAMPTZ AS {t}, "
+            f"{select} FROM (SELECT {key} AS {k}, {t}::TIMESTAMPTZ AS {t}, "
             f"{v}::DOUBLE AS {v} FROM ({events})) "
-            f"WHERE {k} IS NOT NULL AND {k} <> '' AND {t} IS NOT NULL AND isfinite({v}) "
+            f"WHERE {key_ok} AND {t} IS NOT NULL AND isfinite({v}) "
             f"WINDOW w AS ({frame}) ORDER BY {k}, event_timestamp"
         )
+
+
+# The streaming side of each aggregate, over one window's values (never empty: the event that
+# opened the row is in it). fsum is exactly rounded, so sums do not depend on arrival order.
+_COMPUTE: dict[str, Callable[[Sequence[float]], Any]] = {
+    "count": len,
+    "sum": math.fsum,
+    "mean": lambda values: math.fsum(values) / len(values),
+    "min": min,
+    "max": max,
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +155,9 @@ class StreamDefinition:
     """A stream's events (their fields and event time) and the window aggregates over them.
 
     Every field of an event is a string on the stream, so any Redis client can publish one.
-    The keys, values and event time are required; the other fields are carried along.
+    The keys, values and event time are required; the other fields are carried along. `types`
+    may give each field's type (string, int64, float64, timestamp); a key's type must then
+    agree with its aggregations' `key_type`.
     """
 
     event_time: str
@@ -115,6 +165,7 @@ class StreamDefinition:
     aggregations: tuple[WindowAggregation, ...]
     # Events sharing an event time are replayed and read in this order, so runs repeat exactly.
     tie_break: tuple[str, ...] = ()
+    types: Mapping[str, StreamFieldType] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.aggregations:
@@ -128,11 +179,33 @@ class StreamDefinition:
                 f"a stream definition uses fields it does not declare: {undeclared}.",
                 "Add them to the definition's fields, with a description each.",
             )
+        for agg in self.aggregations:
+            declared = self.types.get(agg.key, agg.key_type)
+            if declared != agg.key_type or self.key_types[agg.key] != agg.key_type:
+                raise ConfigError(
+                    f"key {agg.key!r} of aggregation {agg.view!r} is {agg.key_type}, but the "
+                    f"definition types it {declared} (or another aggregation does).",
+                    "Give the key one type everywhere: string or int64.",
+                )
+            if self.types.get(agg.value, "float64") not in VALUE_TYPES:
+                raise ConfigError(
+                    f"value {agg.value!r} of aggregation {agg.view!r} is a "
+                    f"{self.types[agg.value]} field.",
+                    "Aggregate a float64 or int64 field.",
+                )
 
     @property
     def keys(self) -> tuple[str, ...]:
         """The aggregations' key fields, each once."""
         return tuple(dict.fromkeys(a.key for a in self.aggregations))
+
+    @property
+    def key_types(self) -> dict[str, KeyType]:
+        """Each key field's type (the first aggregation using it says)."""
+        out: dict[str, KeyType] = {}
+        for agg in self.aggregations:
+            out.setdefault(agg.key, agg.key_type)
+        return out
 
     @property
     def values(self) -> tuple[str, ...]:
@@ -148,14 +221,38 @@ class StreamDefinition:
     def longest_window(self) -> timedelta:
         return max(a.window for a in self.aggregations)
 
+    def aggregation(self, view: str) -> WindowAggregation:
+        """The aggregation feeding the feature view `view`; an unknown name lists the known."""
+        for agg in self.aggregations:
+            if agg.view == view:
+                return agg
+        known = ", ".join(a.view for a in self.aggregations)
+        raise ConfigError(
+            f"the stream declares no aggregation named {view!r}.",
+            f"Declared: {known}. Add it under stream.aggregations, or fix the name.",
+        )
+
 
 def stream_definition(settings: Settings) -> StreamDefinition:
-    """The project's stream definition, imported from `stream.definition` ("module:attribute")."""
-    reference = settings.stream.definition
+    """The project's stream definition: declared in maquette.yaml (`stream.events` and
+    `stream.aggregations`) or imported from `stream.definition` ("module:attribute")."""
+    conf = settings.stream
+    declared = conf.events is not None or bool(conf.aggregations)
+    if conf.definition and declared:
+        raise ConfigError(
+            "both stream.definition and stream.events/stream.aggregations are set.",
+            "Keep one: remove stream.definition to use the YAML declaration, or remove "
+            "stream.events and stream.aggregations to use the Python StreamDefinition.",
+        )
+    if declared:
+        return declared_definition(conf)
+    reference = conf.definition
     if not reference:
         raise ConfigError(
-            "stream.definition is not set, so the stream has no events or windows.",
-            "Set stream.definition in maquette.yaml to 'module:attribute' of a StreamDefinition.",
+            "stream.definition is not set and no stream is declared, so the stream has no events "
+            "or windows.",
+            "Declare stream.events and stream.aggregations in maquette.yaml (README 'Speed "
+            "layer'), or set stream.definition to 'module:attribute' of a StreamDefinition.",
         )
     module_name, _, attribute = reference.partition(":")
     try:
@@ -173,9 +270,112 @@ def stream_definition(settings: Settings) -> StreamDefinition:
     return found
 
 
+def declared_definition(conf: StreamSettings) -> StreamDefinition:
+    """The StreamDefinition that `stream.events` and `stream.aggregations` declare."""
+    events = conf.events
+    if events is None or not conf.aggregations:
+        missing = "stream.events" if events is None else "stream.aggregations"
+        raise ConfigError(
+            f"{missing} is not set: a declared stream needs its events and its aggregations.",
+            "Set both stream.events (time, fields) and stream.aggregations in maquette.yaml.",
+        )
+    types: dict[str, StreamFieldType] = {}
+    fields: dict[str, str] = {}
+    for name, spec in events.fields.items():
+        if isinstance(spec, str):
+            types[name], fields[name] = spec, spec
+        else:
+            types[name], fields[name] = spec.type, spec.description or spec.type
+    _check_field(types, events.time, "stream.events.time", ("timestamp",))
+    for name in events.tie_break:
+        _check_field(types, name, "stream.events.tie_break", tuple(get_args(StreamFieldType)))
+    aggregations = tuple(
+        _declared_aggregation(view, spec, types) for view, spec in conf.aggregations.items()
+    )
+    return StreamDefinition(
+        event_time=events.time,
+        fields=fields,
+        aggregations=aggregations,
+        tie_break=tuple(events.tie_break),
+        types=types,
+    )
+
+
+def _declared_aggregation(
+    view: str, spec: StreamAggregationSettings, types: Mapping[str, StreamFieldType]
+) -> WindowAggregation:
+    path = f"stream.aggregations.{view}"
+    _check_field(types, spec.key, f"{path}.key", KEY_TYPES)
+    _check_field(types, spec.value, f"{path}.value", VALUE_TYPES)
+    features = []
+    for name, aggregate in spec.features.items():
+        if aggregate not in AGGREGATES:
+            raise ConfigError(
+                f"{path}.features.{name} is {aggregate!r}, not an aggregate.",
+                f"Write one of {', '.join(AGGREGATES)}, e.g. {name}: mean.",
+            )
+        features.append((name, aggregate))
+    if not features:
+        raise ConfigError(
+            f"{path}.features is empty.", f"Name at least one feature, e.g. {{{view}_n: count}}."
+        )
+    return WindowAggregation(
+        view=view,
+        push_source=spec.push_source or f"{view}_push",
+        key=spec.key,
+        value=spec.value,
+        window=window_length(spec.window, f"{path}.window"),
+        features=tuple(features),  # type: ignore[arg-type]  # checked against AGGREGATES above
+        key_type=types[spec.key],  # type: ignore[arg-type]  # checked against KEY_TYPES above
+    )
+
+
+def _check_field(
+    types: Mapping[str, StreamFieldType], name: str, path: str, allowed: tuple[str, ...]
+) -> None:
+    """`name` is a declared event field of one of the `allowed` types, or a ConfigError."""
+    if name not in types:
+        raise ConfigError(
+            f"{path} is {name!r}, which stream.events.fields does not declare "
+            f"(declared: {', '.join(types) or 'none'}).",
+            f"Declare it under stream.events.fields (e.g. {name}: {allowed[0]}) or fix {path}.",
+        )
+    if types[name] not in allowed:
+        raise ConfigError(
+            f"{path} is {name!r}, a {types[name]} field.",
+            f"{path} must be a {' or '.join(allowed)} field: change its declared type or the name.",
+        )
+
+
+_WINDOW_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_length(value: str | float, path: str = "window") -> timedelta:
+    """A window written as 90s, 15m, 1h, 1d or a number of seconds, as a timedelta."""
+    if isinstance(value, str) and (match := _WINDOW_TEXT.match(value)):
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        seconds = -1.0
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(
+            f"{path} is {value!r}, not a window length.",
+            f"Write a positive length such as 90s, 15m, 1h or 1d (or seconds, e.g. 3600) in {path}.",
+        )
+    return timedelta(seconds=seconds)
+
+
+def key_arrow_type(kind: str) -> pa.DataType:
+    """The Arrow type of a key column: int64 keys stay integers, others are text."""
+    return pa.int64() if kind == "int64" else pa.string()
+
+
 def feast_type(kind: str) -> Any:
-    """The Feast type of a key ("string") or of an aggregate ("count": Int64; else Float64)."""
+    """The Feast type of a key ("string", "int64") or of an aggregate ("count": Int64; else
+    Float64)."""
     # Imported here: Feast takes seconds to import, and only the writers call this.
     from feast.types import Float64, Int64, String
 
-    return {"string": String, "count": Int64}.get(kind, Float64)
+    return {"string": String, "int64": Int64, "count": Int64}.get(kind, Float64)

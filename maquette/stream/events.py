@@ -1,14 +1,17 @@
 """Events on the Redis Stream: parsing an entry, publishing events, the stream's Redis client.
 
 An event is one stream entry whose fields are strings (any Redis client can publish one); the
-project's `StreamDefinition` says which fields it carries and which are required.
+project's `StreamDefinition` says which fields it carries, which are required and how keys are
+typed (an int64 key published as "7" is the integer 7). `publish_lines` publishes JSON lines
+(`maquette stream publish`), checking each against the definition first.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,11 +19,12 @@ import redis
 
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url
-from maquette.errors import StoreUnavailable
-from maquette.stream.aggregations import StreamDefinition
+from maquette.errors import DataError, StoreUnavailable
+from maquette.stream.aggregations import StreamDefinition, stream_definition
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
+_INT64 = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +32,7 @@ class Event:
     """A valid event: its time (µs since the epoch), keys and values."""
 
     time_us: int
-    keys: dict[str, str]
+    keys: dict[str, str | int]  # int for int64 keys
     values: dict[str, float]
 
 
@@ -49,10 +53,22 @@ def parse_event(fields: Mapping[bytes, bytes], definition: StreamDefinition) -> 
         return f"malformed: missing {', '.join(missing)}"
     event_time = definition.event_time
     try:
-        keys = {name: fields[name.encode()].decode() for name in definition.keys}
+        texts = {name: fields[name.encode()].decode() for name in definition.keys}
         raw_time = fields[event_time.encode()].decode()
     except UnicodeDecodeError:
         return "malformed: a key or the time is not UTF-8 text"
+    keys: dict[str, str | int] = {}
+    for name, kind in definition.key_types.items():
+        text = texts[name]
+        if kind == "int64":
+            try:
+                keys[name] = int(text)
+            except ValueError:
+                return f"malformed: {name} {text[:40]!r} is not an integer"
+            if keys[name] not in _INT64:
+                return f"malformed: {name} {text[:40]!r} is outside the int64 range"
+        else:
+            keys[name] = text
     try:
         when = datetime.fromisoformat(raw_time)
     except ValueError:
@@ -77,7 +93,12 @@ def _encode(event: Mapping[str, Any]) -> dict[str, str]:
     for name, value in event.items():
         if value is None:
             continue
-        out[name] = value.isoformat() if isinstance(value, datetime) else str(value)
+        if isinstance(value, datetime):
+            out[name] = value.isoformat()
+        elif isinstance(value, bool):  # as JSON writes it, not Python's True
+            out[name] = "true" if value else "false"
+        else:
+            out[name] = str(value)
     return out
 
 
@@ -100,6 +121,72 @@ def publish(
         return [i.decode() for i in pipe.execute()]
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise stream_unavailable(settings, exc) from exc
+
+
+@dataclass
+class PublishedLines:
+    """What `publish_lines` did: events published, and each rejected line with its reason."""
+
+    published: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+
+    def raise_for_rejected(self, shown: int = 10) -> None:
+        """An error listing the rejected lines (the first `shown`), if any were."""
+        if not self.rejected:
+            return
+        listed = "".join(f"\n  line {n}: {reason}" for n, reason in self.rejected[:shown])
+        more = len(self.rejected) - shown
+        count = len(self.rejected)
+        # Events that do not match stream.events: data not matching what maquette.yaml declares.
+        raise DataError(
+            f"{count:,} {'line is not an event' if count == 1 else 'lines are not events'} of "
+            f"this stream and {'was' if count == 1 else 'were'} not published:{listed}"
+            + (f"\n  ... and {more:,} more" if more > 0 else ""),
+            f"Fix those lines and publish them again ({self.published:,} other events were "
+            "published): one JSON object per line, with the fields stream.events declares.",
+        )
+
+
+def publish_lines(
+    settings: Settings,
+    lines: Iterable[str],
+    client: redis.Redis[bytes] | None = None,
+    batch: int = 1_000,
+) -> PublishedLines:
+    """Publish JSON lines, one event object per line; a line that is not a valid event is
+    reported with its number and reason, and the others are published."""
+    definition = stream_definition(settings)
+    client = client or stream_client(settings)
+    result = PublishedLines()
+    pending: list[dict[str, str]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        event = _line_event(line, definition)
+        if isinstance(event, str):
+            result.rejected.append((number, event))
+            continue
+        pending.append(event)
+        if len(pending) >= batch:
+            result.published += len(publish(settings, pending, client))
+            pending.clear()
+    result.published += len(publish(settings, pending, client)) if pending else 0
+    return result
+
+
+def _line_event(line: str, definition: StreamDefinition) -> dict[str, str] | str:
+    """The stream fields of one JSON line, or why it is not an event of this stream."""
+    try:
+        found = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return f"not JSON: {exc.msg} at column {exc.colno}"
+    if not isinstance(found, dict):
+        return f"a JSON {type(found).__name__}, not an object of event fields"
+    if nested := [k for k, v in found.items() if isinstance(v, dict | list)]:
+        return f"{', '.join(nested)}: a list or object; an event field is text, a number or a time"
+    fields = _encode(found)
+    checked = parse_event({k.encode(): v.encode() for k, v in fields.items()}, definition)
+    return checked.removeprefix("malformed: ") if isinstance(checked, str) else fields
 
 
 def stream_client(settings: Settings) -> redis.Redis[bytes]:

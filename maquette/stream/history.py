@@ -33,9 +33,19 @@ def events_sql(
             "Set stream.events_source in maquette.yaml to a table holding the events.",
         )
     path = require_loaded(settings, source)
-    fields = ", ".join(_q(f) for f in definition.fields)
+    key_types = definition.key_types
+    # int64 keys come out as integers whatever the column holds, so replay publishes "7".
+    fields = ", ".join(
+        f"TRY_CAST({_q(f)} AS BIGINT) AS {_q(f)}" if key_types.get(f) == "int64" else _q(f)
+        for f in definition.fields
+    )
     event_time = _q(definition.event_time)
-    valid = [f"{_q(k)} IS NOT NULL AND {_q(k)} <> ''" for k in definition.keys]
+    valid = [
+        f"TRY_CAST({_q(k)} AS BIGINT) IS NOT NULL"
+        if kind == "int64"
+        else f"{_q(k)} IS NOT NULL AND {_q(k)}::VARCHAR <> ''"
+        for k, kind in key_types.items()
+    ]
     valid += [f"isfinite({_q(v)}::DOUBLE)" for v in definition.values]
     valid.append(f"{event_time} IS NOT NULL")
     if start is not None:

@@ -56,6 +56,7 @@ from maquette.features.layer import FeatureLayer
 from maquette.stream.aggregations import (
     STAMP_OFFSET_US,
     feast_type,
+    key_arrow_type,
     stream_definition,
 )
 from maquette.stream.events import (
@@ -86,14 +87,19 @@ class RunResult:
     seconds: float = 0.0
 
 
+# A key as its aggregation types it (int for int64 keys), and a window's slot: (view, key).
+Key = str | int
+Slot = tuple[str, Key]
+
+
 @dataclass
 class _Uncommitted:
     """Everything since the last commit: acknowledged together, or not at all."""
 
     ids: list[bytes] = field(default_factory=list)
-    rows: dict[str, dict[tuple[str, int], dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, dict[tuple[Key, int], dict[str, Any]]] = field(default_factory=dict)
     dead: list[dict[bytes, bytes]] = field(default_factory=list)
-    dirty: set[tuple[str, str]] = field(default_factory=set)
+    dirty: set[Slot] = field(default_factory=set)
     counts: Counter[str] = field(default_factory=Counter)
 
 
@@ -115,7 +121,7 @@ class StreamProcessor:
         self.feast_push = feast_push
         self.lateness_us = int(self.conf.allowed_lateness_s * 1e6)
         self.targets = resolve_targets(self.layer, self.definition)
-        self.windows: dict[tuple[str, str], Window] = {}
+        self.windows: dict[Slot, Window] = {}
         self.max_time: int | None = None
         self.result = RunResult()
         self._todo = _Uncommitted()
@@ -144,9 +150,12 @@ class StreamProcessor:
             self._warm_start()
             return
         self.max_time = int(stored.pop(MAX_TIME_FIELD))
+        aggs = {a.view: a for a in self.definition.aggregations}
         for name, raw in stored.items():
             view, _, key = name.decode().partition(":")
-            self.windows[(view, key)] = Window.loads(raw)
+            # The field holds the key as text; its aggregation gives it back its type.
+            slot = (view, aggs[view].key_of(key) if view in aggs else key)
+            self.windows[slot] = Window.loads(raw)
 
     def _warm_start(self) -> None:
         """A fresh processor starts with the last window of history the backfill ends with."""
@@ -161,7 +170,7 @@ class StreamProcessor:
         for event in duckdb_connection(quiet=True).sql(sql).to_arrow_table().to_pylist():
             time_us = epoch_us(event[self.definition.event_time])
             for agg in self.definition.aggregations:
-                slot = (agg.view, str(event[agg.key]))
+                slot = (agg.view, agg.key_of(event[agg.key]))
                 self.windows.setdefault(slot, Window()).add(time_us, float(event[agg.value]))
                 self._todo.dirty.add(slot)
             self.max_time = time_us if self.max_time is None else max(self.max_time, time_us)
@@ -196,10 +205,8 @@ class StreamProcessor:
         self._emit(touched)
         return len(entries)
 
-    def _apply(
-        self, entries: list[tuple[bytes, dict[bytes, bytes]]]
-    ) -> dict[tuple[str, str], set[int]]:
-        touched: dict[tuple[str, str], set[int]] = {}
+    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> dict[Slot, set[int]]:
+        touched: dict[Slot, set[int]] = {}
         for entry_id, fields in entries:
             self._todo.ids.append(entry_id)
             event = (
@@ -242,10 +249,10 @@ class StreamProcessor:
         self._todo.counts[kind] += 1
         setattr(self.result, kind, getattr(self.result, kind) + 1)
 
-    def _emit(self, touched: dict[tuple[str, str], set[int]]) -> None:
+    def _emit(self, touched: dict[Slot, set[int]]) -> None:
         """Rows for every changed (key, time), online rows for each key's newest, then evict."""
         aggs = {a.view: a for a in self.definition.aggregations}
-        online: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+        online: dict[str, list[tuple[Key, int, dict[str, Any]]]] = {}
         for (view, key), times in touched.items():
             agg, window = aggs[view], self.windows[(view, key)]
             rows = self._todo.rows.setdefault(view, {})
@@ -268,7 +275,7 @@ class StreamProcessor:
 
     # ------------------------------------------------------------ writing
 
-    def _write_online(self, rows: dict[str, list[tuple[str, int, dict[str, Any]]]]) -> int:
+    def _write_online(self, rows: dict[str, list[tuple[Key, int, dict[str, Any]]]]) -> int:
         """Feast's Redis layout, in bulk: each key's newest row, unless Redis holds a newer one."""
         project = self.settings.feast.project
         plans = []
@@ -279,8 +286,8 @@ class StreamProcessor:
                 continue
             agg = target.agg
             keys = wire.encode_entity_keys(
-                {agg.key: pa.array([r[0] for r in view_rows], pa.string())},
-                {agg.key: feast_type("string")},
+                {agg.key: pa.array([r[0] for r in view_rows], key_arrow_type(agg.key_type))},
+                {agg.key: feast_type(agg.key_type)},
                 project,
             ).to_pylist()
             stamps = pa.array([r[1] + STAMP_OFFSET_US for r in view_rows], pa.int64())

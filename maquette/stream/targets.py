@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -12,10 +12,18 @@ import pyarrow as pa
 from maquette.data.sources import TIMESTAMP_TYPE
 from maquette.data.sql import sql_identifier as _q
 from maquette.data.sql import sql_literal
-from maquette.errors import DataNotLoaded
+from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features.layer import FeatureLayer
-from maquette.stream.aggregations import STAMP_OFFSET_US, StreamDefinition, WindowAggregation
+from maquette.stream.aggregations import (
+    STAMP_OFFSET_US,
+    StreamDefinition,
+    WindowAggregation,
+    feast_type,
+)
 from maquette.stream.backfill import write_parquet_durably
+
+if TYPE_CHECKING:
+    from feast import FeatureView
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,29 @@ def resolve_targets(layer: FeatureLayer, definition: StreamDefinition) -> list[T
                     f"feature view {view.name!r} lacks {missing}.",
                     "Align feature_repo/ with stream.definition and run `maquette features apply`.",
                 )
+            _check_key_type(view, agg)
             path = Path(view.batch_source.path)  # type: ignore[union-attr]
             targets.append(Target(agg, view.name, path))
     return targets
 
 
+def _check_key_type(view: FeatureView, agg: WindowAggregation) -> None:
+    """The view's entity types the key as the stream does: Feast's Redis key holds the type, so
+    rows written for the int64 7 are never read for the string "7" (nor the reverse)."""
+    declared = next((c.dtype for c in view.entity_columns if c.name == agg.key), None)
+    if declared is not None and declared != feast_type(agg.key_type):
+        raise ConfigError(
+            f"feature view {view.name!r} is keyed by {agg.key!r} of type {declared}, but the "
+            f"stream declares {agg.key!r} {agg.key_type}.",
+            "Give the entity and the stream field one type (ValueType.INT64 with int64, "
+            "ValueType.STRING with string), then run `maquette features apply`.",
+        )
+
+
 def merge_rows(
-    con: duckdb.DuckDBPyConnection, target: Target, rows: dict[tuple[str, int], dict[str, Any]]
+    con: duckdb.DuckDBPyConnection,
+    target: Target,
+    rows: dict[tuple[str | int, int], dict[str, Any]],
 ) -> None:
     """Rows replace those with the same key and timestamp in the view's Parquet file."""
     agg = target.agg

@@ -1,8 +1,9 @@
 """The demo's stream: departure events and the last hour of departures per airport and airline.
 
 `maquette.yaml` names `DEPARTURES` in `stream.definition`; `feature_repo/` declares the two
-streamed feature views from `ORIGIN_LAST_HOUR` and `CARRIER_LAST_HOUR`, so the processor, the
-backfill and Feast share one definition.
+streamed feature views with `maquette.feast_repo.stream_view`, so the processor, the backfill and
+Feast share one definition. It is the Python form of a stream declaration; a project can write
+the same in maquette.yaml (`stream.events` and `stream.aggregations`, README "Speed layer").
 """
 
 from datetime import timedelta
