@@ -6,8 +6,18 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from maquette.cli.options import ProjectOpt, console, err, progress_bars, project_settings, when
+from maquette.cli.options import (
+    JsonOpt,
+    ProjectOpt,
+    console,
+    err,
+    print_json,
+    progress_bars,
+    project_settings,
+    when,
+)
 from maquette.cli.render import online_features_table, tables_table
 from maquette.data import redis_server
 
@@ -48,7 +58,11 @@ def features_apply(project: ProjectOpt = None) -> None:
 @features_app.command("materialize")
 def features_materialize(
     start: Annotated[
-        str | None, typer.Option(help="ISO start; default: where each view stopped.")
+        str | None,
+        typer.Option(
+            help="ISO start. Rows stamped earlier are skipped, a static table stamped long ago "
+            "included. Default: each view's whole history the first time, then where it stopped."
+        ),
     ] = None,
     end: Annotated[str | None, typer.Option(help="ISO end (inclusive); default: now.")] = None,
     view: Annotated[
@@ -58,41 +72,63 @@ def features_materialize(
 ) -> None:
     """Write the newest feature values per entity into Redis (Feast's layout, in bulk).
 
-    Example: maquette features materialize --start 2013-01-01 --end 2014-01-02
+    A view with nothing written gets a note saying why (empty table, no rows in the range,
+    Redis already newer) and so does one whose rows are all older than its TTL.
+
+    Example: maquette features materialize
     """
     from maquette.cli.render import materialize_table
     from maquette.cli.render_platform import flow_run_note, written_table
     from maquette.features.layer import FeatureLayer
+    from maquette.features.materialize import last_run_notes
     from maquette.platform.flows import run_flow
 
     settings = project_settings(project)
     redis_server.ensure_redis(settings)
     # Incremental runs are the `materialize` flow (what its schedule runs); a window is not.
-    run = None if start else run_flow(settings, "materialize", str(settings.project_dir), when(end))
+    run = (
+        None
+        if start or view
+        else run_flow(settings, "materialize", str(settings.project_dir), when(end))
+    )
     if run is not None:
         console.print(written_table(run.result))
+        _print_notes(last_run_notes(FeatureLayer(settings).feature_views(), run.result))
     else:
         layer = FeatureLayer(settings)
         bar, update = progress_bars()
         with bar:
             if start is None:
-                result = layer.materialize_incremental(when(end), update)
+                result = layer.materialize_incremental(when(end), update, view)
             else:
                 result = layer.materialize(when(start), when(end, datetime.now(UTC)), view, update)  # type: ignore[arg-type]
         console.print(materialize_table(result))
-    flow_run_note(err, run, plain=start is not None)  # a window never runs as a flow
+        _print_notes(result.notes)
+    # A window or a chosen view never runs as the (incremental, every view) flow.
+    flow_run_note(err, run, plain=start is not None or bool(view))
+
+
+def _print_notes(notes: dict[str, str]) -> None:
+    for name, why in notes.items():
+        console.print(f"[yellow]{escape(name)}[/]: {escape(why)}")
 
 
 @features_app.command("list")
-def features_list(project: ProjectOpt = None) -> None:
+def features_list(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
     """List feature services, feature views, their features and TTLs.
+
+    --json prints {feature_views, on_demand_feature_views, feature_services}.
 
     Example: maquette features list
     """
-    from maquette.cli.render import feature_views_table
+    from maquette.cli.render import feature_views_document, feature_views_table
     from maquette.features.layer import FeatureLayer
 
-    console.print(feature_views_table(FeatureLayer(project_settings(project))))
+    layer = FeatureLayer(project_settings(project))
+    if as_json:
+        print_json(feature_views_document(layer))
+    else:
+        console.print(feature_views_table(layer))
 
 
 @features_app.command("get")
@@ -103,17 +139,26 @@ def features_get(
     service: Annotated[
         str | None, typer.Option(help="Feature service (default from settings).")
     ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="ISO time staleness is judged at, as a request's as_of (default: now)."),
+    ] = None,
     project: ProjectOpt = None,
 ) -> None:
     """Read one entity's features from the online store, with each value's status.
 
-    Example: maquette features get KEY=VALUE KEY2=VALUE2 TIME_FIELD=2013-12-31T15:00
+    Values take the types the feature repo declares (an INT64 entity's key is a number, a
+    request field typed UnixTimestamp a time: ISO, UTC if no zone is given, or unix seconds).
+    A view without entities needs no key.
+
+    Example: maquette features get KEY=VALUE KEY2=VALUE2 TIME_FIELD=2024-06-01T15:00Z
     """
     from maquette.features.entity_rows import entity_row
     from maquette.features.layer import FeatureLayer
 
     layer = FeatureLayer(project_settings(project))
-    result = layer.online_features([entity_row(layer, _pairs(entity))], service)
+    row = entity_row(layer, _pairs(entity), service)
+    result = layer.online_features([row], service, when(as_of))
     console.print(online_features_table(result))
 
 

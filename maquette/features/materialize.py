@@ -3,6 +3,10 @@
 For each batch view, the newest row per entity in [start, end] is read with DuckDB, encoded a
 whole batch at a time (see `redis_layout`) and written only where it is newer than what Redis
 holds, as Feast's own materialization does; the run is then recorded in Feast's registry.
+
+An incremental run starts each view where its last run ended, and a view never materialized
+at its oldest row: a static table stamped years ago is covered, not skipped. A view that ends
+up with nothing written gets a note saying why (see `why_nothing_written`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from maquette.data.redis_server import redis_url
 from maquette.data.sql import duckdb_connection
 from maquette.errors import InvalidEntityFrame
 from maquette.features import redis_layout as wire
-from maquette.features.point_in_time import ViewSource, latest_rows_sql, scan_sql
-from maquette.features.read_plan import view_source
+from maquette.features.point_in_time import ViewSource, latest_rows_sql, scan_sql, table_span
+from maquette.features.read_plan import join_key_types, view_source
 
 # Called as progress(view name, rows read so far, rows to read).
 Progress = Callable[[str, int, int], None]
@@ -32,13 +36,15 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass
 class MaterializeResult:
-    """Rows read per view, rows written (newer than what Redis held), and the wall time."""
+    """Rows read per view, rows written (newer than what Redis held), the wall time, and per
+    view with nothing written or only expired rows, a note saying why."""
 
     start: datetime
     end: datetime
     rows_read: dict[str, int] = field(default_factory=dict)
     rows_written: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def aware_utc(when: datetime, what: str) -> datetime:
@@ -46,7 +52,7 @@ def aware_utc(when: datetime, what: str) -> datetime:
     if when.tzinfo is None:
         raise InvalidEntityFrame(
             f"{what} time {when.isoformat()} has no time zone.",
-            "Pass an aware datetime, e.g. datetime(2013, 12, 1, tzinfo=UTC).",
+            "Pass an aware datetime, e.g. datetime(2024, 6, 1, tzinfo=UTC).",
         )
     return when.astimezone(UTC)
 
@@ -74,6 +80,9 @@ def materialize_views(
                 reader, writer, writes, start, end, settings.feast.materialize_batch_rows, progress
             )
             result.rows_read[view.name], result.rows_written[view.name] = read, written
+            note = why_nothing_written(writes.source, start, end, written)
+            if note:
+                result.notes[view.name] = note
             store.registry.apply_materialization(view, settings.feast.project, start, end)
     finally:
         reader.close()
@@ -89,17 +98,68 @@ def materialize_views_since_last(
     end: datetime,
     progress: Progress | None = None,
 ) -> MaterializeResult:
-    """Each view from where its last materialization ended (or 1970) up to `end`."""
+    """Each view from where its last materialization ended (never materialized: from its
+    oldest row, so no history is skipped) up to `end`."""
     end = aware_utc(end, "end")
     result = MaterializeResult(end, end)
     for view in views:
-        start = view.most_recent_end_time or datetime(1970, 1, 1, tzinfo=UTC)
-        part = materialize_views(settings, store, [view], start, end, progress)
+        start = view.most_recent_end_time or _oldest_row(view) or end
+        part = materialize_views(settings, store, [view], min(start, end), end, progress)
         result.start = min(result.start, part.start)
         result.rows_read.update(part.rows_read)
         result.rows_written.update(part.rows_written)
+        result.notes.update(part.notes)
         result.seconds += part.seconds
     return result
+
+
+def _oldest_row(view: FeatureView) -> datetime | None:
+    rows, first, _, _, _ = table_span(view_source(view, []), None, None)
+    return first if rows else None
+
+
+def last_run_notes(views: Sequence[FeatureView], rows_written: dict[str, int]) -> dict[str, str]:
+    """`why_nothing_written` of each view's last run (as the registry recorded its range), for
+    a run whose result holds only rows written (the `materialize` flow's)."""
+    notes = {}
+    for view in views:
+        if view.name in rows_written and view.materialization_intervals:
+            start, end = view.materialization_intervals[-1]
+            source = view_source(view, [])
+            note = why_nothing_written(source, start, end, rows_written[view.name])
+            if note:
+                notes[view.name] = note
+    return notes
+
+
+def why_nothing_written(
+    source: ViewSource, start: datetime, end: datetime, written: int
+) -> str | None:
+    """Why a view's run wrote nothing (or wrote only rows already past the view's TTL at
+    `end`, which online reads flag OUTSIDE_MAX_AGE); None when there is nothing to say."""
+    if written and source.ttl is None:
+        return None  # rows were written and never expire: no need to scan the table
+    rows, first, last, in_range, newest = table_span(source, start, end)
+    if rows == 0:
+        return f"its table {source.path} is empty: run `maquette data load`, check its SQL."
+    assert first is not None and last is not None  # the table has rows
+    if in_range == 0:
+        where = "older than" if last < start else "newer than" if first > end else "outside"
+        return (
+            f"no rows between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC: its "
+            f"{rows:,} rows ({first:%Y-%m-%d} .. {last:%Y-%m-%d}) are all {where} that range"
+            + (" (an earlier run covered them, or --start skipped them)." if last < start else ".")
+        )
+    expired = source.ttl is not None and newest is not None and newest + source.ttl < end
+    if written == 0:
+        note = "Redis already holds these rows or newer ones (a newer value is never replaced)."
+        return note + (" They are all older than its TTL." if expired else "")
+    if expired:
+        return (
+            f"every row written is older than its TTL ({source.ttl}) at {end:%Y-%m-%d %H:%M} "
+            "UTC: online reads flag them OUTSIDE_MAX_AGE until newer rows arrive."
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -122,7 +182,7 @@ class _ViewWrites:
             source,
             project,
             {f.name: f.dtype for f in view.features},
-            {c.name: c.dtype for c in view.entity_columns},
+            join_key_types(view),
             [wire.field_hash(view.name, f) for f in source.features],
             wire.ts_field(view.name),
         )
@@ -132,7 +192,10 @@ class _ViewWrites:
     ) -> tuple[pa.BinaryArray, pa.Array, np.ndarray, np.ndarray]:
         """(entity keys, one HSET per row, event seconds, event nanos) of a batch."""
         keys = wire.encode_entity_keys(
-            {k: batch[k] for k in self.source.join_keys}, self.key_types, self.project
+            {k: batch[k] for k in self.source.join_keys},
+            self.key_types,
+            self.project,
+            batch.num_rows,
         )
         ts_proto, seconds, nanos = wire.encode_timestamps(batch["__ts"])
         commands = wire.hset_commands(

@@ -44,9 +44,9 @@ def _view_cte(i: int, view: ViewSource) -> str:
     ts = _q(view.timestamp_field)
     body = f"SELECT {cols}, {ts}::TIMESTAMPTZ AS __ts FROM read_parquet({_lit(view.path)})"
     if view.created_timestamp_field:
-        keys = ", ".join(_q(k) for k in view.join_keys)
+        keys = ", ".join([*(_q(k) for k in view.join_keys), ts])
         body += (
-            f" QUALIFY row_number() OVER (PARTITION BY {keys}, {ts} "
+            f" QUALIFY row_number() OVER (PARTITION BY {keys} "
             f"ORDER BY {_q(view.created_timestamp_field)} DESC) = 1"
         )
     return f"v{i} AS ({body})"
@@ -120,8 +120,10 @@ def scan_sql(view: ViewSource, start: datetime, end: datetime) -> str:
 
 
 def latest_rows_sql(view: ViewSource, start: datetime, end: datetime) -> str:
-    """Feast's pull-latest: the newest row per entity with start <= event time <= end."""
+    """Feast's pull-latest: the newest row per entity with start <= event time <= end (the
+    newest row of all for a view without entities)."""
     keys = ", ".join(_q(k) for k in view.join_keys)
+    partition = f"PARTITION BY {keys} " if keys else ""
     ts = _q(view.timestamp_field)
     order = f"{ts} DESC" + (
         f", {_q(view.created_timestamp_field)} DESC" if view.created_timestamp_field else ""
@@ -130,5 +132,21 @@ def latest_rows_sql(view: ViewSource, start: datetime, end: datetime) -> str:
     return (
         f"SELECT {cols}, {ts}::TIMESTAMPTZ AS __ts FROM read_parquet({_lit(view.path)}) "
         f"WHERE {_between(view, start, end)} "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {order}) = 1"
+        f"QUALIFY row_number() OVER ({partition}ORDER BY {order}) = 1"
     )
+
+
+# (rows, first event time, last event time, rows in [start, end], newest event time in it).
+TableSpan = tuple[int, datetime | None, datetime | None, int, datetime | None]
+
+
+def table_span(view: ViewSource, start: datetime | None, end: datetime | None) -> TableSpan:
+    """How many rows a view's table holds and over which times, overall and in [start, end]."""
+    ts = f"{_q(view.timestamp_field)}::TIMESTAMPTZ"
+    inside = _between(view, start, end) if start and end else "true"
+    query = (
+        f"SELECT count(*), min({ts}), max({ts}), count(*) FILTER ({inside}), "
+        f"max({ts}) FILTER ({inside}) FROM read_parquet({_lit(view.path)})"
+    )
+    rows, first, last, in_range, newest = duckdb_connection().execute(query).fetchall()[0]
+    return int(rows), first, last, int(in_range), newest

@@ -4,6 +4,10 @@ A plan groups the service's batch views by entity key (one Redis hash per key ho
 on that key) with each view's TTL and hash fields, and lists its on-demand views with the
 request fields they need. `view_source` gives materialization and the point-in-time join the
 same facts about one view's Parquet source.
+
+A view declared without entities (Feast's `FeatureView(entities=[])`, for global features such
+as a shop's daily totals) has no join keys here: a request carries no key for it, and Feast
+keeps its one row under its dummy entity key (see `redis_layout.entity_key_bytes`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import FeatureView, OnDemandFeatureView
+from feast.feature_view import DUMMY_ENTITY_ID
 from feast.infra.offline_stores.file_source import FileSource
 from feast.types import FeastType, UnixTimestamp
 
@@ -65,6 +70,13 @@ class ReadPlan:
     odfvs: tuple[OnDemandRead, ...]
     request_fields: tuple[str, ...]
     names: tuple[str, ...]
+    # The declared type of every join key and request field, to type values sent as text.
+    field_types: dict[str, FeastType]
+
+    @property
+    def time_fields(self) -> tuple[str, ...]:
+        """Request fields declared as timestamps (`UnixTimestamp` in a RequestSource)."""
+        return tuple(f for f in self.request_fields if self.field_types.get(f) == UnixTimestamp)
 
     def request_keys(self, partition_by: str | None = None) -> list[str]:
         """The columns a prediction request carries: join keys, partition key, request fields."""
@@ -80,13 +92,17 @@ def read_plan_of(selected: SelectedViews) -> ReadPlan:
     key_types: dict[tuple[str, ...], dict[str, FeastType]] = {}
     odfvs: list[OnDemandRead] = []
     names: list[str] = []
+    field_types: dict[str, FeastType] = {}
     for view, feats in selected:
         names += feats
         if isinstance(view, OnDemandFeatureView):
             odfvs.append(_on_demand_read(view))
+            field_types.update(request_field_types(view))
             continue
-        keys = tuple(sorted(c.name for c in view.entity_columns))
-        key_types[keys] = {c.name: c.dtype for c in view.entity_columns}
+        types = join_key_types(view)
+        keys = tuple(sorted(types))
+        key_types[keys] = types
+        field_types.update(types)
         groups.setdefault(keys, []).append(_view_read(view, feats))
     return ReadPlan(
         tuple(
@@ -96,7 +112,17 @@ def read_plan_of(selected: SelectedViews) -> ReadPlan:
         tuple(odfvs),
         tuple(dict.fromkeys(f for o in odfvs for f in o.request_fields)),
         tuple(names),
+        field_types,
     )
+
+
+def join_key_types(view: FeatureView) -> dict[str, FeastType]:
+    """A batch view's join keys and their declared types; none for an entity-less view.
+
+    Feast lists its dummy key `__dummy_id` as an entity column of an entity-less view in some
+    registry reads and not in others: it is never a column of the data, so it is left out.
+    """
+    return {c.name: c.dtype for c in view.entity_columns if c.name != DUMMY_ENTITY_ID}
 
 
 def _view_read(view: FeatureView, features: tuple[str, ...]) -> ViewRead:
@@ -117,6 +143,11 @@ def _on_demand_read(view: OnDemandFeatureView) -> OnDemandRead:
 def request_fields(odfv: OnDemandFeatureView) -> list[str]:
     """The request fields an on-demand view reads (values sent with the request, not stored)."""
     return [f.name for rs in odfv.source_request_sources.values() for f in rs.schema]
+
+
+def request_field_types(odfv: OnDemandFeatureView) -> dict[str, FeastType]:
+    """The declared type of each request field an on-demand view reads."""
+    return {f.name: f.dtype for rs in odfv.source_request_sources.values() for f in rs.schema}
 
 
 def time_request_fields(odfv: OnDemandFeatureView) -> list[str]:
@@ -145,7 +176,7 @@ def view_source(view: FeatureView, features: Sequence[str]) -> ViewSource:
         path,
         source.timestamp_field,
         source.created_timestamp_column or None,
-        tuple(c.name for c in view.entity_columns),
+        tuple(join_key_types(view)),
         tuple(features),
         ttl,
     )

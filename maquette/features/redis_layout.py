@@ -3,7 +3,8 @@
 The layout is Feast's own (`feast.infra.online_stores.redis`, entity key serialization v3), so
 `FeatureStore.get_online_features` reads what Maquette writes and the other way round:
 
-    key          serialize_entity_key(EntityKey) + project      (one hash per entity key)
+    key          serialize_entity_key(EntityKey) + project      (one hash per entity key;
+                 entity-less views share Feast's dummy key, __dummy_id = "")
     mmh3(f"{view}:{feature}")  4 bytes  -> ValueProto bytes      (b"" for null or NaN)
     "_ts:{view}"                        -> protobuf Timestamp    (event time of the row)
 
@@ -26,6 +27,7 @@ import mmh3
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.types import (
     Bool,
@@ -135,9 +137,13 @@ def _le_u32(values: np.ndarray) -> pa.BinaryArray:
 
 
 def encode_entity_keys(
-    columns: dict[str, pa.Array], types: dict[str, FeastType], project: str
+    columns: dict[str, pa.Array], types: dict[str, FeastType], project: str, rows: int = 0
 ) -> pa.BinaryArray:
-    """Redis keys (serialize_entity_key v3 + project) for rows of join-key columns."""
+    """Redis keys (serialize_entity_key v3 + project) for rows of join-key columns; without
+    join keys (an entity-less view), Feast's dummy key for each of `rows` rows."""
+    if not columns:
+        columns = {DUMMY_ENTITY_ID: pa.array([DUMMY_ENTITY_VAL] * rows, pa.string())}
+        types = {DUMMY_ENTITY_ID: String}
     names = sorted(columns)
     header = struct.pack("<I", len(names)) + b"".join(
         struct.pack("<II", _VT_STRING, len(k.encode())) + k.encode() for k in names
@@ -165,6 +171,8 @@ def encode_entity_keys(
 
 def entity_key_bytes(values: dict[str, Any], types: dict[str, FeastType], project: str) -> bytes:
     """One Redis key, for the online read path (same layout as encode_entity_keys)."""
+    if not values:  # an entity-less view: Feast's dummy key
+        values, types = {DUMMY_ENTITY_ID: DUMMY_ENTITY_VAL}, {DUMMY_ENTITY_ID: String}
     names = sorted(values)
     out = [struct.pack("<I", len(names))]
     for name in names:

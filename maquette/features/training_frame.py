@@ -17,7 +17,12 @@ from maquette.config import Settings
 from maquette.data.sql import duckdb_connection
 from maquette.errors import InvalidEntityFrame
 from maquette.features.point_in_time import point_in_time_join
-from maquette.features.read_plan import SelectedViews, request_fields, view_source
+from maquette.features.read_plan import (
+    SelectedViews,
+    join_key_types,
+    request_fields,
+    view_source,
+)
 
 
 def point_in_time_frame(
@@ -34,7 +39,7 @@ def point_in_time_frame(
     )
     batch_views = [(v, fs) for v, fs in selected if isinstance(v, FeatureView)]
     odfvs = [v for v, _ in selected if isinstance(v, OnDemandFeatureView)]
-    needed = {k for v, _ in batch_views for k in (c.name for c in v.entity_columns)}
+    needed = {k for v, _ in batch_views for k in join_key_types(v)}
     needed |= {f for o in odfvs for f in request_fields(o)}
     _check_entities(table, needed, timestamp_column)
     table = table.set_column(

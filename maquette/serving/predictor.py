@@ -37,6 +37,7 @@ from maquette.errors import (
     ModelVersionNotFound,
     StoreUnavailable,
 )
+from maquette.features.entity_rows import request_time
 from maquette.features.layer import FeatureLayer
 from maquette.features.online import PRESENT, OnlineFeatures
 from maquette.serving.prediction_log import PredictionLog
@@ -79,7 +80,25 @@ class ServedVersion:
     model: TrainedModel
     feature_service: str
     required: tuple[str, ...]
-    timestamp_fields: tuple[str, ...]
+    timestamp_fields: tuple[str, ...]  # request fields declared as timestamps (UnixTimestamp)
+    request_fields: tuple[str, ...] = ()  # sent with each row, not entity keys
+
+
+def served_version(
+    layer: FeatureLayer, tag: str, model: TrainedModel, feature_service: str
+) -> ServedVersion:
+    """A model version ready to serve: what its rows carry, and which fields are times (those
+    the feature repo declares `UnixTimestamp`, whatever their names)."""
+    plan = layer.read_plan(feature_service)
+    return ServedVersion(
+        tag,
+        tag.split(":", 1)[0],
+        model,
+        feature_service,
+        tuple(layer.request_keys(feature_service, model.partition_by)),
+        plan.time_fields,
+        plan.request_fields,
+    )
 
 
 class Predictor:
@@ -145,16 +164,7 @@ class Predictor:
         found = registry.resolve(self.settings, tag)
         record = found.record
         model = TrainedModel.load(found.path, record)
-        plan = self.layer.read_plan(record.feature_service)
-        required = tuple(self.layer.request_keys(record.feature_service, model.partition_by))
-        return ServedVersion(
-            found.tag,
-            found.name,
-            model,
-            record.feature_service,
-            required,
-            tuple(plan.request_fields),
-        )
+        return served_version(self.layer, found.tag, model, record.feature_service)
 
     def load(self, selector: str) -> ServedVersion:
         return self.version(self.resolve(selector))
@@ -180,7 +190,7 @@ class Predictor:
                 )
             out = dict(row)
             for name in served.timestamp_fields:
-                out[name] = _utc_time(out[name], f"row {i} field {name!r}")
+                out[name] = request_time(out[name], f"row {i} field {name!r}")
             cleaned.append(out)
         return cleaned
 
@@ -295,29 +305,6 @@ def _unusable(exc: Exception) -> InvalidEntityFrame:
     )
 
 
-def _utc_time(value: Any, what: str) -> datetime:
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidEntityFrame(
-                f"{what} is {value!r}, not an ISO time.", "Send e.g. 2013-12-01T14:05:00Z."
-            ) from None
-    elif isinstance(value, int | float):
-        try:
-            value = datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise InvalidEntityFrame(
-                f"{what} is {value!r}, outside the times a timestamp can hold.",
-                "Send an ISO time such as 2013-12-01T14:05:00Z.",
-            ) from None
-    if not isinstance(value, datetime):
-        raise InvalidEntityFrame(f"{what} is not a time.", "Send an ISO time with a zone.")
-    if value.tzinfo is None:
-        raise InvalidEntityFrame(f"{what} has no time zone.", "Add one, e.g. 2013-12-01T14:05:00Z.")
-    return value.astimezone(UTC)
-
-
 def _model_inputs(
     served: ServedVersion,
     rows: list[dict[str, Any]],
@@ -368,7 +355,7 @@ def _entry(
     latency_ms: float,
     shadow: bool,
 ) -> dict[str, Any]:
-    keys = {k: row[k] for k in served.required if k not in served.timestamp_fields}
+    keys = {k: row[k] for k in served.required if k not in served.request_fields}
     return {
         "prediction_id": answer.prediction_id,
         "logged_at": datetime.now(UTC).isoformat(),
