@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hmac
+import inspect
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -155,12 +156,19 @@ class PredictionService:
         ] = None,
         as_of: Annotated[datetime | None, Field(description=AS_OF_DESCRIPTION)] = None,
     ) -> PredictResponse:
-        """Predict for each row with the selected model version (default NAME@production).
+        """Predict for each row with the selected model version (default: NAME@production).
 
-        With `serving.fast_path` on (the default) `PredictRoute` answers POST /predict before
-        BentoML dispatches here, with the same models, code and JSON; this method still defines
-        the API's schema and answers when the fast path is off.
+        Each row carries the entity keys and request fields of the model's feature service.
+        `as_of` is the prediction's time (ISO 8601 with a zone; default: when the request
+        arrives). The service reads the latest online feature values and counts one as stale
+        when it is older than its view's TTL at `as_of`; `as_of` is logged as the prediction's
+        `request_time`, which monitoring windows use and labels with `time_from: request`
+        match. Send it to predict for a past or simulated moment (replays, backtests).
         """
+        # With `serving.fast_path` on (the default) `PredictRoute` answers POST /predict before
+        # BentoML dispatches here, with the same models, code and JSON; this method still
+        # defines the API's schema (its docstring is the OpenAPI description) and answers when
+        # the fast path is off.
         batch = [rows] if isinstance(rows, dict) else rows
         began = time.perf_counter()
         try:
@@ -175,6 +183,11 @@ class PredictionService:
     def __is_ready__(self) -> bool:
         return self.predictor.ready()
 
+
+# The docstring is POST /predict's OpenAPI description as is: Python 3.11 keeps its
+# indentation, which the Swagger UI's Markdown would show as a code block.
+PREDICT_API = PredictionService.apis["predict"]
+PREDICT_API.doc = inspect.cleandoc(PREDICT_API.doc or "")
 
 # Added in this order, the key check runs before the fast path (the first added is outermost).
 if SETTINGS.serving.api_key:

@@ -75,7 +75,15 @@ class LabelSpec(Section):
     )
     join_keys: list[str] = Field(description="Columns that match the logged entity keys.")
     time_column: str = Field(
-        description="Column matching the request time field the service logs with each prediction."
+        description="Column of the label table holding the time a label belongs to; with "
+        "time_from: row, also a field every request row must carry (its value is logged)."
+    )
+    time_from: Literal["row", "request"] = Field(
+        "row",
+        description="What a label's time_column is matched against: row (default) = the "
+        "request row's own time_column field; request = the logged request time (the body's "
+        "as_of, else when the request arrived), for rows without a time field. Both match "
+        "exactly: send as_of, or key labels by prediction_id.",
     )
     available_at: str | None = Field(
         None, description="Column saying when each label became known."

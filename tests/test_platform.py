@@ -286,17 +286,6 @@ def test_deployments_follow_the_settings_and_skip_missing_flows(
     )
 
 
-def test_batch_predict_without_batch_entities_is_skipped_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
-) -> None:
-    from maquette.platform.deployments import flow_deployments
-
-    folder = make_project(tmp_path / "project", None, orchestration={"batch_entities": None})
-    names = [f"{d.flow_name}/{d.name}" for d in flow_deployments(load_settings(folder))]
-    assert names and not [n for n in names if n.startswith("batch_predict/")]
-    assert "orchestration.batch_entities is not set" in caplog.text + capfd.readouterr().err
-
-
 def test_up_without_the_runner_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     folder = make_project(tmp_path / "project", None)
     (folder / "flows" / "deployments.py").unlink()

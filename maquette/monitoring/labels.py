@@ -2,7 +2,9 @@
 
 Labels come from the model's declared label source (the actual outcome, known some time after
 the prediction) or from a Parquet/CSV file keyed by `prediction_id` or by the entity keys
-and the request time. `join_labels` produces the scored-predictions table: every logged
+and the label's `time_column`. That time matches either the request row's own field of that
+name (`labels.time_from: row`) or the logged request time (`request`: the body's `as_of`, else
+the arrival time). `join_labels` produces the scored-predictions table: every logged
 prediction (shadows excluded) with its label when known, the delay between prediction and
 label, and the version and partition that answered.
 """
@@ -96,8 +98,8 @@ def ingest_labels(settings: Settings, name: str, file: Path | None = None) -> In
         if missing := sorted(needed - set(table.column_names)):
             raise InvalidEntityFrame(
                 f"label file {file.name} lacks column(s) {missing}.",
-                "Key labels by prediction_id, or by the entity keys and the request time; "
-                f"the value goes in a column named {LABEL!r}.",
+                f"Key labels by prediction_id, or by {labels.join_keys} and "
+                f"{labels.time_column!r}; the value goes in a column named {LABEL!r}.",
             )
         unknown = _unknown_ids(settings, name, table)
         # Named by content: ingesting the same file twice stores it once.
@@ -147,9 +149,15 @@ def _label_sources(
 
 
 def _entity_on(labels: LabelSpec) -> str:
+    """The ON condition matching a label `le` to a logged prediction `p`: same keys, same time."""
     keys = [f"json_extract_string(p.entity, '$.{k}') = le.\"{k}\"" for k in labels.join_keys]
     column = labels.time_column
-    when = f"CAST(json_extract_string(p.request, '$.{column}') AS TIMESTAMPTZ) = le.\"{column}\""
+    logged = (
+        "p.request_time"  # the body's as_of, else when the request arrived
+        if labels.time_from == "request"
+        else f"CAST(json_extract_string(p.request, '$.{column}') AS TIMESTAMPTZ)"
+    )
+    when = f'{logged} = le."{column}"::TIMESTAMPTZ'
     return " AND ".join([*keys, when])
 
 

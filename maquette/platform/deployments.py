@@ -8,26 +8,24 @@ takes from `orchestration.schedules.<flow>` (a cron; null: deployed, run on dema
     materialize/incremental      new feature rows -> Redis, up to now
     drain/prediction-log         the prediction log's Redis Stream -> Parquet
     monitor/models               monitoring of every declared model
-    batch_predict/<model>        `orchestration.batch_entities` scored by <model>@<default alias>
-                                 into <batch_output>/<model>/<run date>.parquet
+    batch_predict/<model>        `orchestration.batch_entities` (null: every row of the model's
+                                 entity source) scored by <model>@<default alias> into
+                                 <batch_output>/<model>/<first>_<last>.parquet, named by the
+                                 UTC dates of the entities' earliest and latest event time
     train/<model>                a new version of <model> (also started by monitoring alerts)
 
-Each flow comes from the project's flows folder (`platform.flows`); a flow whose file is missing
-is skipped with a warning in the log, and so is batch_predict without `batch_entities`.
+Each flow comes from the project's flows folder (`paths.flows`); a flow whose file is missing
+is skipped with a warning in the log, and so is batch_predict for a model with neither
+`batch_entities` nor an entity source.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-# Prefect at module level: only the deployments' runner imports this module, and it needs
-# Prefect from its first line.
-from prefect import flow
-
-from maquette.config import Settings, load_settings
+from maquette.config import Settings
+from maquette.errors import ConfigError
 from maquette.platform.flows import FLOW_NAMES, flow_file, project_flow
 from maquette.platform.schedules import held_schedules
 
@@ -37,17 +35,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("maquette.deployments")
 
 
-@flow(name="batch_predict")
-def dated_batch_predict(
-    model: str, entities: str, output_dir: str, project_dir: str | None = None
-) -> dict[str, object]:
-    """`batch_predict` into <output_dir>/<date the run was scheduled for>.parquet."""
-    from prefect.runtime import flow_run
-
-    when = flow_run.scheduled_start_time or datetime.now(UTC)
-    output = Path(output_dir) / f"{when:%Y-%m-%d}.parquet"
-    inner = project_flow(load_settings(project_dir), "batch_predict")
-    return dict(inner.fn(entities, model, str(output), project_dir))
+def _has_entity_source(settings: Settings, model: str) -> bool:
+    """Whether batch_predict/<model> has entities to score by default (else a warning)."""
+    try:
+        settings.entity_source(settings.models[model])
+    except ConfigError:
+        log.warning(
+            "model %s has no entity source and orchestration.batch_entities is not set: no "
+            "batch_predict/%s deployment (set dataset.entity_source, or batch_entities to a "
+            "DuckDB SELECT or a Parquet path of the entities to score daily)",
+            model,
+            model,
+        )
+        return False
+    return True
 
 
 def _schedules(settings: Settings, name: str) -> list[Any]:
@@ -62,7 +63,7 @@ def _parameters(settings: Settings) -> dict[str, list[tuple[str, dict[str, Any]]
     project = str(settings.project_dir)
     alias = settings.serving.default_alias
     batch_dir = settings.path(settings.orchestration.batch_output)
-    entities = settings.orchestration.batch_entities
+    entities = settings.orchestration.batch_entities  # None: each model's entity source
     return {
         "materialize": [("incremental", {"project_dir": project})],
         "drain": [("prediction-log", {"project_dir": project})],
@@ -78,7 +79,7 @@ def _parameters(settings: Settings) -> dict[str, list[tuple[str, dict[str, Any]]
                 },
             )
             for model in settings.models
-            if entities is not None
+            if entities is not None or _has_entity_source(settings, model)
         ],
         "train": [(model, {"name": model, "project_dir": project}) for model in settings.models],
     }
@@ -87,11 +88,6 @@ def _parameters(settings: Settings) -> dict[str, list[tuple[str, dict[str, Any]]
 def flow_deployments(settings: Settings) -> list[RunnerDeployment]:
     """One deployment per flow (per model for batch_predict and train), schedules from settings."""
     wanted = _parameters(settings)
-    if settings.orchestration.batch_entities is None and settings.models:
-        log.warning(
-            "orchestration.batch_entities is not set: no batch_predict deployments (set it to a "
-            "DuckDB SELECT or a Parquet path of the entities to score daily)"
-        )
     built: list[RunnerDeployment] = []
     held = held_schedules(settings)  # e.g. by the demo: created paused, resumed when released
     for name in FLOW_NAMES:
@@ -99,7 +95,7 @@ def flow_deployments(settings: Settings) -> list[RunnerDeployment]:
             where = settings.path(settings.paths.flows) / f"{name}.py"
             log.warning("%s not found: its deployments are skipped", where)
             continue
-        runnable = dated_batch_predict if name == "batch_predict" else project_flow(settings, name)
+        runnable = project_flow(settings, name)
         for deployment_name, parameters in wanted[name]:
             deployment = runnable.to_deployment(
                 deployment_name,

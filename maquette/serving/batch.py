@@ -1,18 +1,23 @@
 """Batch predictions: an entity frame -> point-in-time features -> a version -> Parquet.
 
-Entities come as a Parquet/CSV path, a DuckDB query over the offline store's tables, or a
-frame. Features come from the offline store as of each row's event time (the same join as
-training), so a batch run is a faithful replay; every output row carries the exact version.
+Entities come as a Parquet/CSV path, a DuckDB query over the offline store's tables, a frame,
+or (none given) every row of the model's entity source. Features come from the offline store as
+of each row's event time (the same join as training), so a batch run is a faithful replay; every
+output row carries the exact version. Written into a folder, the output is named by the data's
+time range, `<first>_<last>.parquet` (UTC dates of the earliest and latest entity time), so
+scoring the same entities again replaces the same file whatever the day it runs.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from maquette import registry
@@ -61,20 +66,56 @@ def entity_table(settings: Settings, entities: str | Path | pa.Table | pd.DataFr
     return con.sql(f"SELECT * FROM {reader}('{path}')").to_arrow_table()
 
 
+def model_entities(settings: Settings, model: str) -> Path:
+    """The loaded entity source of a declared model: what a batch run scores when given none."""
+    return datasets.require_loaded(settings, settings.entity_source(settings.model_spec(model)))
+
+
+def time_range_name(table: pa.Table, timestamp_column: str) -> str:
+    """`<first>_<last>.parquet`: UTC dates of the earliest and latest time in the column."""
+    if timestamp_column not in table.column_names:
+        raise InvalidEntityFrame(
+            f"the entities have no column {timestamp_column!r} to name the output by.",
+            "Give each entity row its event time in that column, or pass an output file.",
+        )
+    bounds = pc.min_max(table[timestamp_column]).as_py()
+    first, last = bounds["min"], bounds["max"]
+    if not isinstance(first, datetime) or not isinstance(last, datetime):
+        raise InvalidEntityFrame(
+            f"no entity row has a time in {timestamp_column!r}, so the output has no time range.",
+            "Pass entities with event times, or an output file.",
+        )
+    # A naive time is UTC, as everywhere in Maquette's offline store.
+    first, last = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (first, last))
+    return f"{first.astimezone(UTC):%Y-%m-%d}_{last.astimezone(UTC):%Y-%m-%d}.parquet"
+
+
 def predict_batch(
     settings: Settings,
-    entities: str | Path | pa.Table | pd.DataFrame,
+    entities: str | Path | pa.Table | pd.DataFrame | None,
     selector: str,
     output: Path | None = None,
-    timestamp_column: str = "event_timestamp",
+    timestamp_column: str | None = None,
+    output_dir: Path | None = None,
 ) -> BatchResult:
-    """Score every entity row with `selector` (NAME means NAME@<default alias>)."""
+    """Score every entity row with `selector` (NAME means NAME@<default alias>).
+
+    `entities` None: every row of the model's entity source. `timestamp_column` None: the
+    model's declared one (default event_timestamp). `output_dir` (instead of `output`): write
+    `<output_dir>/<first>_<last>.parquet`, named by the entities' time range.
+    """
     began = time.perf_counter()
     if ":" not in selector and "@" not in selector:
         selector = f"{selector}@{settings.serving.default_alias}"
     version = registry.resolve(settings, selector)
+    spec = settings.models.get(version.name)
+    timestamp_column = timestamp_column or (spec.timestamp_column if spec else "event_timestamp")
     model = TrainedModel.load(version.path, version.record)
-    table = entity_table(settings, entities)
+    table = entity_table(
+        settings, model_entities(settings, version.name) if entities is None else entities
+    )
+    if output_dir is not None:
+        output = output_dir / time_range_name(table, timestamp_column)
     frame = FeatureLayer(settings).training_frame(
         table, version.record.feature_service, timestamp_column
     )
@@ -86,5 +127,7 @@ def predict_batch(
     out = out.append_column("model_version", pa.array([version.tag] * out.num_rows, pa.string()))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(out, output)
+        partial = output.with_suffix(".partial")
+        pq.write_table(out, partial)
+        partial.replace(output)  # a reader of the file never sees half of a run
     return BatchResult(out, version.tag, out.num_rows, time.perf_counter() - began, output)

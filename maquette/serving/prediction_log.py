@@ -233,10 +233,16 @@ def pending(settings: Settings) -> int:
     return int(client.xlen(settings.predictions.stream))
 
 
+def any_drained(settings: Settings) -> bool:
+    """Whether any logged prediction has been drained into Parquet yet."""
+    folder = settings.path(settings.predictions.folder)
+    return any(folder.glob("date=*/model=*/*.parquet"))
+
+
 def logged_sql(settings: Settings, model: str | None = None) -> str:
     """DuckDB SELECT of the drained predictions, one row per prediction id (copies removed)."""
     folder = settings.path(settings.predictions.folder)
-    if not any(folder.glob("date=*/model=*/*.parquet")):
+    if not any_drained(settings):
         raise DataNotLoaded(
             f"no drained predictions under {folder}.",
             "Serve some predictions, then run `maquette predictions drain`.",

@@ -1,0 +1,82 @@
+"""Batch predictions: the default entities, outputs named by the data's time range, deployments."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from maquette.config import Settings, load_settings
+from maquette.errors import InvalidEntityFrame
+from maquette.serving import batch
+from tests.conftest import make_project
+
+CHICAGO_SUMMER = timezone(timedelta(hours=-5))
+
+
+def test_batch_output_is_named_by_the_utc_dates_of_its_first_and_last_entity() -> None:
+    times = [
+        datetime(2024, 6, 5, 12, tzinfo=UTC),
+        datetime(2024, 6, 1, 23, 30, tzinfo=CHICAGO_SUMMER),  # 2024-06-02 04:30 UTC: the first
+        None,
+        datetime(2024, 6, 7, 0, 0, tzinfo=UTC),  # the last, at midnight: its own date
+    ]
+    table = pa.table({"event_timestamp": pa.array(times, pa.timestamp("us", tz="UTC"))})
+    assert batch.time_range_name(table, "event_timestamp") == "2024-06-02_2024-06-07.parquet"
+    naive = pa.table({"at": pa.array([datetime(2024, 1, 31, 23, 59)], pa.timestamp("us"))})
+    assert batch.time_range_name(naive, "at") == "2024-01-31_2024-01-31.parquet"
+
+
+def test_batch_output_without_entity_times_says_what_to_pass() -> None:
+    with pytest.raises(InvalidEntityFrame, match="no column 'event_timestamp'"):
+        batch.time_range_name(pa.table({"user_id": [1]}), "event_timestamp")
+    empty = pa.table({"event_timestamp": pa.array([None], pa.timestamp("us", tz="UTC"))})
+    with pytest.raises(InvalidEntityFrame, match="no entity row has a time"):
+        batch.time_range_name(empty, "event_timestamp")
+
+
+def test_batch_predict_deployments_default_to_each_models_entity_source(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from maquette.platform.deployments import flow_deployments
+
+    folder = make_project(tmp_path / "project", None, orchestration={"batch_entities": None})
+    settings = load_settings(folder)
+    built = {f"{d.flow_name}/{d.name}": d for d in flow_deployments(settings)}
+    for model in settings.models:
+        assert built[f"batch_predict/{model}"].parameters == {
+            "model": f"{model}@production",
+            "entities": None,  # the flow scores every row of the model's entity source
+            "output_dir": str(folder.resolve() / ".maquette" / "batch" / model),
+            "project_dir": str(folder.resolve()),
+        }
+
+    # A model with no entity source anywhere has nothing to score: no deployment, a warning.
+    settings.dataset.entity_source = None
+    names = [f"{d.flow_name}/{d.name}" for d in flow_deployments(settings)]
+    assert names and not [n for n in names if n.startswith("batch_predict/")]
+    assert "no entity source and orchestration.batch_entities is not set" in (
+        caplog.text + capfd.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_batch_predict_without_entities_scores_every_entity_source_row_into_its_time_range(
+    production: dict[str, str], loaded_project: Settings, tmp_path: Path
+) -> None:
+    result = batch.predict_batch(
+        loaded_project, None, "late_arrival@production", output_dir=tmp_path
+    )
+    source = batch.model_entities(loaded_project, "late_arrival")
+    ((rows, first, last),) = duckdb.sql(
+        "SELECT count(*), min(event_timestamp AT TIME ZONE 'UTC')::DATE, "
+        f"max(event_timestamp AT TIME ZONE 'UTC')::DATE FROM read_parquet('{source}')"
+    ).fetchall()
+    assert result.path == tmp_path / f"{first}_{last}.parquet"
+    scored = pq.read_table(result.path, columns=["model_version"])
+    assert result.rows == scored.num_rows == rows
+    assert set(scored["model_version"].to_pylist()) == {production["late_arrival"]}
