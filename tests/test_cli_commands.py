@@ -29,6 +29,7 @@ from maquette.config import Settings
 from maquette.errors import (
     ComponentFailed,
     ConfigError,
+    DataError,
     DataNotLoaded,
     FeatureNotFound,
     InvalidEntityFrame,
@@ -115,9 +116,10 @@ TRIGGERS = [
     Trigger(
         InvalidEntityFrame,
         6,
-        ("features", "get", "origin=JFK", "event_time=yesterday"),
-        "event_time='yesterday' is not an ISO date/time.",
-        "Write it like event_time=2013-12-01T00:00.",
+        ("features", "get", "origin=JFK", "scheduled_departure=yesterday"),
+        "scheduled_departure is 'yesterday', not an ISO time.",
+        "Send e.g. 2024-06-01T14:05:00Z.",
+        project="loaded_project",  # a field is a time because the repo declares it one
     ),
     Trigger(
         ModelVersionNotFound,
@@ -125,6 +127,13 @@ TRIGGERS = [
         ("models", "show", "nope"),
         "no model named 'nope' is registered.",
         "train one with `maquette train nope`.",
+    ),
+    Trigger(
+        DataError,
+        2,
+        ("stream", "publish", "{project}/flows/__init__.py"),  # one line of Python, not JSON
+        "1 line is not an event of this stream and was not published: line 1: not JSON",
+        "Fix those lines and publish them again (0 other events were published)",
     ),
     Trigger(
         ComponentFailed,
@@ -186,7 +195,7 @@ def test_each_error_class_exits_with_its_code_message_and_remedy(
     project = found.project_dir if isinstance(found, Settings) else found
     names = {"project": project, "held_port": held_port}
     env = {k: v.format(**names) for k, v in trigger.env}
-    argv = [*trigger.argv, "--project", str(project)]
+    argv = [*(a.format(**names) for a in trigger.argv), "--project", str(project)]
     try:
         result = runner.invoke(app, argv, env=env)
     finally:

@@ -70,6 +70,41 @@ def test_daily_metrics_match_a_hand_computation(served_december) -> None:
     assert metrics_path(settings, "flight_delay", "daily").is_file()
 
 
+def test_monitor_metrics_command_prints_whole_dates_and_the_series_as_json(
+    served_december,
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from maquette.cli import app
+
+    settings, _ = served_december
+    if not labels.labels_path(settings, "flight_delay").is_file():  # run alone (-k)
+        labels.ingest_labels(settings, "flight_delay")
+    env = {  # the fixture's own prediction log, as the command finds it in a project
+        "MAQUETTE_PREDICTIONS_STREAM": settings.predictions.stream,
+        "MAQUETTE_PREDICTIONS_FOLDER": str(settings.predictions.folder),
+    }
+    argv = ["monitor", "metrics", "flight_delay", "--project", str(settings.project_dir)]
+    table = CliRunner().invoke(app, argv, env=env)  # stdout is not a terminal, as in a pipe
+    assert table.exit_code == 0, table.output
+    assert "…" not in table.stdout and "2013-12-02 00:00" in table.stdout
+    printed = CliRunner().invoke(app, [*argv, "--json"], env=env)
+    assert printed.exit_code == 0, printed.output
+    document = json.loads(printed.stdout)
+    scored = labels.join_labels(settings, "flight_delay")
+    series = live_metrics(settings, "flight_delay", scored, "daily")
+    assert document["model"] == "flight_delay" and document["window"] == "daily"
+    rows = document["series"]
+    assert [(r["version"], r["partition"], r["window_start"], r["predictions"]) for r in rows] == [
+        (r.version, r.partition, r.window_start.isoformat(), r.predictions)
+        for r in series.itertuples()
+    ]
+    overall = [r for r in rows if r["partition"] == "all"]
+    assert overall[0]["rmse"] == pytest.approx(series[series.partition == "all"].iloc[0]["rmse"])
+
+
 def test_labels_keyed_by_prediction_id_report_unknown_ids(served_december, tmp_path: Path) -> None:
     settings, ids = served_december
     file = tmp_path / "labels.parquet"

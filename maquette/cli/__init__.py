@@ -4,6 +4,7 @@ This module holds the Typer app, `main` and the one place where a `MaquetteError
 message, its remedy and an exit code. The commands live in one module per group:
 
 - `options`: what every command shares (consoles, `--project`, ISO dates, progress bars).
+- `project`: `init`, `url`.
 - `platform`: `demo`, `up`, `status`, `down`, `redis start|status|stop`.
 - `data`: `data load`, `features apply|materialize|list|get`.
 - `models`: `train`, `models list|show|compare|promote|report`, `serve`, `build`,
@@ -24,7 +25,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from maquette.cli import bench, data, models, monitoring, platform, stream
+from maquette.cli import bench, data, models, monitoring, platform, project, stream
 from maquette.cli.options import err
 from maquette.errors import MaquetteError
 
@@ -50,6 +51,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Top-level commands first, then the groups, in the order `maquette --help` lists them.
+app.add_typer(project.commands)
 app.add_typer(platform.commands)
 app.add_typer(models.commands)
 app.add_typer(data.data_app, name="data")

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from maquette.cli.options import PlainOpt, ProjectOpt, console, err, project_settings
+from maquette.cli.options import (
+    JsonOpt,
+    PlainOpt,
+    ProjectOpt,
+    console,
+    err,
+    print_json,
+    project_settings,
+)
 from maquette.data import redis_server
 
 # Training, the registry and serving are imported inside the commands: they load BentoML,
@@ -51,38 +59,42 @@ def train(
 @models_app.command("list")
 def models_list(
     name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    as_json: JsonOpt = False,
     project: ProjectOpt = None,
 ) -> None:
     """List registered versions with their test metrics and aliases.
 
-    Example: maquette models list MODEL
-    """
-    from maquette.cli.render_models import versions_table
+    --json prints {"versions": [...]}: per version its model, version, tag,
+    created, aliases, path, report, task, algorithm and test_metrics
+    ({"model": {...}, "baseline": {...}}).
 
-    console.print(versions_table(project_settings(project), name))
+    Example: maquette models list MODEL --json
+    """
+    from maquette.cli.render_models import versions_document, versions_table
+
+    settings = project_settings(project)
+    if as_json:
+        print_json(versions_document(settings, name))
+    else:
+        console.print(versions_table(settings, name))
 
 
 @models_app.command("show")
-def models_show(
-    ref: RefArg,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the whole record as JSON.")
-    ] = False,
-    project: ProjectOpt = None,
-) -> None:
+def models_show(ref: RefArg, as_json: JsonOpt = False, project: ProjectOpt = None) -> None:
     """Show every field of a version's record.
+
+    --json prints the version's model, version, tag, created, aliases, path,
+    report, alias_history, and its whole record.json as "record".
 
     Example: maquette models show MODEL@production
     """
-    import json
-
     from maquette import registry
-    from maquette.cli.render_models import record_view
+    from maquette.cli.render_models import record_view, version_document
 
     settings = project_settings(project)
     version = registry.resolve(settings, ref)
     if as_json:
-        print(json.dumps(version.record.model_dump(mode="json"), indent=2))
+        print_json(version_document(settings, version))
     else:
         record_view(console, settings, version)
 
@@ -91,16 +103,24 @@ def models_show(
 def models_compare(
     a: Annotated[str, typer.Argument(help="First version (NAME:VERSION or NAME@ALIAS).")],
     b: Annotated[str, typer.Argument(help="Second version.")],
+    as_json: JsonOpt = False,
     project: ProjectOpt = None,
 ) -> None:
     """Test metrics and feature importances of two versions side by side.
 
+    --json prints {"a", "b", "metrics": [{"metric", "a", "b"}],
+    "importance": [{"feature", "a", "b"}]}.
+
     Example: maquette models compare MODEL:v1 MODEL:v2
     """
     from maquette import registry
-    from maquette.cli.render_models import comparison_tables
+    from maquette.cli.render_models import comparison_document, comparison_tables
 
-    for table in comparison_tables(registry.compare(project_settings(project), a, b)):
+    comparison = registry.compare(project_settings(project), a, b)
+    if as_json:
+        print_json(comparison_document(comparison))
+        return
+    for table in comparison_tables(comparison):
         console.print(table)
 
 
@@ -179,7 +199,7 @@ def predict_batch(
 ) -> None:
     """Score entities with point-in-time features; every row carries the model version.
 
-    Example: maquette predict-batch "SELECT * FROM TABLE WHERE event_timestamp >= '2013-12-01'" \
+    Example: maquette predict-batch "SELECT * FROM TABLE WHERE event_timestamp >= '2024-06-01'" \
     --model MODEL@production --output scores.parquet
     """
     from maquette.cli.render_platform import flow_run_note

@@ -7,8 +7,17 @@ from typing import Annotated
 
 import typer
 
-from maquette.cli.options import PlainOpt, ProjectOpt, console, err, project_settings, when
-from maquette.cli.render import metrics_series_table, monitor_summary
+from maquette.cli.options import (
+    JsonOpt,
+    PlainOpt,
+    ProjectOpt,
+    console,
+    err,
+    print_json,
+    project_settings,
+    when,
+)
+from maquette.cli.render import metrics_document, metrics_series_table, monitor_summary
 from maquette.data import redis_server
 
 # The prediction log and monitoring are imported inside the commands: they load Feast and
@@ -46,8 +55,10 @@ def predictions_drain(project: ProjectOpt = None) -> None:
 
 
 @predictions_app.command("count")
-def predictions_count(project: ProjectOpt = None) -> None:
+def predictions_count(as_json: JsonOpt = False, project: ProjectOpt = None) -> None:
     """How many predictions wait in the stream and how many are in Parquet.
+
+    --json prints {"waiting": N, "drained": N}.
 
     Example: maquette predictions count
     """
@@ -59,7 +70,11 @@ def predictions_count(project: ProjectOpt = None) -> None:
         drained = predictions.read_predictions(settings).num_rows
     except DataNotLoaded:
         drained = 0
-    console.print(f"waiting in the stream: {predictions.pending(settings):,}; drained: {drained:,}")
+    waiting = predictions.pending(settings)
+    if as_json:
+        print_json({"waiting": waiting, "drained": drained})
+    else:
+        console.print(f"waiting in the stream: {waiting:,}; drained: {drained:,}")
 
 
 @labels_app.command("ingest")
@@ -75,9 +90,13 @@ def labels_ingest(
     Example: maquette labels ingest MODEL
     """
     from maquette.monitoring import labels
+    from maquette.serving import prediction_log
 
     settings = project_settings(project)
     result = labels.ingest_labels(settings, name, file)
+    if not prediction_log.any_drained(settings):  # stored: the join waits for predictions
+        console.print(f"{result.rows:,} labels stored; no drained predictions to join yet")
+        return
     scored = labels.join_labels(settings, name)
     known = scored.num_rows - scored["label"].null_count
     console.print(
@@ -94,11 +113,16 @@ def monitor_metrics(
     name: Annotated[str, typer.Argument(help="Model to report on.")],
     window: Annotated[str, typer.Option(help="hourly or daily.")] = "daily",
     since: Annotated[str | None, typer.Option(help="ISO start of the period.")] = None,
+    as_json: JsonOpt = False,
     project: ProjectOpt = None,
 ) -> None:
     """Live accuracy per version, partition and window, from predictions joined with labels.
 
-    Example: maquette monitor metrics MODEL --since 2013-12-01
+    --json prints {"model", "window", "since", "series": [...]}: per version,
+    partition and window its window_start, predictions, labelled, the task's
+    metrics (rmse... or auc...) and missing_feature_rate.
+
+    Example: maquette monitor metrics MODEL --since 2024-06-01
     """
     from maquette.monitoring import labels
     from maquette.monitoring.live_metrics import live_metrics
@@ -106,7 +130,10 @@ def monitor_metrics(
     settings = project_settings(project)
     scored = labels.join_labels(settings, name)
     series = live_metrics(settings, name, scored, window, when(since))
-    console.print(metrics_series_table(name, window, series))
+    if as_json:
+        print_json(metrics_document(name, window, when(since), series))
+    else:
+        console.print(metrics_series_table(name, window, series))
 
 
 @monitor_app.command("run")
@@ -122,7 +149,7 @@ def monitor_run(
 ) -> None:
     """One monitoring pass: drain, labels, join, metrics, Evidently reports, skew, alerts.
 
-    Example: maquette monitor run --as-of 2014-01-01
+    Example: maquette monitor run --as-of 2024-07-01
     """
     from maquette.cli.render_platform import flow_run_note
     from maquette.monitoring import monitor as monitoring

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 
 from maquette.cli.options import (
     ComponentOpt,
+    JsonOpt,
     ProjectOpt,
     console,
+    print_json,
     progress_bars,
     project_settings,
 )
@@ -65,22 +68,33 @@ def platform_up(component: ComponentOpt = None, project: ProjectOpt = None) -> N
 
 
 @commands.command("status")
-def platform_status(component: ComponentOpt = None, project: ProjectOpt = None) -> None:
+def platform_status(
+    component: ComponentOpt = None, as_json: JsonOpt = False, project: ProjectOpt = None
+) -> None:
     """Each component's state (running, restarting, gave up, stopped...), restarts, last exit and
     log; exit 1 if one is down.
 
     Then each deployment's schedule, last run and next run, and any error of Prefect's scheduler.
 
+    --json prints {"components": [...], "up", "schedules", "scheduler_errors"}:
+    per component its name, state, url, pid, log, detail, restarts, last_exit
+    and is_up; schedules and scheduler_errors are null when Prefect is down
+    or not asked for.
+
     Example: maquette status
     """
-    from maquette.cli.render_platform import schedules_report
+    from maquette.cli.render_platform import schedules_report, status_document
     from maquette.platform import components as platform
 
     settings = project_settings(project)
     statuses = platform.status(settings, component)
-    console.print(platform_table(statuses))
-    if not component or {"prefect", "deployments"} & set(component):
-        schedules_report(console, settings)
+    with_schedules = not component or bool({"prefect", "deployments"} & set(component))
+    if as_json:
+        print_json(status_document(settings, statuses, with_schedules))
+    else:
+        console.print(platform_table(statuses))
+        if with_schedules:
+            schedules_report(console, settings)
     if not all(s.is_up for s in statuses):
         raise typer.Exit(1)
 
@@ -108,13 +122,19 @@ def redis_start(project: ProjectOpt = None) -> None:
 
 
 @redis_app.command("status")
-def redis_status(project: ProjectOpt = None) -> None:
+def redis_status(as_json: JsonOpt = False, project: ProjectOpt = None) -> None:
     """Show whether Redis answers, with its pid, version, memory, keys and AOF state.
+
+    --json prints {"url", "embedded", "running", "pid", "version",
+    "used_memory", "keys", "aof_enabled", "data_dir"}.
 
     Example: maquette redis status
     """
     state = redis_server.status(project_settings(project))
-    console.print(fields_table(state))
+    if as_json:
+        print_json(asdict(state))
+    else:
+        console.print(fields_table(state))
     if not state.running:
         raise typer.Exit(1)
 

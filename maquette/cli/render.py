@@ -1,14 +1,19 @@
-"""Rich tables for the CLI: data, features, platform, stream, monitoring (presentation only).
+"""The CLI's views: rich tables for people and `--json` documents for programs, of data,
+features, platform, stream and monitoring (presentation only).
 
-The library's result types are imported for type checking only: Feast and friends take seconds
-to import, and `maquette --help` must not wait for them.
+A `*_document` function returns plain data (dicts, lists, numbers, strings, datetimes) built
+from the library's objects; `options.print_json` writes it. The library's result types are
+imported for type checking only: Feast and friends take seconds to import, and
+`maquette --help` must not wait for them.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.rule import Rule
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -33,6 +38,11 @@ def fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.4f}"
     return "" if value is None else str(value)
+
+
+def heading(console: Console, title: str) -> None:
+    """A rule with a title, across the terminal (80 columns when piped: the console is wide)."""
+    console.print(Rule(title), width=console.width if console.is_terminal else 80)
 
 
 def tables_table(tables: list[TableSummary]) -> Table:
@@ -63,7 +73,7 @@ def feature_views_table(layer: FeatureLayer) -> Table:
     for view in sorted(layer.feature_views(), key=lambda v: v.name):
         table.add_row(
             view.name,
-            ", ".join(view.entities),
+            ", ".join(_entities(view)) or "(none)",
             str(view.ttl or "none"),
             ", ".join(f.name for f in view.features),
         )
@@ -73,6 +83,43 @@ def feature_views_table(layer: FeatureLayer) -> Table:
         views = ", ".join(p.name for p in service.feature_view_projections)
         table.add_row(f"[bold]service {service.name}[/]", "", "", views)
     return table
+
+
+def _entities(view: Any) -> list[str]:
+    """A view's entity names; none for an entity-less view (Feast gives it a placeholder)."""
+    from feast.feature_view import DUMMY_ENTITY_NAME
+
+    return [e for e in view.entities if e != DUMMY_ENTITY_NAME]
+
+
+def feature_views_document(layer: FeatureLayer) -> dict[str, Any]:
+    """`features list --json`: feature views, on-demand views and feature services."""
+    views = [
+        {
+            "name": view.name,
+            "entities": _entities(view),
+            "ttl_s": view.ttl.total_seconds() if view.ttl else None,
+            "online": view.online,
+            "features": [{"name": f.name, "dtype": str(f.dtype)} for f in view.features],
+        }
+        for view in sorted(layer.feature_views(), key=lambda v: v.name)
+    ]
+    on_demand = [
+        {
+            "name": odfv.name,
+            "features": [{"name": f.name, "dtype": str(f.dtype)} for f in odfv.features],
+        }
+        for odfv in layer.store.list_on_demand_feature_views()
+    ]
+    services = [
+        {"name": s.name, "feature_views": [p.name for p in s.feature_view_projections]}
+        for s in layer.store.list_feature_services()
+    ]
+    return {
+        "feature_views": views,
+        "on_demand_feature_views": on_demand,
+        "feature_services": services,
+    }
 
 
 def online_features_table(result: OnlineFeatures, row: int = 0) -> Table:
@@ -131,6 +178,21 @@ def stream_status_tables(state: StreamStatus, letters: list[dict[str, str]]) -> 
     for letter in letters:
         dead_table.add_row(letter.get("source_id", ""), letter.get("reason", ""))
     return [table, dead_table]
+
+
+def stream_status_document(state: StreamStatus, letters: list[dict[str, str]]) -> dict[str, Any]:
+    """`stream status --json`: the stream's counters and its newest dead letters."""
+    return {**asdict(state), "newest_dead_letters": letters}
+
+
+def metrics_document(name: str, window: str, since: object, series: pd.DataFrame) -> dict[str, Any]:
+    """`monitor metrics --json`: one row per version, partition and window, as stored."""
+    return {
+        "model": name,
+        "window": window,
+        "since": since,
+        "series": series.to_dict("records"),
+    }
 
 
 def metrics_series_table(name: str, window: str, series: pd.DataFrame) -> Table:

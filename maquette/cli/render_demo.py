@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from maquette.cli.render import fmt, materialize_table, online_features_table, tables_table, ts
+from maquette.cli.render import (
+    fmt,
+    heading,
+    materialize_table,
+    online_features_table,
+    tables_table,
+    ts,
+)
 from maquette.cli.render_models import headline_metrics
 
 if TYPE_CHECKING:
@@ -16,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def demo_summary(console: Console, report: DemoReport) -> None:
-    console.rule("Maquette demo: summary")
+    heading(console, "Maquette demo: summary")
     console.print(tables_table(report.tables))
     console.print(f"registered with Feast: {', '.join(report.registered)}")
     if report.materialized:

@@ -1,4 +1,5 @@
-"""Rich tables for the model repository: versions, a version's record, comparisons."""
+"""The model repository for people (rich tables) and for programs (`--json` documents):
+versions, a version's record, comparisons."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from maquette.cli.render import fmt
+from maquette.cli.render import fmt, heading
 
 if TYPE_CHECKING:
     from maquette.config import Settings
+    from maquette.registry import ModelVersion
     from maquette.version_record import Metrics, VersionRecord
 
 # `maquette.registry` is imported inside the functions that need it: it loads BentoML, which
@@ -29,6 +31,50 @@ def headline_metrics(record: VersionRecord) -> str:
     """The headline test metrics of a record, e.g. "rmse 41.210, r2 0.104"."""
     test = record.metrics.test.model
     return ", ".join(f"{k} {test[k]:.3f}" for k in ("rmse", "r2", "auc", "f1") if k in test)
+
+
+def _version_fields(settings: Settings, version: ModelVersion) -> dict[str, Any]:
+    """What names and locates a version: model, version, tag, created, aliases, paths."""
+    from maquette import registry
+
+    return {
+        "model": version.name,
+        "version": version.version,
+        "tag": version.tag,
+        "created": version.created,
+        "aliases": registry.aliases_of(settings, version),
+        "path": version.path,
+        "report": version.report,
+    }
+
+
+def versions_document(settings: Settings, name: str | None) -> dict[str, Any]:
+    """`models list --json`: every version with its task and test metrics (model, baseline)."""
+    from maquette import registry
+
+    versions = []
+    for v in registry.list_versions(settings, name):
+        test = v.record.metrics.test
+        versions.append(
+            {
+                **_version_fields(settings, v),
+                "task": v.record.task,
+                "algorithm": v.record.algorithm,
+                "test_metrics": {"model": test.model, "baseline": test.baseline},
+            }
+        )
+    return {"versions": versions}
+
+
+def version_document(settings: Settings, version: ModelVersion) -> dict[str, Any]:
+    """`models show --json`: the whole record, with the version's aliases and their history."""
+    from maquette import registry
+
+    return {
+        **_version_fields(settings, version),
+        "alias_history": registry.alias_history(settings, version.name),
+        "record": version.record.model_dump(mode="json"),
+    }
 
 
 def versions_table(settings: Settings, name: str | None) -> Table:
@@ -175,7 +221,7 @@ def record_view(console: Console, settings: Settings, version: Any) -> None:
     from maquette import registry
 
     r = version.record
-    console.rule(f"{version.tag}  ({r.task}, {r.algorithm})")
+    heading(console, f"{version.tag}  ({r.task}, {r.algorithm})")
     who = r.trained_by
     console.print(
         f"trained by {who.user}@{who.host} from {r.started_at} to {r.ended_at} "
@@ -215,6 +261,16 @@ def comparison_tables(comparison: dict[str, Any]) -> list[Table]:
     for name, a, b in comparison["importance"]:
         importance.add_row(name, fmt(a), fmt(b))
     return [metrics, importance]
+
+
+def comparison_document(comparison: dict[str, Any]) -> dict[str, Any]:
+    """`models compare --json`: test metrics and importances of versions a and b, row by row."""
+    return {
+        "a": comparison["a"],
+        "b": comparison["b"],
+        "metrics": [{"metric": n, "a": a, "b": b} for n, a, b in comparison["metrics"]],
+        "importance": [{"feature": n, "a": a, "b": b} for n, a, b in comparison["importance"]],
+    }
 
 
 def version_summary(console: Console, version: Any) -> None:

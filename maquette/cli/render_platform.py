@@ -1,4 +1,5 @@
-"""What `status` shows of the schedules, and the line each flow command adds about Prefect.
+"""What `status` shows of the components and schedules (tables, or `--json` documents), and the
+line each flow command adds about Prefect.
 
 The library's types are imported for type checking only: Prefect takes seconds to import, and
 `maquette --help` must not wait for it.
@@ -6,8 +7,9 @@ The library's types are imported for type checking only: Prefect takes seconds t
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,6 +17,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from maquette.config import Settings
+    from maquette.platform.components import ComponentStatus
     from maquette.platform.flows import PlatformFlowRun
     from maquette.platform.schedules import DeploymentSchedule
 
@@ -72,6 +75,26 @@ def schedules_report(console: Console, settings: Settings) -> None:
         for error in errors:
             console.print(f"[red]  {escape(error)}[/]")
         console.print(f"[red]  see {prefect_log(settings)}[/]")
+
+
+def status_document(
+    settings: Settings, statuses: list[ComponentStatus], with_schedules: bool
+) -> dict[str, Any]:
+    """`status --json`: each component (with `is_up`), whether all are up, and, when asked and
+    Prefect answers, each deployment's schedule and the scheduler's errors (else null)."""
+    from maquette.platform.flows import platform_prefect_url
+    from maquette.platform.schedules import deployment_schedules, scheduler_errors
+
+    document: dict[str, Any] = {
+        "components": [{**asdict(s), "is_up": s.is_up} for s in statuses],
+        "up": all(s.is_up for s in statuses),
+        "schedules": None,
+        "scheduler_errors": None,
+    }
+    if with_schedules and platform_prefect_url(settings) is not None:
+        document["schedules"] = [asdict(s) for s in deployment_schedules(settings)]
+        document["scheduler_errors"] = scheduler_errors(settings)
+    return document
 
 
 def written_table(rows_written: dict[str, int]) -> Table:

@@ -1,0 +1,57 @@
+"""`maquette init` and `maquette url`: a new project folder, and where its components answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from maquette.cli.options import ProjectOpt, console, project_settings
+from maquette.data import redis_server
+from maquette.project import init_project
+
+commands = typer.Typer()
+
+
+@commands.command("init")
+def init(
+    folder: Annotated[Path, typer.Argument(help="New (or empty) folder for the project.")],
+    example: Annotated[
+        bool, typer.Option(help="Also write a generated ratings dataset and two models over it.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Write into a folder that is not empty.")] = False,
+) -> None:
+    """Create a project: maquette.yaml, feature_repo/, features_sql/, flows/, bentos/.
+
+    Example: maquette init shop --example
+    """
+    result = init_project(folder, example=example, force=force)
+    p = result.ports
+    console.print(f"created {result.folder} ({len(result.files)} files and folders)")
+    console.print(
+        f"ports: redis {p.redis}, service {p.serving}, prefect {p.prefect}, runner {p.runner}"
+    )
+    console.print(f"you write: {result.user_lines} lines of YAML, SQL and Python (comments aside)")
+    first = "" if example else "put your tables in data/ and edit maquette.yaml, then "
+    console.print(f"next: cd {folder} && {first}maquette data load && maquette features apply")
+
+
+@commands.command("url")
+def url(
+    component: Annotated[
+        Literal["service", "prefect", "redis"], typer.Argument(help="Which component.")
+    ] = "service",
+    project: ProjectOpt = None,
+) -> None:
+    """Print the URL of this project's service, Prefect server or Redis (ports differ per project).
+
+    Example: maquette url service   (in a script: curl -s "$(maquette url)/readyz")
+    """
+    settings = project_settings(project)
+    urls = {
+        "service": f"http://{settings.serving.host}:{settings.serving.port}",
+        "prefect": settings.orchestration.prefect_url,
+        "redis": redis_server.redis_url(settings),
+    }
+    print(urls[component])  # plain: meant for $(...)
