@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from maquette.model_spec import Section, as_utc
 
@@ -31,7 +31,9 @@ class SourceTimestampSettings(Section):
     )
     zone: str | None = Field(
         None,
-        description="IANA time zone (e.g. America/Chicago) of naive local wall-clock times.",
+        description="IANA time zone (e.g. America/Chicago) of the source's naive local "
+        "wall-clock times: the declared column's (unless its unit is an epoch unit, which is "
+        "UTC by definition) and any other time column written without a zone.",
     )
 
     @field_validator("zone")
@@ -46,16 +48,6 @@ class SourceTimestampSettings(Section):
                     "America/Chicago, Europe/Paris or UTC"
                 ) from None
         return zone
-
-    @model_validator(mode="after")
-    def _zone_only_for_wall_clock_times(self) -> SourceTimestampSettings:
-        # Epoch numbers are UTC by definition: a zone beside them would be silently ignored.
-        if self.zone is not None and self.unit not in (None, "iso"):
-            raise ValueError(
-                f"unit {self.unit!r} counts from 1970-01-01 UTC and takes no zone: "
-                "drop zone, or use unit: iso for text times"
-            )
-        return self
 
 
 class SourceSettings(Section):

@@ -80,3 +80,16 @@ def test_batch_predict_without_entities_scores_every_entity_source_row_into_its_
     scored = pq.read_table(result.path, columns=["model_version"])
     assert result.rows == scored.num_rows == rows
     assert set(scored["model_version"].to_pylist()) == {production["late_arrival"]}
+
+
+def test_batch_predict_with_no_entities_to_score_writes_no_file(
+    production: dict[str, str], loaded_project: Settings, tmp_path: Path
+) -> None:
+    # A scheduled run whose entity query matches nothing today is not an error: nothing to name.
+    source = batch.model_entities(loaded_project, "late_arrival")
+    nothing = f"SELECT * FROM read_parquet('{source}') WHERE false"
+    result = batch.predict_batch(
+        loaded_project, nothing, "late_arrival@production", output_dir=tmp_path
+    )
+    assert (result.rows, result.path) == (0, None)
+    assert list(tmp_path.iterdir()) == []

@@ -14,12 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
+from feast.types import Bool
 from typer.testing import CliRunner
 
 from maquette.cli import app
 from maquette.config import Settings, load_settings
 from maquette.errors import InvalidEntityFrame
-from maquette.features.entity_rows import entity_row
+from maquette.features.entity_rows import entity_row, request_time, typed_value
 from maquette.features.layer import FeatureLayer
 from maquette.features.materialize import MaterializeResult, last_run_notes
 from maquette.serving.predictor import Predictor, served_version
@@ -161,7 +162,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, running_redis: str) -> Shop:
     redis.Redis.from_url(url).flushdb()
     layer = FeatureLayer(settings)
     layer.apply()
-    return Shop(settings, layer, layer.materialize_incremental(JUNE_4))
+    return Shop(settings, layer, layer.materialize_incremental(JUNE_4, explain=True))
 
 
 ROWS = [
@@ -179,7 +180,7 @@ def test_first_materialize_covers_all_history_even_a_table_stamped_in_2000(shop:
         "promotions": 0,
     }
     assert shop.first_run.start == datetime(2000, 1, 1, tzinfo=UTC)
-    again = shop.layer.materialize_incremental(datetime(2024, 6, 5, tzinfo=UTC))
+    again = shop.layer.materialize_incremental(datetime(2024, 6, 5, tzinfo=UTC), explain=True)
     assert again.start == JUNE_4  # then each view continues where it stopped
     assert set(again.rows_written.values()) == {0}
 
@@ -187,18 +188,22 @@ def test_first_materialize_covers_all_history_even_a_table_stamped_in_2000(shop:
 def test_a_view_with_nothing_written_says_why(shop: Shop) -> None:
     assert "promotions.parquet is empty" in shop.first_run.notes["promotions"]
     # The `materialize` flow returns rows written only: the CLI works the notes out again.
-    run = shop.layer.materialize_incremental(datetime(2024, 6, 6, tzinfo=UTC))
+    run = shop.layer.materialize_incremental(datetime(2024, 6, 6, tzinfo=UTC), explain=True)
     views = FeatureLayer(shop.settings).feature_views()  # as recorded in the registry file
     assert last_run_notes(views, run.rows_written) == run.notes
     assert "are all older than that range (an earlier run covered them" in run.notes["shop_daily"]
     window = shop.layer.materialize(
-        datetime(2024, 7, 1, tzinfo=UTC), datetime(2024, 7, 2, tzinfo=UTC)
+        datetime(2024, 7, 1, tzinfo=UTC), datetime(2024, 7, 2, tzinfo=UTC), explain=True
     )
     assert "no rows between 2024-07-01 00:00 and 2024-07-02 00:00" in window.notes["shop_daily"]
     assert "(2024-06-01 .. 2024-06-03) are all older than that range" in window.notes["shop_daily"]
     late = shop.layer.materialize(
-        datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 8, 1, tzinfo=UTC)
+        datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 8, 1, tzinfo=UTC), explain=True
     )
+    # Unasked, nothing scans the tables to explain (the hourly flow and replays never ask).
+    assert not shop.layer.materialize(
+        datetime(2024, 7, 1, tzinfo=UTC), datetime(2024, 7, 2, tzinfo=UTC)
+    ).notes
     assert "older than its TTL" in late.notes["user_daily"]
     assert "item_facts" not in late.notes or "TTL" not in late.notes["item_facts"]  # no TTL
 
@@ -293,3 +298,15 @@ def test_materialize_command_prints_why_a_view_got_nothing(shop: Shop) -> None:
     assert result.exit_code == 0, result.output
     words = " ".join(result.output.split())
     assert "promotions" in words and "is empty: run `maquette data load`" in words
+
+
+def test_request_times_read_iso_before_unix_seconds_and_booleans_refuse_other_words() -> None:
+    # "20240601" is ISO 8601's basic date, not 20 million seconds after 1970.
+    assert request_time("20240601", "t", naive_is_utc=True) == datetime(2024, 6, 1, tzinfo=UTC)
+    assert request_time("1717236000", "t") == datetime(2024, 6, 1, 10, tzinfo=UTC)
+    with pytest.raises(InvalidEntityFrame, match="not an ISO time"):
+        request_time("٣", "t")  # an Arabic-Indic digit is not a number of seconds
+    assert typed_value("flag", "yes", Bool) is True
+    assert typed_value("flag", "0", Bool) is False
+    with pytest.raises(InvalidEntityFrame, match="'maybe' is not a Bool"):
+        typed_value("flag", "maybe", Bool)

@@ -24,7 +24,7 @@ from maquette.errors import ConfigError, DataError
 from maquette.examples.nycflights13.stream import DEPARTURES
 from maquette.features.layer import FeatureLayer
 from maquette.stream import history, operations
-from maquette.stream.aggregations import stream_definition
+from maquette.stream.aggregations import int_key, int_key_sql, stream_definition
 from maquette.stream.backfill import backfill
 from maquette.stream.events import publish
 from maquette.stream.processor import StreamProcessor
@@ -363,3 +363,11 @@ def test_processor_refuses_a_view_whose_entity_types_the_key_otherwise(
     apply_own_repo(settings)
     with pytest.raises(ConfigError, match="keyed by 'item_id' of type String, but the stream"):
         StreamProcessor(settings)
+
+
+@pytest.mark.parametrize("text", ["7", " 7 ", "-3", "7.0", "1e3", "0x10", "٣", "", "x"])
+def test_processor_and_backfill_read_an_int64_key_by_one_rule(text: str) -> None:
+    # The processor keeps what the backfill keeps, so history and the stream agree.
+    literal = "'" + text.replace("'", "''") + "'"
+    (backfilled,) = duckdb.connect().execute(f"SELECT {int_key_sql(literal)}").fetchall()[0]
+    assert backfilled == int_key(text)

@@ -44,7 +44,7 @@ from maquette.stream.events import epoch_us
 from maquette.stream.history import events_sql, replay
 from maquette.stream.processor import StreamProcessor
 
-STREAM_BENCH = "maquette:bench:departures"
+STREAM_BENCH = "maquette:bench:events"
 # Replays start before any event: every benchmark publishes the source's first events.
 EVERY_EVENT = datetime(1970, 1, 1, tzinfo=UTC)
 HEADERS = (

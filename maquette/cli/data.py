@@ -99,9 +99,11 @@ def features_materialize(
         bar, update = progress_bars()
         with bar:
             if start is None:
-                result = layer.materialize_incremental(when(end), update, view)
+                result = layer.materialize_incremental(when(end), update, view, explain=True)
             else:
-                result = layer.materialize(when(start), when(end, datetime.now(UTC)), view, update)  # type: ignore[arg-type]
+                began, ended = when(start), when(end, datetime.now(UTC))
+                assert began is not None and ended is not None  # start was given; end defaults
+                result = layer.materialize(began, ended, view, update, explain=True)
         console.print(materialize_table(result))
         _print_notes(result.notes)
     # A window or a chosen view never runs as the (incremental, every view) flow.

@@ -81,6 +81,11 @@ def _declared_for(settings: Settings, table_path: Path) -> list[tuple[str, str]]
     # Only while a registry exists: without one nothing is declared any more.
     if not (settings.registry_path.is_file() and record.is_file()):
         return []
+    # A feature repo edited since the last apply may rename the field along with the column;
+    # the next `features apply` checks it, so an old record must not block this load.
+    recorded = record.stat().st_mtime
+    if any(f.stat().st_mtime > recorded for f in settings.feature_repo.glob("*.py")):
+        return []
     document = json.loads(record.read_text())
     return [(view, column) for view, column in document.get(str(table_path.resolve()), [])]
 

@@ -191,8 +191,9 @@ def _naive_columns_in_zone(
         raise DataError(
             f"source {name!r}, column {naive[0]!r}: holds times without a time zone, and "
             f"dataset.sources.{name}.timestamp declares none to read them in.",
-            "Add zone: <IANA name> to that timestamp (not beside an epoch unit), or write the "
-            "column's times with their zone or offset (e.g. 2024-06-01T10:00:00Z).",
+            "Add zone: <IANA name> to that timestamp (the zone the source's naive times are "
+            "local to), or write the column's times with their zone or offset "
+            "(e.g. 2024-06-01T10:00:00Z).",
         )
     if naive and zone is None:
         column = _Column(name, source, SourceTimestampSettings(column=naive[0]), "naive")

@@ -8,6 +8,7 @@ declare stays text. `request_time` is the one parser of request times, shared wi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -24,8 +25,19 @@ _FROM_TEXT: dict[FeastType, Callable[[str], Any]] = {
     Int32: int,
     Float64: float,
     Float32: float,
-    Bool: lambda text: text.strip().lower() in ("1", "true", "yes"),
+    Bool: lambda text: _boolean(text),
 }
+# Unix seconds sent as text: digits, an optional sign and fraction (ASCII only).
+_SECONDS = re.compile(r"[+-]?[0-9]+(\.[0-9]*)?", re.ASCII)
+
+
+def _boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("1", "true", "yes"):
+        return True
+    if word in ("0", "false", "no"):
+        return False
+    raise ValueError(text)
 
 
 def field_types(layer: FeatureLayer, features: Features | None = None) -> dict[str, FeastType]:
@@ -65,16 +77,18 @@ def request_time(value: Any, what: str, naive_is_utc: bool = False) -> datetime:
     number of seconds since 1970. A time without a zone is refused unless `naive_is_utc`."""
     if isinstance(value, str):
         text = value.strip()
+        # ISO first: "20240601" is a date in ISO 8601's basic format, not 20 million seconds.
         try:
-            value = (
-                float(text)
-                if text.lstrip("-").replace(".", "", 1).isdigit()
-                else datetime.fromisoformat(text.replace("Z", "+00:00"))
-            )
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            raise InvalidEntityFrame(
-                f"{what} is {value!r}, not an ISO time.", "Send e.g. 2024-06-01T14:05:00Z."
-            ) from None
+            try:
+                value = float(text) if _SECONDS.fullmatch(text) else None
+            except ValueError:
+                value = None
+            if value is None:
+                raise InvalidEntityFrame(
+                    f"{what} is {text!r}, not an ISO time.", "Send e.g. 2024-06-01T14:05:00Z."
+                ) from None
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
             value = datetime.fromtimestamp(value, UTC)

@@ -229,22 +229,27 @@ class FeatureLayer:
         end: datetime,
         views: Sequence[str] | None = None,
         progress: Progress | None = None,
+        explain: bool = False,
     ) -> MaterializeResult:
-        """Write the newest row per entity in [start, end] of each view into Redis (Feast layout)."""
+        """Write the newest row per entity in [start, end] of each view into Redis (Feast layout);
+        `explain`: the result's notes say why a view got nothing (costs a scan per view)."""
         start, end = aware_utc(start, "start"), aware_utc(end, "end")
         chosen = [self.view(v) for v in views] if views else self.feature_views()
-        return materialize_views(self.settings, self.store, chosen, start, end, progress)
+        return materialize_views(self.settings, self.store, chosen, start, end, progress, explain)
 
     def materialize_incremental(
         self,
         end: datetime | None = None,
         progress: Progress | None = None,
         views: Sequence[str] | None = None,
+        explain: bool = False,
     ) -> MaterializeResult:
         """Each view (default: all) from where its last materialization ended up to `end`."""
         end = aware_utc(end or datetime.now(UTC), "end")
         chosen = [v for v in self.feature_views() if views is None or v.name in views]
-        return materialize_views_since_last(self.settings, self.store, chosen, end, progress)
+        return materialize_views_since_last(
+            self.settings, self.store, chosen, end, progress, explain
+        )
 
     # ------------------------------------------------------------------ training
 

@@ -64,8 +64,12 @@ def materialize_views(
     start: datetime,
     end: datetime,
     progress: Progress | None = None,
+    explain: bool = False,
 ) -> MaterializeResult:
-    """Write the newest row per entity in [start, end] of each view into Redis (Feast layout)."""
+    """Write the newest row per entity in [start, end] of each view into Redis (Feast layout).
+
+    `explain`: note why a view got nothing (or only rows past its TTL). It scans each view's
+    table, so only a person asking pays for it, never the hourly flow or a replay's slots."""
     start, end = aware_utc(start, "start"), aware_utc(end, "end")
     result = MaterializeResult(start, end)
     began = time.perf_counter()
@@ -80,7 +84,7 @@ def materialize_views(
                 reader, writer, writes, start, end, settings.feast.materialize_batch_rows, progress
             )
             result.rows_read[view.name], result.rows_written[view.name] = read, written
-            note = why_nothing_written(writes.source, start, end, written)
+            note = why_nothing_written(writes.source, start, end, written) if explain else None
             if note:
                 result.notes[view.name] = note
             store.registry.apply_materialization(view, settings.feast.project, start, end)
@@ -97,14 +101,15 @@ def materialize_views_since_last(
     views: Sequence[FeatureView],
     end: datetime,
     progress: Progress | None = None,
+    explain: bool = False,
 ) -> MaterializeResult:
     """Each view from where its last materialization ended (never materialized: from its
-    oldest row, so no history is skipped) up to `end`."""
+    oldest row, so no history is skipped) up to `end`; `explain` as in `materialize_views`."""
     end = aware_utc(end, "end")
     result = MaterializeResult(end, end)
     for view in views:
         start = view.most_recent_end_time or _oldest_row(view) or end
-        part = materialize_views(settings, store, [view], min(start, end), end, progress)
+        part = materialize_views(settings, store, [view], min(start, end), end, progress, explain)
         result.start = min(result.start, part.start)
         result.rows_read.update(part.rows_read)
         result.rows_written.update(part.rows_written)

@@ -115,6 +115,8 @@ def predict_batch(
         settings, model_entities(settings, version.name) if entities is None else entities
     )
     if output_dir is not None:
+        if table.num_rows == 0:  # a scheduled run with nothing to score: no file, no dates
+            return BatchResult(table, version.tag, 0, time.perf_counter() - began, None)
         output = output_dir / time_range_name(table, timestamp_column)
     frame = FeatureLayer(settings).training_frame(
         table, version.record.feature_service, timestamp_column

@@ -43,6 +43,27 @@ VALUE_TYPES = ("float64", "int64")
 # A row becomes visible one microsecond after the event it includes (see the docstring).
 STAMP_OFFSET_US = 1
 _US = timedelta(microseconds=1)
+# What an int64 key's text must look like, on the stream and in the backfill alike, so both
+# sides keep and drop the same events ("7.0", "1e3" and "0x10" are not keys; DuckDB's cast
+# alone would take them, and Python's int() takes non-ASCII digits).
+INT_KEY_TEXT = r"[+-]?[0-9]+"
+_INT_KEY = re.compile(INT_KEY_TEXT, re.ASCII)
+
+
+def int_key(text: str) -> int | None:
+    """An int64 key's text as an integer; None when it is not one (the processor dead-letters
+    it, the backfill drops it)."""
+    stripped = text.strip()
+    return int(stripped) if _INT_KEY.fullmatch(stripped) else None
+
+
+def int_key_sql(column: str) -> str:
+    """DuckDB expression: `column` (an SQL identifier) as BIGINT when its text is an integer
+    by `int_key`'s rule, else NULL."""
+    text = f"trim({column}::VARCHAR)"
+    return (
+        f"CASE WHEN regexp_full_match({text}, '{INT_KEY_TEXT}') THEN TRY_CAST({text} AS BIGINT) END"
+    )
 
 
 @dataclass(frozen=True)
@@ -126,7 +147,7 @@ class WindowAggregation:
         # An int64 key stays an integer (Feast keys Redis by its type); text that is not one is
         # dropped, as the processor dead-letters it.
         if self.key_type == "int64":
-            key, key_ok = f"TRY_CAST({k} AS BIGINT)", f"{k} IS NOT NULL"
+            key, key_ok = int_key_sql(k), f"{k} IS NOT NULL"
         else:
             key, key_ok = f"{k}::VARCHAR", f"{k} IS NOT NULL AND {k} <> ''"
         # Events sharing a key and a time share their frame: DISTINCT keeps one row.
@@ -347,14 +368,14 @@ def _check_field(
         )
 
 
-_WINDOW_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_WINDOW_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.ASCII)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def window_length(value: str | float, path: str = "window") -> timedelta:
     """A window written as 90s, 15m, 1h, 1d or a number of seconds, as a timedelta."""
     if isinstance(value, str) and (match := _WINDOW_TEXT.match(value)):
-        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2] or "s"]  # "3600": seconds
     elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:

@@ -20,7 +20,7 @@ import redis
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url
 from maquette.errors import DataError, StoreUnavailable
-from maquette.stream.aggregations import StreamDefinition, stream_definition
+from maquette.stream.aggregations import StreamDefinition, int_key, stream_definition
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -61,11 +61,11 @@ def parse_event(fields: Mapping[bytes, bytes], definition: StreamDefinition) -> 
     for name, kind in definition.key_types.items():
         text = texts[name]
         if kind == "int64":
-            try:
-                keys[name] = int(text)
-            except ValueError:
+            number = int_key(text)
+            if number is None:
                 return f"malformed: {name} {text[:40]!r} is not an integer"
-            if keys[name] not in _INT64:
+            keys[name] = number
+            if number not in _INT64:
                 return f"malformed: {name} {text[:40]!r} is outside the int64 range"
         else:
             keys[name] = text

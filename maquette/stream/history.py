@@ -17,7 +17,7 @@ from maquette.data.sources import require_loaded
 from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.data.sql import sql_identifier as _q
 from maquette.errors import DataNotLoaded
-from maquette.stream.aggregations import stream_definition
+from maquette.stream.aggregations import int_key_sql, stream_definition
 from maquette.stream.events import epoch_us, publish, stream_client
 
 
@@ -36,12 +36,12 @@ def events_sql(
     key_types = definition.key_types
     # int64 keys come out as integers whatever the column holds, so replay publishes "7".
     fields = ", ".join(
-        f"TRY_CAST({_q(f)} AS BIGINT) AS {_q(f)}" if key_types.get(f) == "int64" else _q(f)
+        f"{int_key_sql(_q(f))} AS {_q(f)}" if key_types.get(f) == "int64" else _q(f)
         for f in definition.fields
     )
     event_time = _q(definition.event_time)
     valid = [
-        f"TRY_CAST({_q(k)} AS BIGINT) IS NOT NULL"
+        f"{int_key_sql(_q(k))} IS NOT NULL"
         if kind == "int64"
         else f"{_q(k)} IS NOT NULL AND {_q(k)}::VARCHAR <> ''"
         for k, kind in key_types.items()
