@@ -158,8 +158,10 @@ def test_feature_views_document_lists_views_services_and_ttls(
     views = {v["name"]: v for v in document["feature_views"]}
     assert set(views) == {v.name for v in feature_layer.feature_views()}
     for view in feature_layer.feature_views():
-        assert views[view.name]["ttl_s"] == (view.ttl.total_seconds() if view.ttl else None)
         assert [f["name"] for f in views[view.name]["features"]] == [f.name for f in view.features]
+    # Three hours of weather; aircraft facts never expire (Feast's TTL 0), which is not "none".
+    assert views["weather_hourly"]["ttl_s"] == 3 * 3600
+    assert views["plane"]["ttl_s"] == 0
     services = {s.name for s in feature_layer.store.list_feature_services()}
     assert {s["name"] for s in document["feature_services"]} == services
 

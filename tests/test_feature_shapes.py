@@ -4,6 +4,7 @@ nothing. Real Redis (db 14), real Feast, on a small shop repo built in tmp_path.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -76,6 +77,7 @@ def rating_time(inputs):
 
 rating = FeatureService(name="rating",
     features=[item_facts, user_daily, category_daily, shop_daily, rating_time])
+shop_only = FeatureService(name="shop_only", features=[shop_daily])
 """
 
 
@@ -262,6 +264,20 @@ def test_features_get_reads_int_keys_entityless_views_and_declared_times(shop: S
     assert lines["shop_ratings"][0] == "90"
     assert lines["rated_hour"][0] == "13"
     assert lines["basket_double"][0] == "6"
+
+
+def test_features_get_of_a_service_of_views_without_entities_needs_no_key(shop: Shop) -> None:
+    argv = [
+        "features",
+        "get",
+        "--service",
+        "shop_only",
+        "--project",
+        str(shop.settings.project_dir),
+    ]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"shop_ratings\W+90\W", result.output), result.output
 
 
 def test_service_serves_int_keys_and_entityless_views_and_parses_only_declared_times(

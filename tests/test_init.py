@@ -153,3 +153,32 @@ def test_features_apply_registers_the_scaffold_as_written(
     names = layer.apply()
     assert names == ["item_attributes", "item_last_hour", "shop_daily", "user_daily", "shop"]
     assert [v.name for v in layer.store.list_on_demand_feature_views()] == ["rating_time"]
+
+
+def test_init_again_with_force_keeps_the_projects_ports(tmp_path: Path) -> None:
+    # Its running Redis and service still hold them: a rewrite must not move the project.
+    first = init_project(tmp_path / "shop").ports
+    config = yaml.safe_load((tmp_path / "shop" / "maquette.yaml").read_text())
+    config["redis"]["port"] = first.redis + 7  # set by hand since
+    (tmp_path / "shop" / "maquette.yaml").write_text(yaml.safe_dump(config))
+    again = init_project(tmp_path / "shop", force=True).ports
+    assert again.redis == first.redis + 7 and again.serving == first.serving
+
+
+def test_init_refuses_to_write_over_the_checkout_it_copies_from(tmp_path: Path) -> None:
+    checkout = tmp_path / "maquette"
+    for part in ("flows", "bentos"):
+        (checkout / part).mkdir(parents=True)
+        (checkout / part / "kept.py").write_text("mine\n")
+    with pytest.raises(ConfigError, match="is the Maquette checkout"):
+        init_project(checkout, force=True, checkout=checkout)
+    assert not (checkout / "maquette.yaml").exists()
+
+
+def test_init_prints_a_folder_with_spaces_and_brackets_as_a_shell_can_paste_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "my [shop]"
+    done = CliRunner().invoke(app, ["init", str(folder)])
+    assert done.exit_code == 0, done.output
+    assert f"cd '{folder}' && " in done.output.replace("\n", "")

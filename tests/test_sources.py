@@ -347,3 +347,11 @@ def test_epoch_times_beside_naive_local_times_read_the_local_ones_in_the_declare
     assert _loaded(settings, "ratings", "rated_at") == [_utc(2024, 6, 1, 10)]
     (row,) = pq.read_table(source_path(settings, "ratings")).to_pylist()
     assert row["signed_up"] == _utc(2024, 1, 15, 16)
+
+
+def test_duckdb_draws_no_progress_bar_into_output_that_is_not_a_terminal() -> None:
+    # DuckDB draws its bar on stdout: piped into jq, a long `--json` query would corrupt it.
+    from maquette.data.sql import duckdb_connection
+
+    con = duckdb_connection()  # pytest's captured stdout is not a terminal
+    assert con.execute("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]

@@ -136,8 +136,12 @@ def features_list(project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
 @features_app.command("get")
 def features_get(
     entity: Annotated[
-        list[str], typer.Argument(help="KEY=VALUE pairs: entity keys and request fields.")
-    ],
+        list[str] | None,
+        typer.Argument(
+            help="KEY=VALUE pairs: entity keys and request fields (none: a service "
+            "of views without entities)."
+        ),
+    ] = None,
     service: Annotated[
         str | None, typer.Option(help="Feature service (default from settings).")
     ] = None,
@@ -159,7 +163,7 @@ def features_get(
     from maquette.features.layer import FeatureLayer
 
     layer = FeatureLayer(project_settings(project))
-    row = entity_row(layer, _pairs(entity), service)
+    row = entity_row(layer, _pairs(entity or []), service)
     result = layer.online_features([row], service, when(as_of))
     console.print(online_features_table(result))
 

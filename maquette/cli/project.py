@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 
 from maquette.cli.options import ProjectOpt, console, project_settings
 from maquette.data import redis_server
@@ -28,13 +30,14 @@ def init(
     """
     result = init_project(folder, example=example, force=force)
     p = result.ports
-    console.print(f"created {result.folder} ({len(result.files)} files and folders)")
+    console.print(f"created {escape(str(result.folder))} ({len(result.files)} files and folders)")
     console.print(
         f"ports: redis {p.redis}, service {p.serving}, prefect {p.prefect}, runner {p.runner}"
     )
     console.print(f"you write: {result.user_lines} lines of YAML, SQL and Python (comments aside)")
     first = "" if example else "put your tables in data/ and edit maquette.yaml, then "
-    console.print(f"next: cd {folder} && {first}maquette data load && maquette features apply")
+    go = escape(shlex.quote(str(folder)))  # pasted into a shell as printed
+    console.print(f"next: cd {go} && {first}maquette data load && maquette features apply")
 
 
 @commands.command("url")

@@ -98,7 +98,8 @@ def feature_views_document(layer: FeatureLayer) -> dict[str, Any]:
         {
             "name": view.name,
             "entities": _entities(view),
-            "ttl_s": view.ttl.total_seconds() if view.ttl else None,
+            # Feast's TTL 0 means "never expires": 0, not null (no TTL declared).
+            "ttl_s": view.ttl.total_seconds() if view.ttl is not None else None,
             "online": view.online,
             "features": [{"name": f.name, "dtype": str(f.dtype)} for f in view.features],
         }

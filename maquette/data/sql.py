@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import duckdb
@@ -26,7 +27,9 @@ def duckdb_connection(
     """An in-memory DuckDB connection whose session time zone is UTC.
 
     `memory_limit` bounds DuckDB's memory and `spill_dir` is where it spills past that limit;
-    `quiet` turns off the progress bar, for processes whose output is a log file.
+    `quiet` turns off the progress bar, for processes whose output is a log file. It is off
+    too whenever stdout is not a terminal: DuckDB draws it on stdout, where a pipe expects
+    only the command's output (`--json` documents, tables).
     """
     con = duckdb.connect()
     # Stored times are UTC instants; a local session zone would shift what SQL prints and
@@ -37,6 +40,6 @@ def duckdb_connection(
     if spill_dir is not None:
         spill_dir.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = {sql_literal(spill_dir)}")
-    if quiet:
+    if quiet or not sys.stdout.isatty():
         con.execute("SET enable_progress_bar = false")
     return con

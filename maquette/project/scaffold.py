@@ -15,6 +15,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from maquette.errors import ConfigError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -66,7 +68,13 @@ def init_project(
             "Name a new or empty folder, or pass --force to write the project's files over it.",
         )
     sources = _adapters(checkout)
-    ports = project_ports(folder)
+    if folder in {source.parent.resolve() for source in sources.values()}:
+        raise ConfigError(
+            f"{folder} is the Maquette checkout init copies flows/ and bentos/ from.",
+            "Create the project in a folder of its own, e.g. `maquette init ../shop`.",
+        )
+    # A project written again (--force) keeps its ports: its running parts still hold them.
+    ports = _ports_in_settings(folder) or project_ports(folder)
     values = _values(folder, ports, example)
     written: list[Path] = []
     for template in sorted(TEMPLATES.rglob("*.tmpl")):
@@ -106,6 +114,21 @@ def project_ports(folder: Path) -> ProjectPorts:
         f"no four free ports in a row between {_PORT_LOW} and {_PORT_LOW + 4 * _PORT_SLOTS}.",
         "Free some ports, or set redis.port, serving.port and orchestration.*_port by hand.",
     )
+
+
+def _ports_in_settings(folder: Path) -> ProjectPorts | None:
+    """The four ports an existing maquette.yaml in `folder` names, if it names them all."""
+    try:
+        found = yaml.safe_load((folder / "maquette.yaml").read_text()) or {}
+        orchestration = found["orchestration"]
+        return ProjectPorts(
+            int(found["redis"]["port"]),
+            int(found["serving"]["port"]),
+            int(orchestration["prefect_port"]),
+            int(orchestration["runner_port"]),
+        )
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
 
 
 def user_lines(folder: Path) -> int:
