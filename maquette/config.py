@@ -9,6 +9,7 @@ underscore between section and field: `MAQUETTE_REDIS_URL`, `MAQUETTE_PATHS_STAT
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -19,7 +20,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from maquette.data_settings import DatasetSettings, StreamSettings
 from maquette.errors import ConfigError
-from maquette.model_spec import ModelSpec, Section, as_utc
+from maquette.model_spec import AlertThresholds, ModelSpec, ReferenceKind, Section, as_utc
+from maquette.window_spec import FORMS as WINDOW_FORMS
+from maquette.window_spec import DurationText, WindowSpec, WindowText, parse_window
 
 SETTINGS_FILE = "maquette.yaml"
 
@@ -165,11 +168,57 @@ class PredictionLogSettings(Section):
 class MonitoringSettings(Section):
     """Live metrics, Evidently reports, skew and freshness checks, alerts."""
 
-    windows: list[Literal["hourly", "daily"]] = Field(
-        ["daily", "hourly"], description="Metric windows kept (alerts use the first)."
+    windows: list[WindowText] = Field(
+        ["daily", "hourly"],
+        min_length=1,
+        description="Live-metric series kept (charts); the first is the models' default alert "
+        f"window. Each one of: {WINDOW_FORMS}.",
     )
-    report_window: Literal["daily", "weekly", "monthly"] = Field(
-        "weekly", description="One Evidently drift + quality report per this window."
+    report_window: WindowText = Field(
+        "weekly",
+        description="One Evidently drift + quality report per this window (the models' default "
+        "drift window).",
+    )
+    reference: ReferenceKind = Field(
+        "trailing",
+        description="Drift reference of the models: training (a sample of the train split), "
+        "trailing (the reference_trailing period before each window) or season (the same "
+        "period reference_season earlier).",
+    )
+    reference_trailing: DurationText = Field(
+        "28d", description="Length of the trailing reference before each drift window."
+    )
+    reference_season: DurationText = Field(
+        "364d", description="How far back the season reference lies (364d keeps weekdays)."
+    )
+    reference_min_rows: int = Field(
+        200,
+        ge=1,
+        description="A trailing or season reference with fewer rows falls back to training "
+        "(the report says so).",
+    )
+    drift_large_sample: int = Field(
+        1000,
+        ge=1,
+        description="Windows with at least this many rows use distance tests (Wasserstein, "
+        "Jensen-Shannon); smaller ones p-value tests (K-S, chi-square).",
+    )
+    drift_fdr: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Benjamini-Hochberg false discovery rate over one report's p-value tests.",
+    )
+    drift_distance_threshold: float = Field(
+        0.1,
+        gt=0,
+        description="A column drifts when its Wasserstein (normed) or Jensen-Shannon distance "
+        "is above this.",
+    )
+    label_wait: DurationText = Field(
+        "1d",
+        description="A complete window with too few labels is judged again until this long "
+        "after its end; then it is final as 'not enough data'.",
     )
     reference_rows: int = Field(
         20_000, ge=100, description="Training rows sampled as the drift reference."
@@ -178,7 +227,9 @@ class MonitoringSettings(Section):
         30_000, ge=100, description="Served rows sampled per report window (above: sampled)."
     )
     skew_sample: int = Field(
-        2_000, ge=1, description="Logged predictions whose features are recomputed offline."
+        200,
+        ge=1,
+        description="Logged predictions per alert window whose features are recomputed offline.",
     )
     skew_tolerance: float = Field(
         1e-6, ge=0, description="Relative difference under which two values agree."
@@ -191,6 +242,19 @@ class MonitoringSettings(Section):
     )
     webhook: str | None = Field(None, description="Alerts are POSTed here as JSON, if set.")
     webhook_timeout_s: float = Field(5.0, description="Give up on the webhook after this.")
+
+
+@dataclass(frozen=True)
+class ResolvedMonitoring:
+    """One model's monitoring with the project defaults filled in (`Settings.monitoring_of`)."""
+
+    model: str
+    alert_window: WindowSpec  # accuracy, missing features, skew
+    drift_window: WindowSpec  # drift reports
+    reference: str  # "training" | "trailing" | "season"
+    open_after: int
+    resolve_after: int
+    thresholds: AlertThresholds
 
 
 Component = Literal["redis", "prefect", "deployments", "service", "stream"]
@@ -346,6 +410,20 @@ class Settings(BaseSettings):
             )
         return self.models[name]
 
+    def monitoring_of(self, name: str) -> ResolvedMonitoring:
+        """How monitoring watches model `name`: its own settings, else the project's defaults."""
+        own = self.model_spec(name).monitoring
+        defaults = self.monitoring
+        return ResolvedMonitoring(
+            model=name,
+            alert_window=parse_window(own.window or defaults.windows[0]),
+            drift_window=parse_window(own.drift_window or defaults.report_window),
+            reference=own.reference or defaults.reference,
+            open_after=own.open_after,
+            resolve_after=own.resolve_after,
+            thresholds=own.thresholds,
+        )
+
     def entity_source(self, spec: ModelSpec | None = None) -> str:
         """The table of entities, event times and labels: the model's own, else the dataset's."""
         source = (spec.entity_source if spec else None) or self.dataset.entity_source
@@ -366,6 +444,21 @@ class Settings(BaseSettings):
                 "maquette.yaml to one defined in the feature repo.",
             )
         return self.feast.feature_service
+
+
+def alert_window(settings: Settings, name: str) -> WindowSpec:
+    """The window accuracy, missing-feature and skew verdicts of model `name` are judged in."""
+    return settings.monitoring_of(name).alert_window
+
+
+def drift_window(settings: Settings, name: str) -> WindowSpec:
+    """The window of model `name`'s drift reports."""
+    return settings.monitoring_of(name).drift_window
+
+
+def reference_kind(settings: Settings, name: str) -> str:
+    """The drift reference kind of model `name`: training, trailing or season."""
+    return settings.monitoring_of(name).reference
 
 
 def find_project_dir(start: Path | None = None) -> Path:

@@ -1,7 +1,7 @@
 """A model declared in `maquette.yaml`: task, label, features, time split, search, labels, alerts.
 
 `config.Settings.models` holds one `ModelSpec` per model name; `config` builds its sections on
-`Section` too. This module imports nothing from Maquette, so it sits below `config`.
+`Section` too. This module imports only `window_spec` (window fields), so it sits below `config`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from maquette.window_spec import WindowText
+
+ReferenceKind = Literal["training", "trailing", "season"]
 
 
 class Section(BaseModel):
@@ -91,28 +95,79 @@ class LabelSpec(Section):
 
 
 class AlertThresholds(Section):
-    """Live values that raise an alert (unset: not checked)."""
+    """When a judged window breaches (unset: not checked)."""
 
     rmse_above: float | None = Field(None, description="Regression: window RMSE above this.")
     mae_above: float | None = Field(None, description="Regression: window MAE above this.")
     r2_below: float | None = Field(None, description="Regression: window R² below this.")
     auc_below: float | None = Field(None, description="Binary: window AUC below this.")
     log_loss_above: float | None = Field(None, description="Binary: window log loss above this.")
+    worse_than_test: float | None = Field(
+        0.5,
+        ge=0,
+        description="Breach when the window's primary metric is worse than the version's test "
+        "value on the same partition by more than this fraction (regression: RMSE ratio - 1; "
+        "binary: log-loss ratio - 1).",
+    )
+    bias_above: float | None = Field(
+        None, ge=0, description="Regression: |mean(prediction - label)| in a window above this."
+    )
     drift_share_above: float | None = Field(
-        None, description="Share of served features drifted from the training reference."
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of served features drifted from the reference in a drift window.",
     )
     missing_feature_rate_above: float | None = Field(
         None, description="Share of predictions served with a missing or stale feature."
     )
+    missing_rate_increase_above: float | None = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Per feature: missing-or-stale share in the window minus the feature's null "
+        "share in training.",
+    )
+    skew_rate_above: float | None = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Per feature: share of sampled predictions whose served value differs from "
+        "the offline recomputation.",
+    )
     min_labelled: int = Field(
         30, ge=1, description="Accuracy alerts need at least this many labelled rows in a window."
+    )
+    min_rows: int = Field(
+        30,
+        ge=1,
+        description="Predictions a window needs before drift, missing features or skew judge it.",
     )
 
 
 class ModelMonitoring(Section):
-    """What monitoring watches for one model and what an alert does."""
+    """What monitoring watches for one model, in which windows, and what an alert does."""
 
     thresholds: AlertThresholds = Field(default_factory=AlertThresholds)
+    window: WindowText | None = Field(
+        None,
+        description="Alert window of accuracy, missing features and skew, e.g. daily, 6h, "
+        "'30 labelled' (null: the first of monitoring.windows).",
+    )
+    drift_window: WindowText | None = Field(
+        None, description="Window of drift reports (null: monitoring.report_window)."
+    )
+    reference: ReferenceKind | None = Field(
+        None,
+        description="Drift reference: training split, trailing served period, or the same "
+        "period a season ago (null: monitoring.reference).",
+    )
+    open_after: int = Field(
+        1, ge=1, description="Consecutive breaching judged windows that open an incident."
+    )
+    resolve_after: int = Field(
+        1, ge=1, description="Consecutive clear judged windows that resolve an open incident."
+    )
     retrain_on_alert: bool = Field(
         False, description="An accuracy or drift alert starts the training flow for a candidate."
     )

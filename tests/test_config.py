@@ -44,6 +44,21 @@ def test_environment_overrides_the_settings_file(
     assert redis_url(settings) == embedded_url(settings) == "redis://127.0.0.1:7001/0"
 
 
+def test_window_settings_come_from_the_environment_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAQUETTE_MONITORING_REPORT_WINDOW", "monthly")
+    monkeypatch.setenv("MAQUETTE_MONITORING_WINDOWS", '["6h", "30 labelled"]')
+    settings = load_settings(tmp_path)
+    assert (settings.monitoring.report_window, settings.monitoring.windows) == (
+        "monthly",
+        ["6h", "30 labelled"],
+    )
+    monkeypatch.setenv("MAQUETTE_MONITORING_LABEL_WAIT", "a day")
+    with pytest.raises(ConfigError, match=r"(?s)monitoring\.label_wait.*unknown duration 'a day'"):
+        load_settings(tmp_path)
+
+
 def test_maquette_redis_url_selects_an_external_redis(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,9 +132,9 @@ def test_bad_label_inputs_say_what_is_wrong(served_december, tmp_path: Path) -> 
     bad.write_text("id,value\n1,2\n")
     with pytest.raises(InvalidEntityFrame, match="lacks column"):
         labels.ingest_labels(settings, "flight_delay", bad)
-    with pytest.raises(ConfigError, match="unknown window 'weekly'"):
+    with pytest.raises(ConfigError, match="unknown window 'fortnightly'"):
         live_metrics(
-            settings, "flight_delay", labels.join_labels(settings, "flight_delay"), "weekly"
+            settings, "flight_delay", labels.join_labels(settings, "flight_delay"), "fortnightly"
         )
     with pytest.raises(DataNotLoaded, match="no scored predictions"):
         live_metrics(

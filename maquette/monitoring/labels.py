@@ -201,7 +201,8 @@ def join_labels(
 ) -> pa.Table:
     """Every logged prediction of `name` with its label when known; written to the offline store.
 
-    With `as_of`, a label counts only if it was available by then (replays and backtests).
+    With `as_of`, a label counts only if it was available by then, and predictions requested at
+    or after `as_of` are left out (replays and backtests: the pass sees what existed then).
     One DuckDB statement from the Parquet log to the scored Parquet file: a million logged
     predictions never pass through Python; `columns` reads back only those.
     """
@@ -225,6 +226,7 @@ def join_labels(
         return f"(CASE {cases} END)"
 
     label_sql, known_sql = chosen(LABEL), chosen("label_available_at")
+    requested = f" AND p.request_time < '{as_of.isoformat()}'::TIMESTAMPTZ" if as_of else ""
     target = scored_path(settings, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial.parquet")
@@ -237,7 +239,7 @@ def join_labels(
                    {known_sql}::TIMESTAMPTZ AS label_available_at,
                    date_diff('second', p.request_time, {known_sql}::TIMESTAMPTZ) AS label_delay_s
             FROM p {" ".join(joins)}
-            WHERE NOT p.shadow
+            WHERE NOT p.shadow{requested}
         ) TO '{partial}' (FORMAT parquet)""")
     partial.replace(target)  # readers never see a half-written table
     return pq.read_table(target, columns=columns)
