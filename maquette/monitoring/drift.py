@@ -1,26 +1,31 @@
 """Evidently reports of served models: feature drift, prediction drift and quality, per window.
 
-For each report window (weekly by default) and served version, one Evidently report compares
-what the model received in that window with the training reference recorded in the version
-(its train split): data drift of every feature, drift of the prediction, and regression or
-classification quality on the rows whose label is known. Each report is saved as
-self-contained HTML under `reports/monitoring/NAME/` and as a snapshot in a local Evidently
-workspace (`evidently ui --workspace .maquette/evidently`). Reports of windows whose rows did not
-change since the last run are kept, not recomputed.
+For each drift window of the model (`models.<name>.monitoring.drift_window`, else
+`monitoring.report_window`: weekly by default; any window spec, `500 rows` included) and served
+version, one Evidently report compares what the model received in that window with a
+reference (`reference.py`: the training split, the trailing weeks of traffic, or the same period
+a season earlier): data drift of every feature, drift of the prediction, and regression or
+classification quality on the rows whose label is known. Each column gets the test its
+window's size calls for, and small windows' p-values are corrected for testing many columns at
+once (`drift_tests.py`); the share of drifted features is Maquette's count of those verdicts.
 
-Large windows stay fast: the reference is a seeded sample of `monitoring.reference_rows`
-training rows and a window is sampled down to `monitoring.report_rows`; a report says so.
+Only complete windows are judged (a time window whose end is at or before `as_of`, a count
+window holding its N rows); an open window is reported and marked. A window with fewer than
+the model's `thresholds.min_rows` predictions is "not enough data": listed, never run through
+Evidently. Reports are saved as self-contained HTML under `reports/monitoring/NAME/` and as
+snapshots in a local Evidently workspace (`evidently ui --workspace .maquette/evidently`).
+Reports of windows whose rows (and reference period) did not change are kept, not recomputed.
+Large windows stay fast: a window is sampled down to `monitoring.report_rows`, a reference to
+`monitoring.reference_rows`; a report says so.
 """
 
 from __future__ import annotations
 
-import contextlib
+import html
 import json
 import math
-import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +35,31 @@ import pyarrow as pa
 
 from maquette import registry
 from maquette.config import Settings
-from maquette.data.sql import duckdb_connection
+from maquette.monitoring import evidently_runs as runs
+from maquette.monitoring.drift_tests import ColumnTests, described_tests, plan_tests, pool_rare
+from maquette.monitoring.evidently_runs import open_workspace, reports_dir
 from maquette.monitoring.labels import LABEL
 from maquette.monitoring.live_metrics import quality_scores
-from maquette.training.model_types import LABEL as TRAINING_LABEL
-from maquette.training.model_types import TrainedModel
-from maquette.version_record import VersionRecord
+from maquette.monitoring.reference import (
+    SEED,
+    reference_frame,
+    reference_period_rows,
+    served_inputs,
+    served_rows,
+)
+from maquette.window_spec import WindowSpec
 
-PERIODS = {"daily": "D", "weekly": "W-SUN", "monthly": "M"}
-SEED = 7
+# Kept importable from here: callers and tests used them before reference.py existed.
+__all__ = [
+    "SEED",
+    "WindowReport",
+    "load_index",
+    "open_workspace",
+    "reports_dir",
+    "served_inputs",
+    "window_reports",
+    "windows_of",
+]
 
 
 @dataclass
@@ -53,174 +74,207 @@ class WindowReport:
     labelled: int
     sampled_rows: int
     reference_rows: int
-    drift_share: float
+    drift_share: float  # Maquette's: drifted_features / compared features
     drifted_features: list[str]
-    feature_drift: dict[str, float]
-    drift_method: dict[str, str]
+    feature_drift: dict[str, float]  # p-value (small windows) or distance (large ones)
+    drift_method: dict[str, str]  # Evidently stat test name per column
     prediction_drift: float | None
     quality: dict[str, float] = field(default_factory=dict)
     html: str = ""
     quality_html: str = ""
     note: str = ""
     workspace_runs: list[str] = field(default_factory=list)  # Evidently run ids, replaced on redo
+    window: str = ""  # canonical window name: weekly, 500-rows, ...
+    complete: bool = True  # only complete windows are judged
+    enough: bool = True  # rows >= the model's thresholds.min_rows
+    reference: str = "training"  # kind actually used (a fallback says so in reference_note)
+    reference_note: str = ""  # which rows: period, served and split rows, or why the fallback
+    tests: dict[str, str] = field(default_factory=dict)  # per column, the test in words
+    corrected: bool = False  # Benjamini-Hochberg over the report's p-values
+    adjusted_p: dict[str, float] = field(default_factory=dict)  # BH-adjusted p-values
+    fingerprint: str = ""  # settings and reference rows the report depended on
 
 
-def reports_dir(settings: Settings, name: str) -> Path:
-    return settings.path(settings.paths.reports) / "monitoring" / name
+@dataclass
+class Window:
+    """One window of one version's scored predictions."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    complete: bool
+    rows: pd.DataFrame
 
 
-def served_inputs(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """The feature values the model received: served values, missing or stale ones as null."""
-    decoded = [json.loads(s) for s in frame["features"]]
-    hidden = [
-        set(m if m is not None else ()) | set(s if s is not None else ())
-        for m, s in zip(frame["missing"], frame["stale"], strict=True)
-    ]
-    rows = [
-        {f: (None if f in h else v.get(f)) for f in features}
-        for v, h in zip(decoded, hidden, strict=True)
-    ]
-    return pd.DataFrame.from_records(rows, columns=features, index=frame.index)
+def windows_of(frame: pd.DataFrame, spec: WindowSpec, as_of: datetime) -> list[Window]:
+    """The windows of scored-prediction rows (one version's): time buckets or N-row counts.
 
-
-def reference_frame(settings: Settings, version: registry.ModelVersion) -> pd.DataFrame:
-    """A seeded sample of the version's training rows, with the version's predictions on them."""
-    record = version.record
-    path = record.data["train"].path
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"the training set of {version.tag} is gone ({path}); drift needs it as reference."
-        )
-    rows = settings.monitoring.reference_rows
-    con = duckdb_connection()
-    frame = con.sql(
-        f"SELECT * FROM read_parquet('{path}') USING SAMPLE reservoir({rows} ROWS) "
-        f"REPEATABLE ({SEED})"
-    ).df()
-    model = TrainedModel.load(version.path, record)
-    frame["prediction"], _ = model.predict(frame)
-    return frame.rename(columns={TRAINING_LABEL: LABEL})
-
-
-def _window_starts(times: pd.Series, every: str) -> pd.Series:
-    naive = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    return naive.dt.to_period(PERIODS[every]).dt.start_time.dt.tz_localize("UTC")
-
-
-def _drift_verdict(method: str, score: float, threshold: float) -> bool:
-    # Statistical tests give p-values (drift when small); distances drift when large.
-    return score < threshold if "p_value" in method else score >= threshold
-
-
-def _datasets(record: VersionRecord, frames: list[pd.DataFrame], with_label: bool) -> list[Any]:
-    """Evidently datasets of the served features and the prediction (and the label)."""
-    # Lazy: Evidently takes seconds to import.
-    from evidently import BinaryClassification, DataDefinition, Dataset, Regression
-
-    features = list(record.feature_names)
-    categorical = [f for f in features if f in record.categories]
-    numerical = [f for f in features if f not in categorical]
-    binary = record.task == "binary"
-    kinds: dict[str, Any] = {}
-    if with_label:
-        kinds = (
-            {"classification": [BinaryClassification(target=LABEL, prediction_probas="prediction")]}
-            if binary
-            else {"regression": [Regression(target=LABEL, prediction="prediction")]}
-        )
-    definition = DataDefinition(
-        numerical_columns=[
-            *numerical,
-            "prediction",
-            *([LABEL] if with_label and not binary else []),
-        ],
-        categorical_columns=categorical,
-        **kinds,
-    )
-    columns = [*features, "prediction", *([LABEL] if with_label else [])]
+    A time window is complete once its end is at or before `as_of`; a count window once it
+    holds its N rows (`rows`) or N labelled rows (`labelled`, the unlabelled rows between
+    belonging to the window of the next labelled one). Count windows run from their first to
+    their last request time.
+    """
+    if frame.empty:
+        return []
+    times = frame["request_time"]
+    if spec.is_time:
+        starts = _window_starts(times, spec)
+        out = []
+        for start, rows in frame.groupby(starts, sort=True):
+            stamp = pd.Timestamp(start)
+            end = pd.Timestamp(spec.end_of(stamp.to_pydatetime()))
+            out.append(Window(stamp, end, end <= pd.Timestamp(as_of), rows))
+        return out
+    assert spec.count is not None
+    ordered = frame.sort_values(["request_time", "prediction_id"], kind="stable")
+    if spec.counts == "labelled":
+        known = ordered[LABEL].notna().to_numpy()
+        index = (np.cumsum(known) - known) // spec.count
+        counted = pd.Series(known, index=ordered.index)
+    else:
+        index = np.arange(len(ordered)) // spec.count
+        counted = pd.Series(True, index=ordered.index)
     out = []
-    for frame in frames:
-        data = frame[columns].copy()
-        for col in [*numerical, "prediction"]:
-            # JSON-decoded served values arrive as objects (None for missing).
-            data[col] = pd.to_numeric(data[col], errors="coerce").astype(float)
-        for col in categorical:
-            data[col] = data[col].astype("string")
-        if with_label:
-            data[LABEL] = data[LABEL].astype(int if binary else float)
-        out.append(Dataset.from_pandas(data, data_definition=definition))
+    for _, rows in ordered.groupby(index, sort=True):
+        full = int(counted.loc[rows.index].sum()) >= spec.count
+        span = rows["request_time"]
+        out.append(Window(pd.Timestamp(span.min()), pd.Timestamp(span.max()), full, rows))
     return out
+
+
+def _window_starts(times: pd.Series, spec: WindowSpec) -> pd.Series:
+    utc = times.dt.tz_convert("UTC")
+    if spec.calendar == "month":
+        naive = utc.dt.tz_localize(None)
+        return naive.dt.to_period("M").dt.start_time.dt.tz_localize("UTC")
+    assert spec.every is not None and spec.origin is not None
+    origin, every = pd.Timestamp(spec.origin), pd.Timedelta(spec.every)
+    return origin + ((utc - origin) // every) * every
 
 
 def window_report(
     settings: Settings,
     version: registry.ModelVersion,
-    reference: pd.DataFrame,
-    window: pd.DataFrame,
-    start: pd.Timestamp,
-    end: pd.Timestamp,
+    window: Window,
+    spec: WindowSpec,
+    reference: tuple[pd.DataFrame, str, str],
     workspace: Any | None,
-    replaces: Sequence[str] = (),
+    replaces: list[str],
 ) -> WindowReport:
     """Run Evidently on one window of served rows (scored-predictions rows, labels when known)."""
     record = version.record
     features = list(record.feature_names)
-    rows, labelled = len(window), int(window[LABEL].notna().sum())
+    rows, labelled = len(window.rows), int(window.rows[LABEL].notna().sum())
+    sample = window.rows
     if rows > settings.monitoring.report_rows:
-        window = window.sample(settings.monitoring.report_rows, random_state=SEED)
-    current = served_inputs(window, features)
-    current["prediction"] = window["prediction"].to_numpy(float)
-    current[LABEL] = window[LABEL].to_numpy(float)
-    one_class = record.task == "binary" and window[LABEL].dropna().nunique() < 2
+        sample = sample.sample(settings.monitoring.report_rows, random_state=SEED)
+    current = served_rows(sample, features)
+    frame, kind, ref_note = reference
+    numerical, categorical = runs.column_kinds(record)
+    pooled: list[str] = []
+    if len(sample) < settings.monitoring.drift_large_sample:
+        current, frame, pooled = pool_rare(current, frame, categorical)
+    one_class = record.task == "binary" and sample[LABEL].dropna().nunique() < 2
     # Evidently cannot test a column with no values on one side; say so instead.
-    empty = [f for f in features if current[f].isna().all() or reference[f].isna().all()]
-    notes = _window_notes(version, reference, rows, len(window), labelled, one_class, empty)
-    compared = [f for f in features if f not in empty]
-    snapshot, quality = _evidently_runs(
-        version, current, reference, compared, labelled > 0 and not one_class, notes, start
+    empty = [f for f in features if current[f].isna().all() or frame[f].isna().all()]
+    typed = [runs.comparable(record, f, with_label=False) for f in (current, frame)]
+    tests = _tests(settings, typed, numerical, categorical, empty, len(sample))
+    notes = _window_notes(rows, len(sample), labelled, one_class, empty, kind, ref_note)
+    notes.append(f"tests: {tests.why}")
+    if pooled:
+        notes.append(f"categories expected < 5 times pooled for chi-square: {', '.join(pooled)}")
+    metadata = {
+        "model": version.name,
+        "version": version.version,
+        "window": spec.name,
+        "reference": kind,
+        "reference_note": ref_note,
+        "tests": tests.why,
+        "note": "; ".join(notes),
+    }
+    start = window.start.to_pydatetime()
+    snapshot, quality = runs.evidently_runs(
+        version, current, frame, tests, labelled > 0 and not one_class, metadata, start
     )
+    scores, methods, prediction = runs.drift_scores(snapshot)
+    drifted = tests.drifted(scores, settings.monitoring.drift_fdr)
     found = WindowReport(
         version.name,
         version.version,
-        start.isoformat(),
-        end.isoformat(),
+        window.start.isoformat(),
+        window.end.isoformat(),
         rows,
         labelled,
-        len(window),
-        len(reference),
-        0.0,
-        [],
-        {},
-        {},
-        None,
+        len(sample),
+        len(frame),
+        len(drifted) / len(tests.methods) if tests.methods else 0.0,
+        drifted,
+        scores,
+        methods,
+        prediction,
         note="; ".join(notes),
+        window=spec.name,
+        complete=window.complete,
+        reference=kind,
+        reference_note=ref_note,
+        tests=described_tests(tests.methods),
+        corrected=tests.corrected,
+        adjusted_p=tests.adjusted,
     )
-    _read_drift(snapshot, found)
     if labelled:
-        known = window[window[LABEL].notna()]
+        known = sample[sample[LABEL].notna()]
         found.quality = quality_scores(
             record, known[LABEL].to_numpy(float), known["prediction"].to_numpy(float)
         )
-    _save_reports(settings, version, start, snapshot, quality, found)
+    found.html, found.quality_html = runs.save_reports(
+        settings, version, _stem(version, spec, window), (snapshot, quality), notes
+    )
     if workspace is not None:
-        _add_to_workspace(workspace, version, (snapshot, quality), found, replaces)
+        found.workspace_runs = runs.add_to_workspace(
+            workspace, version, (snapshot, quality), replaces
+        )
     return found
 
 
+def _tests(
+    settings: Settings,
+    frames: list[pd.DataFrame],
+    numerical: list[str],
+    categorical: list[str],
+    empty: list[str],
+    rows: int,
+) -> ColumnTests:
+    current, reference = frames
+    monitoring = settings.monitoring
+    return plan_tests(
+        current,
+        reference,
+        [c for c in numerical if c not in empty],
+        [c for c in categorical if c not in empty],
+        rows,
+        monitoring.drift_large_sample,
+        monitoring.drift_fdr,
+        monitoring.drift_distance_threshold,
+    )
+
+
+def _stem(version: registry.ModelVersion, spec: WindowSpec, window: Window) -> str:
+    return f"{version.name}_{version.version}_{spec.name}_{window.start:%Y-%m-%dT%H%M%S}"
+
+
 def _window_notes(
-    version: registry.ModelVersion,
-    reference: pd.DataFrame,
     rows: int,
     sampled: int,
     labelled: int,
     one_class: bool,
     empty: list[str],
+    kind: str,
+    ref_note: str,
 ) -> list[str]:
-    """What a reader of the report must know: sampling, missing labels, untested columns."""
+    """What a reader of the report must know: sampling, reference, labels, untested columns."""
     notes = []
     if sampled < rows:
         notes.append(f"current window sampled: {sampled:,} of {rows:,} rows")
-    notes.append(f"reference: {len(reference):,} sampled training rows of {version.tag}")
+    notes.append(f"reference ({kind}): {ref_note}")
     if not labelled:
         notes.append("no labels yet in this window: quality not computed")
     if labelled and one_class:
@@ -230,137 +284,46 @@ def _window_notes(
     return notes
 
 
-def _evidently_runs(
-    version: registry.ModelVersion,
-    current: pd.DataFrame,
-    reference: pd.DataFrame,
-    compared: list[str],
-    with_quality: bool,
-    notes: list[str],
-    start: pd.Timestamp,
-) -> tuple[Any, Any | None]:
-    """The drift snapshot of one window and, when its labels allow, the quality snapshot."""
-    # Evidently takes seconds to import: loaded when a report is made, not with the package.
-    from evidently import Report
-    from evidently.metrics import ValueDrift
-    from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
-
-    record = version.record
-    metadata = {"model": version.name, "version": version.version, "note": "; ".join(notes)}
-    tags = [version.name, version.version]
-    with warnings.catch_warnings():
-        # Evidently warns about its own internal slices (a window with one class, a column
-        # with no values yet); the report shows those cases.
-        warnings.simplefilter("ignore")
-        drift_data, reference_data = _datasets(record, [current, reference], with_label=False)
-        snapshot = Report(
-            [DataDriftPreset(columns=compared), ValueDrift(column="prediction")],
-            metadata={**metadata, "report": "drift"},
-            tags=[*tags, "drift"],
-        ).run(drift_data, reference_data, timestamp=start.to_pydatetime())
-        quality = None
-        if with_quality:
-            known = current[current[LABEL].notna()]
-            preset = ClassificationPreset() if record.task == "binary" else RegressionPreset()
-            quality = Report(
-                [preset], metadata={**metadata, "report": "quality"}, tags=[*tags, "quality"]
-            ).run(
-                *_datasets(record, [known, reference], with_label=True),
-                timestamp=start.to_pydatetime(),
-            )
-    return snapshot, quality
-
-
-def _read_drift(snapshot: Any, found: WindowReport) -> None:
-    """Copy the drift share, per-feature scores and prediction drift of a snapshot into `found`."""
-    for metric in snapshot.dict()["metrics"]:
-        config, value = metric["config"], metric["value"]
-        kind = config.get("type", "")
-        if kind.endswith("DriftedColumnsCount"):
-            found.drift_share = float(value["share"])
-        elif kind.endswith("ValueDrift"):
-            score = float(value)
-            column = config["column"]
-            if column == "prediction":
-                found.prediction_drift = score
-                continue
-            found.feature_drift[column] = score
-            found.drift_method[column] = config["method"]
-            if _drift_verdict(config["method"], score, config["threshold"]):
-                found.drifted_features.append(column)
-
-
-def _save_reports(
+def _not_enough(
     settings: Settings,
     version: registry.ModelVersion,
-    start: pd.Timestamp,
-    snapshot: Any,
-    quality: Any | None,
-    found: WindowReport,
-) -> None:
-    """Write the window's reports as self-contained HTML and note where in `found`."""
+    spec: WindowSpec,
+    window: Window,
+    min_rows: int,
+    kind: str,
+) -> WindowReport:
+    """A window too small to judge: listed, with a one-line page saying so, never tested."""
+    rows = len(window.rows)
+    note = f"not enough data: {rows:,} predictions, fewer than min_rows {min_rows:,}; not tested"
     folder = reports_dir(settings, version.name)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{version.name}_{version.version}_{start:%Y-%m-%d}"
-    snapshot.save_html(str(folder / f"{stem}_drift.html"))
-    found.html = str(folder / f"{stem}_drift.html")
-    if quality is not None:
-        quality.save_html(str(folder / f"{stem}_quality.html"))
-        found.quality_html = str(folder / f"{stem}_quality.html")
-
-
-def _add_to_workspace(
-    workspace: Any,
-    version: registry.ModelVersion,
-    runs: tuple[Any, Any | None],
-    found: WindowReport,
-    replaces: Sequence[str],
-) -> None:
-    """Add the window's runs to the Evidently workspace, replacing the window's earlier ones."""
-    project = _workspace_project(workspace, version.name, version.record.task)
-    for run in runs:
-        if run is not None:
-            added = workspace.add_run(project.id, run, include_data=False)
-            found.workspace_runs.append(str(added.id))
-    # The window's earlier runs go once the new ones are in: one run per report per window.
-    for old in replaces:
-        with contextlib.suppress(Exception):  # already gone (a workspace reset by hand)
-            workspace.delete_run(project.id, old)
-
-
-def open_workspace(settings: Settings) -> Any:
-    # Lazy: Evidently takes seconds to import.
-    from evidently.ui.workspace import Workspace
-
-    return Workspace.create(str(settings.path(settings.monitoring.workspace)))
-
-
-def _workspace_project(workspace: Any, name: str, task: str) -> Any:
-    for project in workspace.search_project(f"maquette: {name}"):
-        return project
-    # Lazy: Evidently takes seconds to import.
-    from evidently.sdk.panels import PanelMetric, line_plot_panel
-
-    project = workspace.create_project(
-        f"maquette: {name}", description=f"Drift and quality of {name}, per window."
+    page = folder / f"{_stem(version, spec, window)}_drift.html"
+    page.write_text(
+        f"<!doctype html><meta charset='utf-8'><title>{version.tag} {spec.name}</title>"
+        f"<p>{html.escape(version.tag)}, {spec.name} window from {window.start:%Y-%m-%d %H:%M} "
+        f"UTC: {html.escape(note)}.</p>"
     )
-    # The dashboard `evidently ui` opens on: the reports' headline values over the windows.
-    quality = ("RMSE", "RMSE") if task == "regression" else ("RocAuc", "ROC AUC")
-    panels = [
-        ("Share of drifted features", "DriftedColumnsCount", {"value_type": "share"}, "drift"),
-        ("Prediction drift", "ValueDrift", {"column": "prediction"}, "drift"),
-        (quality[1], quality[0], {}, "quality"),
-    ]
-    for title, metric, labels, tag in panels:
-        project.dashboard.add_panel(
-            line_plot_panel(
-                title,
-                [PanelMetric(legend=title, metric=metric, metric_labels=labels, tags=[tag])],
-                size="half",
-            ),
-            tab="Monitoring",
-        )
-    return project
+    return WindowReport(
+        version.name,
+        version.version,
+        window.start.isoformat(),
+        window.end.isoformat(),
+        rows,
+        int(window.rows[LABEL].notna().sum()),
+        0,
+        0,
+        0.0,
+        [],
+        {},
+        {},
+        None,
+        html=str(page),
+        note=note,
+        window=spec.name,
+        complete=window.complete,
+        enough=False,
+        reference=kind,
+    )
 
 
 def _index_path(settings: Settings, name: str) -> Path:
@@ -371,47 +334,89 @@ def load_index(settings: Settings, name: str) -> list[WindowReport]:
     path = _index_path(settings, name)
     if not path.is_file():
         return []
-    return [WindowReport(**entry) for entry in json.loads(path.read_text())]
+    known = set(WindowReport.__dataclass_fields__)
+    return [
+        WindowReport(**{k: v for k, v in entry.items() if k in known})
+        for entry in json.loads(path.read_text())
+    ]
+
+
+def _fingerprint(settings: Settings, kind: str, min_rows: int, served_in_period: int) -> str:
+    """What else than the window's rows a report depends on: a change means a redo."""
+    m = settings.monitoring
+    knobs = [
+        kind,
+        served_in_period,
+        min_rows,
+        m.reference_trailing,
+        m.reference_season,
+        m.reference_min_rows,
+        m.reference_rows,
+        m.report_rows,
+        m.drift_large_sample,
+        m.drift_fdr,
+        m.drift_distance_threshold,
+    ]
+    return "|".join(map(str, knobs))
 
 
 def window_reports(
-    settings: Settings, name: str, scored: pa.Table, announce: Any = None
+    settings: Settings,
+    name: str,
+    scored: pa.Table,
+    announce: Any = None,
+    as_of: datetime | None = None,
 ) -> list[WindowReport]:
-    """One report per (version, report window) of the scored predictions; unchanged ones kept."""
+    """One report per (version, drift window) of the scored predictions; unchanged ones kept."""
+    as_of = as_of or datetime.now(UTC)
+    watch = settings.monitoring_of(name)
+    spec, kind, min_rows = watch.drift_window, watch.reference, watch.thresholds.min_rows
     frame = scored.to_pandas()
-    every = settings.monitoring.report_window
-    frame["window_start"] = _window_starts(frame["request_time"], every)
-    known = {(r.version, r.window_start): r for r in load_index(settings, name)}
-    workspace = open_workspace(settings)
+    frame = frame[frame["request_time"] < pd.Timestamp(as_of)]
+    known = {(r.version, r.window, r.window_start): r for r in load_index(settings, name)}
+    workspace: Any | None = None
     out: list[WindowReport] = []
     for version_id, rows in frame.groupby("version"):
         version = registry.resolve(settings, f"{name}:{version_id}")
-        reference: pd.DataFrame | None = None
-        for start, window in rows.groupby("window_start"):
-            previous = known.get((str(version_id), start.isoformat()))
-            labelled = int(window[LABEL].notna().sum())
-            if (
-                previous
-                and previous.rows == len(window)
-                and previous.labelled == labelled
-                and Path(previous.html).is_file()
-            ):
-                out.append(previous)
+        for window in windows_of(rows, spec, as_of):
+            start, end = window.start.to_pydatetime(), window.end.to_pydatetime()
+            if len(window.rows) < min_rows:
+                out.append(_not_enough(settings, version, spec, window, min_rows, kind))
                 continue
-            if reference is None:
-                reference = reference_frame(settings, version)
-            end = (pd.Period(start.tz_localize(None), PERIODS[every]) + 1).start_time
-            end = end.tz_localize("UTC")
-            if announce:
-                announce(f"{version.tag}: report for the window from {start:%Y-%m-%d}")
-            replaces = previous.workspace_runs if previous else []
-            out.append(
-                window_report(settings, version, reference, window, start, end, workspace, replaces)
+            fingerprint = _fingerprint(
+                settings, kind, min_rows, reference_period_rows(settings, kind, start, end, frame)
             )
+            previous = known.get((str(version_id), spec.name, window.start.isoformat()))
+            if _still_valid(previous, window, fingerprint):
+                assert previous is not None
+                out.append(replace(previous, complete=window.complete))
+                continue
+            reference = reference_frame(settings, version, kind, start, end, frame)
+            if announce:
+                announce(
+                    f"{version.tag}: {spec.name} drift report from {window.start:%Y-%m-%d %H:%M}"
+                )
+            workspace = workspace if workspace is not None else open_workspace(settings)
+            replaces = previous.workspace_runs if previous else []
+            report = window_report(settings, version, window, spec, reference, workspace, replaces)
+            report.fingerprint = fingerprint
+            out.append(report)
     path = _index_path(settings, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([asdict(r) for r in out], indent=1, default=_json_default))
     return out
+
+
+def _still_valid(previous: WindowReport | None, window: Window, fingerprint: str) -> bool:
+    """A kept report: same rows, same labelled rows, same reference and settings, HTML there."""
+    return (
+        previous is not None
+        and previous.enough
+        and previous.rows == len(window.rows)
+        and previous.labelled == int(window.rows[LABEL].notna().sum())
+        and previous.fingerprint == fingerprint
+        and Path(previous.html).is_file()
+    )
 
 
 def _json_default(value: Any) -> Any:

@@ -5,13 +5,20 @@ point in time as of each prediction's request time (the same `training_frame` tr
 and compared with what the model received online (a served value, or null when it was missing
 or stale). Mismatch rate per feature; a few examples of each mismatch are kept for the report.
 Michelangelo's rule: the same feature definitions for training and serving, checked on live data.
+
+`skew_windows` does this per alert window of the model (at most `monitoring.skew_sample`
+predictions each), so a feature served in other units from some day on shows from that day's
+window on. Complete windows are kept in `offline_store/monitoring/NAME_skew_WINDOW.json` and
+reused while their row count is unchanged: an hourly pass recomputes only the open window.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,7 +27,10 @@ import pyarrow as pa
 from maquette import registry
 from maquette.config import Settings
 from maquette.features.layer import FeatureLayer
-from maquette.monitoring.drift import SEED, served_inputs
+from maquette.monitoring.drift import Window, windows_of
+from maquette.monitoring.reference import SEED, served_inputs
+from maquette.version_record import VersionRecord
+from maquette.window_spec import WindowSpec, parse_window
 
 TIMESTAMP = "__request_time"
 
@@ -32,6 +42,28 @@ class SkewReport:
     rows: int
     mismatch_rate: dict[str, float]
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def worst(self) -> float:
+        return max(self.mismatch_rate.values(), default=0.0)
+
+
+@dataclass
+class SkewWindow:
+    """Skew of one version in one alert window, on a sample of its predictions."""
+
+    model: str
+    version: str
+    window: str  # canonical window name
+    window_start: str
+    window_end: str
+    complete: bool
+    rows: int  # sampled predictions compared
+    predictions: int  # predictions in the window
+    enough: bool  # predictions >= the model's thresholds.min_rows
+    mismatch_rate: dict[str, float]
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    fingerprint: str = ""  # skew_sample, skew_tolerance, min_rows it was computed with
 
     @property
     def worst(self) -> float:
@@ -50,6 +82,60 @@ def _agree(served: Any, offline: Any, tolerance: float) -> bool:
     return str(served) == str(offline)
 
 
+@dataclass
+class _Compared:
+    """Sampled predictions with what was served and what the offline store gives back."""
+
+    served: pd.DataFrame
+    offline: pd.DataFrame
+    entities: pd.DataFrame
+    times: pd.Series
+
+
+def _compare(layer: FeatureLayer, record: VersionRecord, rows: pd.DataFrame) -> _Compared:
+    """Recompute the features of `rows` offline, point in time as of each request time."""
+    features = list(record.feature_names)
+    served = served_inputs(rows, features).reset_index(drop=True)
+    entities = pd.DataFrame.from_records([json.loads(e) for e in rows["entity"]])
+    fields = list(layer.read_plan(record.feature_service).request_fields)
+    requests = pd.DataFrame.from_records(
+        [{k: json.loads(r).get(k) for k in fields} for r in rows["request"]], columns=fields
+    )
+    for column in fields:
+        # Request fields of the on-demand views are times (as the server parsed them).
+        requests[column] = pd.to_datetime(requests[column], utc=True, format="ISO8601")
+    entity_frame = pd.concat([entities, requests], axis=1)
+    entity_frame[TIMESTAMP] = rows["request_time"].to_numpy()
+    offline = (
+        layer.training_frame(entity_frame, record.feature_service, TIMESTAMP)
+        .to_pandas()
+        .reset_index(drop=True)
+    )
+    return _Compared(served, offline, entities, entity_frame[TIMESTAMP])
+
+
+def _mismatches(
+    found: _Compared, features: list[str], positions: list[int], tolerance: float
+) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
+    """Mismatch rate and up to three examples per feature, over the rows at `positions`."""
+    rates: dict[str, float] = {}
+    examples: dict[str, list[dict[str, Any]]] = {}
+    for feature in features:
+        served, offline = found.served[feature], found.offline[feature]
+        bad = [i for i in positions if not _agree(served.iloc[i], offline.iloc[i], tolerance)]
+        rates[feature] = len(bad) / len(positions) if positions else 0.0
+        examples[feature] = [
+            {
+                "entity": found.entities.iloc[i].to_dict(),
+                "request_time": str(found.times.iloc[i]),
+                "served": _plain(served.iloc[i]),
+                "offline": _plain(offline.iloc[i]),
+            }
+            for i in bad[:3]
+        ]
+    return rates, examples
+
+
 def skew_report(
     settings: Settings, name: str, scored: pa.Table, layer: FeatureLayer | None = None
 ) -> list[SkewReport]:
@@ -58,46 +144,137 @@ def skew_report(
     layer = layer or FeatureLayer(settings)
     reports = []
     for version_id, rows in frame.groupby("version"):
-        version = registry.resolve(settings, f"{name}:{version_id}")
-        record = version.record
-        features = list(record.feature_names)
+        record = registry.resolve(settings, f"{name}:{version_id}").record
         if len(rows) > settings.monitoring.skew_sample:
             rows = rows.sample(settings.monitoring.skew_sample, random_state=SEED)
-        served = served_inputs(rows, features)
-        entities = pd.DataFrame.from_records([json.loads(e) for e in rows["entity"]])
-        fields = list(layer.read_plan(record.feature_service).request_fields)
-        requests = pd.DataFrame.from_records(
-            [{k: json.loads(r).get(k) for k in fields} for r in rows["request"]], columns=fields
+        found = _compare(layer, record, rows)
+        rates, examples = _mismatches(
+            found,
+            list(record.feature_names),
+            list(range(len(rows))),
+            settings.monitoring.skew_tolerance,
         )
-        for column in fields:
-            # Request fields of the on-demand views are times (as the server parsed them).
-            requests[column] = pd.to_datetime(requests[column], utc=True, format="ISO8601")
-        entity_frame = pd.concat([entities, requests], axis=1)
-        entity_frame[TIMESTAMP] = rows["request_time"].to_numpy()
-        offline = (
-            layer.training_frame(entity_frame, record.feature_service, TIMESTAMP)
-            .to_pandas()
-            .reset_index(drop=True)
-        )
-        served = served.reset_index(drop=True)
-        rates: dict[str, float] = {}
-        examples: dict[str, list[dict[str, Any]]] = {}
-        tolerance = settings.monitoring.skew_tolerance
-        for feature in features:
-            pairs = zip(served[feature].tolist(), offline[feature].tolist(), strict=True)
-            bad = [i for i, (a, b) in enumerate(pairs) if not _agree(a, b, tolerance)]
-            rates[feature] = len(bad) / len(served) if len(served) else 0.0
-            examples[feature] = [
-                {
-                    "entity": entities.iloc[i].to_dict(),
-                    "request_time": str(entity_frame[TIMESTAMP].iloc[i]),
-                    "served": _plain(served[feature].iloc[i]),
-                    "offline": _plain(offline[feature].iloc[i]),
-                }
-                for i in bad[:3]
-            ]
-        reports.append(SkewReport(name, str(version_id), len(served), rates, examples))
+        reports.append(SkewReport(name, str(version_id), len(rows), rates, examples))
     return reports
+
+
+def skew_path(settings: Settings, name: str, window: str) -> Path:
+    return settings.offline_store / "monitoring" / f"{name}_skew_{window}.json"
+
+
+def _load(path: Path) -> dict[tuple[str, str], SkewWindow]:
+    if not path.is_file():
+        return {}
+    known = set(SkewWindow.__dataclass_fields__)
+    windows = [
+        SkewWindow(**{k: v for k, v in entry.items() if k in known})
+        for entry in json.loads(path.read_text())
+    ]
+    return {(w.version, w.window_start): w for w in windows}
+
+
+def skew_windows(
+    settings: Settings,
+    name: str,
+    scored: pa.Table,
+    window: str | WindowSpec | None = None,
+    as_of: datetime | None = None,
+    layer: FeatureLayer | None = None,
+) -> list[SkewWindow]:
+    """Per (version, alert window): mismatch rate per feature on a seeded sample of the window.
+
+    `window` defaults to the model's alert window. Only rows requested before `as_of` count.
+    """
+    as_of = as_of or datetime.now(UTC)
+    watch = settings.monitoring_of(name)
+    spec = parse_window(window) if isinstance(window, str) else window or watch.alert_window
+    min_rows, cap = watch.thresholds.min_rows, settings.monitoring.skew_sample
+    fingerprint = f"{cap}|{settings.monitoring.skew_tolerance}|{min_rows}"
+    frame = scored.to_pandas()
+    frame = frame[frame["request_time"] < pd.Timestamp(as_of)]
+    path = skew_path(settings, name, spec.name)
+    kept = _load(path)
+    out: list[SkewWindow] = []
+    for version_id, rows in frame.groupby("version"):
+        version = str(version_id)
+        todo: list[tuple[Window, pd.DataFrame]] = []
+        for w in windows_of(rows, spec, as_of):
+            previous = kept.get((version, w.start.isoformat()))
+            if (
+                previous is not None
+                and previous.complete
+                and previous.predictions == len(w.rows)
+                and previous.fingerprint == fingerprint
+            ):
+                out.append(previous)
+                continue
+            sample = w.rows.sample(cap, random_state=SEED) if len(w.rows) > cap else w.rows
+            todo.append((w, sample))
+        out += _computed(settings, layer, name, version, spec, todo, min_rows, fingerprint)
+    out.sort(key=lambda s: (s.version, s.window_start))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(s) for s in out], indent=1, default=str))
+    return out
+
+
+def _computed(
+    settings: Settings,
+    layer: FeatureLayer | None,
+    name: str,
+    version: str,
+    spec: WindowSpec,
+    todo: list[tuple[Window, pd.DataFrame]],
+    min_rows: int,
+    fingerprint: str,
+) -> list[SkewWindow]:
+    """Skew of the windows to (re)compute: one offline recomputation for all their samples."""
+    judged = [(w, s) for w, s in todo if len(w.rows) >= min_rows]
+    out = [
+        SkewWindow(
+            name,
+            version,
+            spec.name,
+            w.start.isoformat(),
+            w.end.isoformat(),
+            w.complete,
+            len(s),
+            len(w.rows),
+            False,
+            {},
+            {},
+            fingerprint,
+        )
+        for w, s in todo
+        if len(w.rows) < min_rows
+    ]
+    if not judged:
+        return out
+    record = registry.resolve(settings, f"{name}:{version}").record
+    found = _compare(layer or FeatureLayer(settings), record, pd.concat([s for _, s in judged]))
+    features, first = list(record.feature_names), 0
+    for w, sample in judged:
+        positions = list(range(first, first + len(sample)))
+        first += len(sample)
+        rates, examples = _mismatches(
+            found, features, positions, settings.monitoring.skew_tolerance
+        )
+        out.append(
+            SkewWindow(
+                name,
+                version,
+                spec.name,
+                w.start.isoformat(),
+                w.end.isoformat(),
+                w.complete,
+                len(sample),
+                len(w.rows),
+                True,
+                rates,
+                examples,
+                fingerprint,
+            )
+        )
+    return out
 
 
 def _plain(value: Any) -> Any:
