@@ -1,4 +1,4 @@
-"""Prefect flow `monitor`: drain the log, join late labels, metrics, Evidently reports, alerts."""
+"""Prefect flow `monitor`: drain the log, join late labels, metrics, Evidently reports, incidents."""
 
 from __future__ import annotations
 
@@ -31,8 +31,12 @@ def monitor(
     run = monitoring.run(
         load_settings(project_dir), models, as_of, announce=logger.info, step=as_task
     )
-    for alert in run.new_alerts:
-        logger.warning("ALERT %s", alert.message)
+    for incident in run.incidents_opened:
+        logger.warning("incident opened %s: %s", incident.id, incident.message)
+    for incident in run.incidents_resolved:
+        logger.info("incident resolved %s", incident.id)
+    if run.webhook_error:
+        logger.warning("%s", run.webhook_error)
     for name, outcome in run.retrained.items():
         logger.info("%s: %s", name, outcome)
     logger.info("monitoring index: %s", run.index)

@@ -17,17 +17,21 @@ from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from maquette import registry
+from maquette.cli.render import monitor_summary
+from maquette.cli.render_demo import _monitoring_summary as demo_monitoring_summary
 from maquette.config import Settings, load_settings
 from maquette.data.sources import feature_table_path
 from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features.layer import FeatureLayer
-from maquette.monitoring import alerts, drift, labels
+from maquette.monitoring import alerts, drift, incidents, labels
 from maquette.monitoring import monitor as monitoring
 from maquette.monitoring.freshness import freshness
 from maquette.monitoring.live_metrics import live_metrics
+from maquette.monitoring.verdicts import BREACH, CLEAR, NOT_ENOUGH
 from maquette.platform import components as platform
 from maquette.platform import replay
 from maquette.serving import prediction_log
@@ -46,7 +50,7 @@ END = datetime(2013, 12, 2, 21, tzinfo=UTC)
 FIELDS = ["origin", "carrier", "tailnum", "route", "scheduled_departure"]
 MODELS = ("flight_delay", "late_arrival")
 FLOWS = ("materialize", "drain", "monitor", "batch_predict", "train")
-# The retraining test: which model's alert may promote its candidate (`promote_retrained`).
+# The retraining test: which model's incident may promote its candidate (`promote_retrained`).
 PROMOTE_RETRAINED = {"flight_delay": True, "late_arrival": False}
 
 
@@ -159,6 +163,13 @@ def replayed(
     return settings
 
 
+@pytest.fixture(autouse=True)
+def no_incidents_yet(replayed: Settings) -> None:
+    """Each test starts with no incident and no judged window: passes of one test at other
+    times (or thresholds) must not move the incidents another test looks at."""
+    incidents.reset(replayed)
+
+
 @pytest.fixture()
 def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A real HTTP endpoint on loopback that keeps what it is sent."""
@@ -213,18 +224,21 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
     (row,) = series[series.partition == "all"].to_dict("records")
     for metric in ("r2", "rmse", "mae", "rmsle"):
         assert row[metric] == pytest.approx(expected[metric]), metric
-    (report,) = delay.reports  # one weekly window
+    (report,) = delay.reports  # one weekly window (Monday 2 December), still open
     assert Path(report.html).is_file() and report.quality["rmse"] > 0
-    # December mornings are far colder than the January-September reference.
-    assert "temp" in report.drifted_features and report.prediction_drift is not None
+    assert report.window == "weekly" and not report.complete and report.enough
+    assert report.reference in ("trailing", "training") and report.reference_note
+    assert report.prediction_drift is not None
     # Served features were the offline point-in-time values, the speed layer's too: no skew.
     streamed = _streamed_features(replayed)
+    cap = replayed.monitoring.skew_sample
     for name, findings in run.models.items():
-        assert findings.skew, f"no skew report for {name}"
-        for found in findings.skew:
-            assert found.rows == findings.predictions, name
-            assert set(streamed) <= set(found.mismatch_rate), found.mismatch_rate
-            assert found.worst == 0.0, found.examples
+        (found,) = findings.skew  # one daily alert window: 2 December
+        assert found.complete and found.enough, name
+        assert found.predictions == findings.predictions > 100
+        assert found.rows == min(cap, found.predictions), name  # a seeded sample per window
+        assert set(streamed) <= set(found.mismatch_rate), found.mismatch_rate
+        assert found.worst == 0.0, found.examples
     # ... and the streamed features were served (by the processor), not null on both sides.
     served = drift.served_inputs(
         labels.join_labels(replayed, "flight_delay", END).to_pandas(), streamed
@@ -233,11 +247,20 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
     # Judged 6 hours after the replay stopped materializing, hourly weather is stale (TTL 3 h).
     fresh = {f.view: f for f in run.freshness}
     assert fresh["weather_hourly"].stale and fresh["plane"].ttl_s is None
-    assert any(a.metric == "freshness:weather_hourly" for a in run.new_alerts)
     at_end = {f.view: f for f in freshness(replayed, END)}
     assert not at_end["weather_hourly"].stale and not at_end["carrier_daily"].stale
+    _check_incidents(replayed, run)
+    # The summaries show the open incidents, one row each, not a wall of window rows.
+    for summary in (monitor_summary, demo_monitoring_summary):
+        console = Console(record=True, width=250)
+        summary(console, run)
+        text = console.export_text()
+        assert f"{len(run.open_incidents)} open" in text, text
+        assert "freshness:weather_hourly#1" in text and "weather_hourly" in text
     page = run.index.read_text()
     assert "flight_delay" in page and "Training/serving skew" in page and "evidently ui" in page
+    assert "<h2>Incidents</h2>" in page and f"Open ({len(run.open_incidents)})" in page
+    assert "freshness:weather_hourly#1" in page
     from evidently.ui.workspace import Workspace
 
     workspace = Workspace.create(str(run.workspace))
@@ -247,14 +270,51 @@ def test_a_pass_reports_metrics_drift_quality_and_no_skew(replayed: Settings) ->
     assert titles == ["Share of drifted features", "Prediction drift", "RMSE"]
 
 
+def _check_incidents(settings: Settings, run: monitoring.MonitorRun) -> None:
+    """The pass's verdicts and incidents agree: the complete daily window of 2 December is
+    judged for accuracy, missing features and skew; the open weekly drift window is not;
+    each breach is in an open incident and each key of a clear verdict has none open."""
+    judged = {(v.kind, v.model, v.subject) for v in run.verdicts}
+    for name in MODELS:
+        assert ("accuracy", name, "all") in judged and ("skew", name, "all") in judged
+        assert ("missing_features", name, "all") in judged
+        assert ("drift", name, "all") not in judged  # its window is still open
+    day = [v for v in run.verdicts if v.kind != "freshness"]
+    assert {(v.window_start, v.window_end) for v in day} == {
+        ("2013-12-02T00:00:00+00:00", "2013-12-03T00:00:00+00:00")
+    }
+    # Served as computed offline: no skew. Every label arrived: accuracy is judged.
+    assert {v.status for v in day if v.kind == "skew"} == {CLEAR}
+    assert NOT_ENOUGH not in {v.status for v in day if v.kind == "accuracy"}
+    opened = {(i.kind, i.model, i.subject): i for i in run.open_incidents}
+    assert opened == {(i.kind, i.model, i.subject): i for i in run.incidents_opened}
+    for v in run.verdicts:
+        if v.status == BREACH:
+            assert v.finding is not None
+            incident = opened[v.key]
+            assert set(v.finding.columns) <= set(incident.columns)
+            assert incident.opened_at == run.as_of.isoformat()
+            assert (v.window_start, v.window_end) in {
+                (w["start"], w["end"]) for w in incident.windows
+            }
+        elif v.status == CLEAR and v.kind != "freshness":
+            assert v.key not in opened
+    stale = opened[("freshness", None, "weather_hourly")]
+    assert stale.id == "freshness:weather_hourly#1" and "temp" in stale.columns
+    assert "older than its TTL of 3.0 h" in stale.message
+    assert [i.id for i in incidents.load(settings, "open")] == [i.id for i in run.open_incidents]
+
+
 def test_labels_not_yet_known_are_not_counted(replayed: Settings) -> None:
-    run = monitoring.run(
-        replayed, ["late_arrival"], as_of=START + timedelta(minutes=30), announce=lambda _: None
-    )
+    early = START + timedelta(minutes=30)
+    # 22 predictions by then: a smaller minimum than the default 30 has the window tested.
+    settings = replayed.model_copy(deep=True)
+    settings.models["late_arrival"].monitoring.thresholds.min_rows = 10
+    run = monitoring.run(settings, ["late_arrival"], as_of=early, announce=lambda _: None)
     found = run.models["late_arrival"]
     assert found.labelled == 0
     (report,) = found.reports
-    assert report.quality == {} and "no labels yet" in report.note
+    assert report.enough and report.quality == {} and "no labels yet" in report.note
     # The window's report was redone: its earlier Evidently runs were replaced, not kept beside.
     from evidently.ui.workspace import Workspace
 
@@ -262,7 +322,13 @@ def test_labels_not_yet_known_are_not_counted(replayed: Settings) -> None:
     (project,) = workspace.search_project("maquette: late_arrival")
     assert sorted(map(str, workspace.list_runs(project.id))) == sorted(report.workspace_runs)
     assert len(report.workspace_runs) == 1  # drift only: no labels, no quality run
-    assert not [a for a in run.new_alerts if a.kind == "accuracy"]
+    # Half an hour into the day, no window is complete: nothing of the model is judged yet.
+    assert [v for v in run.verdicts if v.model == "late_arrival"] == []
+    assert [i for i in run.open_incidents if i.model == "late_arrival"] == []
+    # With the default minimum of 30 rows, the window is not tested at all.
+    run = monitoring.run(replayed, ["late_arrival"], as_of=early, announce=lambda _: None)
+    (report,) = run.models["late_arrival"].reports
+    assert not report.enough and report.rows == 22 and "not enough data" in report.note
 
 
 def test_tight_threshold_alerts_once_calls_webhook_and_retrains(
@@ -287,17 +353,28 @@ def test_tight_threshold_alerts_once_calls_webhook_and_retrains(
         caplog.at_level(logging.WARNING, "maquette.monitoring"),
     ):
         run = monitoring.run(settings, ["flight_delay"], END + timedelta(hours=6), announce=print)
-    accuracy = [a for a in run.new_alerts if a.kind == "accuracy" and a.metric == "rmse"]
-    assert accuracy and "rmse" in accuracy[0].message and "above 1" in accuracy[0].message
-    assert received and received[0]["alerts"][0]["model"] == "flight_delay"
+    opened = {i.subject: i for i in run.incidents_opened if i.kind == "accuracy"}
+    partitions = set(run.models["flight_delay"].metrics["daily"]["partition"])
+    assert "all" in opened and set(opened) <= partitions, opened
+    incident = opened["all"]
+    assert incident.model == "flight_delay" and "rmse" in incident.columns
+    assert "above 1" in incident.message and incident.severity == "critical"  # 40-odd vs 1
+    (window,) = incident.windows
+    assert window["start"] == "2013-12-02T00:00:00+00:00" and window["values"]["rmse"] > 2
+    # The webhook heard of each opened incident once, as the store says.
+    events = [(r["source"], r["event"], r["incident"]["id"]) for r in received]
+    assert sorted(events) == sorted(("maquette", "opened", i.id) for i in run.incidents_opened)
+    assert all(i.notified["opened"] for i in incidents.load(settings))
     retrained = run.retrained["flight_delay"]
     assert "trained candidate flight_delay:" in retrained
     assert f"inline, as the Prefect server at {nowhere} is unreachable" in retrained
     assert f"retraining flight_delay inline: the Prefect server at {nowhere}" in caplog.text
     assert registry.resolve(settings, "flight_delay@production").tag == before  # not promoted
+    # The same windows again: judged once, so nothing opens, nothing is sent or retrained.
     again = monitoring.run(settings, ["flight_delay"], END + timedelta(hours=6), drain=False)
-    assert not [a for a in again.new_alerts if a.kind == "accuracy"]  # recorded once
-    assert len(alerts.recorded(settings)) >= len(accuracy)
+    assert again.incidents_opened == [] and again.retrained == {}
+    assert incident.id in {i.id for i in again.open_incidents}
+    assert len(received) == len(events)
 
 
 def test_bad_input_is_named(replayed: Settings, loaded_project: Settings) -> None:
@@ -396,23 +473,10 @@ def _logged(run_id: Any, pattern: str, seconds: float = 30) -> re.Match[str]:
         time.sleep(0.5)
 
 
-@pytest.fixture()
-def alerts_not_yet_raised(replayed: Settings) -> Iterator[None]:
-    """The project's alert record set aside (an alert is raised once), and put back after."""
-    path = alerts.alerts_path(replayed)
-    kept = path.read_bytes() if path.is_file() else None
-    path.unlink(missing_ok=True)
-    yield
-    if kept is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.write_bytes(kept)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # an inline training, a monitoring pass, two trainings on the runner
 def test_an_alert_retrains_through_the_train_deployment_and_promotes_only_when_asked(
-    platform_prefect: Settings, alerts_not_yet_raised: None, caplog: pytest.LogCaptureFixture
+    platform_prefect: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = platform_prefect.model_copy(deep=True)
     for name, promote in PROMOTE_RETRAINED.items():
@@ -438,7 +502,7 @@ def test_an_alert_retrains_through_the_train_deployment_and_promotes_only_when_a
             _wait_until_served(settings, [f"train/{n}" for n in MODELS], 120)
             versions = {n: {v.tag for v in registry.list_versions(settings, n)} for n in MODELS}
             run = monitoring.run(settings, list(MODELS), END + timedelta(hours=6), announce=print)
-            assert {a.model for a in run.new_alerts if a.kind == "accuracy"} >= set(MODELS)
+            assert {i.model for i in run.incidents_opened if i.kind == "accuracy"} >= set(MODELS)
             trained = {}
             for name in MODELS:
                 done = _final_run("train", name, 240, runner_log)
@@ -523,6 +587,7 @@ def test_a_window_report_compares_samples_of_the_window_and_the_training_rows(
         settings = _own_reports(replayed, tmp_path / folder)
         settings.monitoring.report_rows = 100
         settings.monitoring.reference_rows = 150
+        settings.monitoring.reference = "training"  # the training split, sampled
         (report,) = drift.window_reports(settings, "late_arrival", scored)
         found.append(report)
     report = found[0]
@@ -530,7 +595,7 @@ def test_a_window_report_compares_samples_of_the_window_and_the_training_rows(
     assert report.sampled_rows == 100
     assert report.reference_rows == 150
     assert f"current window sampled: 100 of {report.rows:,} rows" in report.note
-    assert "reference: 150 sampled training rows" in report.note
+    assert "reference (training): training split of late_arrival:v1: 150 sampled" in report.note
     # Seeded samples: the same report twice.
     assert found[1].feature_drift == report.feature_drift
     assert found[1].prediction_drift == report.prediction_drift

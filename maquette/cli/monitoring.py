@@ -17,7 +17,13 @@ from maquette.cli.options import (
     project_settings,
     when,
 )
-from maquette.cli.render import metrics_document, metrics_series_table, monitor_summary
+from maquette.cli.render import (
+    alerts_view,
+    incidents_document,
+    metrics_document,
+    metrics_series_table,
+    monitor_summary,
+)
 from maquette.data import redis_server
 
 # The prediction log and monitoring are imported inside the commands: they load Feast and
@@ -29,7 +35,9 @@ predictions_app = typer.Typer(
 labels_app = typer.Typer(
     help="Late-arriving labels: ingest them, join them with predictions.", no_args_is_help=True
 )
-monitor_app = typer.Typer(help="Live accuracy of served models.", no_args_is_help=True)
+monitor_app = typer.Typer(
+    help="Live accuracy of served models, monitoring passes, incidents.", no_args_is_help=True
+)
 
 
 @predictions_app.command("drain")
@@ -147,7 +155,7 @@ def monitor_run(
     plain: PlainOpt = False,
     project: ProjectOpt = None,
 ) -> None:
-    """One monitoring pass: drain, labels, join, metrics, Evidently reports, skew, alerts.
+    """One monitoring pass: drain, labels, join, metrics, Evidently reports, skew, incidents.
 
     Example: maquette monitor run --as-of 2024-07-01
     """
@@ -164,3 +172,31 @@ def monitor_run(
             run = monitoring.run(settings, model or None, when(as_of), announce=status.update)
     monitor_summary(console, flow_run.result if flow_run else run)
     flow_run_note(err, flow_run, plain)
+
+
+@monitor_app.command("alerts")
+def monitor_alerts(
+    show_all: Annotated[bool, typer.Option("--all", help="Also list resolved incidents.")] = False,
+    model: Annotated[str | None, typer.Option(help="Only this model's incidents.")] = None,
+    as_json: JsonOpt = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Incidents found by monitoring passes: open ones first, resolved ones with --all.
+
+    One incident per kind, model and subject while its condition holds, with the columns and
+    windows it covers. --json prints {"open": [...], "resolved": [...] (with --all)}, each an
+    incident as stored (id, kind, model, subject, status, severity, opened_at, resolved_at,
+    columns, windows, message, ...), newest first.
+
+    Example: maquette monitor alerts --all --model MODEL
+    """
+    from maquette.monitoring import incidents
+
+    settings = project_settings(project)
+    if model is not None:
+        settings.model_spec(model)  # an unknown name says which models exist
+    found = [i for i in incidents.load(settings) if model is None or i.model == model]
+    if as_json:
+        print_json(incidents_document(found, show_all))
+    else:
+        alerts_view(console, found, show_all)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from maquette.features.layer import FeatureLayer
     from maquette.features.materialize import MaterializeResult
     from maquette.features.online import OnlineFeatures
+    from maquette.monitoring.incidents import Incident
     from maquette.monitoring.monitor import MonitorRun
     from maquette.platform.components import ComponentStatus
     from maquette.stream.operations import StreamStatus
@@ -208,7 +209,7 @@ def metrics_series_table(name: str, window: str, series: pd.DataFrame) -> Table:
 
 
 def monitor_summary(console: Console, run: MonitorRun) -> None:
-    """What a monitoring pass found: per model accuracy, drift and skew; freshness; alerts."""
+    """What a monitoring pass found: per model accuracy, drift and skew; freshness; incidents."""
     console.print(
         f"monitoring as of {run.as_of:%Y-%m-%d %H:%M} UTC; {run.drained:,} predictions drained"
     )
@@ -216,22 +217,31 @@ def monitor_summary(console: Console, run: MonitorRun) -> None:
         console.print(f"[yellow]{name}: skipped, {reason}[/]")
     for name, found in run.models.items():
         console.print(_window_table(name, found))
-        for report in found.reports:
+        for report in found.reports[-5:]:
             drifted = ", ".join(report.drifted_features[:6]) or "none"
+            open_note = "" if report.complete else ", window still open"
             console.print(
-                f"  drift {report.window_start[:10]} ({report.version}): "
-                f"{report.drift_share:.0%} of features drifted ({drifted})"
+                f"  drift {str(report.window_start)[:10]} ({report.version}, {report.reference} "
+                f"reference{open_note}): {report.drift_share:.0%} of features drifted ({drifted})"
             )
-        for skew in found.skew:
-            worst = sorted(skew.mismatch_rate.items(), key=lambda kv: -kv[1])[:3]
+        worst = _worst_skew(found.skew)
+        if worst is not None:
             console.print(
-                f"  skew {skew.version} on {skew.rows:,} sampled predictions: worst "
-                + ", ".join(f"{f} {r:.1%}" for f, r in worst)
+                f"  skew in {len(found.skew)} {found.alert_window} windows: worst "
+                f"{worst[0]} {worst[1]:.1%} of the sampled predictions"
             )
     stale = [f.view for f in run.freshness if f.stale]
     console.print(f"feature views stale in the online store: {', '.join(stale) or 'none'}")
-    for alert in run.new_alerts:
-        console.print(f"[bold red]ALERT[/] {alert.message}")
+    console.print(
+        f"incidents: {len(run.incidents_opened)} opened and {len(run.incidents_resolved)} "
+        f"resolved in this pass; {len(run.open_incidents)} open"
+    )
+    if run.open_incidents:
+        console.print(incidents_table(run.open_incidents, "open incidents"))
+    for incident in run.incidents_opened:
+        console.print(f"[bold red]OPENED[/] {incident.id}: {incident.message}")
+    for incident in run.incidents_resolved:
+        console.print(f"[green]RESOLVED[/] {incident.id}")
     if run.webhook_error:
         console.print(f"[yellow]{run.webhook_error}[/]")
     for name, outcome in run.retrained.items():
@@ -240,13 +250,60 @@ def monitor_summary(console: Console, run: MonitorRun) -> None:
     console.print(f"Evidently UI: evidently ui --workspace {run.workspace}")
 
 
+def _worst_skew(windows: list[Any]) -> tuple[str, float] | None:
+    """The feature with the highest mismatch rate over the sampled windows, and that rate."""
+    rates = [(f, r) for w in windows for f, r in w.mismatch_rate.items()]
+    return max(rates, key=lambda fr: fr[1]) if rates else None
+
+
+def incidents_table(incidents: list[Incident], title: str) -> Table:
+    """One row per incident: kind, model, subject, severity, since, columns, windows."""
+    resolved = any(i.status == "resolved" for i in incidents)
+    table = Table("id", "kind", "model", "subject", "severity", "since", title=title)
+    if resolved:
+        table.add_column("resolved")
+    table.add_column("columns")
+    table.add_column("windows")
+    for i in incidents:
+        severity = "[bold red]critical[/]" if i.severity == "critical" else "[yellow]warning[/]"
+        windows = f"{len(i.windows)}: {ts(i.first_window_start)} .. {ts(i.last_window_end)}"
+        cells = [i.id, i.kind, i.model or "-", i.subject, severity, ts(i.opened_at)]
+        if resolved:
+            cells.append(ts(i.resolved_at))
+        table.add_row(*cells, ", ".join(i.columns), windows)
+    return table
+
+
+def alerts_view(console: Console, incidents: list[Incident], everything: bool) -> None:
+    """`monitor alerts`: open incidents first (newest first), then resolved ones with --all."""
+    current = [i for i in reversed(incidents) if i.status == "open"]
+    console.print(incidents_table(current, f"open incidents ({len(current)})"))
+    for incident in current:
+        console.print(f"[bold]{incident.id}[/] {incident.message}")
+    if everything:
+        done = [i for i in reversed(incidents) if i.status == "resolved"]
+        console.print(incidents_table(done, f"resolved incidents ({len(done)})"))
+    elif any(i.status == "resolved" for i in incidents):
+        console.print("resolved incidents: `maquette monitor alerts --all`")
+
+
+def incidents_document(incidents: list[Incident], everything: bool) -> dict[str, Any]:
+    """`monitor alerts --json`: {"open": [...], "resolved": [...] (with --all)}, newest first."""
+    document: dict[str, Any] = {
+        "open": [asdict(i) for i in reversed(incidents) if i.status == "open"]
+    }
+    if everything:
+        document["resolved"] = [asdict(i) for i in reversed(incidents) if i.status == "resolved"]
+    return document
+
+
 def _window_table(name: str, found: Any) -> Table:
-    """The last ten windows of a model's overall live accuracy."""
-    series = next(iter(found.metrics.values()))
+    """The last ten windows of a model's overall live accuracy, in its alert window."""
+    series = found.metrics[found.alert_window]
     overall = series[series["partition"] == "all"]
     metric = "rmse" if "rmse" in overall else "auc"
     table = Table(
-        "window",
+        f"{found.alert_window} window",
         "version",
         "predictions",
         "labelled",

@@ -10,6 +10,7 @@ from rich.table import Table
 from maquette.cli.render import (
     fmt,
     heading,
+    incidents_table,
     materialize_table,
     online_features_table,
     tables_table,
@@ -142,25 +143,32 @@ def _daily_table(run: MonitorRun) -> Table:
 
 
 def _monitoring_summary(console: Console, run: MonitorRun) -> None:
-    """Live accuracy per day, drift, skew and alerts from the demo's monitoring pass."""
+    """Live accuracy per day, then the incidents of the demo's monitoring pass (open first)."""
     console.print(_daily_table(run))
     for name, found in run.models.items():
-        for report in found.reports:
-            drifted = ", ".join(report.drifted_features[:8]) or "none"
-            console.print(
-                f"drift {name}:{report.version} week of {report.window_start[:10]}: "
-                f"{report.drift_share:.0%} of features ({drifted})"
-            )
-        for skew in found.skew:
-            console.print(
-                f"skew {name}:{skew.version}: worst feature mismatch {skew.worst:.2%} "
-                f"on {skew.rows:,} sampled predictions"
-            )
-    console.print(f"alerts raised: {len(run.new_alerts)}")
-    for alert in run.new_alerts[:10]:
-        console.print(f"  [bold red]ALERT[/] {alert.message}")
-    if len(run.new_alerts) > 10:
-        console.print(f"  ... and {len(run.new_alerts) - 10} more in the monitoring index")
+        judged = [r for r in found.reports if r.complete]
+        versions = ",".join(sorted({r.version for r in found.reports})) or "-"
+        window = judged[0].window if judged else "drift"
+        references = ", ".join(sorted({r.reference for r in judged})) or "no"
+        drifted = sum(1 for r in judged if r.drifted_features)
+        console.print(
+            f"drift {name}:{versions}: {len(judged)} complete {window} windows against the "
+            f"{references} reference, {drifted} with drifted features"
+        )
+        rates = [r for w in found.skew for r in w.mismatch_rate.values()]
+        console.print(
+            f"skew {name}: worst feature mismatch {max(rates, default=0.0):.2%} over "
+            f"{len(found.skew)} sampled {found.alert_window} windows"
+        )
+    current = [i for i in reversed(run.incidents) if i.status == "open"]
+    done = [i for i in reversed(run.incidents) if i.status == "resolved"]
+    console.print(f"incidents: {len(current)} open, {len(done)} resolved")
+    if current:
+        console.print(incidents_table(current, "open incidents"))
+    if done:
+        console.print(incidents_table(done[:10], "resolved incidents (newest)"))
+        if len(done) > 10:
+            console.print(f"  ... and {len(done) - 10} more: maquette monitor alerts --all")
 
 
 def _where_to_look(console: Console, report: DemoReport) -> None:

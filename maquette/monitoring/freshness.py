@@ -1,12 +1,13 @@
 """Freshness: how old the newest value of every feature view in the online store is.
 
 A view whose newest value is older than its TTL (or that has no value at all) is stale: the
-service answers its features as missing, so materialization is late. Stale views become alerts.
+service answers its features as missing, so materialization is late. A stale view is a
+breaching `freshness` verdict at the pass (`verdicts.freshness_verdicts`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import redis
@@ -16,7 +17,6 @@ from maquette.config import Settings
 from maquette.data.redis_server import unreachable
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
-from maquette.monitoring import alerts
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Freshness:
     newest: datetime | None
     age_s: float | None
     stale: bool
+    features: list[str] = field(default_factory=list)  # what a stale view serves as missing
 
 
 def freshness(
@@ -43,7 +44,8 @@ def freshness(
         when = datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
         age = (now - when).total_seconds() if when else None
         stale = when is None or (ttl is not None and age is not None and age > ttl)
-        out.append(Freshness(view.name, ttl, when, age, stale))
+        features = [f.name for f in view.features]
+        out.append(Freshness(view.name, ttl, when, age, stale, features))
     return out
 
 
@@ -70,33 +72,3 @@ def _newest_seconds(
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise unreachable(settings, exc) from exc
     return newest
-
-
-def freshness_alerts(views: list[Freshness]) -> list[alerts.Alert]:
-    return [
-        alerts.Alert(
-            "freshness",
-            None,
-            None,
-            None,
-            f.newest.isoformat() if f.newest else None,
-            f"freshness:{f.view}",
-            f.age_s if f.age_s is not None else float("inf"),
-            f.ttl_s or 0.0,
-            f"feature view {f.view} has no rows in the online store; run `maquette features "
-            "materialize`."
-            if f.newest is None
-            else f"feature view {f.view}: newest value is {_duration(f.age_s or 0)} old, "
-            f"older than its TTL of {_duration(f.ttl_s or 0)}; materialization is late.",
-        )
-        for f in views
-        if f.stale
-    ]
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.0f} min"

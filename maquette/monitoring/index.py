@@ -1,7 +1,8 @@
 """The monitoring index page, `reports/monitoring/index.html`: one page a person opens first.
 
-Alerts (new ones marked), the freshness of every feature view in the online store, and per
-model the live metrics chart, the Evidently reports of every window and the skew table. The
+Incidents (open ones first, then resolved), the freshness of every feature view in the online
+store, and per model the live metrics chart, the Evidently reports of every window and the skew
+table. The
 page is plain HTML with plotly charts (the plotly library inlined once, so it works offline).
 """
 
@@ -46,18 +47,13 @@ def write_monitoring_index(run: Any) -> Path:
         ]
         for f in run.freshness
     ]
-    new_keys = {a.key for a in run.new_alerts}
-    alert_rows = [
-        ["new" if a["key"] in new_keys else "", esc(a["kind"]), esc(a["message"])]
-        for a in reversed(run.all_alerts)
-    ][:200]
     skipped = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in run.skipped.items())
     body = f"""<h1>Maquette monitoring</h1>
 <p>As of {esc(run.as_of.isoformat())}; {run.drained:,} predictions drained in this run.
 Evidently UI: <code>evidently ui --workspace {esc(str(run.workspace))}</code></p>
 {f"<ul>{skipped}</ul>" if skipped else ""}
-<h2>Alerts</h2>
-{_raw_table(alert_rows, ["", "kind", "alert"]) if alert_rows else "<p>No alerts.</p>"}
+<h2>Incidents</h2>
+{_incidents_section(run)}
 <h2>Feature freshness (online store)</h2>
 {_raw_table(fresh_rows, ["feature view", "TTL", "newest event", "age", "status"])}
 {"".join(sections)}"""
@@ -65,16 +61,73 @@ Evidently UI: <code>evidently ui --workspace {esc(str(run.workspace))}</code></p
     return target
 
 
+INCIDENT_HEADER = [
+    "incident",
+    "kind",
+    "model",
+    "subject",
+    "severity",
+    "since",
+    "columns",
+    "windows",
+    "what",
+]
+
+
+def _incidents_section(run: Any) -> str:
+    """Open incidents first (newest first), then the resolved ones (newest first)."""
+    opened = {i.id for i in run.incidents_opened}
+    current = [i for i in reversed(run.incidents) if i.status == "open"]
+    done = [i for i in reversed(run.incidents) if i.status == "resolved"][:200]
+    parts = [
+        f"<h3>Open ({len(current)})</h3>",
+        _raw_table([_incident_row(i, i.id in opened) for i in current], INCIDENT_HEADER)
+        if current
+        else "<p>No open incidents.</p>",
+    ]
+    if done:
+        header = [*INCIDENT_HEADER[:6], "resolved", *INCIDENT_HEADER[6:]]
+        rows = [_incident_row(i, False, resolved=True) for i in done]
+        parts += [f"<h3>Resolved ({len(done)})</h3>", _raw_table(rows, header)]
+    return "\n".join(parts)
+
+
+def _incident_row(incident: Any, new: bool, resolved: bool = False) -> list[str]:
+    windows = incident.windows
+    span = f"{len(windows)}: {windows[0]['start'][:16]} → {windows[-1]['end'][:16]}"
+    severity = esc(incident.severity)
+    if incident.severity == "critical":
+        severity = f"<b style='color:#b00'>{severity}</b>"
+    row = [
+        esc(incident.id) + (" <b>new</b>" if new else ""),
+        esc(incident.kind),
+        esc(incident.model or "-"),
+        esc(incident.subject),
+        severity,
+        esc(incident.opened_at[:16]),
+    ]
+    if resolved:
+        row.append(esc((incident.resolved_at or "")[:16]))
+    return [
+        *row,
+        esc(", ".join(incident.columns)),
+        esc(span),
+        esc(incident.message).replace("\n", "<br>"),
+    ]
+
+
 def _model_section(name: str, found: Any, folder: Path, include_plotlyjs: bool) -> str:
     """One model's part of the page: chart, Evidently reports per window, skew."""
-    daily = next(iter(found.metrics.values()))
-    task = "regression" if "rmse" in daily else "binary"
+    series = found.metrics[found.alert_window]
+    task = "regression" if "rmse" in series else "binary"
     chart = to_html(
-        _metric_chart(name, task, daily), full_html=False, include_plotlyjs=include_plotlyjs
+        _metric_chart(name, task, series), full_html=False, include_plotlyjs=include_plotlyjs
     )
     quality_key = "rmse" if task == "regression" else "auc"
     header = [
         "window",
+        "complete",
+        "reference",
         "rows",
         "labelled",
         "drift share",
@@ -84,24 +137,28 @@ def _model_section(name: str, found: Any, folder: Path, include_plotlyjs: bool) 
     ]
     skew_rows = [
         [
-            esc(f"{s.model}:{s.version}"),
+            esc(f"{str(s.window_start)[:16]}{'' if s.complete else ' (open)'}"),
+            esc(str(s.version)),
+            f"{s.rows:,}",
             esc(feature),
             f"{rate:.2%}",
             esc(json.dumps(s.examples.get(feature, [])[:1], default=str)),
         ]
-        for s in found.skew
-        for feature, rate in sorted(s.mismatch_rate.items(), key=lambda kv: -kv[1])
+        for s in found.skew[-30:]
+        for feature, rate in sorted(s.mismatch_rate.items(), key=lambda kv: -kv[1])[:5]
+        if rate > 0
     ]
+    no_skew = f"<p>No mismatch in the last {min(len(found.skew), 30)} windows sampled.</p>"
     return f"""
 <h2>{esc(name)}</h2>
 <p>{found.predictions:,} logged predictions, {found.labelled:,} with labels
 ({found.labelled / max(found.predictions, 1):.0%}).</p>
 {chart}
-<h3>Evidently reports (drift vs the training reference; quality on labelled rows)</h3>
+<h3>Evidently reports (drift vs the reference; quality on labelled rows)</h3>
 {_raw_table(_report_rows(found.reports, folder, quality_key), header)}
-<p>{esc(found.reports[0].note) if found.reports else ""}</p>
-<h3>Training/serving skew (served vs recomputed offline, point in time)</h3>
-{_raw_table(skew_rows, ["version", "feature", "mismatch", "example"])}"""
+<p>{esc(found.reports[-1].note) if found.reports else ""}</p>
+<h3>Training/serving skew (served vs recomputed offline, point in time, per {esc(found.alert_window)} window)</h3>
+{_raw_table(skew_rows, ["window", "version", "sampled", "feature", "mismatch", "example"]) if skew_rows else no_skew}"""
 
 
 def _report_rows(reports: list[Any], folder: Path, quality_key: str) -> list[list[str]]:
@@ -112,7 +169,9 @@ def _report_rows(reports: list[Any], folder: Path, quality_key: str) -> list[lis
 
     return [
         [
-            f'<a href="{link(r.html)}">{esc(r.window_start[:10])}</a>',
+            f'<a href="{link(r.html)}">{esc(str(r.window_start)[:16])}</a>',
+            "yes" if r.complete else "open",
+            esc(r.reference_note or r.reference),
             f"{r.rows:,}" + (f" (sampled {r.sampled_rows:,})" if r.sampled_rows < r.rows else ""),
             f"{r.labelled:,}",
             f"{r.drift_share:.0%}",

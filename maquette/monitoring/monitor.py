@@ -2,12 +2,15 @@
 
 `run` is the `monitor` flow's work: drain the prediction log, ingest the late labels, join them
 to the logged predictions (`labels.py`), then per model
-- live metrics per window, version and partition (`live_metrics.py`);
-- Evidently drift and quality reports per report window (`drift.py`);
-- training/serving skew on a sample (`skew.py`);
-and, once, the freshness of every feature view in Redis (`freshness.py`). Thresholds from the
-settings turn these into alerts (`alerts.py`). Everything lands in an index page,
-`reports/monitoring/index.html`.
+- live metrics per window, version and partition, and missing features per feature, in its
+  alert window (`live_metrics.py`);
+- Evidently drift and quality reports per drift window (`drift.py`);
+- training/serving skew on a sample of each alert window (`skew.py`);
+and, once, the freshness of every feature view in Redis (`freshness.py`). Every complete window
+becomes a verdict (`verdicts.py`), verdicts move incidents (`incidents.py`: opened, resolved,
+webhook), and an opened accuracy or drift incident may retrain (`alerts.py`). Everything lands
+in an index page, `reports/monitoring/index.html`. A pass judges the world as of `as_of`
+(default now): a replay runs passes at its simulated times.
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ import pyarrow.parquet as pq
 
 from maquette.config import Settings
 from maquette.errors import DataNotLoaded
-from maquette.monitoring import alerts, drift, labels, skew
-from maquette.monitoring.freshness import Freshness, freshness, freshness_alerts
+from maquette.monitoring import alerts, drift, incidents, labels, skew
+from maquette.monitoring import verdicts as judge
+from maquette.monitoring.freshness import Freshness, freshness
+from maquette.monitoring.incidents import Incident
 from maquette.monitoring.index import write_monitoring_index
-from maquette.monitoring.live_metrics import METRIC_COLUMNS, live_metrics
+from maquette.monitoring.live_metrics import METRIC_COLUMNS, feature_missing, live_metrics
+from maquette.monitoring.verdicts import Verdict
 from maquette.serving import prediction_log as predictions
+from maquette.window_spec import parse_window
 
 
 @dataclass
@@ -38,10 +45,12 @@ class ModelFindings:
     name: str
     predictions: int
     labelled: int
-    metrics: dict[str, pd.DataFrame]
+    metrics: dict[str, pd.DataFrame]  # window name -> live metrics (the alert window's too)
     reports: list[drift.WindowReport]
-    skew: list[skew.SkewReport]
+    skew: list[skew.SkewWindow]
     unknown_label_ids: int = 0
+    alert_window: str = "daily"
+    missing: pd.DataFrame = field(default_factory=pd.DataFrame)  # per window and feature
 
 
 @dataclass
@@ -53,12 +62,15 @@ class MonitorRun:
     models: dict[str, ModelFindings]
     skipped: dict[str, str]
     freshness: list[Freshness]
-    new_alerts: list[alerts.Alert]
+    incidents_opened: list[Incident]
+    incidents_resolved: list[Incident]
+    open_incidents: list[Incident]
     webhook_error: str | None
     retrained: dict[str, str]
     index: Path
     workspace: Path
-    all_alerts: list[dict[str, Any]]
+    incidents: list[Incident] = field(default_factory=list)  # every recorded one, oldest first
+    verdicts: list[Verdict] = field(default_factory=list)  # this pass's judged windows
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -72,7 +84,7 @@ def monitor_model(
     as_of: datetime | None = None,
     announce: Callable[[str], None] = print,
 ) -> ModelFindings:
-    """Labels (known by `as_of`), join, metrics per window, drift and quality reports, skew."""
+    """Labels (known by `as_of`), join, metrics per window, missing features, drift, skew."""
     ingested = labels.ingest_labels(settings, name)
     narrow = labels.join_labels(settings, name, as_of, METRIC_COLUMNS)
     if narrow.num_rows == 0:
@@ -82,15 +94,39 @@ def monitor_model(
         )
     labelled = narrow.num_rows - narrow["label"].null_count
     announce(f"{name}: {narrow.num_rows:,} predictions, {labelled:,} with labels")
-    series: dict[str, pd.DataFrame] = {
-        w: live_metrics(settings, name, narrow, w) for w in settings.monitoring.windows
-    }
+    window = settings.monitoring_of(name).alert_window
+    kept = [window] + [parse_window(w) for w in settings.monitoring.windows]
+    series: dict[str, pd.DataFrame] = {}
+    for spec in kept:
+        if spec.name not in series:
+            series[spec.name] = live_metrics(settings, name, narrow, spec, as_of=as_of)
+    missing = feature_missing(settings, name, narrow, window, as_of=as_of)
     scored = pq.read_table(labels.scored_path(settings, name))
-    reports = drift.window_reports(settings, name, scored, announce)
-    skews = skew.skew_report(settings, name, scored)
+    reports = drift.window_reports(settings, name, scored, announce, as_of=as_of)
+    skews = skew.skew_windows(settings, name, scored, window, as_of=as_of)
     return ModelFindings(
-        name, narrow.num_rows, labelled, series, reports, skews, ingested.unknown_ids
+        name,
+        narrow.num_rows,
+        labelled,
+        series,
+        reports,
+        skews,
+        ingested.unknown_ids,
+        window.name,
+        missing,
     )
+
+
+def model_verdicts(settings: Settings, found: ModelFindings, as_of: datetime) -> list[Verdict]:
+    """Every complete window of one model's findings, judged."""
+    name = found.name
+    return [
+        *judge.accuracy_verdicts(settings, name, found.metrics[found.alert_window], as_of),
+        *judge.missing_verdicts(settings, name, found.missing),
+        *judge.missing_share_verdicts(settings, name, found.metrics[found.alert_window]),
+        *judge.drift_verdicts(settings, name, found.reports),
+        *judge.skew_verdicts(settings, name, found.skew),
+    ]
 
 
 def run(
@@ -103,27 +139,32 @@ def run(
 ) -> MonitorRun:
     """One monitoring pass (the `monitor` flow passes a `step` that makes each part a task)."""
     began = time.perf_counter()
+    when = as_of or datetime.now(UTC)  # one instant for every part of the pass
     for name in models or []:
         settings.model_spec(name)  # unknown names fail before any work
     drained = step("drain", predictions.drain, settings).entries if drain else 0
-    results, skipped, found = _monitor_models(settings, models, as_of, announce, step)
-    views = step("freshness", freshness, settings, as_of)
-    found += freshness_alerts(views)
-    new = alerts.record(settings, found)
-    webhook_error = alerts.send_webhook(settings, new)
-    retrained = _retrain_on_alerts(settings, new, announce, step)
+    results, skipped = _monitor_models(settings, models, when, announce, step)
+    views = step("freshness", freshness, settings, when)
+    found = [v for r in results.values() for v in model_verdicts(settings, r, when)]
+    found += judge.freshness_verdicts(views, when)
+    changes = step("incidents", incidents.update, settings, found, when)
+    webhook_error = step("webhook", incidents.notify, settings)
+    retrained = _retrain_on_incidents(settings, changes.opened, announce, step)
     outcome = MonitorRun(
-        as_of or datetime.now(UTC),
+        when,
         drained,
         results,
         skipped,
         views,
-        new,
+        changes.opened,
+        changes.resolved,
+        changes.open,
         webhook_error,
         retrained,
         index_path(settings),
         settings.path(settings.monitoring.workspace),
-        alerts.recorded(settings),
+        incidents.load(settings),
+        found,
     )
     write_monitoring_index(outcome)
     outcome.seconds["total"] = time.perf_counter() - began
@@ -133,16 +174,15 @@ def run(
 def _monitor_models(
     settings: Settings,
     models: list[str] | None,
-    as_of: datetime | None,
+    as_of: datetime,
     announce: Callable[[str], None],
     step: Any,
-) -> tuple[dict[str, ModelFindings], dict[str, str], list[alerts.Alert]]:
-    """Findings per monitored model, the models skipped (and why), and the alerts found."""
+) -> tuple[dict[str, ModelFindings], dict[str, str]]:
+    """Findings per monitored model, and the models skipped (and why)."""
     wanted = models or [n for n, s in settings.models.items() if s.labels is not None]
     logged = _logged_models(settings)
     results: dict[str, ModelFindings] = {}
     skipped: dict[str, str] = {}
-    found: list[alerts.Alert] = []
     for name in wanted:
         if name not in logged:
             if models:
@@ -152,27 +192,24 @@ def _monitor_models(
                 )
             skipped[name] = "no logged predictions yet"
             continue
-        result = step(f"monitor-{name}", monitor_model, settings, name, as_of, announce)
-        results[name] = result
-        primary = result.metrics[settings.monitoring.windows[0]]
-        found += alerts.metric_alerts(settings, name, primary)
-        found += alerts.drift_alerts(settings, name, result.reports)
+        results[name] = step(f"monitor-{name}", monitor_model, settings, name, as_of, announce)
     if not results and not models:
         raise DataNotLoaded(
             "no logged predictions of any model yet.",
             "Serve predictions (`maquette serve`, POST /predict), then run this again.",
         )
-    return results, skipped, found
+    return results, skipped
 
 
-def _retrain_on_alerts(
-    settings: Settings, new: list[alerts.Alert], announce: Callable[[str], None], step: Any
+def _retrain_on_incidents(
+    settings: Settings, opened: list[Incident], announce: Callable[[str], None], step: Any
 ) -> dict[str, str]:
-    """Per model whose new accuracy or drift alert asks for it: what retraining did."""
+    """Per model whose newly opened accuracy or drift incident asks for it: what retraining did."""
     retrained: dict[str, str] = {}
-    for name in sorted({a.model for a in new if a.model and a.kind in alerts.ACCURACY_KINDS}):
+    names = {i.model for i in opened if i.model and i.kind in alerts.RETRAIN_KINDS}
+    for name in sorted(n for n in names if n in settings.models):
         if settings.model_spec(name).monitoring.retrain_on_alert:
-            announce(f"{name}: alert raised, training a candidate version")
+            announce(f"{name}: incident opened, training a candidate version")
             retrained[name] = step(f"retrain-{name}", alerts.retrain, settings, name)
     return retrained
 
