@@ -3,15 +3,23 @@ Feast accepts as written."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import itertools
 import re
 import subprocess
 import sys
+from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from maquette.bench.alerts_faults import LabelShift, NullFeatures, load_faults
 from maquette.cli import app
 from maquette.config import load_settings
 from maquette.errors import ConfigError
@@ -19,6 +27,8 @@ from maquette.project import init_project, user_lines
 from maquette.project.scaffold import project_ports
 
 ROOT = Path(__file__).resolve().parent.parent
+# sha256 of ratings.csv's header and April-May rows as every version since `init` wrote them.
+HISTORY = "f14a1d0c8f837e9a6a862b56b0140f0e92b609ca7d76b1fececc13998c13db9b"
 EXPECTED = [
     ".gitignore",
     "bentos/service.py",
@@ -57,6 +67,7 @@ def test_init_example_writes_the_project_its_data_and_two_models(tmp_path: Path)
 def test_init_without_example_writes_no_data_and_comments_the_models_out(tmp_path: Path) -> None:
     result = init_project(tmp_path / "mine")
     assert not (result.folder / "data").exists()
+    assert not (result.folder / "alert_faults.yaml").exists()  # its faults name the example's
     text = (result.folder / "maquette.yaml").read_text()
     assert "# models:" in text
     assert load_settings(result.folder).models == {}
@@ -182,3 +193,89 @@ def test_init_prints_a_folder_with_spaces_and_brackets_as_a_shell_can_paste_it(
     done = CliRunner().invoke(app, ["init", str(folder)])
     assert done.exit_code == 0, done.output
     assert f"cd '{folder}' && " in done.output.replace("\n", "")
+
+
+def _ratings(folder: Path) -> list[dict[str, str]]:
+    with (folder / "data/ratings.csv").open() as rows:
+        return list(csv.DictReader(rows))
+
+
+def test_example_data_runs_a_month_past_the_splits_and_keeps_its_history(tmp_path: Path) -> None:
+    folder = init_project(tmp_path / "shop", example=True).folder
+    settings = load_settings(folder)
+    replay = load_faults(folder / "alert_faults.yaml").replay
+    # The replayed month starts where the models' splits and the stream's backfill stop.
+    for spec in settings.models.values():
+        assert spec.split.test.end == replay.start
+    assert settings.stream.backfill_before == replay.start
+    times = [datetime.fromtimestamp(int(r["rated_at"]), UTC) for r in _ratings(folder)]
+    per_day = Counter(t.date() for t in times if replay.start <= t < replay.end)
+    assert len(per_day) == (replay.end - replay.start).days
+    assert min(per_day.values()) > 200  # every replayed day holds a day's traffic
+    # The history is the one earlier versions wrote: the same seed, the same April and May.
+    history = [t for t in times if t < replay.start]
+    assert len(history) == 61 * 300 and min(history) >= datetime(2024, 4, 1, tzinfo=UTC)
+    text = (folder / "data/ratings.csv").read_text().splitlines()
+    assert hashlib.sha256("\n".join(text[: len(history) + 1]).encode()).hexdigest() == HISTORY
+
+
+def test_example_faults_hit_the_slices_they_claim(tmp_path: Path) -> None:
+    folder = init_project(tmp_path / "shop", example=True).folder
+    faults = {f.kind: f for f in load_faults(folder / "alert_faults.yaml").faults}
+    assert sorted(faults) == ["label_shift", "null_features", "stale_view", "unit_skew"]
+    con = duckdb.connect()
+    for table in ("items", "ratings"):
+        con.execute(f"CREATE VIEW {table} AS FROM read_csv('{folder / 'data' / table}.csv')")
+
+    def share(fault: Any) -> float:
+        """Share of the fault's period's ratings its `where` selects."""
+        period = f"rated_at >= {fault.start.timestamp()} AND rated_at < {fault.end.timestamp()}"
+        hit, total = con.execute(
+            f"SELECT count(*) FILTER ({fault.where}), count(*) FROM ratings WHERE {period}"
+        ).fetchone() or (0, 0)
+        return float(hit) / float(total)
+
+    broken = faults["null_features"]
+    assert isinstance(broken, NullFeatures)
+    assert con.execute(f"SELECT count(*) FROM items WHERE {broken.where}").fetchone() == (4,)
+    assert 0.05 < share(broken) < 0.2  # ~10% of the traffic: D3's incident
+    shifted = faults["label_shift"]
+    assert isinstance(shifted, LabelShift)
+    film = con.execute("SELECT list(item_id ORDER BY item_id) FROM items WHERE category = 'film'")
+    assert shifted.where == f"item_id IN ({', '.join(map(str, (film.fetchone() or [[]])[0]))})"
+    assert 0.2 < share(shifted) < 0.45
+    # One fault at a time, each repaired before the next starts and before the replay ends.
+    ordered = sorted(faults.values(), key=lambda f: f.start)
+    assert all(a.end <= b.start for a, b in itertools.pairwise(ordered))
+    assert ordered[-1].end <= load_faults(folder / "alert_faults.yaml").replay.end
+
+
+def test_example_faults_name_views_features_and_models_of_the_project(
+    tmp_path: Path, running_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maquette.bench.alerts_inject import check_faults
+    from maquette.features.layer import FeatureLayer
+    from maquette.stream.backfill import load_dataset
+
+    # Its own Feast project (the folder's name): keys apart from the other test's "shop".
+    folder = init_project(tmp_path / "shop_faults", example=True).folder
+    monkeypatch.setenv("MAQUETTE_REDIS_URL", running_redis)
+    settings = load_settings(folder)
+    load_dataset(settings)
+    layer = FeatureLayer(settings)
+    layer.apply()
+    faults = load_faults(folder / "alert_faults.yaml")
+    check_faults(settings, layer, faults)  # views, features, models, and each fault's SQL
+    served = {
+        f.name
+        for service in layer.store.list_feature_services()
+        for projection in service.feature_view_projections
+        for f in projection.features
+    }
+    for fault in faults.faults:
+        expect = fault.expect
+        assert set(expect.columns) <= served, fault.name
+        if expect.kind == "freshness":
+            assert expect.model is None and expect.subject == getattr(fault, "view", None)
+        else:
+            assert expect.model in settings.models, fault.name

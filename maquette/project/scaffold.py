@@ -2,8 +2,10 @@
 
 The templates (package data in `templates/`, `{{name}}` placeholders) hold a generic feature
 repo: an entity, a static view, a daily view, an entity-less view, a stream view, an on-demand
-view and a feature service, over the ratings shop that `--example` generates. `flows/` and
-`bentos/` are copied from the Maquette checkout, since a project runs its own copies.
+view and a feature service, over the ratings shop that `--example` generates (with it,
+`alert_faults.yaml`: the faults the alert benchmark injects into a replay of its June).
+`flows/` and `bentos/` are copied from the Maquette checkout, since a project runs its own
+copies.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 _PORT_LOW, _PORT_SLOTS = 20_000, 3_000
 # What a user writes (or replaces) for their project; feature_store.yaml mirrors maquette.yaml.
 _USER_FILES = ("maquette.yaml", "feature_repo/*.py", "features_sql/*.sql")
+# The faults `maquette bench alerts` injects into a replay of the example's June.
+EXAMPLE_ONLY = "alert_faults.yaml"
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ def init_project(
 ) -> InitResult:
     """Write a new project into `folder`: settings, feature repo, feature SQL, flows, bento.
 
-    `example` also writes data/ (a generated ratings shop) and declares two models over it.
+    `example` also writes data/ (a generated ratings shop), declares two models over it and
+    writes alert_faults.yaml (the alert benchmark's replay of June and its faults).
     A folder that holds anything is refused unless `force`. `checkout` is where flows/ and
     bentos/ are copied from (default: the checkout this maquette package runs from).
     """
@@ -81,6 +86,8 @@ def init_project(
         relative = template.relative_to(TEMPLATES).with_suffix("")
         if relative.name == "models.yaml":
             continue  # spliced into maquette.yaml
+        if relative.name == EXAMPLE_ONLY and not example:
+            continue  # its faults name the example's views, models and June of data
         target = folder / (".gitignore" if relative.name == "gitignore" else relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(_render(template.read_text(), values))
