@@ -395,6 +395,25 @@ def test_feature_missing_per_window_next_to_the_training_null_rate(tmp_path: Pat
     assert list(f1.complete) == [True, True]
 
 
+def test_a_feature_served_as_null_counts_as_missing(tmp_path: Path) -> None:
+    """A broken pipeline writes nulls that Redis returns as found: the served values say so."""
+    settings = _settings(tmp_path)
+    records = _record(features=["f1", "f2"], distributions={})
+    times = [DAY1 + i * H for i in range(4)]
+    scored = _scored(times, [1, 2, 3, 4], missing=[["f2"], [], [], []])
+    served = ['{"f1": null, "f2": null}', '{"f1": 1.5, "f2": 2}', '{"f1": null, "f2": 3}', "{}"]
+    scored = scored.append_column("features", pa.array(served, pa.string()))
+    frame = feature_missing(settings, "m", scored, "daily", as_of=DAY1 + 30 * H, records=records)
+    counts = frame.set_index("feature")["missing"].to_dict()
+    # f1: null in rows 0 and 2, absent from row 3; f2: missing (and null) in row 0, absent in 3.
+    assert counts == {"f1": 3, "f2": 2}
+    # Without the served values only the missing and stale lists count.
+    narrow = feature_missing(
+        settings, "m", scored.drop_columns(["features"]), "daily", records=records
+    )
+    assert narrow.set_index("feature")["missing"].to_dict() == {"f1": 0, "f2": 1}
+
+
 # --- the label join at a pass's as_of --------------------------------------------------------
 
 

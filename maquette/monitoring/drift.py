@@ -360,6 +360,10 @@ def _fingerprint(settings: Settings, kind: str, min_rows: int, served_in_period:
     return "|".join(map(str, knobs))
 
 
+# An open window's report is redone once its rows have grown by this factor (and when it ends).
+OPEN_REDO_GROWTH = 1.25
+
+
 def window_reports(
     settings: Settings,
     name: str,
@@ -387,7 +391,9 @@ def window_reports(
                 settings, kind, min_rows, reference_period_rows(settings, kind, start, end, frame)
             )
             previous = known.get((str(version_id), spec.name, window.start.isoformat()))
-            if _still_valid(previous, window, fingerprint):
+            if _still_valid(previous, window, fingerprint) or _open_and_recent(
+                previous, window, fingerprint
+            ):
                 assert previous is not None
                 out.append(replace(previous, complete=window.complete))
                 continue
@@ -414,6 +420,19 @@ def _still_valid(previous: WindowReport | None, window: Window, fingerprint: str
         and previous.enough
         and previous.rows == len(window.rows)
         and previous.labelled == int(window.rows[LABEL].notna().sum())
+        and previous.fingerprint == fingerprint
+        and Path(previous.html).is_file()
+    )
+
+
+def _open_and_recent(previous: WindowReport | None, window: Window, fingerprint: str) -> bool:
+    """An open window's report is kept until its rows grow by a quarter: an open window is
+    never judged, and an hourly pass would otherwise run Evidently on it every hour."""
+    return (
+        previous is not None
+        and not window.complete
+        and previous.enough
+        and len(window.rows) < OPEN_REDO_GROWTH * previous.rows
         and previous.fingerprint == fingerprint
         and Path(previous.html).is_file()
     )

@@ -29,6 +29,7 @@ class Freshness:
     age_s: float | None
     stale: bool
     features: list[str] = field(default_factory=list)  # what a stale view serves as missing
+    note: str = ""  # why a view older than its TTL is not stale (a streamed view, caught up)
 
 
 def freshness(
@@ -39,14 +40,42 @@ def freshness(
     now = as_of or datetime.now(UTC)
     views = layer.feature_views()
     out = []
+    behind: bool | None = None  # whether the stream processor has events left to apply
     for view, seconds in zip(views, _newest_seconds(settings, layer, views), strict=True):
         ttl = view.ttl.total_seconds() if view.ttl else None  # a zero TTL means no limit
         when = datetime.fromtimestamp(seconds, UTC) if seconds is not None else None
         age = (now - when).total_seconds() if when else None
         stale = when is None or (ttl is not None and age is not None and age > ttl)
         features = [f.name for f in view.features]
-        out.append(Freshness(view.name, ttl, when, age, stale, features))
+        note = ""
+        if stale and _streamed(view):
+            # A streamed view gets a value only when an event comes: a quiet hour (a night
+            # without departures) leaves it older than its TTL with nothing late. It is late
+            # only while the processor has events it has not applied.
+            behind = _processor_behind(settings) if behind is None else behind
+            if not behind:
+                stale = False
+                note = "no events within its TTL; the stream processor has applied every event"
+        out.append(Freshness(view.name, ttl, when, age, stale, features, note))
     return out
+
+
+def _streamed(view: FeatureView) -> bool:
+    from feast.data_source import PushSource
+
+    return isinstance(view.stream_source, PushSource) or isinstance(view.batch_source, PushSource)
+
+
+def _processor_behind(settings: Settings) -> bool:
+    """Whether the project's event stream holds events the processor has not applied."""
+    from maquette.errors import MaquetteError
+    from maquette.stream.operations import status
+
+    try:
+        found = status(settings)
+    except MaquetteError:  # no stream to read: judge the view by its values alone
+        return True
+    return bool(found.pending) or bool(found.undelivered)
 
 
 def _newest_seconds(

@@ -100,8 +100,11 @@ def monitor_model(
     for spec in kept:
         if spec.name not in series:
             series[spec.name] = live_metrics(settings, name, narrow, spec, as_of=as_of)
-    missing = feature_missing(settings, name, narrow, window, as_of=as_of)
     scored = pq.read_table(labels.scored_path(settings, name))
+    # The served values too: a feature served as null (a broken pipeline) counts as missing.
+    missing = feature_missing(
+        settings, name, scored.select([*METRIC_COLUMNS, "features"]), window, as_of=as_of
+    )
     reports = drift.window_reports(settings, name, scored, announce, as_of=as_of)
     skews = skew.skew_windows(settings, name, scored, window, as_of=as_of)
     return ModelFindings(
