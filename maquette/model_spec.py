@@ -163,7 +163,11 @@ class ModelMonitoring(Section):
         "period a season ago (null: monitoring.reference).",
     )
     open_after: int = Field(
-        1, ge=1, description="Consecutive breaching judged windows that open an incident."
+        2,
+        ge=1,
+        description="Consecutive breaching judged windows that open an accuracy or drift "
+        "incident (one stormy day is not a broken model); missing features, skew and "
+        "freshness open on their first breach.",
     )
     resolve_after: int = Field(
         1, ge=1, description="Consecutive clear judged windows that resolve an open incident."

@@ -41,7 +41,11 @@ DAY0 = datetime(2013, 12, 2, tzinfo=UTC)
 def settings(tmp_path: Path, running_redis: str) -> Settings:
     """A project of its own (its own incident store), on this module's Redis database."""
     folder = make_project(tmp_path / "project", running_redis.rsplit("/", 1)[0] + "/4")
-    return load_settings(folder)
+    loaded = load_settings(folder)
+    # The state machine's cases are written for incidents that open on their first breach.
+    for spec in loaded.models.values():
+        spec.monitoring.open_after = 1
+    return loaded
 
 
 def day(n: int) -> tuple[str, str]:
@@ -159,6 +163,18 @@ def test_resolves_on_clear_and_a_later_breach_opens_a_new_incident(settings: Set
     ).opened
     assert [w["start"] for w in third.windows] == [day(5)[0]]
     assert [i.status for i in incidents.load(settings)] == ["resolved", "resolved", "open"]
+
+
+def test_by_default_accuracy_waits_for_a_second_window_and_a_missing_feature_does_not(
+    settings: Settings,
+) -> None:
+    settings.models["flight_delay"].monitoring.open_after = 2  # the default
+    missing = dict(kind="missing_features", columns=("carrier_dep_delay_7d",))
+    changes = incidents.update(settings, [verdict(BREACH, 0), verdict(BREACH, 0, **missing)], at(0))
+    assert [i.kind for i in changes.opened] == ["missing_features"]
+    (opened,) = incidents.update(settings, [verdict(BREACH, 1)], at(1)).opened
+    assert opened.kind == "accuracy" and len(opened.windows) == 2
+    assert type(settings.models["flight_delay"].monitoring).model_fields["open_after"].default == 2
 
 
 def test_open_after_and_resolve_after(settings: Settings) -> None:

@@ -61,6 +61,8 @@ def _quick_retraining(folder: Path) -> None:
     for spec in config["models"].values():
         spec["params"] = {"n_estimators": 10}
         spec["search"]["trials"] = 1
+        # One replayed day is one daily window: incidents here open on their first breach.
+        spec.setdefault("monitoring", {})["open_after"] = 1
     path.write_text(yaml.safe_dump(config))
 
 

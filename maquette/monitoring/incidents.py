@@ -161,12 +161,20 @@ def _merge(verdicts: list[Verdict]) -> Verdict:
     return Verdict(*first.key, first.window_start, first.window_end, BREACH, finding)
 
 
+# Kinds judged on the world (labels, the inputs' distribution): one bad day of weather breaches
+# them, so they wait for `open_after` windows. The others check the platform's own data (a
+# value missing, served unlike offline, a view not updated) and open on the first breach.
+PERSISTENT_KINDS = {"accuracy", "drift"}
+
+
 def _rules(settings: Settings, kind: str, model: str | None) -> tuple[int, int]:
-    """(open_after, resolve_after) of a key: the model's, 1 and 1 for freshness."""
+    """(open_after, resolve_after) of a key: the model's; checks of the platform's own data
+    open on their first breach; freshness also resolves on its first clear pass."""
     if kind == "freshness" or model is None or model not in settings.models:
         return 1, 1
     resolved = settings.monitoring_of(model)
-    return resolved.open_after, resolved.resolve_after
+    opens = resolved.open_after if kind in PERSISTENT_KINDS else 1
+    return opens, resolved.resolve_after
 
 
 def update(

@@ -249,7 +249,14 @@ def missing_verdicts(settings: Settings, name: str, missing: pd.DataFrame) -> li
             continue
         rates = rows.set_index("feature")["missing_rate"].astype(float)
         trained = rows.set_index("feature")["training_rate"].astype(float).fillna(0.0)
-        over = sorted(f for f in rates.index if rates[f] - trained[f] > limit)
+        # Above the limit, and beyond chance: a binomial z-score of the window's count against
+        # the training rate (a day of 200 predictions moves a 10% rate by +-2% by chance alone).
+        over = sorted(
+            f
+            for f in rates.index
+            if rates[f] - trained[f] > limit
+            and _z_above(rates[f], trained[f], predictions) > MISSING_Z
+        )
         if over:
             verdict.status = BREACH
             worst = max(rates[f] - trained[f] for f in over)
@@ -270,6 +277,17 @@ def missing_verdicts(settings: Settings, name: str, missing: pd.DataFrame) -> li
             )
         out.append(verdict)
     return out
+
+
+# A feature's missing rate must be this many standard errors above its training rate.
+MISSING_Z = 3.0
+
+
+def _z_above(rate: float, base: float, n: int) -> float:
+    """How many binomial standard errors `rate` (of n) lies above `base`."""
+    floor = 1.0 / max(n, 1)  # a feature never null in training still varies by one row
+    p = min(max(base, floor), 1 - floor)
+    return (rate - base) / math.sqrt(p * (1 - p) / max(n, 1))
 
 
 def missing_share_verdicts(settings: Settings, name: str, series: pd.DataFrame) -> list[Verdict]:
