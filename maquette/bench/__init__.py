@@ -12,6 +12,10 @@
 - `monitoring`: label join + live metrics on a large log; Evidently drift, stock vs sampled.
 - `soak`: the whole platform under traffic, Redis and the stream processor killed once each:
   schedules fired, restarts, answers, acknowledged predictions reconciled with Parquet.
+- `alerts` (`alerts_faults`, `alerts_project`, `alerts_replay`, `alerts_inject`, `alerts_facts`,
+  `alerts_report`): a period replayed twice through the real platform, clean and with the
+  faults of a faults file injected; per fault the incident that found it and how fast, the
+  clean replay's incidents explained by a data fact or not, the drift references compared.
 - `durability`: `redis.appendfsync` everysec vs always on the serving path, loaded by wrk.
 
 May import: everything below the CLI; never `maquette.cli` or `maquette.examples` (a

@@ -189,8 +189,9 @@ def bench_alerts(
     """Replay a period twice (clean, then with injected faults) through the platform's real
     parts: which incident found each fault, how fast; false alarms on the clean replay.
 
-    Needs a trained project (`maquette demo --quick` leaves one). Example:
-    maquette bench alerts --faults alert_faults.yaml --out alerts.json
+    Needs a trained project (`maquette demo --quick` leaves one).
+
+    Example: maquette bench alerts --faults alert_faults.yaml --out alerts.json
     """
     from maquette.bench.alerts_report import run_alert_bench
 

@@ -122,7 +122,7 @@ def test_quick_demo_runs_the_whole_lifecycle_from_a_fresh_project(quick_demo: De
         assert stage in out, stage
     assert "336,776 rows" in out and "327,346 with a label" in out
     assert "live accuracy per day" in out and "2013-12-01" in out and "2013-12-02" in out
-    assert "drift flight_delay:v1" in out and "alerts raised" in out
+    assert "drift flight_delay:v1" in out and "incidents:" in out
     assert "where to look" in out and "evidently ui --workspace" in out
     state = project / ".maquette"
     assert (state / "reports" / "monitoring" / "index.html").is_file()
