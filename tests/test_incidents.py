@@ -536,3 +536,18 @@ def test_monitor_alerts_names_an_unknown_model(settings: Settings) -> None:
         app, ["monitor", "alerts", "--model", "nope", "--project", str(settings.project_dir)]
     )
     assert result.exit_code == 2 and "no model named 'nope'" in result.output
+
+
+def test_a_view_with_no_value_reaches_the_webhook_as_plain_json(
+    settings: Settings, webhook: tuple[str, list[dict[str, Any]], list[bool]]
+) -> None:
+    """A view with nothing stored has no age: the event must still be JSON a webhook reads."""
+    url, received, _ = webhook
+    settings.monitoring.webhook = url
+    empty = Freshness("weather_hourly", 3 * 3600.0, None, None, True, ["temp", "dewp"])
+    incidents.update(settings, freshness_verdicts([empty], at(0)), at(0))
+    assert incidents.notify(settings) is None
+    (event,) = received
+    assert event["event"] == "opened" and event["incident"]["subject"] == "weather_hourly"
+    assert event["incident"]["severity"] == "critical"
+    assert event["incident"]["windows"][0]["values"] == {"dewp": -1.0, "temp": -1.0}

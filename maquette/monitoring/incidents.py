@@ -15,11 +15,13 @@ for each event; an event whose POST failed stays pending and is sent at the next
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -177,7 +179,7 @@ def _rules(settings: Settings, kind: str, model: str | None) -> tuple[int, int]:
     return opens, resolved.resolve_after
 
 
-def update(
+def _update(
     settings: Settings, verdicts: Iterable[Verdict], as_of: datetime | None = None
 ) -> IncidentChanges:
     """Apply a pass's verdicts to the incidents (each judged window once); store the result."""
@@ -319,7 +321,7 @@ def _add(incident: Incident, window: dict[str, Any], message: str, now: str) -> 
     incident.message = message
 
 
-def notify(settings: Settings) -> str | None:
+def _notify(settings: Settings) -> str | None:
     """POST every event not yet delivered to the webhook; the error text if a POST failed.
 
     Events go in order, opened before resolved; at the first failure the rest wait for the next
@@ -349,7 +351,7 @@ def notify(settings: Settings) -> str | None:
                     timeout=settings.monitoring.webhook_timeout_s,
                 )
                 response.raise_for_status()
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body JSON refuses
                 waiting = len(due) - due.index((incident, event))
                 error = (
                     f"webhook {url} failed: {exc}; {waiting} incident event(s) are sent again "
@@ -359,3 +361,31 @@ def notify(settings: Settings) -> str | None:
         incident.notified[event] = True
     _write(settings, store)
     return error
+
+
+@contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    """Hold the store's lock: a scheduled pass and one started by hand never interleave their
+    read-change-write (windows applied twice, an event posted twice)."""
+    path = incidents_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update(
+    settings: Settings, verdicts: Iterable[Verdict], as_of: datetime | None = None
+) -> IncidentChanges:
+    """Apply a pass's verdicts to the incidents (under the store's lock); what changed."""
+    with _locked(settings):
+        return _update(settings, verdicts, as_of)
+
+
+def notify(settings: Settings) -> str | None:
+    """POST the events not yet delivered (under the store's lock); the error text if one failed."""
+    with _locked(settings):
+        return _notify(settings)

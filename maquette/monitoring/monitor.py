@@ -15,6 +15,7 @@ in an index page, `reports/monitoring/index.html`. A pass judges the world as of
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from maquette.monitoring.live_metrics import METRIC_COLUMNS, feature_missing, li
 from maquette.monitoring.verdicts import Verdict
 from maquette.serving import prediction_log as predictions
 from maquette.window_spec import parse_window
+
+log = logging.getLogger("maquette.monitoring")
 
 
 @dataclass
@@ -143,16 +146,28 @@ def run(
     """One monitoring pass (the `monitor` flow passes a `step` that makes each part a task)."""
     began = time.perf_counter()
     when = as_of or datetime.now(UTC)  # one instant for every part of the pass
+    if when.tzinfo is None:  # a naive time is UTC, as everywhere in Maquette
+        when = when.replace(tzinfo=UTC)
     for name in models or []:
         settings.model_spec(name)  # unknown names fail before any work
     drained = step("drain", predictions.drain, settings).entries if drain else 0
     results, skipped = _monitor_models(settings, models, when, announce, step)
     views = step("freshness", freshness, settings, when)
-    found = [v for r in results.values() for v in model_verdicts(settings, r, when)]
+    found: list[Verdict] = []
+    for name, result in results.items():
+        try:
+            found += model_verdicts(settings, result, when)
+        except Exception as exc:  # one model's problem never hides the others' incidents
+            if models:
+                raise
+            log.exception("monitoring %s: its windows could not be judged", name)
+            skipped[name] = f"its windows could not be judged: {exc}"
     found += judge.freshness_verdicts(views, when)
     changes = step("incidents", incidents.update, settings, found, when)
     webhook_error = step("webhook", incidents.notify, settings)
-    retrained = _retrain_on_incidents(settings, changes.opened, announce, step)
+    # An incident opened and resolved within this pass (history judged at once) is over.
+    still_open = [i for i in changes.opened if i.status == "open"]
+    retrained = _retrain_on_incidents(settings, still_open, announce, step)
     outcome = MonitorRun(
         when,
         drained,
@@ -195,7 +210,13 @@ def _monitor_models(
                 )
             skipped[name] = "no logged predictions yet"
             continue
-        results[name] = step(f"monitor-{name}", monitor_model, settings, name, as_of, announce)
+        try:
+            results[name] = step(f"monitor-{name}", monitor_model, settings, name, as_of, announce)
+        except Exception as exc:  # one model's problem never stops the others or freshness
+            if models:
+                raise
+            log.exception("monitoring %s failed", name)
+            skipped[name] = f"monitoring failed ({type(exc).__name__}): {exc}"
     if not results and not models:
         raise DataNotLoaded(
             "no logged predictions of any model yet.",

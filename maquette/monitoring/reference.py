@@ -95,7 +95,18 @@ def reference_frame(
     # Where traffic was served, the served rows stand for the period; before the first one,
     # the version's split rows do (never both for the same time).
     first = _first_served(frame)
-    key = (kind, str(version.path), lo, hi, len(served), first, settings.monitoring.reference_rows)
+    # Two projects (the benchmark's clean and faulty replays) share model versions and periods:
+    # the offline store tells their served rows apart.
+    key = (
+        str(settings.offline_store),
+        kind,
+        str(version.path),
+        lo,
+        hi,
+        len(served),
+        first,
+        settings.monitoring.reference_rows,
+    )
     return _cached(
         key,
         lambda: _period_reference(settings, version, kind, lo, hi, served, first),

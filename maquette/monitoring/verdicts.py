@@ -427,7 +427,8 @@ def freshness_verdicts(views: Iterable[Any], as_of: datetime) -> list[Verdict]:
             )
             verdict.finding = Finding(
                 columns,
-                dict.fromkeys(columns, age),
+                # No value at all has no age: JSON (the store, the webhook) has no infinity.
+                dict.fromkeys(columns, f.age_s if f.age_s is not None else -1.0),
                 dict.fromkeys(columns, ttl),
                 _severity(f.newest is None or age >= 2 * ttl),
                 message,
