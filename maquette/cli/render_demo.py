@@ -156,9 +156,11 @@ def _monitoring_summary(console: Console, run: MonitorRun) -> None:
             f"{references} reference, {drifted} with drifted features"
         )
         rates = [r for w in found.skew for r in w.mismatch_rate.values()]
+        skew_versions = ",".join(sorted({w.version for w in found.skew})) or "-"
         console.print(
-            f"skew {name}: worst feature mismatch {max(rates, default=0.0):.2%} over "
-            f"{len(found.skew)} sampled {found.alert_window} windows"
+            f"skew {name}:{skew_versions}: worst feature mismatch {max(rates, default=0.0):.2%} "
+            f"on {sum(w.rows for w in found.skew):,} sampled predictions "
+            f"({len(found.skew)} {found.alert_window} windows)"
         )
     current = [i for i in reversed(run.incidents) if i.status == "open"]
     done = [i for i in reversed(run.incidents) if i.status == "resolved"]
