@@ -551,3 +551,18 @@ def test_a_view_with_no_value_reaches_the_webhook_as_plain_json(
     assert event["event"] == "opened" and event["incident"]["subject"] == "weather_hourly"
     assert event["incident"]["severity"] == "critical"
     assert event["incident"]["windows"][0]["values"] == {"dewp": -1.0, "temp": -1.0}
+
+
+def test_a_value_json_cannot_hold_reaches_the_webhook_as_null(
+    settings: Settings, webhook: tuple[str, list[dict[str, Any]], list[bool]]
+) -> None:
+    """A p-value Evidently could not compute (NaN) must not hold back this or later events."""
+    url, received, _ = webhook
+    settings.monitoring.webhook = url
+    broken = verdict(BREACH, 0, kind="drift", columns=("temp",))
+    assert broken.finding is not None
+    broken.finding.values["temp"] = float("nan")
+    incidents.update(settings, [broken], at(0))
+    assert incidents.notify(settings) is None
+    (event,) = received
+    assert event["incident"]["windows"][0]["values"] == {"temp": None}

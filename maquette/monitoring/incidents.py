@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import tempfile
 from collections import defaultdict
@@ -347,11 +348,13 @@ def _notify(settings: Settings) -> str | None:
             try:
                 response = httpx.post(
                     url,
-                    json={"source": "maquette", "event": event, "incident": asdict(incident)},
+                    json=_plain(
+                        {"source": "maquette", "event": event, "incident": asdict(incident)}
+                    ),
                     timeout=settings.monitoring.webhook_timeout_s,
                 )
                 response.raise_for_status()
-            except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body JSON refuses
+            except httpx.HTTPError as exc:
                 waiting = len(due) - due.index((incident, event))
                 error = (
                     f"webhook {url} failed: {exc}; {waiting} incident event(s) are sent again "
@@ -389,3 +392,15 @@ def notify(settings: Settings) -> str | None:
     """POST the events not yet delivered (under the store's lock); the error text if one failed."""
     with _locked(settings):
         return _notify(settings)
+
+
+def _plain(value: Any) -> Any:
+    """`value` with every non-finite number as null: JSON (and so a webhook) has no NaN or
+    infinity, and one such value must not hold back every later event."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -345,7 +345,7 @@ def drift_verdicts(settings: Settings, name: str, reports: Iterable[Any]) -> lis
             reference, note = r.reference, r.reference_note
             verdict.finding = Finding(
                 drifted,
-                {f: float(r.feature_drift.get(f, float("nan"))) for f in drifted},
+                {f: float(r.feature_drift[f]) for f in drifted if f in r.feature_drift},
                 {"drift_share": limit},
                 _severity(_critical(r.drift_share, limit, 0.0)),
                 f"{name}:{r.version}, {r.window} window "
