@@ -165,8 +165,8 @@ class ModelMonitoring(Section):
     open_after: int = Field(
         2,
         ge=1,
-        description="Consecutive breaching judged windows that open an accuracy or drift "
-        "incident (one stormy day is not a broken model); missing features, skew and "
+        description="Consecutive breaching judged windows that open an accuracy, drift or "
+        "missing-features incident (one stormy day is not a broken model); skew and "
         "freshness open on their first breach.",
     )
     resolve_after: int = Field(

@@ -140,9 +140,9 @@ SMALL_FAULTS = """
 replay: {start: 2013-12-02T00:00:00Z, end: 2013-12-04T00:00:00Z, slot: 1h, pass_every: 12h}
 faults:
   - name: AA carrier stats null
-    kind: null_features
+    kind: null_features           # two days: missing-features incidents open on a second window
     start: 2013-12-02T00:00:00Z
-    days: 1
+    days: 2
     view: carrier_daily
     where: "carrier = 'AA'"
     expect: {kind: missing_features, model: flight_delay, columns: [carrier_dep_delay_7d]}
@@ -191,9 +191,10 @@ def test_small_replay_finds_each_fault_and_the_clean_replay_raises_none(
         hit = found[fault.name]
         assert hit.incident is not None and hit.incident["kind"] == fault.expect.kind
         assert set(fault.expect.columns) <= set(hit.incident["columns"])
-        # Found at the first pass that judges the window holding the onset; accuracy waits for
-        # its second breaching window (`open_after: 2`), judged at the replay's last pass.
-        limit = 48 if fault.expect.kind == "accuracy" else 36
+        # Found at the first pass that judges the window holding the onset; accuracy and missing
+        # features wait for their second breaching window (`open_after: 2`), judged at the
+        # replay's last pass.
+        limit = 48 if fault.expect.kind in ("accuracy", "missing_features") else 36
         assert hit.hours_to_detect is not None and 0 < hit.hours_to_detect <= limit
         assert hit.windows_to_detect is not None and hit.windows_to_detect <= 2
     stale = next(f for f in plan.faults if isinstance(f, StaleView))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from maquette import registry
@@ -25,10 +26,12 @@ from maquette.features.layer import FeatureLayer
 from maquette.monitoring import drift, skew
 from maquette.monitoring.drift_tests import benjamini_hochberg, plan_tests
 from maquette.monitoring.reference import reference_frame
+from maquette.monitoring.verdicts import NOT_ENOUGH, drift_verdicts
 from maquette.platform.demo import entity_frame
 from maquette.training.model_types import TrainedModel
 
 NAME = "flight_delay"
+SATURDAY = datetime(2013, 12, 7, tzinfo=UTC)
 KEYS = ["origin", "carrier", "tailnum", "route", "scheduled_departure"]
 # Served traffic: a large week, a small week, and a few rows of the week after.
 WEEKS = [
@@ -256,6 +259,22 @@ def test_an_open_window_is_marked_and_rows_after_as_of_do_not_count(
     ]
     times = scored.to_pandas().request_time
     assert reports[1].rows == int(((times >= "2013-12-09") & (times < as_of)).sum())
+
+
+def test_a_window_mostly_before_serving_began_is_not_judged(
+    served: tuple[Settings, pa.Table], tmp_path: Path
+) -> None:
+    settings, scored = served
+    own = _own(settings, tmp_path, reference="training")
+    # Serving begins on Saturday 2013-12-07: two days of the first ISO week are no week.
+    late = scored.filter(pc.greater_equal(scored["request_time"], pa.scalar(SATURDAY)))
+    first, second, _ = drift.window_reports(own, NAME, late)
+    assert first.window_start[:10] == "2013-12-02" and first.complete and first.rows >= 30
+    assert not first.enough and not first.drifted_features and not first.workspace_runs
+    assert "began serving on 2013-12-07" in first.note and "not tested" in first.note
+    assert second.window_start[:10] == "2013-12-09" and second.enough
+    (verdict, *_) = drift_verdicts(own, NAME, [first, second])
+    assert verdict.status == NOT_ENOUGH
 
 
 def test_a_count_window_holds_n_rows_and_only_full_ones_are_complete(

@@ -165,15 +165,19 @@ def test_resolves_on_clear_and_a_later_breach_opens_a_new_incident(settings: Set
     assert [i.status for i in incidents.load(settings)] == ["resolved", "resolved", "open"]
 
 
-def test_by_default_accuracy_waits_for_a_second_window_and_a_missing_feature_does_not(
+def test_by_default_accuracy_and_missing_features_wait_for_a_second_window_and_skew_does_not(
     settings: Settings,
 ) -> None:
     settings.models["flight_delay"].monitoring.open_after = 2  # the default
     missing = dict(kind="missing_features", columns=("carrier_dep_delay_7d",))
-    changes = incidents.update(settings, [verdict(BREACH, 0), verdict(BREACH, 0, **missing)], at(0))
-    assert [i.kind for i in changes.opened] == ["missing_features"]
-    (opened,) = incidents.update(settings, [verdict(BREACH, 1)], at(1)).opened
-    assert opened.kind == "accuracy" and len(opened.windows) == 2
+    skewed = dict(kind="skew", columns=("origin_dep_delay_7d",))
+    first = [verdict(BREACH, 0), verdict(BREACH, 0, **missing), verdict(BREACH, 0, **skewed)]
+    changes = incidents.update(settings, first, at(0))
+    assert [i.kind for i in changes.opened] == ["skew"]
+    second = [verdict(BREACH, 1), verdict(BREACH, 1, **missing)]
+    opened = incidents.update(settings, second, at(1)).opened
+    assert sorted(i.kind for i in opened) == ["accuracy", "missing_features"]
+    assert all(len(i.windows) == 2 for i in opened)
     assert type(settings.models["flight_delay"].monitoring).model_fields["open_after"].default == 2
 
 
@@ -377,6 +381,7 @@ def test_missing_features_per_feature_against_their_training_null_rate(
     assert found.finding.columns == ["dep_delay_mean", "temp"]
     assert found.finding.severity == "critical"  # +33% is over twice the 5% limit
     assert "dep_delay_mean 34.0% (training 1.0%)" in found.finding.message
+    assert "more predictions than usual" in found.finding.message
     (small,) = missing_verdicts(settings, "flight_delay", _missing_frame({"temp": (0.5, 0)}, 10))
     assert small.status == NOT_ENOUGH  # 10 predictions < min_rows 30
     (fine,) = missing_verdicts(settings, "flight_delay", _missing_frame({"temp": (0.04, 0.0)}))

@@ -291,10 +291,15 @@ def _not_enough(
     window: Window,
     min_rows: int,
     kind: str,
+    why: str | None = None,
 ) -> WindowReport:
     """A window too small to judge: listed, with a one-line page saying so, never tested."""
     rows = len(window.rows)
-    note = f"not enough data: {rows:,} predictions, fewer than min_rows {min_rows:,}; not tested"
+    note = (
+        "not enough data: "
+        + (why or f"{rows:,} predictions, fewer than min_rows {min_rows:,}")
+        + "; not tested"
+    )
     folder = reports_dir(settings, version.name)
     folder.mkdir(parents=True, exist_ok=True)
     page = folder / f"{_stem(version, spec, window)}_drift.html"
@@ -382,10 +387,20 @@ def window_reports(
     out: list[WindowReport] = []
     for version_id, rows in frame.groupby("version"):
         version = registry.resolve(settings, f"{name}:{version_id}")
+        began = pd.Timestamp(rows["request_time"].min())
         for window in windows_of(rows, spec, as_of):
             start, end = window.start.to_pydatetime(), window.end.to_pydatetime()
             if len(window.rows) < min_rows:
                 out.append(_not_enough(settings, version, spec, window, min_rows, kind))
+                continue
+            if spec.is_time and began > window.start + (window.end - window.start) / 2:
+                # Most of the window passed before serving began: its rows are a few days of a
+                # week (a Sunday's flights against four whole weeks), which every test flags.
+                why = (
+                    f"{version.tag} began serving on {began:%Y-%m-%d %H:%M} UTC, after the "
+                    f"middle of this {spec.name} window"
+                )
+                out.append(_not_enough(settings, version, spec, window, min_rows, kind, why))
                 continue
             fingerprint = _fingerprint(
                 settings, kind, min_rows, reference_period_rows(settings, kind, start, end, frame)

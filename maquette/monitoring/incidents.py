@@ -164,10 +164,11 @@ def _merge(verdicts: list[Verdict]) -> Verdict:
     return Verdict(*first.key, first.window_start, first.window_end, BREACH, finding)
 
 
-# Kinds judged on the world (labels, the inputs' distribution): one bad day of weather breaches
-# them, so they wait for `open_after` windows. The others check the platform's own data (a
-# value missing, served unlike offline, a view not updated) and open on the first breach.
-PERSISTENT_KINDS = {"accuracy", "drift"}
+# Kinds whose single windows move with the world: one stormy day breaches accuracy and drift,
+# and one day a weather station's sensor is out (or few flights leave a carrier-hour without a
+# departure) breaches missing features. They wait for `open_after` windows; a broken pipeline
+# lasts. Skew (served unlike offline) and freshness (a view not updated) open on the first.
+PERSISTENT_KINDS = {"accuracy", "drift", "missing_features"}
 
 
 def _rules(settings: Settings, kind: str, model: str | None) -> tuple[int, int]:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from maquette.config import Settings
 from maquette.errors import DataNotLoaded
-from maquette.monitoring import alerts, drift, incidents, labels, skew
+from maquette.monitoring import alerts, drift, incidents, labels, missing_baseline, skew
 from maquette.monitoring import verdicts as judge
 from maquette.monitoring.freshness import Freshness, freshness
 from maquette.monitoring.incidents import Incident
@@ -54,6 +54,9 @@ class ModelFindings:
     unknown_label_ids: int = 0
     alert_window: str = "daily"
     missing: pd.DataFrame = field(default_factory=pd.DataFrame)  # per window and feature
+    # The split rows' windows before serving: what the first served windows' missing shares
+    # are compared with.
+    missing_history: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
@@ -120,6 +123,7 @@ def monitor_model(
         ingested.unknown_ids,
         window.name,
         missing,
+        missing_baseline.split_history(settings, name, missing),
     )
 
 
@@ -128,7 +132,7 @@ def model_verdicts(settings: Settings, found: ModelFindings, as_of: datetime) ->
     name = found.name
     return [
         *judge.accuracy_verdicts(settings, name, found.metrics[found.alert_window], as_of),
-        *judge.missing_verdicts(settings, name, found.missing),
+        *judge.missing_verdicts(settings, name, found.missing, found.missing_history),
         *judge.missing_share_verdicts(settings, name, found.metrics[found.alert_window]),
         *judge.drift_verdicts(settings, name, found.reports),
         *judge.skew_verdicts(settings, name, found.skew),

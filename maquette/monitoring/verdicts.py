@@ -30,6 +30,7 @@ import pandas as pd
 from maquette import registry
 from maquette.config import Settings
 from maquette.model_spec import AlertThresholds
+from maquette.monitoring.missing_baseline import MissingHistory
 from maquette.version_record import VersionRecord
 from maquette.window_spec import parse_duration
 
@@ -225,58 +226,83 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def missing_verdicts(settings: Settings, name: str, missing: pd.DataFrame) -> list[Verdict]:
-    """Per complete window: features missing or stale more often than in training.
+def missing_verdicts(
+    settings: Settings, name: str, missing: pd.DataFrame, history: pd.DataFrame | None = None
+) -> list[Verdict]:
+    """Per complete window: features missing or stale more often than usual.
 
-    `missing` is `live_metrics.feature_missing`'s frame: one row per (window, feature).
+    `missing` is `live_metrics.feature_missing`'s frame: one row per (window, feature);
+    `history` is `missing_baseline.split_history`'s: the split rows' windows before serving.
+    Windows are judged in order, each against the windows before it (`missing_baseline`).
     """
     limits = settings.monitoring_of(name).thresholds
     limit = limits.missing_rate_increase_above
     if limit is None or missing.empty:
         return []
+    trailing = parse_duration(settings.monitoring.reference_trailing)
     out = []
-    done = missing[missing["complete"]]
-    for (version, start, end), rows in done.groupby(
-        ["version", "window_start", "window_end"], sort=True
-    ):
-        first = rows.iloc[0].to_dict()
-        verdict = _verdict("missing_features", name, "all", first)
-        predictions = int(first["predictions"])
-        verdict.details = {"version": str(version), "predictions": predictions}
-        if predictions < limits.min_rows:
-            verdict.status = NOT_ENOUGH
-            out.append(verdict)
-            continue
-        rates = rows.set_index("feature")["missing_rate"].astype(float)
-        trained = rows.set_index("feature")["training_rate"].astype(float).fillna(0.0)
-        # Above the limit, and beyond chance: a binomial z-score of the window's count against
-        # the training rate (a day of 200 predictions moves a 10% rate by +-2% by chance alone).
-        over = sorted(
-            f
-            for f in rates.index
-            if rates[f] - trained[f] > limit
-            and _z_above(rates[f], trained[f], predictions) > MISSING_Z
-        )
-        if over:
-            verdict.status = BREACH
-            worst = max(rates[f] - trained[f] for f in over)
-            listed = ", ".join(
-                f"{f} {rates[f]:.1%} (training {trained[f]:.1%})"
-                for f in sorted(over, key=lambda f: trained[f] - rates[f])
-            )
-            verdict.finding = Finding(
-                over,
-                {f: float(rates[f]) for f in over},
-                {f: float(trained[f] + limit) for f in over},
-                _severity(worst >= 2 * limit),
-                f"{name}:{version}, {first['window']} window {_when(start, end)}: features "
-                f"missing or stale in more predictions than in training (by more than "
-                f"{limit:.0%}): {listed}, of {predictions:,} predictions. Check that their "
-                "feature views are materialized and their sources complete "
-                "(`maquette features get`, `maquette features materialize`).",
-            )
-        out.append(verdict)
+    for version, windows in missing[missing["complete"]].groupby("version", sort=True):
+        trained = windows.groupby("feature")["training_rate"].first().fillna(0.0)
+        seen = MissingHistory(trailing, {f: float(r) for f, r in trained.items()})
+        if history is not None:
+            for row in history[history["version"] == version].itertuples():
+                seen.add(str(row.feature), row.window_end, float(row.missing_rate))
+        for (start, end), rows in windows.groupby(["window_start", "window_end"], sort=True):
+            out.append(_missing_window(name, str(version), start, end, rows, seen, limit, limits))
     return out
+
+
+def _missing_window(
+    name: str,
+    version: str,
+    start: Any,
+    end: Any,
+    rows: pd.DataFrame,
+    seen: MissingHistory,
+    limit: float,
+    limits: AlertThresholds,
+) -> Verdict:
+    first = rows.iloc[0].to_dict()
+    verdict = _verdict("missing_features", name, "all", first)
+    predictions = int(first["predictions"])
+    verdict.details = {"version": version, "predictions": predictions}
+    if predictions < limits.min_rows:
+        verdict.status = NOT_ENOUGH
+        return verdict
+    rates = rows.set_index("feature")["missing_rate"].astype(float)
+    usual = {f: seen.usual(str(f), start) for f in rates.index}
+    # Above the usual share by the limit, above every earlier window's (when there are enough
+    # of them), and beyond chance: a binomial z-score of the window's count against the usual
+    # share (a day of 200 predictions moves a 10% rate by +-2% by chance alone).
+    over = sorted(
+        f
+        for f in rates.index
+        if rates[f] - usual[f].rate > limit
+        and (not usual[f].windows or rates[f] > usual[f].highest)
+        and _z_above(rates[f], usual[f].rate, predictions) > MISSING_Z
+    )
+    for f in rates.index:
+        if f not in over:  # a breaching window never becomes the usual
+            seen.add(str(f), end, float(rates[f]))
+    if over:
+        verdict.status = BREACH
+        worst = max(rates[f] - usual[f].rate for f in over)
+        listed = ", ".join(
+            f"{f} {rates[f]:.1%} ({usual[f].describe()})"
+            for f in sorted(over, key=lambda f: usual[f].rate - rates[f])
+        )
+        verdict.finding = Finding(
+            over,
+            {f: float(rates[f]) for f in over},
+            {f: float(usual[f].rate + limit) for f in over},
+            _severity(worst >= 2 * limit),
+            f"{name}:{version}, {first['window']} window {_when(start, end)}: features "
+            f"missing or stale in more predictions than usual (by more than {limit:.0%}): "
+            f"{listed}, of {predictions:,} predictions. Check that their feature views are "
+            "materialized and their sources complete "
+            "(`maquette features get`, `maquette features materialize`).",
+        )
+    return verdict
 
 
 # A feature's missing rate must be this many standard errors above its training rate.
