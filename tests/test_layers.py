@@ -17,7 +17,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "maquette"
 # Lowest first. A module may import its own layer or a lower one (cycles are caught apart).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("maquette.errors", "maquette.faults"),
-    ("maquette.config", "maquette.data_settings", "maquette.model_spec", "maquette.window_spec"),
+    (
+        "maquette.config",
+        "maquette.data_settings",
+        "maquette.model_spec",
+        "maquette.platform_settings",
+        "maquette.window_spec",
+    ),
     # The typed record of a version: pydantic and model_spec only, so the registry can use it.
     ("maquette.version_record",),
     ("maquette.data",),

@@ -1,0 +1,168 @@
+"""The settings of the platform's listeners and processes: Redis, the prediction service and
+its log, `maquette up`'s Prefect server and components. Part of `maquette.config`'s `Settings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import Field
+
+from maquette.model_spec import Section
+
+
+class RedisSettings(Section):
+    """The online store. Without `url`, Maquette runs its own redis-server."""
+
+    url: str | None = Field(
+        None, description="Use this Redis (redis://host:port/db) instead of the embedded one."
+    )
+    host: str = Field("127.0.0.1", description="Interface the embedded redis-server binds to.")
+    # 6379 is every Redis's default; a different port keeps the user's own Redis untouched.
+    port: int = Field(6399, description="Port of the embedded redis-server.")
+    appendfsync: Literal["always", "everysec", "no"] = Field(
+        "everysec",
+        description="AOF fsync policy of the embedded Redis: everysec loses up to ~1 s of "
+        "acknowledged writes if the machine (not the process) crashes; always loses none.",
+    )
+    start_timeout_s: float = Field(10.0, description="How long to wait for the server to answer.")
+
+
+class ServingSettings(Section):
+    """The online prediction service (BentoML) and library mode."""
+
+    host: str = Field(
+        "127.0.0.1", description="Interface the service binds to (loopback by default)."
+    )
+    port: int = Field(3000, description="HTTP port of the service.")
+    api_key: str | None = Field(
+        None, description="If set, /predict needs `Authorization: Bearer <key>`."
+    )
+    default_alias: str = Field(
+        "production", description="Alias used when a request names only NAME."
+    )
+    max_rows: int = Field(1000, ge=1, description="Largest batch one request may carry.")
+    fast_path: bool = Field(
+        True,
+        description="Answer POST /predict from Maquette's ASGI route inside the BentoML service "
+        "(same request model and JSON, batches concurrent requests); false: BentoML's API method.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Service worker processes. One batching worker beat two on a 2-core machine; "
+        "add workers when cores outnumber them (see BENCHMARKS.md).",
+    )
+    timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="A request running longer gets 504 (on the fast path a batch already running "
+        "finishes first; its Redis calls time out after 5 s, its prediction log writes after "
+        "0.6 x this, so they answer 503 first). BentoML keeps every request's timer "
+        "this long, so a long timeout means more live objects and longer GC pauses under load.",
+    )
+    access_log: bool = Field(
+        False,
+        description="BentoML's per-request access log (off: the prediction log already records "
+        "every answered prediction).",
+    )
+    trace_sample_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="OpenTelemetry sampling for /predict (exporter: BentoML's tracing config); 0 "
+        "leaves /predict out of tracing.",
+    )
+    traffic: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Per model: version -> weight, e.g. {v3: 0.9, v4: 0.1}."
+    )
+    shadow: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per model: a version scored and logged but never returned.",
+    )
+    example_row: dict[str, Any] | None = Field(
+        None,
+        description="A request row (entity keys and request fields) shown as the example of "
+        "POST /predict in the service's Swagger UI; none: no example.",
+    )
+
+
+class PredictionLogSettings(Section):
+    """Where served predictions go: a Redis Stream, drained into Parquet."""
+
+    stream: str = Field("maquette:predictions", description="Redis Stream of logged predictions.")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="Share of predictions logged.")
+    folder: Path = Field(
+        Path(".maquette/offline/predictions"), description="Drained Parquet files."
+    )
+    drain_batch: int = Field(
+        20_000, ge=1, description="Entries per Parquet file written by the drain."
+    )
+
+
+Component = Literal["redis", "prefect", "deployments", "service", "stream"]
+
+
+class ScheduleSettings(Section):
+    """Cron schedule of each flow's deployments (null: deployed, run on demand only)."""
+
+    materialize: str | None = Field("0 * * * *", description="Incremental materialization.")
+    drain: str | None = Field("* * * * *", description="Prediction log -> Parquet.")
+    monitor: str | None = Field("30 * * * *", description="Monitoring of every model.")
+    batch_predict: str | None = Field("0 6 * * *", description="Daily batch scoring per model.")
+    train: str | None = Field(
+        "0 3 * * 0", description="Retraining per model (monitoring alerts start it too)."
+    )
+
+
+class OrchestrationSettings(Section):
+    """`maquette up`: a local Prefect server, the deployments and the components kept running."""
+
+    host: str = Field(
+        "127.0.0.1", description="Interface the Prefect server and the deployments' runner bind to."
+    )
+    # Prefect's default is 4200; another port leaves the user's own Prefect server alone.
+    prefect_port: int = Field(4210, description="Port of the local Prefect server (API and UI).")
+    runner_port: int = Field(
+        4211, description="Health endpoint of the process running the deployments (/health)."
+    )
+    components: list[Component] = Field(
+        default_factory=lambda: list(get_args(Component)),
+        description="What `maquette up` starts (dependencies first; `down` stops in reverse).",
+    )
+    schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    timezone: str = Field("UTC", description="Time zone of the cron schedules.")
+    batch_entities: str | None = Field(
+        None,
+        description="Entities scored by the daily batch_predict deployments (Parquet/CSV path "
+        "or DuckDB SELECT over the offline store); null: every row of each model's entity "
+        "source.",
+    )
+    batch_output: Path = Field(
+        Path(".maquette/batch"),
+        description="Daily batch predictions go to <folder>/<model>/<first>_<last>.parquet, "
+        "named by the UTC dates of the scored entities' earliest and latest event time.",
+    )
+    run_limit: int = Field(4, ge=1, description="Flow runs the runner executes at the same time.")
+    start_timeout_s: float = Field(
+        180.0, description="How long `up` waits for a component to answer its health check."
+    )
+    stop_timeout_s: float = Field(
+        20.0, description="How long `down` waits after SIGTERM before sending SIGKILL."
+    )
+    settle_s: int = Field(
+        3,
+        ge=1,
+        description="A component alive this long after a (re)start counts as started; one that "
+        "exits sooner is retried with a growing delay (supervisord's startsecs).",
+    )
+    start_retries: int = Field(
+        5,
+        ge=0,
+        description="Failed starts in a row before a crash-looping component is given up "
+        "(`maquette status` says so; `maquette up` tries again).",
+    )
+
+    @property
+    def prefect_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
