@@ -1,0 +1,67 @@
+"""Credentials the platform generates for itself, and keeping credentials out of what is shown.
+
+A generated credential (the embedded Redis's password, the Prefect server's auth string) lives
+in `<state>/secrets/<name>`: the folder is 0700 and the file 0600, created with O_EXCL so two
+processes starting at once agree on one value. A user who sets the credential in maquette.yaml
+or a `MAQUETTE_*` variable never gets a generated one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+
+from maquette.config import Settings
+from maquette.errors import ConfigError
+
+SECRETS_DIR = "secrets"
+REDACTED = "***"
+# user:password@ in any URL-like text (redis://:pw@host, http://user:pw@host, rediss://...).
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<auth>[^/@\s]*)@")
+
+
+def secrets_dir(settings: Settings) -> Path:
+    """`<state>/secrets`, created private (0700) if missing."""
+    folder = settings.state_dir / SECRETS_DIR
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def generated_secret(settings: Settings, name: str, nbytes: int = 32) -> str:
+    """The credential `name` of this project: read from `<state>/secrets/<name>`, or generated
+    there on first use (URL-safe, `nbytes` random bytes). The file must stay private."""
+    path = secrets_dir(settings) / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_private(path)
+    value = secrets.token_urlsafe(nbytes)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    return value
+
+
+def _read_private(path: Path) -> str:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path} holds a credential but others can read it (mode {mode:o}).",
+            f"Run `chmod 600 {path}` (and check who read it), then retry.",
+        )
+    value = path.read_text().strip()
+    if not value:
+        raise ConfigError(
+            f"{path} is empty.", "Delete it to have a new credential generated, then retry."
+        )
+    return value
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by ***."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)

@@ -1,0 +1,33 @@
+"""Generated credentials: private files, one value per project, credentials never shown."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from maquette.config import load_settings
+from maquette.data.secrets import generated_secret, redact, secrets_dir
+from maquette.errors import ConfigError
+
+
+def test_a_generated_secret_is_private_and_stable(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path)
+    first = generated_secret(settings, "redis_password")
+    assert len(first) >= 40 and generated_secret(settings, "redis_password") == first
+    assert generated_secret(settings, "prefect_auth") != first
+    path = secrets_dir(settings) / "redis_password"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    path.chmod(0o644)  # readable by others: refused, with the fix
+    with pytest.raises(ConfigError, match="others can read it") as caught:
+        generated_secret(settings, "redis_password")
+    assert "chmod 600" in caught.value.remedy and first not in str(caught.value)
+
+
+def test_redact_hides_the_credentials_of_every_url() -> None:
+    text = "Redis at redis://:s3cret@127.0.0.1:6399/0 and http://me:pw@host:80/x down"
+    assert redact(text) == "Redis at redis://***@127.0.0.1:6399/0 and http://***@host:80/x down"
+    plain = "redis://127.0.0.1:6399/0 and http://host/a?b=c@d"
+    assert redact(plain) == plain
