@@ -5,7 +5,7 @@ of them."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 from maquette.bench.alerts import alert_benchmark
+from maquette.bench.alerts_facts import Facts
 from maquette.bench.alerts_faults import LabelShift, StaleView, load_faults, parse_faults
 from maquette.bench.alerts_inject import check_faults
 from maquette.config import Settings
 from maquette.errors import ConfigError
 from maquette.features.layer import FeatureLayer
+from maquette.window_spec import parse_window
 
 DEMO_FAULTS = (
     Path(__file__).resolve().parent.parent / "maquette/examples/nycflights13/alert_faults.yaml"
@@ -210,3 +212,23 @@ def test_small_replay_finds_each_fault_and_the_clean_replay_raises_none(
             and (want.subject is None or r.subject == want.subject)
             and set(want.columns) <= set(r.columns)
         ], fault.name
+
+
+def test_facts_explain_a_storm_day_and_a_feed_that_ended_and_not_a_calm_day(
+    loaded_project: Settings,
+) -> None:
+    facts = Facts(loaded_project, FeatureLayer(loaded_project))
+    daily = parse_window("daily")
+
+    def day(n: int) -> tuple[datetime, datetime]:
+        start = datetime(2013, 12, n, tzinfo=UTC)
+        return start, start + timedelta(days=1)
+
+    # December 5th, 2013: a storm day, later than every day of the four weeks before.
+    storm = facts.extreme_labels("flight_delay", "all", *day(5), daily)
+    assert storm is not None and "above every daily window's of the 28 days before" in storm
+    assert facts.extreme_labels("flight_delay", "all", *day(27), daily) is None
+    # nycflights13's weather ends on December 30th, 23:00: longer than any gap before.
+    ended = facts.gap("weather_hourly", *day(31))
+    assert ended is not None and "no rows from 2013-12-30 23:00 to the end of its data" in ended
+    assert facts.gap("weather_hourly", *day(20)) is None

@@ -5,9 +5,11 @@ Two facts, each computed from the data, never from the monitoring's own output:
   longer than its TTL during the incident's first window, and longer than any such gap in the
   28 days before (a feed that ended, not the quiet night that comes every night): "weather_hourly
   has no rows from 2013-12-30 23:00 to the end of its data";
-- extreme labels: the window's mean label (of the incident's partition) lies beyond the
-  training period's extremes of the same windows: "mean arr_delay 2013-12-05: 71.2, above
-  every training day's (max 65.3)".
+- extreme labels: the window's mean label (of the incident's partition) lies beyond every
+  window of the same size in the 28 days before (the recent normal, as for gaps; the first
+  served weeks' is the test split's period, the baseline of `worse_than_test`): "mean arr_delay
+  from 2013-12-05 00:00 to 2013-12-06 00:00: 41.47, above every daily window's of the 28 days
+  before (max 30.12)". A storm day is a real event even when a summer storm was worse.
 An incident neither explains is counted as unexplained (a false alarm, or a fault).
 """
 
@@ -67,7 +69,13 @@ class Facts:
                 return Explanation(True, fact)
         labelled = incident.model is not None and incident.kind in ("accuracy", "drift")
         if labelled and (
-            fact := self.extreme_labels(str(incident.model), incident.subject, start, end)
+            fact := self.extreme_labels(
+                str(incident.model),
+                incident.subject,
+                start,
+                end,
+                self.label_window(str(incident.model), incident.kind),
+            )
         ):
             return Explanation(True, fact)
         return Explanation(False)
@@ -123,11 +131,12 @@ class Facts:
         )
 
     def extreme_labels(
-        self, model: str, subject: str, start: datetime, end: datetime
+        self, model: str, subject: str, start: datetime, end: datetime, window: WindowSpec
     ) -> str | None:
-        """The window's mean label against the training period's windows of the same size."""
-        window = self._label_window(model)
-        lo, hi = _training_extremes(self.settings, model, subject, window.text)
+        """The window's mean label against the windows of the same size in the BASELINE before."""
+        lo, hi = _label_extremes(
+            self.settings, model, subject, window.text, start - BASELINE, start
+        )
         if lo is None or hi is None:
             return None
         mean = _mean_label(self.settings, model, subject, start, end)
@@ -143,11 +152,14 @@ class Facts:
             return None
         return (
             f"mean {label}{where} from {_when(start)} to {_when(end)}: {mean:.2f}, {side} every "
-            f"training {window.name} window's ({bound} {value:.2f})"
+            f"{window.name} window's of the {BASELINE.days} days before ({bound} {value:.2f})"
         )
 
-    def _label_window(self, model: str) -> WindowSpec:
-        window = self.settings.monitoring_of(model).alert_window
+    def label_window(self, model: str, kind: str) -> WindowSpec:
+        """The windows an incident of `kind` judges: drift's, else the alert window (daily for
+        count windows, whose size in time varies)."""
+        resolved = self.settings.monitoring_of(model)
+        window = resolved.drift_window if kind == "drift" else resolved.alert_window
         return window if window.is_time else parse_window("daily")
 
 
@@ -158,23 +170,23 @@ def _entity_table(settings: Settings, model: str) -> tuple[Path, str, str, str |
 
 
 @cache
-def _training_extremes_cached(
+def _label_extremes_cached(
     source: Path,
     ts: str,
     label: str,
     partition: str | None,
     subject: str,
     window: str,
-    train_start: datetime,
-    train_end: datetime,
+    lo: datetime,
+    hi: datetime,
     row_filter: str | None,
 ) -> tuple[float | None, float | None]:
     spec = parse_window(window)
     column = f"{sql_identifier(ts)}::TIMESTAMPTZ"
     where = [
         f"({label}) IS NOT NULL",
-        f"{column} >= {sql_literal(train_start.isoformat())}::TIMESTAMPTZ",
-        f"{column} < {sql_literal(train_end.isoformat())}::TIMESTAMPTZ",
+        f"{column} >= {sql_literal(lo.isoformat())}::TIMESTAMPTZ",
+        f"{column} < {sql_literal(hi.isoformat())}::TIMESTAMPTZ",
     ]
     if partition and subject not in WHOLE:
         where.append(f"{sql_identifier(partition)}::VARCHAR = {sql_literal(subject)}")
@@ -183,21 +195,28 @@ def _training_extremes_cached(
     sql = (
         f"SELECT min(m), max(m) FROM (SELECT {spec.start_sql(column)} AS w, "
         f"avg(({label})::DOUBLE) AS m, count(*) AS n FROM read_parquet({sql_literal(str(source))}) "
-        f"WHERE {' AND '.join(where)} GROUP BY w) WHERE n >= 30"
+        f"WHERE {' AND '.join(where)} GROUP BY w) "
+        f"WHERE n >= 30 AND w >= {sql_literal(lo.isoformat())}::TIMESTAMPTZ"
     )
-    lo, hi = duckdb_connection(quiet=True).execute(sql).fetchall()[0]
-    return lo, hi
+    low, high = duckdb_connection(quiet=True).execute(sql).fetchall()[0]
+    return low, high
 
 
-def _training_extremes(
-    settings: Settings, model: str, subject: str, window: str
+def _label_extremes(
+    settings: Settings, model: str, subject: str, window: str, lo: datetime, hi: datetime
 ) -> tuple[float | None, float | None]:
-    """(min, max) over the training period's windows (>= 30 labels) of the mean label."""
+    """(min, max) of the mean label over the whole windows (>= 30 labels) inside [lo, hi)."""
     source, ts, label, partition = _entity_table(settings, model)
-    spec = settings.model_spec(model)
-    train = spec.split.train
-    return _training_extremes_cached(
-        source, ts, label, partition, subject, window, train.start, train.end, spec.row_filter
+    return _label_extremes_cached(
+        source,
+        ts,
+        label,
+        partition,
+        subject,
+        window,
+        lo,
+        hi,
+        settings.model_spec(model).row_filter,
     )
 
 
