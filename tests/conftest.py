@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,12 @@ for name in [n for n in os.environ if n.startswith("MAQUETTE_")]:
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="maquette-bentoml-")
 
 from maquette.config import Settings, load_settings  # noqa: E402
-from maquette.data.redis_server import redis_server_binary, server_command, wait_until_ready  # noqa: E402
+from maquette.data.redis_server import (  # noqa: E402
+    DISABLED_COMMANDS,
+    redis_server_binary,
+    server_command,
+    wait_until_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,12 +41,21 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def running_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server on a free loopback port, with AOF, for the whole session."""
+    """A real redis-server on a free loopback port, with AOF, for the whole session: locked
+    down as the embedded one is (a password in its URL, CONFIG/MODULE/DEBUG disabled)."""
     data_dir = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    cmd = server_command(redis_server_binary(), port, "127.0.0.1", data_dir, daemonize=False)
+    port, password = free_port(), secrets.token_urlsafe(16)
+    cmd = server_command(
+        redis_server_binary(),
+        port,
+        "127.0.0.1",
+        data_dir,
+        daemonize=False,
+        password=password,
+        disabled_commands=DISABLED_COMMANDS,
+    )
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     try:
         wait_until_ready(url, 10, data_dir / "redis.log")
         yield url

@@ -31,3 +31,17 @@ def test_redact_hides_the_credentials_of_every_url() -> None:
     assert redact(text) == "Redis at redis://***@127.0.0.1:6399/0 and http://***@host:80/x down"
     plain = "redis://127.0.0.1:6399/0 and http://host/a?b=c@d"
     assert redact(plain) == plain
+
+
+def test_processes_starting_at_once_agree_on_one_secret(tmp_path: Path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        values = pool.map(_secret_of, [str(tmp_path)] * 16)
+    assert len(set(values)) == 1 and values[0]
+    assert [p.name for p in (tmp_path / ".maquette" / "secrets").iterdir()] == ["shared"]
+
+
+def _secret_of(folder: str) -> str:
+    return generated_secret(load_settings(folder), "shared")

