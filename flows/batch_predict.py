@@ -1,31 +1,17 @@
-"""Prefect flow `batch_predict`: entities -> point-in-time features -> a version -> Parquet."""
+"""Prefect flow `batch_predict`: the settings' entities -> point-in-time features -> a version -> Parquet."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maquette.config import load_settings
+from maquette.platform.flows import flow_settings
 from maquette.serving import batch
 
 
 @task(cache_policy=NO_CACHE)
-def score(
-    entities: str | None,
-    model: str,
-    output: str | None,
-    project_dir: str | None,
-    output_dir: str | None,
-) -> dict[str, object]:
-    result = batch.predict_batch(
-        load_settings(project_dir),
-        entities,
-        model,
-        Path(output) if output else None,
-        output_dir=Path(output_dir) if output_dir else None,
-    )
+def score(model: str) -> dict[str, object]:
+    result = batch.scheduled_batch(flow_settings(), model)
     return {
         "version": result.version,
         "rows": result.rows,
@@ -35,20 +21,12 @@ def score(
 
 
 @flow(name="batch_predict")
-def batch_predict(
-    entities: str | None,
-    model: str,
-    output: str | None = None,
-    project_dir: str | None = None,
-    output_dir: str | None = None,
-) -> dict[str, object]:
-    """Score `entities` with `model` (NAME@alias); the summary's `output` is the file written.
-
-    `entities`: a Parquet/CSV path or a DuckDB SELECT; None: every row of the model's entity
-    source. Written to `output`, or to `<output_dir>/<first>_<last>.parquet` (UTC dates of the
-    entities' earliest and latest event time).
-    """
-    summary = score(entities, model, output, project_dir, output_dir)
+def batch_predict(model: str) -> dict[str, object]:
+    """Score `orchestration.batch_entities` (null: the model's entity source) with `model`
+    (a declared NAME, or NAME@alias / NAME:VERSION of one) into
+    `<orchestration.batch_output>/<NAME>/<first>_<last>.parquet`; the summary's `output` is
+    the file written. Entities and folders come from the settings, never from a parameter."""
+    summary = score(model)
     get_run_logger().info(
         "%s: %s rows at %.0f rows/s -> %s",
         summary["version"],

@@ -5,20 +5,20 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maquette.config import load_settings
+from maquette.platform.flows import flow_settings
 from maquette.serving import prediction_log as predictions
 
 
 @task(retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def drain_stream(project_dir: str | None) -> int:
+def drain_stream() -> int:
     """Entries moved; retried because Redis may be restarting (nothing is acked unwritten)."""
-    return predictions.drain(load_settings(project_dir)).entries
+    return predictions.drain(flow_settings()).entries
 
 
 @flow(name="drain")
-def drain(project_dir: str | None = None) -> int:
-    """Drain the prediction log once."""
-    moved = drain_stream(project_dir)
+def drain() -> int:
+    """Drain the project's prediction log once."""
+    moved = drain_stream()
     get_run_logger().info("drained %d predictions", moved)
     return moved
 

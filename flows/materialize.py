@@ -6,17 +6,15 @@ from datetime import UTC, datetime
 
 from prefect import flow, task
 
-from maquette.config import load_settings
 from maquette.data.redis_server import ensure_redis
 from maquette.features.layer import FeatureLayer
+from maquette.platform.flows import flow_settings
 
 
 @task(retries=2, retry_delay_seconds=5)
-def materialize_views(
-    project_dir: str | None, end: datetime, views: list[str] | None
-) -> dict[str, int]:
+def materialize_views(end: datetime, views: list[str] | None) -> dict[str, int]:
     """Rows written per feature view; retried because Redis may be restarting."""
-    settings = load_settings(project_dir)
+    settings = flow_settings()
     ensure_redis(settings)
     layer = FeatureLayer(settings)
     if views:
@@ -26,11 +24,9 @@ def materialize_views(
 
 
 @flow(name="materialize", log_prints=True)
-def materialize(
-    project_dir: str | None = None, end: datetime | None = None, views: list[str] | None = None
-) -> dict[str, int]:
+def materialize(end: datetime | None = None, views: list[str] | None = None) -> dict[str, int]:
     """Incremental materialization up to `end` (default: now), or all history of `views`."""
-    written = materialize_views(project_dir, end or datetime.now(UTC), views)
+    written = materialize_views(end or datetime.now(UTC), views)
     print(f"rows written per feature view: {written}")
     return written
 

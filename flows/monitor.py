@@ -8,8 +8,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from maquette.config import load_settings
 from maquette.monitoring import monitor as monitoring
+from maquette.platform.flows import flow_settings
 
 
 def as_task(label: str, fn: Any, *args: Any) -> Any:
@@ -22,15 +22,12 @@ def as_task(label: str, fn: Any, *args: Any) -> Any:
 
 @flow(name="monitor")
 def monitor(
-    project_dir: str | None = None,
-    models: list[str] | None = None,
-    as_of: datetime | None = None,
+    models: list[str] | None = None, as_of: datetime | None = None
 ) -> monitoring.MonitorRun:
-    """One monitoring pass over `models` (default: every model with a label source)."""
+    """One monitoring pass of the project over `models` (default: every model with a label
+    source)."""
     logger = get_run_logger()
-    run = monitoring.run(
-        load_settings(project_dir), models, as_of, announce=logger.info, step=as_task
-    )
+    run = monitoring.run(flow_settings(), models, as_of, announce=logger.info, step=as_task)
     for incident in run.incidents_opened:
         logger.warning("incident opened %s: %s", incident.id, incident.message)
     for incident in run.incidents_resolved:

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from maquette import registry
-from maquette.config import load_settings
+from maquette.platform.flows import flow_settings
 from maquette.training import pipeline as training
 
 
@@ -22,18 +22,13 @@ def as_task(label: str, fn: Any, *args: Any) -> Any:
 
 
 @flow(name="train")
-def train(
-    name: str,
-    trials: int | None = None,
-    project_dir: str | None = None,
-    promote: str | None = None,
-) -> str:
+def train(name: str, trials: int | None = None, promote: str | None = None) -> str:
     """Train model `name` as declared in maquette.yaml; returns the registered NAME:VERSION.
 
     `promote` names an alias to move to the new version (used by alert-triggered retraining
     when the model's settings allow it).
     """
-    settings = load_settings(project_dir)
+    settings = flow_settings()
     logger = get_run_logger()
     version = training.train(settings, name, trials, announce=logger.info, step=as_task)
     logger.info("registered %s: %s", version.tag, version.record.baseline.gain)
@@ -45,4 +40,4 @@ def train(
 
 if __name__ == "__main__":
     # `python flows/train.py [MODEL]` from a project folder: the first declared model by default.
-    train(sys.argv[1] if len(sys.argv) > 1 else next(iter(load_settings().models)))
+    train(sys.argv[1] if len(sys.argv) > 1 else next(iter(flow_settings().models)))

@@ -23,6 +23,12 @@ def prefect_server() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def flows_project(loaded_project: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows take no project parameter: they read the project named by MAQUETTE_PROJECT_DIR."""
+    monkeypatch.setenv("MAQUETTE_PROJECT_DIR", str(loaded_project.project_dir))
+
+
 def test_materialize_flow_writes_the_new_rows_of_each_window_on_a_prefect_server(
     prefect_server: None,
     loaded_project: Settings,
@@ -42,7 +48,7 @@ def test_materialize_flow_writes_the_new_rows_of_each_window_on_a_prefect_server
     FeatureLayer(load_settings(loaded_project.project_dir)).apply()
 
     def run(end: datetime) -> dict[str, int]:
-        state = materialize(project_dir=str(loaded_project.project_dir), end=end, return_state=True)
+        state = materialize(end=end, return_state=True)
         assert state.is_completed(), state
         return dict(state.result())
 
@@ -69,9 +75,7 @@ def test_materialize_flow_writes_the_new_rows_of_each_window_on_a_prefect_server
 def test_materialize_task_logic_runs_without_prefect(loaded_project: Settings) -> None:
     from flows.materialize import materialize_views
 
-    written = materialize_views.fn(
-        str(loaded_project.project_dir), datetime(2014, 1, 2, tzinfo=UTC), ["plane"]
-    )
+    written = materialize_views.fn(datetime(2014, 1, 2, tzinfo=UTC), ["plane"])
     assert written == {"plane": 0}  # already materialized: nothing newer to write
 
 
@@ -81,9 +85,7 @@ def test_train_flow_registers_a_version_on_a_prefect_server(
     from flows.train import train
     from maquette import registry
 
-    state = train(
-        "late_arrival", trials=1, project_dir=str(loaded_project.project_dir), return_state=True
-    )
+    state = train("late_arrival", trials=1, return_state=True)
     assert state.is_completed()
     version = registry.resolve(loaded_project, state.result())
     assert version.record.search.trials[0].number == 0
@@ -91,7 +93,11 @@ def test_train_flow_registers_a_version_on_a_prefect_server(
 
 
 def test_drain_and_batch_predict_flows_run_on_a_prefect_server(
-    prefect_server: None, production, loaded_project: Settings, tmp_path
+    prefect_server: None,
+    production,
+    loaded_project: Settings,
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import pyarrow.parquet as pq
 
@@ -107,13 +113,15 @@ def test_drain_and_batch_predict_flows_run_on_a_prefect_server(
         "scheduled_departure": "2013-12-31T15:00:00Z",
     }
     Predictor(loaded_project).predict([row, row])
-    state = drain(str(loaded_project.project_dir), return_state=True)
+    state = drain(return_state=True)
     assert state.is_completed() and state.result() >= 2
-    output = tmp_path / "scored.parquet"
+    # Entities and the output folder come from the settings, never from a run's parameters.
     query = "SELECT * FROM flights WHERE event_timestamp >= '2013-12-01' AND event_timestamp < '2013-12-02'"
-    summary = batch_predict(
-        query, "flight_delay@production", str(output), str(loaded_project.project_dir)
-    )
+    monkeypatch.setenv("MAQUETTE_ORCHESTRATION_BATCH_ENTITIES", query)
+    monkeypatch.setenv("MAQUETTE_ORCHESTRATION_BATCH_OUTPUT", str(tmp_path))
+    summary = batch_predict("flight_delay@production")
+    output = tmp_path / "flight_delay" / "2013-12-01_2013-12-01.parquet"
+    assert summary["output"] == str(output)
     scored = pq.read_table(output)
     assert summary["rows"] == scored.num_rows > 900
     assert set(scored["model_version"].to_pylist()) == {production["flight_delay"]}

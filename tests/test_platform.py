@@ -267,13 +267,9 @@ def test_deployments_follow_the_settings_and_skip_missing_flows(
     built = {f"{d.flow_name}/{d.name}": d for d in flow_deployments(settings)}
     assert [s.schedule.cron for s in built["drain/prediction-log"].schedules] == ["*/5 * * * *"]
     assert [s.schedule.cron for s in built["materialize/incremental"].schedules] == ["0 * * * *"]
-    assert built["train/flight_delay"].parameters == {
-        "name": "flight_delay",
-        "project_dir": str(folder.resolve()),
-    }
-    batch = built["batch_predict/late_arrival"].parameters
-    assert batch["model"] == "late_arrival@production"
-    assert batch["output_dir"] == str(folder.resolve() / "scored" / "late_arrival")
+    # No path or SQL parameters: the flows read them from the settings.
+    assert built["train/flight_delay"].parameters == {"name": "flight_delay"}
+    assert built["batch_predict/late_arrival"].parameters == {"model": "late_arrival@production"}
 
     # Flows come from the project's flows folder only: one it lacks is skipped with a warning.
     for name in ("materialize", "monitor", "batch_predict", "train"):

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from maquette.bench.harness import bench_dir
 from maquette.config import Settings, load_settings
-from maquette.platform.flows import project_flow
+from maquette.platform.flows import project_flow, project_of_flows
 from maquette.training import pipeline as training
 
 
@@ -53,7 +53,8 @@ def _best_times(
             training.train(scratch, name, trials)
             plain = min(plain, time.perf_counter() - began)
             began = time.perf_counter()
-            flow(name, trials, str(folder))
+            with project_of_flows(scratch):  # the flow reads the scratch project's settings
+                flow(name, trials)
             flowed = min(flowed, time.perf_counter() - began)
             console.print(
                 f"  round {round_ + 1}: plain {plain:.1f} s, flow {flowed:.1f} s (best so far)"

@@ -86,11 +86,7 @@ def features_materialize(
     settings = project_settings(project)
     redis_server.ensure_redis(settings)
     # Incremental runs are the `materialize` flow (what its schedule runs); a window is not.
-    run = (
-        None
-        if start or view
-        else run_flow(settings, "materialize", str(settings.project_dir), when(end))
-    )
+    run = None if start or view else run_flow(settings, "materialize", when(end))
     if run is not None:
         console.print(written_table(run.result))
         _print_notes(last_run_notes(FeatureLayer(settings).feature_views(), run.result))

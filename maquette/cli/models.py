@@ -48,7 +48,7 @@ def train(
 
     settings = project_settings(project)
     training.ensure_trainable(settings, name)
-    run = None if plain else run_flow(settings, "train", name, trials, str(settings.project_dir))
+    run = None if plain else run_flow(settings, "train", name, trials)
     if run is None:
         with console.status("training") as status:
             tag = training.train(settings, name, trials, announce=status.update).tag
@@ -202,20 +202,12 @@ def predict_batch(
     Example: maquette predict-batch "SELECT * FROM TABLE WHERE event_timestamp >= '2024-06-01'" \
     --model MODEL@production --output scores.parquet
     """
-    from maquette.cli.render_platform import flow_run_note
-    from maquette.platform.flows import run_flow
     from maquette.serving import batch
 
-    settings = project_settings(project)
-    args = (entities, model, str(output), str(settings.project_dir))
-    run = run_flow(settings, "batch_predict", *args)
-    if run is None:
-        result = batch.predict_batch(settings, entities, model, output)
-        scored = {"version": result.version, "rows": result.rows, "output": result.path}
-        scored["rows_per_second"] = result.rows_per_second
-    done = run.result if run else scored  # the flow returns the same fields
+    # In this process, not as a flow: the batch_predict flow takes no entities or paths (a
+    # run's parameters can be set by any client of the Prefect server).
+    result = batch.predict_batch(project_settings(project), entities, model, output)
     console.print(
-        f"{done['version']}: {done['rows']:,} rows ({done['rows_per_second']:,.0f} rows/s) "
-        f"-> {done['output']}"
+        f"{result.version}: {result.rows:,} rows ({result.rows_per_second:,.0f} rows/s) "
+        f"-> {result.path}"
     )
-    flow_run_note(err, run)

@@ -51,7 +51,7 @@ def predictions_drain(project: ProjectOpt = None) -> None:
     from maquette.serving import prediction_log as predictions
 
     settings = project_settings(project)
-    run = run_flow(settings, "drain", str(settings.project_dir))
+    run = run_flow(settings, "drain")
     if run is not None:  # the flow returns how many entries it moved
         console.print(f"drained {run.result:,} predictions")
     else:
@@ -165,7 +165,7 @@ def monitor_run(
 
     settings = project_settings(project)
     redis_server.ensure_redis(settings)
-    args = (str(settings.project_dir), model or None, when(as_of))
+    args = (model or None, when(as_of))
     flow_run = None if plain else run_flow(settings, "monitor", *args)
     if flow_run is None:
         with console.status("monitoring") as status:

@@ -31,9 +31,10 @@ import redis
 
 from maquette.config import Settings
 from maquette.data import redis_server
+from maquette.data.secrets import redact
 from maquette.errors import ComponentFailed, ConfigError, StoreUnavailable
 from maquette.platform import schedules, supervisor
-from maquette.platform.flows import platform_prefect, prefect_api_url, runner_file
+from maquette.platform.flows import deployment_count, platform_prefect, prefect_api_url, runner_file
 from maquette.platform.launch import COMPONENTS, forget_starts, prefect_env, stop_leftovers
 from maquette.serving.server import service_target
 
@@ -83,7 +84,8 @@ def run_deployment(
 # ---------------------------------------------------------------------------- health
 
 
-def _url(settings: Settings, name: str) -> str | None:
+def _address(settings: Settings, name: str) -> str | None:
+    """The URL clients of the component use (the Redis one holds its password)."""
     o = settings.orchestration
     return {
         "redis": redis_server.redis_url(settings),
@@ -91,6 +93,12 @@ def _url(settings: Settings, name: str) -> str | None:
         "deployments": f"http://{o.host}:{o.runner_port}",
         "service": f"http://{settings.serving.host}:{settings.serving.port}",
     }.get(name)
+
+
+def _url(settings: Settings, name: str) -> str | None:
+    """The component's URL as `maquette status` shows it: credentials hidden."""
+    url = _address(settings, name)
+    return None if url is None else redact(url)
 
 
 def _log(settings: Settings, name: str) -> Path:
@@ -108,7 +116,7 @@ def _answers(url: str) -> bool:
 
 def _health(settings: Settings, name: str, age_s: float) -> str:
     """running, unready (alive, not ready) or starting, for a live process."""
-    url = _url(settings, name)
+    url = _address(settings, name)
     if name == "redis":
         return "running" if redis_server.ping(str(url)) else "starting"
     if name == "prefect":
@@ -128,8 +136,8 @@ def _detail(settings: Settings, name: str, state: str) -> str:
     if name == "prefect":
         return "UI at /, API at /api"
     if name == "deployments" and state == "running":
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            count = httpx.post(f"{prefect_api_url(settings)}/deployments/count", timeout=2).json()
+        count = deployment_count(settings)  # authenticated, with a CSRF token
+        if count is not None:
             return f"serving {count} deployments"
     if name == "service":
         if state == "unready":
@@ -185,7 +193,8 @@ def _unsupervised_status(
     settings: Settings, name: str, url: str | None, log: Path
 ) -> ComponentStatus:
     """A component the supervisor does not run: stopped, or an embedded Redis started by hand."""
-    if name == "redis" and redis_server.ping(str(url)):
+    # In use but refusing our password: another project's, or one an older Maquette left open.
+    if name == "redis" and redis_server.port_in_use(settings):
         if not redis_server.is_ours(settings):
             why = "the port answers, but not with this project's Redis: set redis.port"
             return ComponentStatus(name, "stopped", url, None, log, why)
@@ -306,7 +315,7 @@ def _hand_redis_to_the_supervisor(settings: Settings, announce: Callable[[str], 
     """An embedded Redis started by hand (`maquette redis start`) is stopped (its AOF keeps the
     data) and started again under the supervisor, which then owns it."""
     redis_server.mark_supervised(settings, False)
-    if redis_server.ping(redis_server.redis_url(settings)):
+    if redis_server.port_in_use(settings):  # ours (with or without a password) or another's
         if not redis_server.is_ours(settings):  # another project's, or the user's own
             raise StoreUnavailable(
                 f"port {settings.redis.port} answers with a Redis that is not this project's.",

@@ -17,11 +17,22 @@ takes from `orchestration.schedules.<flow>` (a cron; null: deployed, run on dema
 Each flow comes from the project's flows folder (`paths.flows`); a flow whose file is missing
 is skipped with a warning in the log, and so is batch_predict for a model with neither
 `batch_entities` nor an entity source.
+
+Whoever may create a flow run sets its parameters, so the flows take none naming a folder, a
+file or SQL: a model name, view or model names, times. Paths and SQL come from the settings
+the flow reads. Prefect checks a run's parameters against the flow's (a deployment enforces
+its parameter schema), and the engine refuses a parameter the flow does not take.
+
+The runner process answers GET /health on `orchestration.runner_port` and nothing else: Prefect's
+own runner webserver would also answer POST /shutdown, to anyone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
 from maquette.config import Settings
@@ -31,6 +42,7 @@ from maquette.platform.schedules import held_schedules
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
+    from prefect.runner import Runner
 
 log = logging.getLogger("maquette.deployments")
 
@@ -59,29 +71,20 @@ def _schedules(settings: Settings, name: str) -> list[Any]:
 
 
 def _parameters(settings: Settings) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """Per flow: (deployment name, parameters) of each of its deployments."""
-    project = str(settings.project_dir)
+    """Per flow: (deployment name, parameters) of each of its deployments. No paths, no SQL:
+    the flows read those from the project's settings."""
     alias = settings.serving.default_alias
-    batch_dir = settings.path(settings.orchestration.batch_output)
     entities = settings.orchestration.batch_entities  # None: each model's entity source
     return {
-        "materialize": [("incremental", {"project_dir": project})],
-        "drain": [("prediction-log", {"project_dir": project})],
-        "monitor": [("models", {"project_dir": project})],
+        "materialize": [("incremental", {})],
+        "drain": [("prediction-log", {})],
+        "monitor": [("models", {})],
         "batch_predict": [
-            (
-                model,
-                {
-                    "model": f"{model}@{alias}",
-                    "entities": entities,
-                    "output_dir": str(batch_dir / model),
-                    "project_dir": project,
-                },
-            )
+            (model, {"model": f"{model}@{alias}"})
             for model in settings.models
             if entities is not None or _has_entity_source(settings, model)
         ],
-        "train": [(model, {"name": model, "project_dir": project}) for model in settings.models],
+        "train": [(model, {"name": model}) for model in settings.models],
     }
 
 
@@ -103,19 +106,78 @@ def flow_deployments(settings: Settings) -> list[RunnerDeployment]:
                 parameters=parameters,
                 tags=["maquette"],
                 paused=f"{name}/{deployment_name}" in held,
+                # One drain at a time: a per-minute run queues instead of racing a long drain
+                # (the drain's file lock makes an overlap safe; this keeps runs from piling up).
+                concurrency_limit=1 if name == "drain" else None,
             )
-            built.append(cast("RunnerDeployment", deployment))  # sync call: not a coroutine
+            built.append(_closed(cast("RunnerDeployment", deployment)))  # sync: not a coroutine
     return built
 
 
+def _closed(deployment: RunnerDeployment) -> RunnerDeployment:
+    """The deployment with a parameter schema that refuses parameters the flow does not take
+    (Prefect's allows any: the engine alone would refuse them, once the run starts)."""
+    from prefect.utilities.callables import ParameterSchema
+    from pydantic import ConfigDict
+
+    class ClosedSchema(ParameterSchema):
+        model_config = ConfigDict(extra="allow")
+
+    schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
+    deployment._parameter_openapi_schema = ClosedSchema(**schema, additionalProperties=False)
+    return deployment
+
+
 def serve_deployments(settings: Settings) -> None:
-    """Create or update the deployments on the Prefect server and run their flow runs (blocks)."""
-    from prefect import serve
+    """Create or update the deployments on the Prefect server and run their flow runs (blocks),
+    answering GET /health on the runner port meanwhile."""
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
 
     # A runner that stops leaves the schedules active: runs due while it is down show as late.
-    serve(
-        *flow_deployments(settings),
-        limit=settings.orchestration.run_limit,
-        pause_on_shutdown=False,
-        webserver=True,
-    )
+    runner = Runner(limit=settings.orchestration.run_limit, pause_on_shutdown=False)
+    for deployment in flow_deployments(settings):
+        runner.add_deployment(deployment)
+    health = runner_health_server(settings, runner)
+    threading.Thread(target=health.serve_forever, name="runner-health", daemon=True).start()
+    try:
+        asyncio.run(runner.start(webserver=False))
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        log.info("%s: the runner stops", type(exc).__name__)
+    finally:
+        health.shutdown()
+        health.server_close()
+
+
+def runner_health_server(settings: Settings, runner: Runner) -> ThreadingHTTPServer:
+    """An HTTP server on `orchestration.host:runner_port` answering GET /health only: 200 while
+    the runner polls the Prefect server on time, else 503 (Prefect's own health rule)."""
+    from prefect.runner.server import perform_health_check
+
+    check = perform_health_check(runner)
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] != "/health":
+                self._answer(404, b'{"detail": "only GET /health is served here"}')
+                return
+            healthy = check().status_code == 200
+            self._answer(200 if healthy else 503, b'{"message": "OK"}' if healthy else b"{}")
+
+        def do_POST(self) -> None:
+            self._answer(405, b'{"detail": "only GET /health is served here"}')
+
+        do_PUT = do_DELETE = do_PATCH = do_POST
+
+        def _answer(self, code: int, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # `maquette status` polls it: no line per check in the runner's log
+
+    o = settings.orchestration
+    return ThreadingHTTPServer((o.host, o.runner_port), Health)

@@ -23,13 +23,13 @@ import psutil
 
 from maquette.config import Settings, load_settings
 from maquette.data import redis_server
-from maquette.platform.flows import prefect_api_url, runner_file
+from maquette.data.secrets import write_private
+from maquette.platform.flows import prefect_api_url, prefect_auth, runner_file
 from maquette.platform.supervisor import (
     GAVE_UP_EXIT,
     component_mark,
     inherited_env,
     run_dir,
-    write_private,
 )
 from maquette.serving.server import bentoml_home, service_command
 
@@ -45,15 +45,39 @@ CRASH_WINDOW_S = 120.0
 
 def prefect_env(settings: Settings) -> dict[str, str]:
     """Environment of the Prefect processes: the platform's server, state under the state dir."""
-    o = settings.orchestration
     return {
         "PREFECT_HOME": str(settings.state_dir / "prefect"),
         "PREFECT_API_URL": prefect_api_url(settings),
         # Offline, the analytics call only writes an error into the server's log.
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-        "PREFECT_RUNNER_SERVER_HOST": o.host,
-        "PREFECT_RUNNER_SERVER_PORT": str(o.runner_port),
+        # Prefect's runner webserver answers POST /shutdown to anyone: the deployments'
+        # runner serves Maquette's health-only endpoint instead (platform.deployments).
+        "PREFECT_RUNNER_SERVER_ENABLE": "false",
+    }
+
+
+def prefect_client_env(settings: Settings) -> dict[str, str]:
+    """What a client of the platform's Prefect server needs besides `prefect_env`: the auth
+    string (in the environment, which only the user can read, never on a command line)."""
+    return {
+        "PREFECT_API_AUTH_STRING": prefect_auth(settings),
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "true",
+    }
+
+
+def prefect_server_env(settings: Settings) -> dict[str, str]:
+    """The Prefect server's locks: the auth string on every API call but the health check,
+    a CSRF token on every change, and browsers allowed only from the server's own origin."""
+    o = settings.orchestration
+    origins = [o.prefect_url]
+    if o.host == "127.0.0.1":  # the UI opened as localhost calls the API at 127.0.0.1
+        origins.append(f"http://localhost:{o.prefect_port}")
+    return {
+        **prefect_client_env(settings),
+        "PREFECT_SERVER_API_AUTH_STRING": prefect_auth(settings),
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ",".join(origins),
     }
 
 
@@ -81,9 +105,12 @@ def component_command(settings: Settings, name: str) -> tuple[list[str], dict[st
     python = [sys.executable]
     if name == "prefect":
         bind = ["--host", o.host, "--port", str(o.prefect_port)]
-        return [*python, "-m", "prefect", "server", "start", *bind], env
+        return [*python, "-m", "prefect", "server", "start", *bind], env | prefect_server_env(
+            settings
+        )
     if name == "deployments":
-        return [*python, str(runner_file(settings)), "--project", project], env
+        runner = [*python, str(runner_file(settings)), "--project", project]
+        return runner, env | prefect_client_env(settings)
     if name == "stream":
         return [*python, "-m", "maquette", "stream", "run", "--project", project], env
     raise ValueError(f"unknown component {name!r}")
@@ -182,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         help="JSON of the MAQUETTE_* `up` ran with, and the BentoML home it resolved.",
     )
     args = parser.parse_args(argv)
+    # What a component writes (logs, the prediction log's files, Feast's registry, state) is
+    # its user's alone.
+    os.umask(0o077)
     if args.environment is not None:  # the settings `up` read, whatever supervisord inherited
         for key in [k for k in os.environ if k.startswith("MAQUETTE_")]:
             del os.environ[key]

@@ -25,8 +25,9 @@ from typing import Any
 import psutil
 
 from maquette.config import Settings
+from maquette.data.secrets import write_private
 from maquette.platform.flows import platform_prefect, platform_prefect_url
-from maquette.platform.supervisor import run_dir, write_private
+from maquette.platform.supervisor import run_dir
 
 # Seconds each API call may take: `status` must answer even if the server hangs.
 API_TIMEOUT_S = 3.0

@@ -6,15 +6,21 @@ of each row's event time (the same join as training), so a batch run is a faithf
 output row carries the exact version. Written into a folder, the output is named by the data's
 time range, `<first>_<last>.parquet` (UTC dates of the earliest and latest entity time), so
 scoring the same entities again replaces the same file whatever the day it runs.
+
+A query is one SELECT (or WITH ... SELECT) statement, run on a connection that can read the
+offline store's Parquet files and nothing else: external access is off after they are
+registered, so a query can neither write a file nor read one outside the store.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +29,7 @@ import pyarrow.parquet as pq
 from maquette import registry
 from maquette.config import Settings
 from maquette.data import sources as datasets
-from maquette.data.sql import duckdb_connection
+from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import InvalidEntityFrame
 from maquette.features.layer import FeatureLayer
 from maquette.training.model_types import TrainedModel
@@ -48,22 +54,53 @@ def entity_table(settings: Settings, entities: str | Path | pa.Table | pd.DataFr
         return entities
     if isinstance(entities, pd.DataFrame):
         return pa.Table.from_pandas(entities, preserve_index=False)
-    con = duckdb_connection()
     text = str(entities)
     if text.lstrip().lower().startswith(("select", "with")):
-        for path in datasets.sources_dir(settings).glob("*.parquet"):
-            con.execute(f"CREATE VIEW \"{path.stem}\" AS SELECT * FROM read_parquet('{path}')")
-        for path in settings.offline_store.glob("*.parquet"):
-            con.execute(f"CREATE VIEW \"{path.stem}\" AS SELECT * FROM read_parquet('{path}')")
-        return con.sql(text).to_arrow_table()
+        return query_entities(settings, text)
     path = Path(text)
     if not path.is_file():
         raise InvalidEntityFrame(
             f"entity input {text!r} is neither a file nor a query.",
             "Pass a Parquet/CSV path or a SELECT over the offline store's tables.",
         )
-    reader = "read_csv_auto" if path.suffix.lower() == ".csv" else "read_parquet"
-    return con.sql(f"SELECT * FROM {reader}('{path}')").to_arrow_table()
+    con = duckdb_connection()
+    read = con.read_csv if path.suffix.lower() == ".csv" else con.read_parquet
+    return read(str(path)).to_arrow_table()
+
+
+def query_entities(settings: Settings, sql: str) -> pa.Table:
+    """The rows of one SELECT over the offline store's tables (each Parquet file a view named
+    by its stem), on a connection that may read those files only."""
+    con = duckdb_connection()
+    select = single_select(con, sql)
+    tables = {p.stem: p for p in datasets.sources_dir(settings).glob("*.parquet")}
+    tables |= {p.stem: p for p in settings.offline_store.glob("*.parquet")}
+    for name, path in tables.items():
+        con.read_parquet(str(path)).create_view(name)
+    # The views read these files when the query runs; nothing else is reachable from here on
+    # (no COPY, ATTACH, INSTALL or read_csv('/any/file')), and the settings are locked.
+    paths = "[" + ", ".join(sql_literal(p) for p in tables.values()) + "]"
+    con.execute(f"SET allowed_paths = {paths}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con.sql(select).to_arrow_table()
+
+
+def single_select(con: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """`sql` when it is exactly one SELECT statement, else InvalidEntityFrame saying why."""
+    fix = "Pass one SELECT (or WITH ... SELECT) over the offline store's tables, nothing else."
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise InvalidEntityFrame(f"the entity query does not parse: {exc}", fix) from exc
+    if len(statements) != 1:
+        raise InvalidEntityFrame(
+            f"the entity query holds {len(statements)} statements; only one SELECT runs.", fix
+        )
+    if statements[0].type != duckdb.StatementType.SELECT:
+        kind = statements[0].type.name
+        raise InvalidEntityFrame(f"the entity query is a {kind} statement, not a SELECT.", fix)
+    return str(statements[0].query)
 
 
 def model_entities(settings: Settings, model: str) -> Path:
@@ -88,6 +125,18 @@ def time_range_name(table: pa.Table, timestamp_column: str) -> str:
     # A naive time is UTC, as everywhere in Maquette's offline store.
     first, last = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (first, last))
     return f"{first.astimezone(UTC):%Y-%m-%d}_{last.astimezone(UTC):%Y-%m-%d}.parquet"
+
+
+def scheduled_batch(settings: Settings, selector: str) -> BatchResult:
+    """What the batch_predict deployment runs: `orchestration.batch_entities` (None: the model's
+    entity source) scored by `selector` (a declared model's NAME, NAME@ALIAS or NAME:VERSION)
+    into `<orchestration.batch_output>/<NAME>/<first>_<last>.parquet`."""
+    name = re.split("[@:]", selector, maxsplit=1)[0]
+    settings.model_spec(name)  # a declared model only: ConfigError listing them otherwise
+    folder = settings.path(settings.orchestration.batch_output) / name
+    return predict_batch(
+        settings, settings.orchestration.batch_entities, selector, output_dir=folder
+    )
 
 
 def predict_batch(
