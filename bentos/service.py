@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import Field
+from pydantic import Field, SecretStr
 from starlette.responses import JSONResponse
 
 from maquette.config import load_settings
@@ -26,14 +26,20 @@ from maquette.serving.http import (
     AS_OF_DESCRIPTION,
     MODEL_DESCRIPTION,
     ROWS_DESCRIPTION,
+    BodyLimit,
     PredictionOut,
     PredictResponse,
     PredictRoute,
     error_body,
 )
+from maquette.serving.openapi import MAX_SELECTOR_CHARS, OpenAPIRoute, predict_document
 from maquette.serving.predictor import Prediction, Predictor, http_status
+from maquette.serving.server import check_exposure
 
+# Read when the service starts, from the project's maquette.yaml and the environment: the API
+# key (MAQUETTE_SERVING_API_KEY) comes from the environment of the process, never the bento.
 SETTINGS = load_settings()
+check_exposure(SETTINGS)  # no key on an interface other machines reach: refuse to start
 # The Swagger UI's example request: the project's example row and its first model.
 EXAMPLE_ROWS = [[SETTINGS.serving.example_row]] if SETTINGS.serving.example_row else None
 EXAMPLE_MODEL = [f"{m}@{SETTINGS.serving.default_alias}" for m in list(SETTINGS.models)[:1]] or None
@@ -93,8 +99,8 @@ class BearerAuth:
 
     OPEN = ("/healthz", "/readyz", "/metrics")
 
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app, self.expected = app, f"Bearer {api_key}".encode()
+    def __init__(self, app: Any, api_key: SecretStr) -> None:
+        self.app, self.expected = app, f"Bearer {api_key.get_secret_value()}".encode()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         refused = (
@@ -108,7 +114,10 @@ class BearerAuth:
         if not refused:
             await self.app(scope, receive, send)
             return
-        body = b'{"error": "missing or wrong API key: send Authorization: Bearer <key>"}'
+        body = (
+            b'{"error": "missing or wrong API key: send Authorization: Bearer <key>", '
+            b'"remedy": "Ask the service\'s operator for the key (MAQUETTE_SERVING_API_KEY)."}'
+        )
         await send(
             {
                 "type": "http.response.start",
@@ -152,18 +161,29 @@ class PredictionService:
             Field(description=ROWS_DESCRIPTION, examples=EXAMPLE_ROWS),
         ],
         model: Annotated[
-            str | None, Field(description=MODEL_DESCRIPTION, examples=EXAMPLE_MODEL)
+            str | None,
+            Field(
+                description=MODEL_DESCRIPTION, examples=EXAMPLE_MODEL, max_length=MAX_SELECTOR_CHARS
+            ),
         ] = None,
         as_of: Annotated[datetime | None, Field(description=AS_OF_DESCRIPTION)] = None,
     ) -> PredictResponse:
         """Predict for each row with the selected model version (default: NAME@production).
 
         Each row carries the entity keys and request fields of the model's feature service.
-        `as_of` is the prediction's time (ISO 8601 with a zone; default: when the request
-        arrives). The service reads the latest online feature values and counts one as stale
-        when it is older than its view's TTL at `as_of`; `as_of` is logged as the prediction's
-        `request_time`, which monitoring windows use and labels with `time_from: request`
-        match. Send it to predict for a past or simulated moment (replays, backtests).
+        `as_of` is the prediction's time (ISO 8601 with a zone, within
+        `serving.as_of_max_past` before and `serving.as_of_max_future` after the server's
+        clock; default: when the request arrives). The service reads the latest online feature
+        values and counts one as stale when it is older than its view's TTL at `as_of`;
+        `as_of` is logged as the prediction's `request_time`, which monitoring windows use and
+        labels with `time_from: request` match. Send it to predict for a past or simulated
+        moment (replays, backtests). The server's receive time is logged beside it
+        (`received_at`).
+
+        Limits: `serving.max_body_bytes` (413), `serving.max_rows` rows of at most
+        `serving.max_fields_per_row` fields and `serving.max_string_chars` characters per
+        text value (422). Only the model's entity keys and request fields are used and logged.
+        Every error answer is `{"error": ..., "remedy": ...}` (400 adds pydantic's `detail`).
         """
         # With `serving.fast_path` on (the default) `PredictRoute` answers POST /predict before
         # BentoML dispatches here, with the same models, code and JSON; this method still
@@ -189,9 +209,19 @@ class PredictionService:
 PREDICT_API = PredictionService.apis["predict"]
 PREDICT_API.doc = inspect.cleandoc(PREDICT_API.doc or "")
 
-# Added in this order, the key check runs before the fast path (the first added is outermost).
-if SETTINGS.serving.api_key:
+
+def _document() -> dict[str, Any]:
+    return predict_document(PredictionService.openapi_spec.asdict(), SETTINGS.serving, "/predict")
+
+
+# Added in this order, the key check runs first, then the body cap (in front of both /predict
+# paths), then the fast path (the first added is outermost).
+if SETTINGS.serving.api_key is not None:
     PredictionService.add_asgi_middleware(BearerAuth, api_key=SETTINGS.serving.api_key)
+PredictionService.add_asgi_middleware(
+    BodyLimit, route="/predict", max_bytes=SETTINGS.serving.max_body_bytes
+)
+PredictionService.add_asgi_middleware(OpenAPIRoute, make=_document)
 if SETTINGS.serving.fast_path:
     PredictionService.add_asgi_middleware(
         PredictRoute, route="/predict", observe=observe, observe_batch=observe_batch

@@ -20,6 +20,7 @@ import yaml
 
 from maquette.config import SETTINGS_FILE, Settings, load_settings
 from maquette.data.redis_server import ensure_redis
+from maquette.data.secrets import write_private
 from maquette.data.sources import feature_table_path
 from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import DataNotLoaded
@@ -52,7 +53,15 @@ def _absolute(settings: Settings, value: Any) -> Any:
 def replay_config(source: Settings, folder: Path, run: str, redis: str) -> dict[str, Any]:
     """The replay project's maquette.yaml content: the source's settings, every state path in
     `folder`, every shared input (model store, flows, sources) by absolute path."""
-    data: dict[str, Any] = source.model_dump(mode="json", exclude={"project_dir"})
+    # Credentials stay out of the file (dumped, a SecretStr is "**********"): the replay reads
+    # them as the project does, from MAQUETTE_* variables or the generated secret files.
+    left_out: dict[str, Any] = {
+        "project_dir": True,
+        "redis": {"password"},
+        "serving": {"api_key"},
+        "orchestration": {"prefect_auth"},
+    }
+    data: dict[str, Any] = source.model_dump(mode="json", exclude=left_out)
     state = folder / ".maquette"
     data["paths"].update(
         state=str(state),
@@ -127,7 +136,8 @@ def replay_project(
         ignore=shutil.ignore_patterns("__pycache__", "data", ".aliases.json"),
     )
     config = replay_config(source, folder, run, f"{base}/{redis_db}")
-    (folder / SETTINGS_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    # Private: its redis.url carries the password of the project's Redis.
+    write_private(folder / SETTINGS_FILE, yaml.safe_dump(config, sort_keys=False))
     settings = load_settings(folder)
     shutil.copytree(
         source.offline_store, settings.offline_store, ignore=shutil.ignore_patterns(*SERVED)

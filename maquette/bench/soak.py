@@ -281,7 +281,7 @@ class _Traffic:
         self.answers: Counter[str] = Counter()
         self.acknowledged: list[str] = []
         key = settings.serving.api_key
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
 
     def threads(self) -> list[threading.Thread]:
         return [

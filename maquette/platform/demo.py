@@ -27,6 +27,7 @@ from maquette import registry
 from maquette.config import Settings
 from maquette.data import sources as datasets
 from maquette.data.redis_server import redis_url
+from maquette.data.secrets import redact
 from maquette.data.sql import duckdb_connection
 from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features import redis_layout as wire
@@ -295,7 +296,7 @@ def replay_traffic(
     rows = rows.dropna(subset=fields)
     report.entity_rows = len(rows)
     key = settings.serving.api_key
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
     follow = _StreamFollower(settings, layer, start, report) if with_stream else None
     began = time.perf_counter()
     with httpx.Client(base_url=service_url, headers=headers, timeout=30) as client:
@@ -326,7 +327,7 @@ def _start_platform(
     """Redis and the Prefect server, with an empty online store and stream."""
     with _stage(report, "start Redis and Prefect", announce):
         report.platform = platform.up(settings, ["redis", "prefect"], announce)
-        report.redis_url = redis_url(settings)
+        report.redis_url = redact(redis_url(settings))  # the summary is shown and saved
         # A rerun replays the same history: start from an empty online store and stream.
         platform.down(settings, ["stream"])
         reset(settings)
@@ -466,10 +467,10 @@ def run_demo_on_platform(
     `monitor`), reporting to the platform's Prefect server rather than a throwaway one."""
 
     def train_flow(s: Settings, name: str, trials: int | None) -> str:
-        return str(project_flow(s, "train")(name, trials, str(s.project_dir)))
+        return str(project_flow(s, "train")(name, trials))
 
     def monitor_flow(s: Settings, as_of: datetime) -> Any:
-        return project_flow(s, "monitor")(str(s.project_dir), None, as_of)
+        return project_flow(s, "monitor")(None, as_of)
 
     with prefect_api(settings):
         return run_demo(settings, announce, progress, quick, train_flow, monitor_flow)

@@ -65,6 +65,7 @@ def build_context(settings: Settings, spec: dict[str, Any]) -> Path:
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         dirs_exist_ok=True,
     )
+    _drop_api_key(context / "maquette.yaml")
     snapshot = context / _inside_project(settings, settings.path(settings.paths.bentos))
     snapshot.mkdir(parents=True, exist_ok=True)
     (snapshot / ALIAS_SNAPSHOT).write_text(settings.path(settings.registry.aliases).read_text())
@@ -84,6 +85,19 @@ def build_bento(settings: Settings, announce: Callable[[str], None] = lambda _: 
         cwd=context,
         env=env,
     )
+
+
+def _drop_api_key(config: Path) -> None:
+    """The staged maquette.yaml without `serving.api_key`: a bento is copied, pushed and
+    inspected, so it never carries the key; the service reads MAQUETTE_SERVING_API_KEY from
+    its environment when it starts."""
+    if not config.is_file():
+        return
+    values = yaml.safe_load(config.read_text()) or {}
+    serving = values.get("serving")
+    if isinstance(serving, dict) and "api_key" in serving:
+        del serving["api_key"]
+        config.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
 def _inside_project(settings: Settings, path: Path) -> str:

@@ -7,21 +7,27 @@ inside BentoML's request metrics, tracing and access log, behind the API-key che
 `POST /predict` itself: the same pydantic request model, the same `Predictor`, the same JSON
 and status codes as the `@bentoml.api` method it stands in for (a test sends the same requests
 to both), and `serving.fast_path: false` hands /predict back to BentoML.
+
+`BodyLimit` sits in front of both paths: a body larger than `serving.max_body_bytes` gets 413
+before a byte of it is parsed, and a form or pickle body, which BentoML would not read as JSON,
+gets 415.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from maquette.errors import MaquetteError
+from maquette.serving.openapi import MAX_SELECTOR_CHARS
 from maquette.serving.predictor import PredictCall, Prediction, Predictor, http_status
 
 log = logging.getLogger("maquette.serving.predictor")
@@ -29,7 +35,10 @@ log = logging.getLogger("maquette.serving.predictor")
 # Request fields, shared by the BentoML API signature and the fast path's validator.
 ROWS_DESCRIPTION = "One row or a list of rows: entity keys and request fields."
 MODEL_DESCRIPTION = "NAME, NAME:VERSION or NAME@ALIAS."
-AS_OF_DESCRIPTION = "Judge feature freshness as of this time."
+AS_OF_DESCRIPTION = (
+    "Judge feature freshness as of this time: ISO 8601 with a time zone, within "
+    "serving.as_of_max_past before and serving.as_of_max_future after the server's clock."
+)
 
 
 class PredictRequest(BaseModel):
@@ -37,7 +46,7 @@ class PredictRequest(BaseModel):
     API method's signature, whose examples come from the project's settings)."""
 
     rows: list[dict[str, Any]] | dict[str, Any] = Field(description=ROWS_DESCRIPTION)
-    model: str | None = Field(None, description=MODEL_DESCRIPTION)
+    model: str | None = Field(None, description=MODEL_DESCRIPTION, max_length=MAX_SELECTOR_CHARS)
     as_of: datetime | None = Field(None, description=AS_OF_DESCRIPTION)
 
 
@@ -78,6 +87,86 @@ def error_body(exc: MaquetteError) -> dict[str, str]:
     return {"error": exc.message, "remedy": exc.remedy}
 
 
+# Media types BentoML reads as something other than JSON (a form, a pickle): refused with 415
+# before BentoML tries (a form without its boundary made BentoML answer 500).
+NOT_JSON = ("multipart/", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle")
+
+
+class BodyLimit:
+    """Pure ASGI middleware in front of both /predict paths: the body is read here, at most
+    `max_bytes` of it, before anything parses it; a larger one gets 413 (its Content-Length
+    says so before a byte is read; a chunked body is counted as it arrives)."""
+
+    def __init__(self, app: Any, route: str = "/predict", max_bytes: int = 1 << 20) -> None:
+        self.app, self.route, self.max_bytes = app, route, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.route or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+        if media.startswith(NOT_JSON):
+            await _refuse(send, 415, f"POST {self.route} takes JSON, not {media}.", _JSON_FIX)
+            return
+        declared = headers.get(b"content-length", b"").strip()
+        if declared and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(send, declared.decode("latin-1"))
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(send, f"more than {self.max_bytes}")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return dict(await receive())
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Any, size: str) -> None:
+        await _refuse(
+            send,
+            413,
+            f"the request body holds {size} bytes; the limit is {self.max_bytes}.",
+            "Send fewer rows per request (serving.max_body_bytes sets the limit).",
+        )
+
+
+_JSON_FIX = "Send the request as Content-Type: application/json."
+
+
+async def _refuse(send: Any, status: int, error: str, remedy: str) -> None:
+    body = orjson.dumps({"error": error, "remedy": remedy})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                # The rest of a refused body is never read: the connection is not reused.
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def answer_body(answers: Sequence[Prediction]) -> bytes:
     return orjson.dumps({"predictions": [a.as_dict() for a in answers]})
 
@@ -109,6 +198,7 @@ class PredictRoute:
         self.observe_batch = observe_batch
         self.predictor: Predictor | None = None
         self._queue: list[tuple[PredictCall, asyncio.Future[tuple[int, bytes]]]] = []
+        self._loading: set[asyncio.Task[None]] = set()
         PredictRoute.instances.append(self)
 
     @classmethod
@@ -138,7 +228,8 @@ class PredictRoute:
             answered: asyncio.Future[tuple[int, bytes]] = loop.create_future()
             if not self._queue:
                 loop.call_soon(self._flush)
-            self._queue.append((PredictCall(rows, request.model, request.as_of), answered))
+            call = PredictCall(rows, request.model, request.as_of, datetime.now(UTC))
+            self._queue.append((call, answered))
             status, payload = await answered
         await send(
             {
@@ -155,6 +246,36 @@ class PredictRoute:
     def _flush(self) -> None:
         # Runs once the requests read in this loop turn are queued; answers them in one go.
         queued, self._queue = self._queue, []
+        assert self.predictor is not None
+        try:
+            unloaded = self.predictor.unloaded([c for c, _ in queued])
+        except Exception:  # the answers report it
+            unloaded = []
+        if unloaded:
+            # A version not loaded yet (an alias moved, a split added) loads in a thread: the
+            # event loop keeps answering the other requests meanwhile.
+            task = asyncio.get_running_loop().create_task(self._load_then_answer(queued, unloaded))
+            self._loading.add(task)
+            task.add_done_callback(self._loading.discard)
+            return
+        self._answer(queued)
+
+    async def _load_then_answer(
+        self,
+        queued: list[tuple[PredictCall, asyncio.Future[tuple[int, bytes]]]],
+        tags: list[str],
+    ) -> None:
+        await asyncio.to_thread(self._load, tags)
+        self._answer(queued)
+
+    def _load(self, tags: list[str]) -> None:
+        assert self.predictor is not None
+        for tag in tags:
+            # A version that cannot load is reported by its requests' own answers.
+            with contextlib.suppress(Exception):
+                self.predictor.version(tag)
+
+    def _answer(self, queued: list[tuple[PredictCall, asyncio.Future[tuple[int, bytes]]]]) -> None:
         try:
             if self.observe_batch is not None:
                 self.observe_batch(len(queued))

@@ -17,7 +17,8 @@ class LibraryModel:
     """Library deployment: `maquette.load_model("NAME@production").predict(rows)`."""
 
     def __init__(self, settings: Settings, selector: str, log: bool = False) -> None:
-        self.predictor = Predictor(settings, log=log)
+        # Any registered version, promoted or not: library mode runs the user's own code.
+        self.predictor = Predictor(settings, log=log, any_version=True)
         self.selector = selector
         self.tag = self.predictor.resolve(selector)
         self.predictor.version(self.tag)

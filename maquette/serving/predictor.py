@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from feast.types import FeastType
 
 from maquette import registry
 from maquette.config import Settings
@@ -37,13 +38,16 @@ from maquette.errors import (
     ModelVersionNotFound,
     StoreUnavailable,
 )
-from maquette.features.entity_rows import request_time
 from maquette.features.layer import FeatureLayer
 from maquette.features.online import PRESENT, OnlineFeatures
 from maquette.serving.prediction_log import PredictionLog
+from maquette.serving.request_rules import RequestLimits, check_as_of, check_rows, check_size
 from maquette.training.model_types import TrainedModel
 
 log = logging.getLogger("maquette.serving.predictor")
+
+# How long a version that failed to load answers with that failure before it is tried again.
+MISS_TTL_S = 5.0
 
 
 @dataclass
@@ -64,11 +68,13 @@ class Prediction:
 
 @dataclass
 class PredictCall:
-    """One request: rows, the model selector and the time freshness is judged at."""
+    """One request: rows, the model selector, the time freshness is judged at (the client's
+    `as_of`) and when the server received it (default: when the batch is answered)."""
 
     rows: list[dict[str, Any]]
     selector: str | None = None
     as_of: datetime | None = None
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class ServedVersion:
     required: tuple[str, ...]
     timestamp_fields: tuple[str, ...]  # request fields declared as timestamps (UnixTimestamp)
     request_fields: tuple[str, ...] = ()  # sent with each row, not entity keys
+    key_types: dict[str, FeastType] = field(default_factory=dict)  # declared entity key types
 
 
 def served_version(
@@ -98,17 +105,23 @@ def served_version(
         tuple(layer.request_keys(feature_service, model.partition_by)),
         plan.time_fields,
         plan.request_fields,
+        {k: t for g in plan.groups for k, t in g.key_types.items()},
     )
 
 
 class Predictor:
     """Routing, features, model and logging for online and library predictions."""
 
-    def __init__(self, settings: Settings, log: bool = True) -> None:
+    def __init__(self, settings: Settings, log: bool = True, any_version: bool = False) -> None:
+        """`any_version`: NAME:VERSION may name any registered version (library mode, code the
+        user runs); off (the service), only versions an alias, a split or a shadow points to."""
         self.settings = settings
         self.layer = FeatureLayer(settings)
         self.log = PredictionLog(settings) if log else None
+        self.any_version = any_version
+        self.limits = RequestLimits.of(settings)
         self._versions: dict[str, ServedVersion] = {}
+        self._misses: dict[str, tuple[float, MaquetteError]] = {}
         self._lock = threading.Lock()
         self._aliases: dict[str, dict[str, str]] = {}
         self._aliases_stamp: float | None = -1.0
@@ -126,7 +139,34 @@ class Predictor:
         if stamp != self._aliases_stamp:
             self._aliases = registry.alias_table(self.settings)
             self._aliases_stamp = stamp
+            if not self.any_version:
+                self._forget_unserved()
         return self._aliases
+
+    def served_versions(self, name: str) -> dict[str, str]:
+        """The versions of `name` requests may reach: {version: why} (alias, split, shadow)."""
+        return self._served(name, self._alias_table())
+
+    def _served(self, name: str, table: dict[str, dict[str, str]]) -> dict[str, str]:
+        why: dict[str, str] = {}
+        for alias, version in sorted(table.get(name, {}).items()):
+            why.setdefault(version, f"@{alias}")
+        for version in self.settings.serving.traffic.get(name, {}):
+            why.setdefault(version, "traffic split")
+        shadow = self.settings.serving.shadow.get(name)
+        if shadow:
+            why.setdefault(shadow, "shadow")
+        return why
+
+    def _forget_unserved(self) -> None:
+        # A version no alias, split or shadow points to any more is dropped (requests in flight
+        # keep theirs): the loaded set stays as small as what is served.
+        with self._lock:
+            self._misses.clear()
+            for tag in list(self._versions):
+                name, _, version = tag.partition(":")
+                if version not in self._served(name, self._aliases):
+                    del self._versions[tag]
 
     def resolve(self, selector: str | None) -> str:
         """The NAME:VERSION a request's model selector points at right now."""
@@ -137,6 +177,14 @@ class Predictor:
                 "Send model=NAME (or NAME:VERSION, NAME@ALIAS).",
             )
         if ":" in selector:
+            name, _, version = selector.partition(":")
+            if not self.any_version and version not in self.served_versions(name):
+                raise ModelVersionNotFound(
+                    f"model {name!r} has no version {version!r} in service: only the versions "
+                    "an alias, a traffic split or a shadow points to are served.",
+                    f"Served versions of {name}: {self._served_list(name)}. Promote a version "
+                    f"to serve it: `maquette models promote {name}:VERSION --alias ALIAS`.",
+                )
             return selector
         name, _, alias = selector.partition("@")
         if not alias and name in self.settings.serving.traffic:
@@ -144,20 +192,74 @@ class Predictor:
             version = random.choices(list(weights), weights=list(weights.values()))[0]
             return f"{name}:{version}"
         alias = alias or self.settings.serving.default_alias
-        current = self._alias_table().get(name, {}).get(alias)
-        if current is None:
-            return registry.resolve(
-                self.settings, f"{name}@{alias}"
-            ).tag  # raises, naming what exists
-        return f"{name}:{current}"
+        table = self._alias_table()
+        current = table.get(name, {}).get(alias)
+        if current is not None:
+            return f"{name}:{current}"
+        # Answered from the alias table: an unknown name never scans the model store.
+        if name not in table:
+            raise ModelVersionNotFound(
+                f"no model named {name!r} is served (none of its versions has an alias).",
+                f"Served models: {', '.join(sorted(table)) or 'none'}; promote a version with "
+                f"`maquette models promote {name}:VERSION --alias {alias}`.",
+            )
+        known = ", ".join(f"@{a} -> {v}" for a, v in sorted(table[name].items()))
+        raise ModelVersionNotFound(
+            f"model {name!r} has no alias {alias!r}.",
+            f"Aliases of {name}: {known}. Set one with "
+            f"`maquette models promote {name}:VERSION --alias {alias}`.",
+        )
+
+    def _served_list(self, name: str) -> str:
+        served = self.served_versions(name)
+        return ", ".join(f"{v} ({why})" for v, why in served.items()) or "none"
+
+    def routes(self, selector: str | None) -> list[str]:
+        """Every NAME:VERSION a selector may be routed to now (a split: each of its versions);
+        none when it cannot be resolved (the request gets its own error when answered)."""
+        name = (selector or next(iter(self.settings.models), "")).partition("@")[0]
+        if selector is None or ("@" not in selector and ":" not in selector):
+            weights = self.settings.serving.traffic.get(name)
+            if weights:
+                return [f"{name}:{v}" for v in weights]
+        try:
+            return [self.resolve(selector)]
+        except MaquetteError:
+            return []
+
+    def unloaded(self, calls: Sequence[PredictCall]) -> list[str]:
+        """Versions the calls route to that are not loaded yet (load them off the event loop)."""
+        tags = {t for c in calls for t in self.routes(c.selector)}
+        for tag in list(tags):  # the shadow scored beside it
+            name = tag.partition(":")[0]
+            if shadow := self.settings.serving.shadow.get(name):
+                tags.add(f"{name}:{shadow}")
+        now = time.monotonic()
+        fresh = {t for t, (when, _) in self._misses.items() if now - when < MISS_TTL_S}
+        return sorted(t for t in tags if t not in self._versions and t not in fresh)
 
     def version(self, tag: str) -> ServedVersion:
-        """A loaded version (loaded once, on first use; requests in flight keep theirs)."""
+        """A loaded version (loaded once, on first use; requests in flight keep theirs).
+
+        A version that failed to load is not tried again for MISS_TTL_S seconds (nor after an
+        alias moves): requests for it get the same error without scanning the model store.
+        """
         served = self._versions.get(tag)
-        if served is None:
-            with self._lock:
-                served = self._versions.get(tag) or self._load(tag)
+        if served is not None:
+            return served
+        miss = self._misses.get(tag)
+        if miss is not None and time.monotonic() - miss[0] < MISS_TTL_S:
+            raise miss[1]
+        with self._lock:
+            served = self._versions.get(tag)
+            if served is None:
+                try:
+                    served = self._load(tag)
+                except MaquetteError as exc:
+                    self._misses[tag] = (time.monotonic(), exc)
+                    raise
                 self._versions[tag] = served
+                self._misses.pop(tag, None)
         return served
 
     def _load(self, tag: str) -> ServedVersion:
@@ -172,27 +274,14 @@ class Predictor:
     # ---------------------------------------------------------------- predict
 
     def _clean(self, served: ServedVersion, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if not rows:
-            raise InvalidEntityFrame("the request holds no rows.", "Send at least one row.")
-        if len(rows) > self.settings.serving.max_rows:
-            raise InvalidEntityFrame(
-                f"the request holds {len(rows)} rows; the limit is "
-                f"{self.settings.serving.max_rows}.",
-                "Split it into smaller batches.",
-            )
-        cleaned = []
-        for i, row in enumerate(rows):
-            missing = [k for k in served.required if row.get(k) in (None, "")]
-            if missing:
-                raise InvalidEntityFrame(
-                    f"row {i} lacks {missing}.",
-                    f"Model {served.tag} needs {list(served.required)} in every row.",
-                )
-            out = dict(row)
-            for name in served.timestamp_fields:
-                out[name] = request_time(out[name], f"row {i} field {name!r}")
-            cleaned.append(out)
-        return cleaned
+        return check_rows(
+            rows,
+            served.required,
+            served.key_types,
+            served.timestamp_fields,
+            self.limits,
+            served.tag,
+        )
 
     def predict(
         self, rows: list[dict[str, Any]], selector: str | None = None, as_of: datetime | None = None
@@ -211,10 +300,16 @@ class Predictor:
         while Redis being down fails them all (StoreUnavailable is raised).
         """
         began = time.perf_counter()
+        arrived = datetime.now(UTC)
         out: list[list[Prediction] | MaquetteError] = []
         ready: list[tuple[int, ServedVersion, list[dict[str, Any]], datetime]] = []
+        received: dict[int, datetime] = {}
         for call in calls:
             try:
+                # Checked first, against the server's clock: as_of becomes the logged request
+                # time monitoring cuts its windows by.
+                now = check_as_of(call.as_of, call.received_at or arrived, self.limits)
+                check_size(call.rows, self.limits)  # before any model is looked up
                 served = self.version(self.resolve(call.selector))
                 rows = self._clean(served, call.rows)
             except MaquetteError as exc:
@@ -223,7 +318,8 @@ class Predictor:
             except Exception as exc:  # one request's odd input must not fail its batch
                 out.append(_unusable(exc))
                 continue
-            ready.append((len(out), served, rows, call.as_of or datetime.now(UTC)))
+            received[len(out)] = call.received_at or arrived
+            ready.append((len(out), served, rows, now))
             out.append([])
         found = self.layer.online_features_many(
             [(rows, served.feature_service, now) for _, served, rows, now in ready]
@@ -252,7 +348,9 @@ class Predictor:
                 if self.log and self.log.sampled():
                     features = found[k]
                     assert isinstance(features, OnlineFeatures)
-                    entries += self._log_entries(served, request_rows, features, mine, now, began)
+                    entries += self._log_entries(
+                        served, request_rows, features, mine, (now, received[slot]), began
+                    )
         if entries:
             assert self.log is not None
             self.log.append(entries)
@@ -264,12 +362,12 @@ class Predictor:
         rows: list[dict[str, Any]],
         features: OnlineFeatures,
         answers: list[Prediction],
-        now: datetime,
+        times: tuple[datetime, datetime],
         began: float,
     ) -> list[dict[str, Any]]:
         latency = (time.perf_counter() - began) * 1000
         entries = [
-            _entry(served, rows[i], features.values[i], answers[i], now, latency, False)
+            _entry(served, rows[i], features.values[i], answers[i], times, latency, False)
             for i in range(len(rows))
         ]
         shadow = self.settings.serving.shadow.get(served.name)
@@ -284,7 +382,7 @@ class Predictor:
                 )
                 return entries
             for i, a in enumerate(twin_answers):
-                entries.append(_entry(twin, rows[i], features.values[i], a, now, latency, True))
+                entries.append(_entry(twin, rows[i], features.values[i], a, times, latency, True))
         return entries
 
     def ready(self) -> bool:
@@ -351,15 +449,19 @@ def _entry(
     row: dict[str, Any],
     values: dict[str, Any],
     answer: Prediction,
-    now: datetime,
+    times: tuple[datetime, datetime],
     latency_ms: float,
     shadow: bool,
 ) -> dict[str, Any]:
+    # `row` holds only the declared keys and request fields (request_rules.check_rows), each
+    # value bounded: what a client sends beyond them never reaches the log.
     keys = {k: row[k] for k in served.required if k not in served.request_fields}
+    as_of, received_at = times
     return {
         "prediction_id": answer.prediction_id,
         "logged_at": datetime.now(UTC).isoformat(),
-        "request_time": now.isoformat(),
+        "request_time": as_of.isoformat(),
+        "received_at": received_at.isoformat(),
         "model": served.name,
         "version": served.tag.split(":", 1)[1],
         "partition": answer.partition,
@@ -368,7 +470,7 @@ def _entry(
         "decision": answer.decision,
         "latency_ms": latency_ms,
         "entity": keys,
-        "request": {k: row[k] for k in row if k not in keys},
+        "request": {k: row[k] for k in served.request_fields if k in row},
         "features": {f: values.get(f) for f in served.model.features},
         "missing": answer.missing_features,
         "stale": answer.stale_features,

@@ -7,6 +7,7 @@ wheel install plus a project folder can serve.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -17,6 +18,34 @@ from maquette.config import Settings
 from maquette.errors import ConfigError
 
 SERVICE_CLASS = "PredictionService"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def check_exposure(settings: Settings, host: str | None = None, key_given: bool = False) -> None:
+    """Refuse to serve on an interface other machines reach without an API key.
+
+    Any process that can reach the port could otherwise read predictions, probe the feature
+    store through them and fill the prediction log.
+    """
+    host = host or settings.serving.host
+    if is_loopback(host) or key_given or settings.serving.api_key is not None:
+        return
+    raise ConfigError(
+        f"the prediction service would listen on {host}, which other machines can reach, "
+        "without an API key.",
+        "Set one in the service's environment: export MAQUETTE_SERVING_API_KEY=<a long random "
+        "string> (clients send `Authorization: Bearer <key>`), or bind serving.host to "
+        "127.0.0.1.",
+    )
 
 
 def service_target(settings: Settings) -> tuple[str, str]:
@@ -50,6 +79,8 @@ def service_command(
 ) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of `bentoml serve` for the project's bento service (`paths.bentos`);
     run it with the project folder as working directory."""
+    # A key given in the child's environment counts: that is where the service reads it.
+    check_exposure(settings, host, bool((env or {}).get("MAQUETTE_SERVING_API_KEY")))
     working_dir, target = service_target(settings)
     # Feast points PROMETHEUS_MULTIPROC_DIR at its own folder when imported; inherited, it
     # would make every service started from this process share (and overwrite) one metrics

@@ -1,0 +1,207 @@
+"""What a prediction request may carry: the checks every request passes before any work.
+
+The service's clients are not trusted: a request's `as_of` becomes the logged request time that
+monitoring windows are cut by, its entity keys become Redis keys and logged columns, and every
+field it carries could reach the prediction log. So before a request reads a feature:
+
+- `as_of` has a time zone and lies within `serving.as_of_max_past` before and
+  `serving.as_of_max_future` after the server's clock;
+- it holds 1..`serving.max_rows` rows of at most `serving.max_fields_per_row` fields, each text
+  value at most `serving.max_string_chars` long;
+- each entity key is of its declared type: a number sent for a String key becomes its text,
+  digits sent for an Int64 key become the number, anything else (or a number past the key's
+  range) is refused;
+- only the model's declared entity keys and request fields are kept (extra fields are ignored,
+  never logged).
+
+Each failure is the request's own 422 (`InvalidEntityFrame`), naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from feast.types import FeastType, Int32, Int64, String
+
+from maquette.config import Settings
+from maquette.errors import InvalidEntityFrame
+from maquette.features.entity_rows import request_time
+from maquette.window_spec import parse_duration
+
+# JSON's containers: a row's values are single values (library mode may pass numpy numbers and
+# datetimes, which are single values too).
+CONTAINERS = (list, dict, tuple, set)
+_DIGITS = re.compile(r"[+-]?[0-9]{1,19}")
+# The range of each integer key type (Feast writes them as fixed-width little-endian).
+INT_RANGES: dict[FeastType, tuple[int, int]] = {
+    Int64: (-(2**63), 2**63 - 1),
+    Int32: (-(2**31), 2**31 - 1),
+}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The bounds of one request, read once from `serving.*`."""
+
+    max_rows: int
+    max_fields: int
+    max_chars: int
+    max_past: timedelta
+    max_future: timedelta
+    past_text: str
+    future_text: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> RequestLimits:
+        s = settings.serving
+        return cls(
+            s.max_rows,
+            s.max_fields_per_row,
+            s.max_string_chars,
+            parse_duration(s.as_of_max_past),
+            parse_duration(s.as_of_max_future),
+            s.as_of_max_past,
+            s.as_of_max_future,
+        )
+
+
+def check_as_of(as_of: datetime | None, received: datetime, limits: RequestLimits) -> datetime:
+    """The request's time: `as_of` when it is usable, else the time it was received."""
+    if as_of is None:
+        return received
+    if as_of.tzinfo is None or as_of.utcoffset() is None:
+        raise InvalidEntityFrame(
+            f"as_of {as_of.isoformat()} has no time zone.",
+            "Send as_of in ISO 8601 with a zone, e.g. 2013-12-31T15:00:00Z.",
+        )
+    # Compared as offsets from the clock, so a year-1 or year-9999 time cannot overflow.
+    earliest, latest = _shifted(received, -limits.max_past), _shifted(received, limits.max_future)
+    if not earliest <= as_of <= latest:
+        raise InvalidEntityFrame(
+            f"as_of {as_of.isoformat()} is outside the window the service accepts: "
+            f"{limits.past_text} before to {limits.future_text} after its clock "
+            f"({earliest.isoformat(timespec='seconds')} .. {latest.isoformat(timespec='seconds')}).",
+            "Send a time within it, or widen serving.as_of_max_past / serving.as_of_max_future "
+            "(e.g. to replay older data).",
+        )
+    return as_of
+
+
+def _shifted(moment: datetime, by: timedelta) -> datetime:
+    try:
+        return moment + by
+    except OverflowError:
+        edge = datetime.max if by > timedelta(0) else datetime.min
+        return edge.replace(tzinfo=moment.tzinfo)
+
+
+def check_rows(
+    rows: list[dict[str, Any]],
+    required: tuple[str, ...],
+    key_types: Mapping[str, FeastType],
+    time_fields: tuple[str, ...],
+    limits: RequestLimits,
+    tag: str,
+) -> list[dict[str, Any]]:
+    """The rows with only their declared fields, keys typed and times parsed; 422 otherwise."""
+    check_size(rows, limits)
+    cleaned = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InvalidEntityFrame(
+                f"row {i} is not an object.", "Send each row as an object of field: value."
+            )
+        if len(row) > limits.max_fields:
+            raise InvalidEntityFrame(
+                f"row {i} carries {len(row)} fields; the limit is {limits.max_fields}.",
+                f"Send only the fields model {tag} needs: {list(required)}.",
+            )
+        for name, value in row.items():
+            if isinstance(value, CONTAINERS):
+                raise InvalidEntityFrame(
+                    f"row {i} field {str(name)[:64]!r} holds a non-scalar value "
+                    f"({type(value).__name__}).",
+                    "Send text, a number, true/false or null as each value.",
+                )
+            if isinstance(value, str) and len(value) > limits.max_chars:
+                raise InvalidEntityFrame(
+                    f"row {i} field {str(name)[:64]!r} holds {len(value)} characters; the limit "
+                    f"is {limits.max_chars}.",
+                    "Send shorter values (serving.max_string_chars sets the limit).",
+                )
+        missing = [k for k in required if row.get(k) in (None, "")]
+        if missing:
+            raise InvalidEntityFrame(
+                f"row {i} lacks {missing}.",
+                f"Model {tag} needs {list(required)} in every row.",
+            )
+        out = {k: row[k] for k in required}  # extra fields are ignored: never logged
+        for name, dtype in key_types.items():
+            if name in out:
+                out[name] = typed_key(out[name], dtype, f"row {i} key {name!r}")
+        for name in time_fields:
+            out[name] = request_time(out[name], f"row {i} field {name!r}")
+        cleaned.append(out)
+    return cleaned
+
+
+def check_size(rows: list[dict[str, Any]], limits: RequestLimits) -> None:
+    """1..max_rows rows, else 422."""
+    if not rows:
+        raise InvalidEntityFrame("the request holds no rows.", "Send at least one row.")
+    if len(rows) > limits.max_rows:
+        raise InvalidEntityFrame(
+            f"the request holds {len(rows)} rows; the limit is {limits.max_rows}.",
+            "Split it into smaller batches (serving.max_rows sets the limit).",
+        )
+
+
+def typed_key(value: Any, dtype: FeastType, where: str) -> Any:
+    """An entity key's value as its declared type (String or Int32/Int64); 422 otherwise."""
+    if isinstance(value, bool) or not isinstance(value, str | numbers.Real):
+        raise InvalidEntityFrame(
+            f"{where} is {type(value).__name__} {_shown(value)}; it is declared {dtype}.",
+            "Send a text or a number as the key.",
+        )
+    if dtype == String:
+        if isinstance(value, numbers.Integral):
+            value = int(value)  # numpy's too: str(np.int64(7)) is "7", and so is this
+        elif isinstance(value, numbers.Real):
+            value = float(value)
+            if not value.is_integer() or abs(value) >= 2**63:  # 1e300 is a 301-digit text
+                raise InvalidEntityFrame(
+                    f"{where} is the number {value!r}; it is declared String.",
+                    "Send the key as text.",
+                )
+            value = int(value)
+        return str(value)
+    if dtype in INT_RANGES:
+        number = _integer(value)
+        low, high = INT_RANGES[dtype]
+        if number is None or not low <= number <= high:
+            raise InvalidEntityFrame(
+                f"{where} is {_shown(value)}; it is declared {dtype} ({low}..{high}).",
+                "Send a whole number within that range.",
+            )
+        return number
+    return value
+
+
+def _integer(value: str | numbers.Real) -> int | None:
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return int(number) if number.is_integer() else None
+    # At most 19 digits (2**63 has 19): a longer text is out of range without converting it.
+    return int(value) if _DIGITS.fullmatch(value.strip()) else None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
