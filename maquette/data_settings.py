@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 
 from maquette.model_spec import Section, as_utc
+from maquette.window_spec import DurationText
 
 # How a source writes its event time: numbers since the epoch in a unit, or ISO 8601 text.
 TimestampUnit = Literal["s", "ms", "us", "ns", "iso"]
@@ -161,6 +162,12 @@ class StreamSettings(Section):
         600.0,
         ge=0,
         description="Events this far behind the newest event time still update their windows.",
+    )
+    max_event_ahead: DurationText = Field(
+        "1h",
+        description="Events whose time is further than this ahead of the processor's clock "
+        "(the wall clock; a replay's simulated clock in a replay) are dead-lettered: one event "
+        "from the year 9999 would otherwise make every later event late.",
     )
     batch: int = Field(2_000, ge=1, description="Entries read per XREADGROUP.")
     block_ms: int = Field(50, ge=1, description="How long one read waits for new entries.")

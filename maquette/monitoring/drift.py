@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -367,6 +368,12 @@ def _fingerprint(settings: Settings, kind: str, min_rows: int, served_in_period:
 
 # An open window's report is redone once its rows have grown by this factor (and when it ends).
 OPEN_REDO_GROWTH = 1.25
+# Drift windows a pass looks at per version, the newest: request times spread over centuries
+# must not make thousands of Evidently reports (~3.5 MB each). Older windows keep the report
+# an earlier pass made, if any. Three years of weekly windows.
+MAX_WINDOWS_PER_PASS = 156
+
+log = logging.getLogger("maquette.monitoring")
 
 
 def window_reports(
@@ -388,7 +395,17 @@ def window_reports(
     for version_id, rows in frame.groupby("version"):
         version = registry.resolve(settings, f"{name}:{version_id}")
         began = pd.Timestamp(rows["request_time"].min())
-        for window in windows_of(rows, spec, as_of):
+        windows = windows_of(rows, spec, as_of)
+        for window in windows[:-MAX_WINDOWS_PER_PASS]:
+            previous = known.get((str(version_id), spec.name, window.start.isoformat()))
+            if previous is not None:
+                out.append(replace(previous, complete=window.complete))
+        if len(windows) > MAX_WINDOWS_PER_PASS and announce:
+            announce(
+                f"{version.tag}: {len(windows):,} {spec.name} drift windows; reports for the "
+                f"newest {MAX_WINDOWS_PER_PASS} only"
+            )
+        for window in windows[-MAX_WINDOWS_PER_PASS:]:
             start, end = window.start.to_pydatetime(), window.end.to_pydatetime()
             if len(window.rows) < min_rows:
                 out.append(_not_enough(settings, version, spec, window, min_rows, kind))
@@ -419,7 +436,15 @@ def window_reports(
                 )
             workspace = workspace if workspace is not None else open_workspace(settings)
             replaces = previous.workspace_runs if previous else []
-            report = window_report(settings, version, window, spec, reference, workspace, replaces)
+            try:
+                report = window_report(
+                    settings, version, window, spec, reference, workspace, replaces
+                )
+            except Exception as exc:  # one window's failure is reported; the others go on
+                log.exception("%s: the drift report from %s failed", version.tag, window.start)
+                why = f"its drift report failed ({type(exc).__name__}: {exc})"
+                out.append(_not_enough(settings, version, spec, window, min_rows, kind, why))
+                continue
             report.fingerprint = fingerprint
             out.append(report)
     path = _index_path(settings, name)

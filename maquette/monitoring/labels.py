@@ -7,13 +7,19 @@ name (`labels.time_from: row`) or the logged request time (`request`: the body's
 the arrival time). `join_labels` produces the scored-predictions table: every logged
 prediction (shadows excluded) with its label when known, the delay between prediction and
 label, and the version and partition that answered.
+
+Hostile input: a label file is cast at ingest (labels to DOUBLE, times to TIMESTAMPTZ) and
+refused whole, with the failing row numbers, if any value does not cast: nothing of it is kept,
+so one bad file never breaks a later join. The join leaves out logged predictions whose request
+time (the client's `as_of`) is not plausible for monitoring (`monitored_period`): before the
+model's training window by more than a year, or later than the server's clock (plus a day).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -22,12 +28,18 @@ import pyarrow.parquet as pq
 
 from maquette.config import Settings
 from maquette.data import sources as datasets
-from maquette.data.sql import duckdb_connection
+from maquette.data.sql import duckdb_connection, sql_identifier, sql_literal
 from maquette.errors import ConfigError, DataNotLoaded, InvalidEntityFrame
 from maquette.model_spec import LabelSpec
 from maquette.serving import prediction_log as predictions
 
 LABEL = "label"
+# Monitored request times: from this long before the model's training window starts...
+BEFORE_TRAINING = timedelta(days=366)
+# ...to this far past the server's clock (a client's clock a little ahead is not hostile).
+AHEAD_OF_CLOCK = timedelta(days=1)
+# Failing rows listed in the message refusing a label file.
+SHOWN_ROWS = 10
 
 
 @dataclass
@@ -89,7 +101,7 @@ def ingest_labels(settings: Settings, name: str, file: Path | None = None) -> In
                 f"label file {file} does not exist.", "Pass a Parquet or CSV file."
             )
         reader = "read_csv_auto" if file.suffix.lower() == ".csv" else "read_parquet"
-        table = con.sql(f"SELECT * FROM {reader}('{file}')").to_arrow_table()
+        table = con.sql(f"SELECT * FROM {reader}({sql_literal(file)})").to_arrow_table()
         needed = (
             {"prediction_id", LABEL}
             if "prediction_id" in table.column_names
@@ -101,6 +113,7 @@ def ingest_labels(settings: Settings, name: str, file: Path | None = None) -> In
                 f"Key labels by prediction_id, or by {labels.join_keys} and "
                 f"{labels.time_column!r}; the value goes in a column named {LABEL!r}.",
             )
+        table = _typed_labels(con, table, file, labels)
         unknown = _unknown_ids(settings, name, table)
         # Named by content: ingesting the same file twice stores it once.
         digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
@@ -111,14 +124,91 @@ def ingest_labels(settings: Settings, name: str, file: Path | None = None) -> In
         partial.replace(target)
         return IngestResult(table.num_rows, target, unknown)
     source = datasets.require_loaded(settings, labels.source or settings.entity_source(spec))
-    keys = ", ".join(f'"{k}"' for k in labels.join_keys)
-    known = f', "{labels.available_at}" AS label_available_at' if labels.available_at else ""
+    keys = ", ".join(sql_identifier(k) for k in labels.join_keys)
+    known = (
+        f", {sql_identifier(labels.available_at)} AS label_available_at"
+        if labels.available_at
+        else ""
+    )
+    # spec.label is an SQL expression of maquette.yaml (code, as the docs say), not data.
     table = con.sql(
-        f'SELECT {keys}, "{labels.time_column}", ({spec.label})::DOUBLE AS {LABEL}{known} '
-        f"FROM read_parquet('{source}') WHERE ({spec.label}) IS NOT NULL"
+        f"SELECT {keys}, {sql_identifier(labels.time_column)}, ({spec.label})::DOUBLE AS "
+        f"{LABEL}{known} FROM read_parquet({sql_literal(source)}) WHERE ({spec.label}) IS NOT NULL"
     ).to_arrow_table()
     pq.write_table(table, target)
     return IngestResult(table.num_rows, target)
+
+
+def _typed_labels(
+    con: duckdb.DuckDBPyConnection, table: pa.Table, file: Path, labels: LabelSpec
+) -> pa.Table:
+    """The label file's rows with the label as DOUBLE and its times as TIMESTAMPTZ; the file is
+    refused (nothing of it stored) if any value does not cast, naming the rows that failed."""
+    casts = {LABEL: "DOUBLE"}
+    if "prediction_id" not in table.column_names:
+        casts[labels.time_column] = "TIMESTAMPTZ"
+    if "label_available_at" in table.column_names:
+        casts["label_available_at"] = "TIMESTAMPTZ"
+    con.register("__labels", table)
+    try:
+        checks = " OR ".join(
+            f"({sql_identifier(c)} IS NOT NULL AND TRY_CAST({sql_identifier(c)} AS {t}) IS NULL)"
+            for c, t in casts.items()
+        )
+        failed = con.sql(
+            f"SELECT n FROM (SELECT row_number() OVER () AS n, * FROM __labels) "
+            f"WHERE {checks} ORDER BY n"
+        ).fetchall()
+        if failed:
+            rows = [int(r[0]) for r in failed]
+            shown = ", ".join(map(str, rows[:SHOWN_ROWS]))
+            more = f" and {len(rows) - SHOWN_ROWS:,} more" if len(rows) > SHOWN_ROWS else ""
+            columns = ", ".join(f"{c} as {t}" for c, t in casts.items())
+            raise InvalidEntityFrame(
+                f"label file {file.name}: {len(rows):,} row(s) hold a value that is not a number "
+                f"or time where one is expected ({columns}): row(s) {shown}{more} (counting "
+                "data rows from 1). Nothing of the file was stored.",
+                "Fix or remove those rows (an unknown label is an empty cell, not text such "
+                "as 'N/A'), then ingest the file again.",
+            )
+        select = ", ".join(
+            f"{sql_identifier(c)}::{casts[c]} AS {sql_identifier(c)}"
+            if c in casts
+            else sql_identifier(c)
+            for c in table.column_names
+        )
+        return con.sql(f"SELECT {select} FROM __labels").to_arrow_table()
+    finally:
+        con.unregister("__labels")
+
+
+def monitored_period(settings: Settings, name: str) -> tuple[datetime, datetime]:
+    """[first, last) request times monitoring looks at: a year before the model's training
+    window to a day past the server's clock. A request time outside (a client's as_of in year 1
+    or 9999, or spread over centuries) is left out and counted, never a failing pass."""
+    train_start = settings.model_spec(name).split.train.start
+    return train_start - BEFORE_TRAINING, datetime.now(UTC) + AHEAD_OF_CLOCK
+
+
+def ignored_requests(settings: Settings, name: str) -> int:
+    """Logged predictions of `name` whose request time is outside `monitored_period` (counting
+    a redelivered copy as many times as it was drained)."""
+    first, last = monitored_period(settings, name)
+    folder = settings.path(settings.predictions.folder)
+    files = sql_literal(f"{folder}/date=*/model={name}/*.parquet")
+    if not any(folder.glob(f"date=*/model={name}/*.parquet")):
+        return 0
+    con = _con()
+    outside = f"NOT (request_time >= {_instant(first)} AND request_time < {_instant(last)})"
+    found = con.execute(
+        f"SELECT count(*) FROM read_parquet({files}, union_by_name = true) "
+        f"WHERE model = {sql_literal(name)} AND {outside}"
+    ).fetchone()
+    return int(found[0]) if found else 0
+
+
+def _instant(when: datetime) -> str:
+    return f"{sql_literal(when.isoformat())}::TIMESTAMPTZ"
 
 
 def _label_sources(
@@ -134,15 +224,18 @@ def _label_sources(
     files = sorted(label_files_dir(settings, name).glob("*.parquet"))
     declared = labels_path(settings, name)
     for source, path in [(0, f) for f in files] + ([(1, declared)] if declared.is_file() else []):
-        relation = f"read_parquet('{path}')"
+        relation = f"read_parquet({sql_literal(path)})"
         present = [r[0] for r in con.sql(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
         known = "label_available_at" if "label_available_at" in present else "NULL"
         by_key = "prediction_id" in present
         keys = ["prediction_id"] if by_key else [*labels.join_keys, labels.time_column]
-        columns = ", ".join(f'"{k}"' for k in keys)
+        columns = ", ".join(sql_identifier(k) for k in keys)
+        # TRY_CAST: a file stored before ingest checked its values holds a bad label as null
+        # instead of failing every join.
         select = (
-            f"SELECT {columns}, {LABEL}::DOUBLE AS {LABEL}, "
-            f"{known}::TIMESTAMPTZ AS label_available_at, {source} AS __source FROM {relation}"
+            f"SELECT {columns}, TRY_CAST({LABEL} AS DOUBLE) AS {LABEL}, "
+            f"TRY_CAST({known} AS TIMESTAMPTZ) AS label_available_at, {source} AS __source "
+            f"FROM {relation}"
         )
         (by_id if by_key else by_entity).append(select)
     return by_id, by_entity
@@ -150,14 +243,17 @@ def _label_sources(
 
 def _entity_on(labels: LabelSpec) -> str:
     """The ON condition matching a label `le` to a logged prediction `p`: same keys, same time."""
-    keys = [f"json_extract_string(p.entity, '$.{k}') = le.\"{k}\"" for k in labels.join_keys]
+    keys = [
+        f"json_extract_string(p.entity, {sql_literal('$.' + k)}) = le.{sql_identifier(k)}"
+        for k in labels.join_keys
+    ]
     column = labels.time_column
     logged = (
         "p.request_time"  # the body's as_of, else when the request arrived
         if labels.time_from == "request"
-        else f"CAST(json_extract_string(p.request, '$.{column}') AS TIMESTAMPTZ)"
+        else f"TRY_CAST(json_extract_string(p.request, {sql_literal('$.' + column)}) AS TIMESTAMPTZ)"
     )
-    when = f'{logged} = le."{column}"::TIMESTAMPTZ'
+    when = f"{logged} = TRY_CAST(le.{sql_identifier(column)} AS TIMESTAMPTZ)"
     return " AND ".join([*keys, when])
 
 
@@ -182,7 +278,7 @@ def _label_matches(
     ):
         if not parts:
             continue
-        distinct = ", ".join(f'"{k}"' for k in keys)
+        distinct = ", ".join(sql_identifier(k) for k in keys)
         ctes.append(
             f"{alias} AS (SELECT DISTINCT ON ({distinct}) * FROM ({' UNION ALL BY NAME '.join(parts)})"
             f" WHERE label_available_at IS NULL OR {avail}"
@@ -216,7 +312,7 @@ def join_labels(
         )
     # With as_of, a label counts only once available; of several labels for one prediction
     # (or one entity and time), a file's wins over the declared source's, then the earliest.
-    avail = f"label_available_at <= '{as_of.isoformat()}'::TIMESTAMPTZ" if as_of else "TRUE"
+    avail = f"label_available_at <= {_instant(as_of)}" if as_of else "TRUE"
     ctes, joins, matched = _label_matches(labels, by_id, by_entity, avail)
     ctes.insert(0, f"p AS ({logged})")
 
@@ -226,7 +322,10 @@ def join_labels(
         return f"(CASE {cases} END)"
 
     label_sql, known_sql = chosen(LABEL), chosen("label_available_at")
-    requested = f" AND p.request_time < '{as_of.isoformat()}'::TIMESTAMPTZ" if as_of else ""
+    # Only request times monitoring can place (see monitored_period), before as_of if given.
+    first, last = monitored_period(settings, name)
+    last = min(last, as_of) if as_of else last
+    requested = f" AND p.request_time >= {_instant(first)} AND p.request_time < {_instant(last)}"
     target = scored_path(settings, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial.parquet")
@@ -240,6 +339,6 @@ def join_labels(
                    date_diff('second', p.request_time, {known_sql}::TIMESTAMPTZ) AS label_delay_s
             FROM p {" ".join(joins)}
             WHERE NOT p.shadow{requested}
-        ) TO '{partial}' (FORMAT parquet)""")
+        ) TO {sql_literal(partial)} (FORMAT parquet)""")
     partial.replace(target)  # readers never see a half-written table
     return pq.read_table(target, columns=columns)

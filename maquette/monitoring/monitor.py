@@ -57,6 +57,9 @@ class ModelFindings:
     # The split rows' windows before serving: what the first served windows' missing shares
     # are compared with.
     missing_history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Logged predictions left out: their request time (the client's as_of) is outside
+    # labels.monitored_period (year 1, year 9999, centuries before the training data).
+    ignored_requests: int = 0
 
 
 @dataclass
@@ -92,6 +95,13 @@ def monitor_model(
 ) -> ModelFindings:
     """Labels (known by `as_of`), join, metrics per window, missing features, drift, skew."""
     ingested = labels.ingest_labels(settings, name)
+    ignored = labels.ignored_requests(settings, name)
+    if ignored:
+        first, last = labels.monitored_period(settings, name)
+        announce(
+            f"{name}: {ignored:,} logged predictions left out, their request time (as_of) "
+            f"outside {first:%Y-%m-%d} .. {last:%Y-%m-%d %H:%M} UTC"
+        )
     narrow = labels.join_labels(settings, name, as_of, METRIC_COLUMNS)
     if narrow.num_rows == 0:
         raise DataNotLoaded(
@@ -124,6 +134,7 @@ def monitor_model(
         window.name,
         missing,
         missing_baseline.split_history(settings, name, missing),
+        ignored,
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+from feast.types import FeastType, PrimitiveFeastType
 
 from maquette import registry
 from maquette.config import Settings
@@ -92,12 +93,52 @@ class _Compared:
     times: pd.Series
 
 
+def _typed(value: Any, kind: FeastType | None) -> Any:
+    """A logged key value as its declared type (a string key logged as the number 7 is "7");
+    None when it cannot be one (that row's offline features are then missing)."""
+    if isinstance(value, float) and math.isnan(value):  # a key missing from some entries
+        return None
+    if value is None or kind is None:
+        return value
+    if kind in (PrimitiveFeastType.INT64, PrimitiveFeastType.INT32):
+        if isinstance(value, bool):
+            return None
+        try:
+            number = int(value) if not isinstance(value, float) or value.is_integer() else None
+        except (TypeError, ValueError):
+            return None
+        return number if number is not None and -(2**63) <= number < 2**63 else None
+    if kind == PrimitiveFeastType.STRING:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value if isinstance(value, str) else json.dumps(value)
+    return value
+
+
+def typed_entities(entities: pd.DataFrame, types: dict[str, FeastType]) -> pd.DataFrame:
+    """Logged entity keys in their declared types: the offline recomputation joins on them."""
+    out = entities.copy()
+    for column in out.columns:
+        kind = types.get(str(column))
+        values = out[column].tolist()
+        if kind is not None and [_typed(v, kind) for v in values] != values:
+            out[column] = pd.Series(
+                [_typed(v, kind) for v in out[column].tolist()], index=out.index, dtype=object
+            )
+            if kind in (PrimitiveFeastType.INT64, PrimitiveFeastType.INT32):
+                out[column] = out[column].astype("Int64")
+    return out
+
+
 def _compare(layer: FeatureLayer, record: VersionRecord, rows: pd.DataFrame) -> _Compared:
     """Recompute the features of `rows` offline, point in time as of each request time."""
     features = list(record.feature_names)
     served = served_inputs(rows, features).reset_index(drop=True)
-    entities = pd.DataFrame.from_records([json.loads(e) for e in rows["entity"]])
-    fields = list(layer.read_plan(record.feature_service).request_fields)
+    plan = layer.read_plan(record.feature_service)
+    entities = typed_entities(
+        pd.DataFrame.from_records([json.loads(e) for e in rows["entity"]]), plan.field_types
+    )
+    fields = list(plan.request_fields)
     requests = pd.DataFrame.from_records(
         [{k: json.loads(r).get(k) for k in fields} for r in rows["request"]], columns=fields
     )

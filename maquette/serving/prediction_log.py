@@ -7,14 +7,26 @@ only after the file is written and fsynced. Delivery is at least once: entries o
 was written but not acknowledged come back after a crash and are rewritten to the same file
 name (derived from their stream ids), and readers de-duplicate by prediction id, so nothing is
 lost or counted twice.
+
+One drain at a time: the deployment, the monitor flow, the CLI and the demo all drain as the
+same consumer, so a drain holds an exclusive lock (`<state>/locks/prediction-log-drain.lock`)
+while it reads, writes and acknowledges; another waits for it (`drain_lock_wait_s`), then
+moves what is left. Each file is written to a temporary file of its own in the target folder,
+fsynced, renamed and the folder fsynced: a drain never truncates a file another one wrote.
+A batch is at most `drain_batch` entries and about `drain_max_bytes` of them. The stream has
+no MAXLEN: trimming would drop predictions not yet drained.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +39,8 @@ import redis
 
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url
-from maquette.data.sql import duckdb_connection
+from maquette.data.secrets import redact
+from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import DataNotLoaded, StoreUnavailable
 from maquette.faults import crash_point
 
@@ -44,6 +57,9 @@ SCHEMA = pa.schema(
         ("prediction_id", pa.string()),
         ("logged_at", pa.timestamp("us", tz="UTC")),
         ("request_time", pa.timestamp("us", tz="UTC")),
+        # The server's clock when the request came (request_time is the client's as_of):
+        # absent from entries logged before it existed, and from their files.
+        ("received_at", pa.timestamp("us", tz="UTC")),
         ("model", pa.string()),
         ("version", pa.string()),
         ("partition", pa.string()),
@@ -95,7 +111,7 @@ class PredictionLog:
 
 
 def _not_logged(settings: Settings, exc: redis.RedisError, timeout_s: float) -> StoreUnavailable:
-    where = f"Redis at {redis_url(settings)}"
+    where = f"Redis at {redact(redis_url(settings))}"
     unanswered = "so the predictions were not answered"
     if isinstance(exc, redis.TimeoutError):  # e.g. CLIENT PAUSE, a stalled disk, a full host
         return StoreUnavailable(
@@ -107,7 +123,15 @@ def _not_logged(settings: Settings, exc: redis.RedisError, timeout_s: float) -> 
     if isinstance(exc, redis.ResponseError):  # e.g. OOM past maxmemory, MISCONF, READONLY
         remedy = "Fix what Redis reports (its log says more), then retry the request."
         if "maxmemory" in str(exc):  # OOM: Redis is full and refuses every write
-            remedy = "Free memory in Redis or raise its maxmemory, then retry the request."
+            remedy = (
+                "Redis is full: drain the prediction log (`maquette predictions drain`), free "
+                "memory in Redis or raise its maxmemory, then retry the request."
+            )
+        elif "MISCONF" in str(exc):  # RDB/AOF writes failing: Redis refuses writes
+            remedy = (
+                "Redis cannot write its data to disk: free disk space or fix its data folder "
+                "(its log says why), then retry the request."
+            )
         return StoreUnavailable(
             f"{where} refused the prediction log write ({exc}), {unanswered}.", remedy
         )
@@ -131,6 +155,7 @@ class DrainResult:
     entries: int = 0
     files: list[Path] = field(default_factory=list)
     redelivered: int = 0
+    busy: str | None = None  # why nothing was moved: another drain held the lock too long
 
 
 def _fsync_dir(path: Path) -> None:
@@ -143,26 +168,71 @@ def _fsync_dir(path: Path) -> None:
 
 def _write_durably(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as sink:
-        pq.write_table(table, sink)
-        sink.flush()
-        os.fsync(sink.fileno())
-    os.replace(tmp, path)
+    # A temporary file of this write's own (O_EXCL, in the target folder so the rename is
+    # atomic): no other writer can truncate it, and a kill leaves only a *.tmp no reader globs.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            pq.write_table(table, sink)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     _fsync_dir(path.parent)
+
+
+# Model name of entries the drain cannot read (not JSON, not an object): kept, never dropped.
+UNREADABLE = "_unreadable"
+
+
+def _time(value: Any) -> datetime | None:
+    """A logged time, or None when the entry holds none or something that is not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _entry(stream_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    raw = fields.get(FIELD, b"")
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict):
+        # One bad entry must not stop every later drain: it is kept under a model of its own.
+        text = raw.decode(errors="replace")
+        entry = {"prediction_id": stream_id.decode(), "model": UNREADABLE, "request": text}
+    return entry
 
 
 def _rows(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, Any]]:
     rows = []
     for stream_id, fields in entries:
-        entry = json.loads(fields[FIELD])
+        entry = _entry(stream_id, fields)
         entry["stream_id"] = stream_id.decode()
         for key in ("entity", "request", "features"):
             entry[key] = json.dumps(entry.get(key) or {}, default=str, sort_keys=True)
-        for key in ("logged_at", "request_time"):
-            entry[key] = datetime.fromisoformat(entry[key]) if entry.get(key) else None
+        for key in ("logged_at", "request_time", "received_at"):
+            entry[key] = _time(entry.get(key))
+        if entry["logged_at"] is None:  # the stream id is the time Redis took the entry
+            millis = int(stream_id.split(b"-")[0])
+            entry["logged_at"] = datetime.fromtimestamp(millis / 1000, UTC)
+        entry["model"] = _folder_safe(str(entry.get("model") or UNREADABLE))
         rows.append(entry)
     return rows
+
+
+def _folder_safe(model: str) -> str:
+    """A model name usable as a folder name (`model=NAME`): no separators, never `..`."""
+    safe = model.replace("/", "_").replace("\\", "_").replace("\0", "_")
+    return safe if safe.strip(".") else UNREADABLE
 
 
 def _write_batch(settings: Settings, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Path]:
@@ -191,39 +261,114 @@ def ensure_group(client: redis.Redis[bytes], stream: str) -> None:
             raise
 
 
+def drain_lock_path(settings: Settings) -> Path:
+    """The lock file every drain of this project holds while it runs."""
+    return settings.state_dir / "locks" / "prediction-log-drain.lock"
+
+
+@contextlib.contextmanager
+def _drain_lock(settings: Settings, wait_s: float) -> Iterator[bool]:
+    """Holds the drain lock (True), or yields False if another drain kept it past `wait_s`.
+
+    An flock: the kernel releases it when its holder exits, killed or not, so a crashed drain
+    never blocks the next one.
+    """
+    path = drain_lock_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# Entries read per XREADGROUP when Redis does not say how large they are (MEMORY USAGE).
+FIRST_READ = 64
+
+
+def _first_count(client: redis.Redis[bytes], stream: str, batch: int, max_bytes: int) -> int:
+    """Entries per read before any is seen: about max_bytes of them, by the stream's average
+    size (the same estimate after a crash, so a redelivered batch mostly keeps its file name)."""
+    try:
+        length = int(client.xlen(stream))
+        used = client.memory_usage(stream, samples=0) if length else None
+    except redis.ResponseError:  # MEMORY disabled: probe with a few entries first
+        return min(batch, FIRST_READ)
+    if not length or not used:
+        return batch
+    return max(1, min(batch, max_bytes * length // int(used)))
+
+
 def drain(
     settings: Settings, consumer: str = "drain-1", max_batches: int | None = None
 ) -> DrainResult:
-    """Move logged predictions into Parquet; acknowledge only what is durably written."""
+    """Move logged predictions into Parquet; acknowledge only what is durably written.
+
+    One drain at a time per project: another one waits up to `drain_lock_wait_s` for the lock,
+    then moves what is left, or moves nothing and says why in `busy`.
+    """
+    conf = settings.predictions
+    with _drain_lock(settings, conf.drain_lock_wait_s) as held:
+        if not held:
+            return DrainResult(
+                busy=f"another drain held {drain_lock_path(settings)} for more than "
+                f"{conf.drain_lock_wait_s:g} s; it moves the entries, this drain moved none"
+            )
+        try:
+            return _drain_locked(settings, consumer, max_batches)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"cannot drain predictions from Redis at {redact(redis_url(settings))}: {exc}",
+                "Start Redis (`maquette redis start`) and run the drain again.",
+            ) from exc
+
+
+def _drain_locked(settings: Settings, consumer: str, max_batches: int | None) -> DrainResult:
     client = redis.Redis.from_url(redis_url(settings), socket_timeout=30)
     stream, batch = settings.predictions.stream, settings.predictions.drain_batch
     result = DrainResult()
-    try:
-        ensure_group(client, stream)
-        # First what this consumer read but never acknowledged (a crash mid-way), then new entries.
-        for start, redelivery in (("0", True), (">", False)):
-            batches = 0
-            while max_batches is None or batches < max_batches:
-                reply = client.xreadgroup(GROUP, consumer, {stream: start}, count=batch)
-                entries = [e for e in (reply[0][1] if reply else []) if e[1]]
-                if not entries:
-                    break
+    ensure_group(client, stream)
+    max_bytes = settings.predictions.drain_max_bytes
+    count = _first_count(client, stream, batch, max_bytes)
+    # First what this consumer read but never acknowledged (a crash mid-way), then new entries.
+    for start, redelivery in (("0", True), (">", False)):
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            reply = client.xreadgroup(GROUP, consumer, {stream: start}, count=count)
+            read = reply[0][1] if reply else []
+            if not read:
+                break
+            # Entries deleted while pending come back without fields: acknowledged, not written.
+            entries = [e for e in read if e[1]]
+            size = sum(len(v) for _, fields in entries for v in fields.values())
+            if entries:
                 result.files += _write_batch(settings, entries)
                 # Written and fsynced, not yet acknowledged: tests/e2e/test_durability.py kills here.
                 crash_point("drain.written")
-                ids = [e[0] for e in entries]
-                pipe = client.pipeline(transaction=True)
-                pipe.xack(stream, GROUP, *ids)
-                pipe.xdel(stream, *ids)
-                pipe.execute()
-                result.entries += len(entries)
-                result.redelivered += len(entries) if redelivery else 0
-                batches += 1
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StoreUnavailable(
-            f"cannot drain predictions from Redis at {redis_url(settings)}: {exc}",
-            "Start Redis (`maquette redis start`) and run the drain again.",
-        ) from exc
+            ids = [e[0] for e in read]
+            pipe = client.pipeline(transaction=True)
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)
+            pipe.execute()
+            result.entries += len(entries)
+            result.redelivered += len(entries) if redelivery else 0
+            batches += 1
+            if entries:  # the next read holds about drain_max_bytes of entries this size
+                per_entry = max(1, size // len(entries))
+                count = max(1, min(batch, max_bytes // per_entry))
     return result
 
 
@@ -253,8 +398,12 @@ def logged_sql(settings: Settings, model: str | None = None) -> str:
         if model
         else f"{folder}/date=*/model=*/*.parquet"
     )
-    where = "WHERE model = '" + model.replace("'", "''") + "'" if model else ""
-    source = f"read_parquet('{files}', hive_partitioning = false, filename = true)"
+    where = f"WHERE model = {sql_literal(model)}" if model else ""
+    # union_by_name: files drained before a column existed (received_at) read it as null.
+    source = (
+        f"read_parquet({sql_literal(files)}, hive_partitioning = false, filename = true, "
+        "union_by_name = true)"
+    )
     # De-duplicate on the narrow key columns, then keep the matching wide rows (no wide sort).
     # A redelivered copy has the same stream id in another file: one file per prediction wins.
     return f"""

@@ -150,12 +150,13 @@ class WindowAggregation:
             key, key_ok = int_key_sql(k), f"{k} IS NOT NULL"
         else:
             key, key_ok = f"{k}::VARCHAR", f"{k} IS NOT NULL AND {k} <> ''"
-        # Events sharing a key and a time share their frame: DISTINCT keeps one row.
+        # Events sharing a key and a time share their frame: DISTINCT keeps one row. Values
+        # beyond ±2^53 are dropped, as the processor dead-letters them (events.MAX_ABS_VALUE).
         return (
             f"SELECT DISTINCT {k}, {t} + INTERVAL {STAMP_OFFSET_US} MICROSECOND AS event_timestamp, "
             f"{select} FROM (SELECT {key} AS {k}, {t}::TIMESTAMPTZ AS {t}, "
             f"{v}::DOUBLE AS {v} FROM ({events})) "
-            f"WHERE {key_ok} AND {t} IS NOT NULL AND isfinite({v}) "
+            f"WHERE {key_ok} AND {t} IS NOT NULL AND isfinite({v}) AND abs({v}) <= {2**53} "
             f"WINDOW w AS ({frame}) ORDER BY {k}, event_timestamp"
         )
 

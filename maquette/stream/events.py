@@ -18,13 +18,16 @@ from typing import Any
 import redis
 
 from maquette.config import Settings
-from maquette.data.redis_server import redis_url
+from maquette.data.redis_server import redis_url, unreachable
 from maquette.errors import DataError, StoreUnavailable
 from maquette.stream.aggregations import StreamDefinition, int_key, stream_definition
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _INT64 = range(-(2**63), 2**63)
+# The largest value an event may carry: past it a window's sum loses integers (and math.fsum
+# of a few values near 1e308 overflows, failing every later poll of the same entries).
+MAX_ABS_VALUE = float(2**53)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,8 @@ def parse_event(fields: Mapping[bytes, bytes], definition: StreamDefinition) -> 
             return f"malformed: {name} {raw[:40].decode(errors='replace')!r} is not a number"
         if not math.isfinite(value):
             return f"malformed: {name} is {value}"
+        if abs(value) > MAX_ABS_VALUE:
+            return f"malformed: {name} {value:g} is beyond ±2^53, which sums cannot keep exactly"
         values[name] = value
     return Event(epoch_us(when), keys, values)
 
@@ -196,7 +201,4 @@ def stream_client(settings: Settings) -> redis.Redis[bytes]:
 
 def stream_unavailable(settings: Settings, exc: Exception) -> StoreUnavailable:
     """The error to raise when the stream's Redis does not answer."""
-    return StoreUnavailable(
-        f"Redis at {redis_url(settings)} is unreachable: {exc}",
-        "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",
-    )
+    return unreachable(settings, exc)

@@ -15,7 +15,12 @@ same Feast feature views from one definition per aggregate (`WindowAggregation`)
 Event time: the watermark is the newest event time seen minus `allowed_lateness_s`. An event
 at or after the watermark is added to its windows and every row it changes is emitted again
 (rows of the key's later events within one window). An older event is counted and
-dead-lettered with the reason; so is a malformed one.
+dead-lettered with the reason; so is a malformed one, and one whose time is more than
+`max_event_ahead` ahead of the processor's clock (the wall clock, or the replay's clock given
+as `clock`): a single event from the year 9999 would otherwise make every later event late.
+A state committed before that check (a watermark ahead of the clock) is repaired at start:
+the events ahead of the clock are dropped from the windows and the watermark is the newest
+event left; an online row stamped ahead of the clock is overwritten by the next real one.
 
 Delivery: online rows are written as soon as a batch is read (a row replaces the stored one
 unless that one is newer); every `commit_interval_s` the offline rows are merged into Parquet,
@@ -32,9 +37,11 @@ acknowledged is lost or counted twice.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +56,6 @@ from maquette.config import Settings
 from maquette.data.redis_server import redis_url
 from maquette.data.sources import TIMESTAMP_TYPE
 from maquette.data.sql import duckdb_connection
-from maquette.errors import DataNotLoaded
 from maquette.faults import crash_point
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
@@ -67,10 +73,24 @@ from maquette.stream.events import (
     stream_client,
     stream_unavailable,
 )
-from maquette.stream.history import events_sql
 from maquette.stream.reconnect import REDIS_DOWN, wait_for_redis, without_retries
+from maquette.stream.state import (
+    Key,
+    Slot,
+    drop_events_after,
+    load_windows,
+    warm_start_windows,
+)
 from maquette.stream.targets import merge_rows, resolve_targets
 from maquette.stream.windows import MAX_TIME_FIELD, Window, state_key, stats_key
+from maquette.window_spec import parse_duration
+
+log = logging.getLogger("maquette.stream")
+
+
+def wall_clock() -> datetime:
+    """The processor's clock when it runs live: now, in UTC."""
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -85,11 +105,6 @@ class RunResult:
     offline_rows: int = 0
     commits: int = 0
     seconds: float = 0.0
-
-
-# A key as its aggregation types it (int for int64 keys), and a window's slot: (view, key).
-Key = str | int
-Slot = tuple[str, Key]
 
 
 @dataclass
@@ -111,9 +126,18 @@ class StreamProcessor:
     time (the benchmark's reference); offline rows and commits are the same either way.
     """
 
-    def __init__(self, settings: Settings, feast_push: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        feast_push: bool = False,
+        clock: Callable[[], datetime] = wall_clock,
+    ) -> None:
         self.settings = settings
         self.conf = settings.stream
+        # Events later than clock() + max_event_ahead are dead-lettered (a replay passes its
+        # simulated clock; live, the wall clock).
+        self.clock = clock
+        self.ahead_us = int(parse_duration(self.conf.max_event_ahead).total_seconds() * 1e6)
         self.definition = stream_definition(settings)
         self.client = stream_client(settings)
         without_retries(self.client)
@@ -145,35 +169,20 @@ class StreamProcessor:
                 raise
 
     def _load_state(self) -> None:
-        stored: dict[bytes, bytes] = self.client.hgetall(state_key(self.settings))
-        if MAX_TIME_FIELD not in stored:
-            self._warm_start()
+        stored = load_windows(self.settings, self.client, self.definition)
+        if stored is None:
+            self.windows, self.max_time, dirty = warm_start_windows(self.settings, self.definition)
+            self._todo.dirty |= dirty
             return
-        self.max_time = int(stored.pop(MAX_TIME_FIELD))
-        aggs = {a.view: a for a in self.definition.aggregations}
-        for name, raw in stored.items():
-            view, _, key = name.decode().partition(":")
-            # The field holds the key as text; its aggregation gives it back its type.
-            slot = (view, aggs[view].key_of(key) if view in aggs else key)
-            self.windows[slot] = Window.loads(raw)
+        self.windows, self.max_time = stored
+        if self.max_time > self._horizon_us():
+            dropped, dirty, self.max_time = drop_events_after(self.windows, self._horizon_us())
+            self._todo.dirty |= dirty
+            self._todo.counts["ahead_dropped"] += dropped
 
-    def _warm_start(self) -> None:
-        """A fresh processor starts with the last window of history the backfill ends with."""
-        before = self.conf.backfill_before
-        if before is None or self.conf.events_source is None:
-            return
-        horizon = before - self.definition.longest_window
-        try:
-            sql = events_sql(self.settings, horizon, before)
-        except DataNotLoaded:
-            return
-        for event in duckdb_connection(quiet=True).sql(sql).to_arrow_table().to_pylist():
-            time_us = epoch_us(event[self.definition.event_time])
-            for agg in self.definition.aggregations:
-                slot = (agg.view, agg.key_of(event[agg.key]))
-                self.windows.setdefault(slot, Window()).add(time_us, float(event[agg.value]))
-                self._todo.dirty.add(slot)
-            self.max_time = time_us if self.max_time is None else max(self.max_time, time_us)
+    def _horizon_us(self) -> int:
+        """The latest event time accepted now: the clock plus max_event_ahead."""
+        return epoch_us(self.clock()) + self.ahead_us
 
     # ------------------------------------------------------------ reading and applying
 
@@ -207,6 +216,7 @@ class StreamProcessor:
 
     def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> dict[Slot, set[int]]:
         touched: dict[Slot, set[int]] = {}
+        horizon = self._horizon_us() if entries else 0
         for entry_id, fields in entries:
             self._todo.ids.append(entry_id)
             event = (
@@ -216,6 +226,14 @@ class StreamProcessor:
             )
             if isinstance(event, str):
                 self._reject(entry_id, fields, event, "malformed")
+                continue
+            if event.time_us > horizon:
+                reason = (
+                    f"malformed: {self.definition.event_time} {iso_time(event.time_us)} is more "
+                    f"than {self.conf.max_event_ahead} ahead of the processor's clock "
+                    f"{iso_time(horizon - self.ahead_us)} (stream.max_event_ahead)"
+                )
+                self._reject(entry_id, fields, reason, "malformed")
                 continue
             if self.max_time is not None and event.time_us < self.max_time - self.lateness_us:
                 reason = (
@@ -305,7 +323,15 @@ class StreamProcessor:
             for key in keys:
                 reads.hget(key, ts_name)
             plans.append((keys, ts_name, ts_proto.to_pylist(), seconds, nanos, columns))
-        stored = reads.execute()
+        # A row stamped ahead of the clock (written before such events were refused) would
+        # never be overwritten: it counts as absent.
+        horizon_s = self._horizon_us() / 1e6
+        stored = [
+            None
+            if (when := wire.decode_timestamp_seconds(raw)) is not None and when > horizon_s
+            else raw
+            for raw in reads.execute()
+        ]
         writes = self.client.pipeline(transaction=False)
         written = pos = 0
         for keys, ts_name, ts_proto, seconds, nanos, columns in plans:

@@ -24,6 +24,13 @@ class Window:
         self.times = times or []
         self.values = values or []
 
+    def drop_after(self, time_us: int) -> int:
+        """Forget the events later than `time_us`; how many there were."""
+        i = bisect.bisect_right(self.times, time_us)
+        dropped = len(self.times) - i
+        del self.times[i:], self.values[i:]
+        return dropped
+
     def add(self, time_us: int, value: float) -> None:
         i = bisect.bisect_right(self.times, time_us)
         self.times.insert(i, time_us)
