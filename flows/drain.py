@@ -12,7 +12,10 @@ from maquette.serving import prediction_log as predictions
 @task(retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def drain_stream() -> int:
     """Entries moved; retried because Redis may be restarting (nothing is acked unwritten)."""
-    return predictions.drain(flow_settings()).entries
+    result = predictions.drain(flow_settings())
+    if result.busy:  # another drain held the log: this run moved nothing, and says why
+        get_run_logger().warning(result.busy)
+    return result.entries
 
 
 @flow(name="drain")

@@ -4,12 +4,25 @@ its log, `maquette up`'s Prefect server and components. Part of `maquette.config
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 
 from maquette.model_spec import Section
 from maquette.window_spec import DurationText
+
+
+def _empty_is_unset(value: Any) -> Any:
+    """An empty credential (`MAQUETTE_SERVING_API_KEY=`) is no credential, not the key "".
+    Otherwise one check would see a key and another none: an exposed service that answers
+    401 to everyone, or a client that sends no header."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+# A credential setting: never printed (`**********`), unset when empty.
+Credential = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
 
 
 class RedisSettings(Section):
@@ -27,7 +40,7 @@ class RedisSettings(Section):
         "acknowledged writes if the machine (not the process) crashes; always loses none.",
     )
     start_timeout_s: float = Field(10.0, description="How long to wait for the server to answer.")
-    password: SecretStr | None = Field(
+    password: Credential = Field(
         None,
         description="Password of the embedded Redis (MAQUETTE_REDIS_PASSWORD). Unset: one is "
         "generated into <state>/secrets/redis_password. Required for a non-loopback redis.host. "
@@ -48,7 +61,7 @@ class ServingSettings(Section):
         "127.0.0.1", description="Interface the service binds to (loopback by default)."
     )
     port: int = Field(3000, description="HTTP port of the service.")
-    api_key: SecretStr | None = Field(
+    api_key: Credential = Field(
         None,
         description="If set, every route but the probes and /metrics needs `Authorization: "
         "Bearer <key>`. Set it in the environment (MAQUETTE_SERVING_API_KEY), not in a tracked "
@@ -179,7 +192,7 @@ class OrchestrationSettings(Section):
         description="Health endpoint of the process running the deployments (GET /health, "
         "nothing else).",
     )
-    prefect_auth: SecretStr | None = Field(
+    prefect_auth: Credential = Field(
         None,
         description="Auth string of the platform's Prefect server (API and UI login); null: "
         "generated once into <state>/secrets/prefect_auth (mode 0600). Set it from the "

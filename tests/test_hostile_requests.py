@@ -245,6 +245,47 @@ def test_keys_are_logged_as_declared_and_extra_fields_never(predictor: Predictor
     assert set(entry["request"]) == {"scheduled_departure"}
 
 
+def test_a_label_time_field_no_feature_reads_is_still_logged(
+    production, loaded_project: Settings
+) -> None:
+    # labels.time_from: row matches labels on a field of the request row: extra fields are
+    # never logged, but that one must be, or no label ever joins.
+    settings = _db2(loaded_project)
+    labels = settings.models["flight_delay"].labels
+    assert labels is not None
+    labels.time_column, labels.time_from = "flight_date", "row"
+    client = redis_py.Redis.from_url(str(settings.redis.url))
+    client.delete(settings.predictions.stream)
+    try:
+        Predictor(settings).predict(
+            [{**ROW, "flight_date": "2013-12-31"}],
+            "flight_delay",
+            datetime(2013, 12, 31, tzinfo=UTC),
+        )
+        (entry,) = _logged(settings)
+        assert entry["request"]["flight_date"] == "2013-12-31"
+    finally:
+        client.delete(settings.predictions.stream)
+
+
+def test_a_bento_carries_no_credential(tmp_path: Path) -> None:
+    folder = make_project(
+        tmp_path / "p",
+        "redis://:user-pw@127.0.0.1:1/0",
+        serving={"api_key": "k1"},
+        orchestration={"prefect_auth": "p1"},
+    )
+    settings = load_settings(folder)
+    aliases = settings.path(settings.registry.aliases)
+    aliases.parent.mkdir(parents=True, exist_ok=True)
+    aliases.write_text('{"aliases": {}, "history": []}')
+    context = bento.build_context(settings, {"include": ["maquette.yaml", "bentos/*.py"]})
+    text = (context / "maquette.yaml").read_text()
+    for secret in ("k1", "p1", "user-pw"):
+        assert secret not in text
+    assert yaml.safe_load(text)["redis"]["url"] == "redis://127.0.0.1:1/0"
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from maquette.config import load_settings
-from maquette.data.secrets import generated_secret, redact, secrets_dir
+from maquette.data.secrets import (
+    generated_secret,
+    private_state,
+    redact,
+    secrets_dir,
+    without_credentials,
+)
 from maquette.errors import ConfigError
 
 
@@ -31,6 +37,10 @@ def test_redact_hides_the_credentials_of_every_url() -> None:
     assert redact(text) == "Redis at redis://***@127.0.0.1:6399/0 and http://***@host:80/x down"
     plain = "redis://127.0.0.1:6399/0 and http://host/a?b=c@d"
     assert redact(plain) == plain
+    # A user's password need not be percent-encoded: all of it is hidden still.
+    assert redact("redis://:pa/ss@h:1/0") == "redis://***@h:1/0"
+    assert redact("'redis://:p@ss@h:1/0'") == "'redis://***@h:1/0'"
+    assert without_credentials("redis://u:p@ss@h:1/0") == "redis://h:1/0"
 
 
 def test_processes_starting_at_once_agree_on_one_secret(tmp_path: Path) -> None:
@@ -45,3 +55,23 @@ def test_processes_starting_at_once_agree_on_one_secret(tmp_path: Path) -> None:
 
 def _secret_of(folder: str) -> str:
     return generated_secret(load_settings(folder), "shared")
+
+
+def test_an_empty_credential_is_no_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAQUETTE_SERVING_API_KEY", "")
+    monkeypatch.setenv("MAQUETTE_REDIS_PASSWORD", "  ")
+    settings = load_settings(tmp_path)
+    assert settings.serving.api_key is None and settings.redis.password is None
+    monkeypatch.setenv("MAQUETTE_SERVING_API_KEY", "k")
+    key = load_settings(tmp_path).serving.api_key
+    assert key is not None and key.get_secret_value() == "k"
+
+
+def test_the_state_folder_is_made_private(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path)
+    settings.state_dir.mkdir(mode=0o755)
+    settings.state_dir.chmod(0o755)
+    assert private_state(settings) == settings.state_dir
+    assert stat.S_IMODE(settings.state_dir.stat().st_mode) == 0o700

@@ -34,6 +34,8 @@ from maquette.bench.harness import (
     peak_rss_mb,
     results_table,
     run_child,
+    settings_from_ref,
+    settings_ref,
 )
 from maquette.config import Settings
 from maquette.data import sources as datasets
@@ -106,7 +108,7 @@ def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
     import warnings
 
     warnings.filterwarnings("ignore")
-    settings = Settings.model_validate_json(settings_json)
+    settings = settings_from_ref(settings_json)
     layer = FeatureLayer(settings)
     layer.store  # noqa: B018  (load Feast before the clock starts)
     began = time.perf_counter()
@@ -173,7 +175,7 @@ def _materialize_rows(
         _apply_bench_repo(bench, table)
         flush(bench)
         console.print(f"  {kind} of {n:,} entities x 10 features ...")
-        results[kind] = _child(kind, bench.model_dump_json(), str(n))
+        results[kind] = _child(kind, settings_ref(bench), str(n))
     stock, mine = results["materialize_stock"], results["materialize_maquette"]
     ratio = "-"
     if "error" not in stock and "error" not in mine:
@@ -307,8 +309,8 @@ def _frame_rows(settings: Settings, dataset: BenchDataset, console: Console) -> 
     out = []
     for label, refs, sql in _frame_cases(settings, dataset, path):
         console.print(f"  training frame: {label}, {count:,} rows ...")
-        stock = _child(f"frame_stock:{json.dumps(refs)}", settings.model_dump_json(), str(path))
-        mine = _child(f"frame_maquette:{json.dumps(refs)}", settings.model_dump_json(), str(path))
+        stock = _child(f"frame_stock:{json.dumps(refs)}", settings_ref(settings), str(path))
+        mine = _child(f"frame_maquette:{json.dumps(refs)}", settings_ref(settings), str(path))
         floor = _floor_seconds(sql) if sql else None
         ratio = _ratio(stock, mine)
         if floor and "error" not in mine:

@@ -7,6 +7,7 @@ RSS, so one case's memory never hides in another's.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import statistics
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from maquette.config import Settings
 from maquette.data.redis_server import ensure_redis
+from maquette.data.secrets import write_private
 from maquette.errors import ConfigError
 
 BENCH_PROJECT = "maquette_bench"
@@ -45,6 +47,31 @@ def bench_settings(settings: Settings) -> Settings:
     bench.feast.project = BENCH_PROJECT
     bench.feast.registry = bench_dir(settings) / "registry.db"
     return bench
+
+
+# Settings fields holding credentials: dumped as "**********", so given to a child by value.
+SECRET_FIELDS = (("redis", "password"), ("serving", "api_key"), ("orchestration", "prefect_auth"))
+
+
+def settings_ref(settings: Settings) -> str:
+    """A child process's settings, as the path of a 0600 file (not on its command line, which
+    any local user can read: `redis.url` carries the Redis password)."""
+    data = json.loads(settings.model_dump_json())
+    for section, name in SECRET_FIELDS:
+        value = getattr(getattr(settings, section), name)
+        if value is not None:
+            data[section][name] = value.get_secret_value()
+    folder = bench_dir(settings) / "children"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = json.dumps(data)
+    path = folder / f"settings-{hashlib.sha1(text.encode()).hexdigest()[:16]}.json"
+    write_private(path, text)
+    return str(path)
+
+
+def settings_from_ref(ref: str) -> Settings:
+    """The settings `settings_ref` wrote."""
+    return Settings.model_validate_json(Path(ref).read_text())
 
 
 def flush(bench: Settings) -> None:

@@ -25,7 +25,13 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from maquette import registry
-from maquette.bench.harness import peak_rss_mb, results_table, run_child
+from maquette.bench.harness import (
+    peak_rss_mb,
+    results_table,
+    run_child,
+    settings_from_ref,
+    settings_ref,
+)
 from maquette.config import Settings
 from maquette.data import sources as datasets
 from maquette.data.sql import duckdb_connection
@@ -45,7 +51,7 @@ def _child_main(kind: str, settings_json: str, arg: str) -> dict[str, Any]:
     import warnings
 
     warnings.filterwarnings("ignore")
-    settings = Settings.model_validate_json(settings_json)
+    settings = settings_from_ref(settings_json)
     if kind == "join":
         seconds, rows, extra = _join_case(settings, arg)
     else:
@@ -187,14 +193,14 @@ def _run_cases(
         with console.status(f"writing {rows:,} logged predictions"):
             _synthetic_log(settings, bench, name, rows)
         with console.status("label join + live metrics"):
-            join = _child("join", bench.model_dump_json(), name)
+            join = _child("join", settings_ref(bench), name)
         folder = Path(scratch) / "drift"
         folder.mkdir()
         _drift_data(folder, drift_rows, 20)
         with console.status("Evidently drift: stock"):
-            stock = _child("drift_stock", bench.model_dump_json(), str(folder))
+            stock = _child("drift_stock", settings_ref(bench), str(folder))
         with console.status("Evidently drift: Maquette"):
-            mine = _child("drift_maquette", bench.model_dump_json(), str(folder))
+            mine = _child("drift_maquette", settings_ref(bench), str(folder))
     return join, stock, mine
 
 

@@ -27,6 +27,8 @@ from maquette.bench.harness import (
     flush,
     python_process,
     results_table,
+    settings_from_ref,
+    settings_ref,
 )
 from maquette.config import Settings
 from maquette.data import sources as datasets
@@ -109,14 +111,14 @@ def _stream_child_main(settings_json: str, feast_push: str) -> None:
     """The processor in its own interpreter: "ready" once set up, its result as JSON at SIGTERM."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    processor = StreamProcessor(Settings.model_validate_json(settings_json), feast_push == "1")
+    processor = StreamProcessor(settings_from_ref(settings_json), feast_push == "1")
     print("ready", flush=True)
     result = processor.run(stop=stop)
     print(json.dumps(vars(result)), flush=True)
 
 
 def _publisher_child_main(settings_json: str, rate: str, limit: str) -> None:
-    settings = Settings.model_validate_json(settings_json)
+    settings = settings_from_ref(settings_json)
     replay(settings, EVERY_EVENT, rate=float(rate), limit=int(limit))
 
 
@@ -274,7 +276,7 @@ def _stream_case(
     flush(bench)
     for path in (bench_dir(bench) / "stream").glob("*.parquet"):
         path.unlink()
-    bench_json = bench.model_dump_json()
+    bench_json = settings_ref(bench)
     definition = stream_definition(settings)
     events = _published_events(settings, case.events)
     keys = {k: sorted({e[1][i] for e in events}) for i, k in enumerate(definition.keys)}

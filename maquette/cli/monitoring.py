@@ -59,6 +59,8 @@ def predictions_drain(project: ProjectOpt = None) -> None:
         again = f" ({result.redelivered:,} redelivered after an interrupted drain)"
         files = f"into {len(result.files)} files{again if result.redelivered else ''}"
         console.print(f"drained {result.entries:,} predictions {files}")
+        if result.busy:
+            err.print(f"[yellow]{result.busy}[/yellow]")
     flow_run_note(err, run)
 
 

@@ -35,7 +35,7 @@ from urllib.parse import quote, unquote, urlparse
 import redis
 
 from maquette.config import Settings
-from maquette.data.secrets import generated_secret, redact
+from maquette.data.secrets import generated_secret, private_state, redact
 from maquette.errors import ConfigError, StoreUnavailable
 
 INSTALL_HINT = (
@@ -325,7 +325,8 @@ def wait_until_ready(url: str, timeout_s: float, log: Path | None = None) -> Non
 
 def ensure_redis(settings: Settings) -> str:
     """Return a reachable Redis URL (with its password: for clients, not for showing),
-    starting the embedded server when none is configured."""
+    starting the embedded server when none is configured. Makes the state folder private."""
+    private_state(settings)
     if settings.redis.url:
         if not ping(settings.redis.url):
             raise StoreUnavailable(

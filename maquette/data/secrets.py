@@ -19,17 +19,24 @@ from maquette.errors import ConfigError
 
 SECRETS_DIR = "secrets"
 REDACTED = "***"
-# user:password@ in any URL-like text (redis://:pw@host, http://user:pw@host, rediss://...).
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<auth>[^/@\s]*)@")
+# A URL in a text: scheme:// and what follows up to whitespace or a closing quote/bracket.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)\]]+")
+
+
+def private_state(settings: Settings) -> Path:
+    """The state folder, created if missing, readable by this user only: it holds the
+    prediction log, Redis's AOF and Feast's registry.db (which Feast unpickles with dill), so
+    whatever modes the files inside have, nobody else reaches them."""
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if state.stat().st_mode & 0o077:
+        os.chmod(state, 0o700)
+    return state
 
 
 def secrets_dir(settings: Settings) -> Path:
     """`<state>/secrets`, created private (0700) if missing."""
-    # The whole state folder is private: it holds the prediction log, Redis's AOF, and Feast's
-    # registry.db, which Feast unpickles (dill) when it reads it.
-    state = settings.state_dir
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state, 0o700)
+    state = private_state(settings)
     folder = state / SECRETS_DIR
     folder.mkdir(exist_ok=True, mode=0o700)
     os.chmod(folder, 0o700)
@@ -79,7 +86,29 @@ def _read_private(path: Path) -> str:
 
 def redact(text: str) -> str:
     """`text` with the credentials of every URL in it replaced by ***."""
-    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+    return _URL.sub(lambda m: _without(m.group(0), REDACTED), text)
+
+
+def without_credentials(url: str) -> str:
+    """`url` with no user or password (an address to show or store)."""
+    return _without(url, None)
+
+
+def _without(url: str, mark: str | None) -> str:
+    """The URL's userinfo (everything before its last @) replaced by `mark` or dropped. A
+    password may hold an unencoded / or @; an @ after a ? or # belongs to the query instead.
+    When in doubt, more is hidden, never less."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url
+    if "?" in rest[:at] or "#" in rest[:at]:
+        end = min(i for i in (rest.find(c) for c in "/?#") if i >= 0)
+        at = rest.rfind("@", 0, end)
+        if at < 0:
+            return url
+    host = rest[at + 1 :]
+    return f"{scheme}://{mark}@{host}" if mark else f"{scheme}://{host}"
 
 
 def write_private(path: Path, text: str) -> None:

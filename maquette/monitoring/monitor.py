@@ -165,7 +165,12 @@ def run(
         when = when.replace(tzinfo=UTC)
     for name in models or []:
         settings.model_spec(name)  # unknown names fail before any work
-    drained = step("drain", predictions.drain, settings).entries if drain else 0
+    drained = 0
+    if drain:
+        moved = step("drain", predictions.drain, settings)
+        drained = moved.entries
+        if moved.busy:  # judged on what was drained before: said, never silent
+            announce(moved.busy)
     results, skipped = _monitor_models(settings, models, when, announce, step)
     views = step("freshness", freshness, settings, when)
     found: list[Verdict] = []

@@ -21,6 +21,7 @@ import yaml
 import maquette
 from maquette import registry
 from maquette.config import Settings
+from maquette.data.secrets import without_credentials
 from maquette.errors import ConfigError
 
 ALIAS_SNAPSHOT = ".aliases.json"
@@ -65,7 +66,7 @@ def build_context(settings: Settings, spec: dict[str, Any]) -> Path:
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         dirs_exist_ok=True,
     )
-    _drop_api_key(context / "maquette.yaml")
+    _drop_secrets(context / "maquette.yaml")
     snapshot = context / _inside_project(settings, settings.path(settings.paths.bentos))
     snapshot.mkdir(parents=True, exist_ok=True)
     (snapshot / ALIAS_SNAPSHOT).write_text(settings.path(settings.registry.aliases).read_text())
@@ -87,16 +88,29 @@ def build_bento(settings: Settings, announce: Callable[[str], None] = lambda _: 
     )
 
 
-def _drop_api_key(config: Path) -> None:
-    """The staged maquette.yaml without `serving.api_key`: a bento is copied, pushed and
-    inspected, so it never carries the key; the service reads MAQUETTE_SERVING_API_KEY from
-    its environment when it starts."""
+# Settings a bento never carries: it is copied, pushed and inspected. The service reads them
+# from its environment (MAQUETTE_SERVING_API_KEY, ...) or the project's secret files at start.
+SECRET_SETTINGS = (("serving", "api_key"), ("redis", "password"), ("orchestration", "prefect_auth"))
+
+
+def _drop_secrets(config: Path) -> None:
+    """The staged maquette.yaml without credentials: the secret settings, and the password of a
+    `redis.url` (kept as the address: the deployment gives MAQUETTE_REDIS_URL in full)."""
     if not config.is_file():
         return
     values = yaml.safe_load(config.read_text()) or {}
-    serving = values.get("serving")
-    if isinstance(serving, dict) and "api_key" in serving:
-        del serving["api_key"]
+    changed = False
+    for section, name in SECRET_SETTINGS:
+        part = values.get(section)
+        if isinstance(part, dict) and name in part:
+            del part[name]
+            changed = True
+    redis = values.get("redis")
+    if isinstance(redis, dict) and isinstance(redis.get("url"), str):
+        bare = without_credentials(redis["url"])
+        changed = changed or bare != redis["url"]
+        redis["url"] = bare
+    if changed:
         config.write_text(yaml.safe_dump(values, sort_keys=False))
 
 

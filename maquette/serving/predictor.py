@@ -97,14 +97,23 @@ def served_version(
     """A model version ready to serve: what its rows carry, and which fields are times (those
     the feature repo declares `UnixTimestamp`, whatever their names)."""
     plan = layer.read_plan(feature_service)
+    name = tag.split(":", 1)[0]
+    required = tuple(layer.request_keys(feature_service, model.partition_by))
+    request_fields = tuple(plan.request_fields)
+    # `labels.time_from: row` matches labels on a row field: logged even if no feature reads it.
+    spec = layer.settings.models.get(name)
+    labels = spec.labels if spec is not None else None
+    if labels is not None and labels.time_from == "row" and labels.time_column not in required:
+        required += (labels.time_column,)
+        request_fields += (labels.time_column,)
     return ServedVersion(
         tag,
-        tag.split(":", 1)[0],
+        name,
         model,
         feature_service,
-        tuple(layer.request_keys(feature_service, model.partition_by)),
+        required,
         plan.time_fields,
-        plan.request_fields,
+        request_fields,
         {k: t for g in plan.groups for k, t in g.key_types.items()},
     )
 
