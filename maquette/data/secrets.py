@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from maquette.config import Settings
+from maquette.data.shared_files import replace_whole
 from maquette.errors import ConfigError
 
 SECRETS_DIR = "secrets"
@@ -114,8 +115,4 @@ def _without(url: str, mark: str | None) -> str:
 def write_private(path: Path, text: str) -> None:
     """Replace `path` with `text` at once (a reader never sees half of it), readable by this
     user only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    replace_whole(path, text, 0o600)

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from maquette import registry
 from maquette.config import Settings
+from maquette.data.shared_files import replace_whole
 from maquette.monitoring import evidently_runs as runs
 from maquette.monitoring.drift_tests import ColumnTests, described_tests, plan_tests, pool_rare
 from maquette.monitoring.evidently_runs import open_workspace, reports_dir
@@ -449,7 +450,7 @@ def window_reports(
             out.append(report)
     path = _index_path(settings, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(r) for r in out], indent=1, default=_json_default))
+    replace_whole(path, json.dumps([asdict(r) for r in out], indent=1, default=_json_default))
     return out
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from maquette.config import Settings
+from maquette.data.shared_files import exclusive, lock_path
 from maquette.errors import DataNotLoaded
 from maquette.monitoring import alerts, drift, incidents, labels, missing_baseline, skew
 from maquette.monitoring import verdicts as judge
@@ -158,7 +159,22 @@ def run(
     announce: Callable[[str], None] = print,
     step: Any = _direct,
 ) -> MonitorRun:
-    """One monitoring pass (the `monitor` flow passes a `step` that makes each part a task)."""
+    """One monitoring pass (the `monitor` flow passes a `step` that makes each part a task).
+
+    One pass at a time per project: two at once (the schedule and a user) would both open the
+    same incident, call the webhook twice and start two retrains; the second waits."""
+    with exclusive(lock_path(settings, "monitoring-pass")):
+        return _run(settings, models, as_of, drain, announce, step)
+
+
+def _run(
+    settings: Settings,
+    models: list[str] | None,
+    as_of: datetime | None,
+    drain: bool,
+    announce: Callable[[str], None],
+    step: Any,
+) -> MonitorRun:
     began = time.perf_counter()
     when = as_of or datetime.now(UTC)  # one instant for every part of the pass
     if when.tzinfo is None:  # a naive time is UTC, as everywhere in Maquette

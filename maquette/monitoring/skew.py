@@ -27,6 +27,7 @@ from feast.types import FeastType, PrimitiveFeastType
 
 from maquette import registry
 from maquette.config import Settings
+from maquette.data.shared_files import replace_whole
 from maquette.features.layer import FeatureLayer
 from maquette.monitoring.drift import Window, windows_of
 from maquette.monitoring.reference import SEED, served_inputs
@@ -254,7 +255,7 @@ def skew_windows(
         out += _computed(settings, layer, name, version, spec, todo, min_rows, fingerprint)
     out.sort(key=lambda s: (s.version, s.window_start))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(s) for s in out], indent=1, default=str))
+    replace_whole(path, json.dumps([asdict(s) for s in out], indent=1, default=str))
     return out
 
 

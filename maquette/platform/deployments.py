@@ -106,9 +106,10 @@ def flow_deployments(settings: Settings) -> list[RunnerDeployment]:
                 parameters=parameters,
                 tags=["maquette"],
                 paused=f"{name}/{deployment_name}" in held,
-                # One drain at a time: a per-minute run queues instead of racing a long drain
-                # (the drain's file lock makes an overlap safe; this keeps runs from piling up).
-                concurrency_limit=1 if name == "drain" else None,
+                # One drain and one monitoring pass at a time: a run queues instead of racing
+                # a long one (their file locks make an overlap safe; this keeps runs from
+                # piling up).
+                concurrency_limit=1 if name in ("drain", "monitor") else None,
             )
             built.append(_closed(cast("RunnerDeployment", deployment)))  # sync: not a coroutine
     return built

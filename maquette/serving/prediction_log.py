@@ -20,13 +20,11 @@ no MAXLEN: trimming would drop predictions not yet drained.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import random
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +38,7 @@ import redis
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url
 from maquette.data.secrets import redact
+from maquette.data.shared_files import exclusive, lock_path
 from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import DataNotLoaded, StoreUnavailable
 from maquette.faults import crash_point
@@ -263,36 +262,12 @@ def ensure_group(client: redis.Redis[bytes], stream: str) -> None:
 
 def drain_lock_path(settings: Settings) -> Path:
     """The lock file every drain of this project holds while it runs."""
-    return settings.state_dir / "locks" / "prediction-log-drain.lock"
+    return lock_path(settings, "prediction-log-drain")
 
 
-@contextlib.contextmanager
-def _drain_lock(settings: Settings, wait_s: float) -> Iterator[bool]:
-    """Holds the drain lock (True), or yields False if another drain kept it past `wait_s`.
-
-    An flock: the kernel releases it when its holder exits, killed or not, so a crashed drain
-    never blocks the next one.
-    """
-    path = drain_lock_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.05)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+def _drain_lock(settings: Settings, wait_s: float) -> contextlib.AbstractContextManager[bool]:
+    """Holds the drain lock (True), or yields False if another drain kept it past `wait_s`."""
+    return exclusive(drain_lock_path(settings), wait_s)
 
 
 # Entries read per XREADGROUP when Redis does not say how large they are (MEMORY USAGE).

@@ -16,6 +16,7 @@ from typing import Any
 
 from maquette import registry
 from maquette.config import Settings
+from maquette.data.shared_files import exclusive, lock_path
 from maquette.training.evaluate import evaluate
 from maquette.training.model_types import TrainedModel, TrainingData, Trial
 from maquette.training.partitions import fit_partitions
@@ -76,7 +77,24 @@ def _register(
     evaluation: dict[str, Any],
     started: datetime,
 ) -> registry.ModelVersion:
-    """The new version: its record built, its models, record and reports in the model store."""
+    """The new version: its record built, its models, record and reports in the model store.
+
+    Numbered and registered under the model's lock: two runs finishing at once (a schedule
+    and a retrain on an alert) get v7 and v8, not both v7."""
+    with exclusive(lock_path(settings, f"register-{data.name}")):
+        return _register_locked(settings, data, model, trials, best, decisions, evaluation, started)
+
+
+def _register_locked(
+    settings: Settings,
+    data: TrainingData,
+    model: TrainedModel,
+    trials: list[Trial],
+    best: Trial,
+    decisions: list[dict[str, Any]],
+    evaluation: dict[str, Any],
+    started: datetime,
+) -> registry.ModelVersion:
     version = registry.next_version(settings, data.name)
     record = build_record(
         data.name,
