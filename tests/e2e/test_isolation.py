@@ -171,8 +171,8 @@ def test_two_projects_up_at_once_each_serve_log_and_schedule_only_their_own(
         f"{_service_url(b)}/predict", json={"rows": ROW, "model": "flight_delay"}, timeout=30
     )
     assert refused.status_code == 404, refused.text
-    assert "no model named 'flight_delay' is registered" in refused.json()["error"]
-    assert "Registered models: none" in refused.json()["remedy"], refused.text
+    assert "no model named 'flight_delay' is served" in refused.json()["error"]
+    assert "Served models: none" in refused.json()["remedy"], refused.text
     assert "late_arrival" not in refused.text
 
     # Every process of each project was given its own project folder, model store and Prefect
