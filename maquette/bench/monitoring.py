@@ -34,7 +34,7 @@ from maquette.bench.harness import (
 )
 from maquette.config import Settings
 from maquette.data import sources as datasets
-from maquette.data.sql import duckdb_connection
+from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import ConfigError
 from maquette.model_spec import LabelSpec
 from maquette.monitoring import labels
@@ -106,7 +106,7 @@ def _labelled_entities(settings: Settings, name: str) -> tuple[pd.DataFrame, Lab
     entities = (
         duckdb_connection()
         .sql(
-            f"SELECT {columns}, ({spec.label})::DOUBLE AS label FROM read_parquet('{source}') "
+            f"SELECT {columns}, ({spec.label})::DOUBLE AS label FROM read_parquet({sql_literal(str(source))}) "
             "WHERE " + " AND ".join(f'"{k}" IS NOT NULL' for k in keys)
         )
         .df()

@@ -20,7 +20,7 @@ import pandas as pd
 
 from maquette.config import Settings
 from maquette.data import sources as datasets
-from maquette.data.sql import duckdb_connection
+from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.features.layer import FeatureLayer
 
 # (rows of one request, request time) -> answers (anything; counted by length)
@@ -57,7 +57,7 @@ def entity_rows(
         where += f" AND ({spec.row_filter})"
     con = duckdb_connection()
     frame = con.sql(
-        f"SELECT * FROM read_parquet('{source}') WHERE {where} ORDER BY \"{ts}\"",
+        f'SELECT * FROM read_parquet({sql_literal(str(source))}) WHERE {where} ORDER BY "{ts}"',
         params={"start": start, "end": end},
     ).df()
     if sample is not None and sample < 1:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from maquette.config import Settings
 from maquette.data import sources as datasets
-from maquette.data.sql import duckdb_connection
+from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import InvalidModelSpec
 from maquette.features.layer import FeatureLayer
 from maquette.model_spec import ModelSpec
@@ -34,7 +34,7 @@ def _entities_sql(spec: ModelSpec, path: Path) -> str:
     if spec.row_filter:
         where.append(f"({spec.row_filter})")
     return (
-        f"SELECT * FROM (SELECT *, ({spec.label}) AS {LABEL} FROM read_parquet('{path}')) "
+        f"SELECT * FROM (SELECT *, ({spec.label}) AS {LABEL} FROM read_parquet({sql_literal(str(path))})) "
         f"WHERE {' AND '.join(where)}"
     )
 
@@ -46,7 +46,10 @@ def _load_entities(settings: Settings, spec: ModelSpec) -> pd.DataFrame:
         table = con.sql(_entities_sql(spec, path)).to_arrow_table()
     except duckdb.Error as exc:
         columns = [
-            r[0] for r in con.sql(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
+            r[0]
+            for r in con.sql(
+                f"DESCRIBE SELECT * FROM read_parquet({sql_literal(str(path))})"
+            ).fetchall()
         ]
         raise InvalidModelSpec(
             f"label {spec.label!r} or row_filter cannot be computed: {str(exc).splitlines()[0]}",
