@@ -179,6 +179,12 @@ class StreamSettings(Section):
     max_len: int = Field(
         5_000_000, ge=1, description="Approximate cap on the event stream's length (XADD MAXLEN)."
     )
+    trim_acknowledged: bool = Field(
+        True,
+        description="After each commit, remove from the event stream the entries every consumer "
+        "group has acknowledged (they live on in the offline rows); false: keep them up to "
+        "max_len.",
+    )
     events_source: str | None = Field(
         None,
         description="Offline table of historical events (backfill, replay); null: none.",

@@ -39,7 +39,7 @@ from maquette.monitoring.skew import typed_entities
 from maquette.serving import prediction_log as predictions
 from maquette.stream import operations
 from maquette.stream.aggregations import stream_definition
-from maquette.stream.events import publish
+from maquette.stream.events import publish, trim_acknowledged
 from maquette.stream.processor import StreamProcessor
 from maquette.stream.targets import resolve_targets
 from maquette.stream.windows import MAX_TIME_FIELD, state_key
@@ -453,3 +453,27 @@ def test_replay_clock_lets_past_events_in_and_refuses_those_ahead_of_it(
     )
     result = StreamProcessor(settings, clock=lambda: clock).run(until_idle_s=0.2)
     assert (result.events, result.malformed) == (2, 1)
+
+
+# ---------------------------------------------------------------- the event stream stays bounded
+
+
+def test_the_processor_trims_what_it_acknowledged_and_keeps_what_a_group_still_needs(
+    stream_project: Settings,
+) -> None:
+    settings = _fresh(stream_project, "trim")
+    stream = settings.stream.stream
+    client = redis.Redis.from_url(redis_url(settings))
+    publish(settings, [_departure(f"2013-12-01T10:0{i}:00+00:00", i, "TRM") for i in range(5)])
+    # A second reader of the stream has taken two entries and acknowledged none.
+    client.xgroup_create(stream, "other", id="0")
+    ((_, held),) = client.xreadgroup("other", "c", {stream: ">"}, count=2)
+    StreamProcessor(settings).run(until_idle_s=0.2)
+    # Everything after the other group's oldest pending entry stays; nothing before it existed.
+    assert client.xlen(stream) == 5
+    client.xack(stream, "other", *[entry_id for entry_id, _ in held])
+    assert trim_acknowledged(client, stream) == 2  # the other group still has 3 undelivered
+    client.xgroup_destroy(stream, "other")
+    publish(settings, [_departure("2013-12-01T11:00:00+00:00", 1, "TRM")])
+    result = StreamProcessor(settings).run(until_idle_s=0.2)
+    assert result.events == 1 and client.xlen(stream) == 0  # acknowledged, then trimmed

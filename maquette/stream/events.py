@@ -202,3 +202,29 @@ def stream_client(settings: Settings) -> redis.Redis[bytes]:
 def stream_unavailable(settings: Settings, exc: Exception) -> StoreUnavailable:
     """The error to raise when the stream's Redis does not answer."""
     return unreachable(settings, exc)
+
+
+def trim_acknowledged(client: redis.Redis[bytes], stream: str) -> int:
+    """Remove the entries of `stream` that every consumer group has acknowledged: those before
+    the oldest one a group still holds pending, or has not been delivered yet. Never an entry
+    a group may still read (a MAXLEN would drop those). Returns the entries removed."""
+    groups: list[dict[str, Any]] = client.xinfo_groups(stream)  # type: ignore[no-untyped-call]
+    if not groups:
+        return 0
+    needed = []
+    for group in groups:
+        if int(group["pending"]):
+            summary: dict[str, Any] = client.xpending(stream, group["name"])  # type: ignore[no-untyped-call]
+            oldest = summary["min"]
+            needed.append(_stream_id(oldest))
+        else:  # everything delivered was acknowledged: keep what comes after it
+            ms, seq = _stream_id(group["last-delivered-id"])
+            needed.append((ms, seq + 1))
+    ms, seq = min(needed)
+    return int(client.xtrim(stream, minid=f"{ms}-{seq}", approximate=False))
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)

@@ -72,6 +72,7 @@ from maquette.stream.events import (
     parse_event,
     stream_client,
     stream_unavailable,
+    trim_acknowledged,
 )
 from maquette.stream.reconnect import REDIS_DOWN, wait_for_redis, without_retries
 from maquette.stream.state import (
@@ -432,6 +433,10 @@ class StreamProcessor:
         if todo.ids:
             pipe.xack(self.conf.stream, self.conf.group, *todo.ids)
         pipe.execute()
+        if todo.ids and self.conf.trim_acknowledged:
+            # Best effort: a trim that fails now happens at the next commit.
+            with contextlib.suppress(redis.RedisError):
+                trim_acknowledged(self.client, self.conf.stream)
         self.result.commits += 1
 
     # ------------------------------------------------------------ the loop
