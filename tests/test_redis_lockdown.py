@@ -183,3 +183,26 @@ def test_someone_elses_redis_on_the_port_is_refused_not_stopped(tmp_path: Path) 
         assert redis_server.embedded_password(other) not in str(caught.value)
     finally:
         redis_server.stop(other)
+
+
+def test_a_stale_pid_file_never_gets_another_process_killed(tmp_path: Path) -> None:
+    """The pid of a Redis that crashed may be reused by any process: `stop` must not signal it."""
+    import subprocess
+    import sys
+
+    from maquette.data import redis_server as rs
+    from tests.conftest import free_port
+
+    settings = load_settings(tmp_path)
+    settings.redis.port = free_port()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pidfile = rs._data_dir(settings) / "redis.pid"
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(f"{other.pid}\n")
+        assert rs._pid(settings) is None
+        assert rs.stop(settings) is False
+        assert other.poll() is None  # still running: never signalled
+    finally:
+        other.kill()
+        other.wait(10)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
+import psutil
 import redis
 
 from maquette.config import Settings
@@ -229,13 +230,14 @@ def embedded_command(settings: Settings, daemonize: bool = False) -> list[str]:
 
 
 def _pid(settings: Settings) -> int | None:
-    pidfile = _data_dir(settings) / "redis.pid"
+    """The pid in the pid file, if that process is still a redis-server on our port: a pid
+    left from a crash may have been reused by any process, which must never get our SIGTERM."""
     try:
-        pid = int(pidfile.read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
+        pid = int((_data_dir(settings) / "redis.pid").read_text().strip())
+        title = " ".join(psutil.Process(pid).cmdline())  # redis-server rewrites it: host:port
+    except (OSError, ValueError, psutil.Error):
         return None
+    return pid if "redis-server" in title and f":{settings.redis.port}" in title else None
 
 
 def server_command(
