@@ -82,37 +82,24 @@ def _register(
     Numbered and registered under the model's lock: two runs finishing at once (a schedule
     and a retrain on an alert) get v7 and v8, not both v7."""
     with exclusive(lock_path(settings, f"register-{data.name}")):
-        return _register_locked(settings, data, model, trials, best, decisions, evaluation, started)
-
-
-def _register_locked(
-    settings: Settings,
-    data: TrainingData,
-    model: TrainedModel,
-    trials: list[Trial],
-    best: Trial,
-    decisions: list[dict[str, Any]],
-    evaluation: dict[str, Any],
-    started: datetime,
-) -> registry.ModelVersion:
-    version = registry.next_version(settings, data.name)
-    record = build_record(
-        data.name,
-        version,
-        data,
-        model,
-        trials,
-        best,
-        decisions,
-        evaluation,
-        started,
-        datetime.now(UTC),
-        settings.project_dir,
-    )
-    return registry.register(
-        settings,
-        version,
-        record,
-        model.save,
-        lambda folder, rec: write_model_report(folder, rec, data, model),
-    )
+        version = registry.next_version(settings, data.name)
+        record = build_record(
+            data.name,
+            version,
+            data,
+            model,
+            trials,
+            best,
+            decisions,
+            evaluation,
+            started,
+            datetime.now(UTC),
+            settings.project_dir,
+        )
+        return registry.register(
+            settings,
+            version,
+            record,
+            model.save,
+            lambda folder, rec: write_model_report(folder, rec, data, model),
+        )
