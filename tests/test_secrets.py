@@ -10,11 +10,11 @@ import pytest
 from maquette.config import load_settings
 from maquette.data.secrets import (
     generated_secret,
-    private_state,
     redact,
     secrets_dir,
     without_credentials,
 )
+from maquette.data.shared_files import private_state
 from maquette.errors import ConfigError
 
 
@@ -35,9 +35,15 @@ def test_a_generated_secret_is_private_and_stable(tmp_path: Path) -> None:
 def test_redact_hides_the_credentials_of_every_url() -> None:
     text = "Redis at redis://:s3cret@127.0.0.1:6399/0 and http://me:pw@host:80/x down"
     assert redact(text) == "Redis at redis://***@127.0.0.1:6399/0 and http://***@host:80/x down"
-    plain = "redis://127.0.0.1:6399/0 and http://host/a?b=c@d"
+    plain = "redis://127.0.0.1:6399/0 and http://host/a?b=c"
     assert redact(plain) == plain
-    # A user's password need not be percent-encoded: all of it is hidden still.
+    # An @ later in a URL may end an unencoded password: more is hidden, never less.
+    assert redact("http://host/a?b=c@d") == "http://***@d"
+    # A user's password need not be percent-encoded: all of it is hidden still, whatever it
+    # holds; and redis-py's password= query parameter too.
+    for raw in ("pa)ss", 'pa"ss', "p#w", "p?w", "p/w@h/0?x=a"):
+        assert raw not in redact(f"redis://:{raw}@h:1/0 down"), raw
+    assert redact("redis://h:1/0?password=s3cret&db=2") == "redis://h:1/0?password=***&db=2"
     assert redact("redis://:pa/ss@h:1/0") == "redis://***@h:1/0"
     assert redact("'redis://:p@ss@h:1/0'") == "'redis://***@h:1/0'"
     assert without_credentials("redis://u:p@ss@h:1/0") == "redis://h:1/0"

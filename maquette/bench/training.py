@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -18,7 +19,14 @@ from maquette.training import pipeline as training
 
 def _scratch_project(settings: Settings, folder: Path) -> Path:
     """A project file with the same settings (absolute paths) but its own model store."""
-    data = settings.model_dump(mode="json", exclude={"project_dir"})
+    # Credentials stay out (dumped, they are "**********"): read from the environment as usual.
+    left_out: dict[str, Any] = {
+        "project_dir": True,
+        "redis": {"password"},
+        "serving": {"api_key"},
+        "orchestration": {"prefect_auth"},
+    }
+    data = settings.model_dump(mode="json", exclude=left_out)
     data["paths"] = {k: str(settings.path(Path(v))) for k, v in data["paths"].items()}
     data["feast"]["registry"] = str(settings.registry_path)
     data["dataset"]["sources"] = {

@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -36,7 +37,8 @@ import psutil
 import redis
 
 from maquette.config import Settings
-from maquette.data.secrets import generated_secret, private_state, redact
+from maquette.data.secrets import generated_secret, redact
+from maquette.data.shared_files import private_state
 from maquette.errors import ConfigError, StoreUnavailable
 
 INSTALL_HINT = (
@@ -237,7 +239,8 @@ def _pid(settings: Settings) -> int | None:
         title = " ".join(psutil.Process(pid).cmdline())  # redis-server rewrites it: host:port
     except (OSError, ValueError, psutil.Error):
         return None
-    return pid if "redis-server" in title and f":{settings.redis.port}" in title else None
+    port = re.search(rf":{settings.redis.port}(\s|$)", title)
+    return pid if "redis-server" in title and port else None
 
 
 def server_command(

@@ -15,24 +15,16 @@ import stat
 from pathlib import Path
 
 from maquette.config import Settings
-from maquette.data.shared_files import replace_whole
+from maquette.data.shared_files import private_state, replace_whole
 from maquette.errors import ConfigError
 
 SECRETS_DIR = "secrets"
 REDACTED = "***"
-# A URL in a text: scheme:// and what follows up to whitespace or a closing quote/bracket.
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>)\]]+")
-
-
-def private_state(settings: Settings) -> Path:
-    """The state folder, created if missing, readable by this user only: it holds the
-    prediction log, Redis's AOF and Feast's registry.db (which Feast unpickles with dill), so
-    whatever modes the files inside have, nobody else reaches them."""
-    state = settings.state_dir
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if state.stat().st_mode & 0o077:
-        os.chmod(state, 0o700)
-    return state
+# A URL in a text: scheme:// and everything up to the next whitespace (a password may hold
+# quotes or brackets, so nothing else ends it).
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
+# redis-py also takes the password as a query parameter: redis://host/0?password=...
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s]*")
 
 
 def secrets_dir(settings: Settings) -> Path:
@@ -86,7 +78,8 @@ def _read_private(path: Path) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with the credentials of every URL in it replaced by ***."""
+    """`text` with the credentials of every URL in it replaced by ***: a user and password
+    before the host, and a `password=` query parameter."""
     return _URL.sub(lambda m: _without(m.group(0), REDACTED), text)
 
 
@@ -96,20 +89,15 @@ def without_credentials(url: str) -> str:
 
 
 def _without(url: str, mark: str | None) -> str:
-    """The URL's userinfo (everything before its last @) replaced by `mark` or dropped. A
-    password may hold an unencoded / or @; an @ after a ? or # belongs to the query instead.
-    When in doubt, more is hidden, never less."""
-    scheme, sep, rest = url.partition("://")
+    """The URL's userinfo (everything up to its last @: a password may hold unencoded / ? # @
+    ) or quotes) replaced by `mark` or dropped, and a password= parameter hidden. When in doubt
+    more is hidden, never less: an @ in a path hides what comes before it."""
+    scheme, _, rest = url.partition("://")
     at = rest.rfind("@")
-    if not sep or at < 0:
-        return url
-    if "?" in rest[:at] or "#" in rest[:at]:
-        end = min(i for i in (rest.find(c) for c in "/?#") if i >= 0)
-        at = rest.rfind("@", 0, end)
-        if at < 0:
-            return url
-    host = rest[at + 1 :]
-    return f"{scheme}://{mark}@{host}" if mark else f"{scheme}://{host}"
+    if at >= 0:
+        rest = f"{mark}@{rest[at + 1 :]}" if mark else rest[at + 1 :]
+    hidden = _QUERY_PASSWORD.sub(lambda m: m.group(1) + (mark or ""), rest)
+    return f"{scheme}://{hidden}"
 
 
 def write_private(path: Path, text: str) -> None:

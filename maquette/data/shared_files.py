@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,20 @@ from maquette.config import Settings
 LOCKS_DIR = "locks"
 
 
+def private_state(settings: Settings) -> Path:
+    """The state folder, created if missing, readable by this user only: it holds the
+    prediction log, Redis's AOF and Feast's registry.db (which Feast unpickles with dill), so
+    whatever modes the files inside have, nobody else reaches them."""
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if state.stat().st_mode & 0o077:
+        os.chmod(state, 0o700)
+    return state
+
+
 def lock_path(settings: Settings, name: str) -> Path:
-    """`<state>/locks/<name>.lock`."""
-    return settings.state_dir / LOCKS_DIR / f"{name}.lock"
+    """`<state>/locks/<name>.lock` (the state folder made private first)."""
+    return private_state(settings) / LOCKS_DIR / f"{name}.lock"
 
 
 @contextlib.contextmanager
@@ -58,8 +70,9 @@ def replace_whole(path: Path, text: str, mode: int = 0o600) -> None:
     """Write `text` to `path` at once: a temp file of this process beside it, fsynced, renamed
     over `path`. Readers see the old content or the new, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A temp name of its own (another thread of this process may write the same file).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
         handle.flush()

@@ -357,8 +357,15 @@ def _notify(settings: Settings) -> str | None:
                 response.raise_for_status()
             except httpx.HTTPError as exc:
                 waiting = len(due) - due.index((incident, event))
+                # Only the webhook's host: its path often holds the token (Slack, Teams).
+                host = httpx.URL(url).host
+                why = (
+                    f"HTTP {exc.response.status_code}"
+                    if isinstance(exc, httpx.HTTPStatusError)
+                    else type(exc).__name__
+                )
                 error = (
-                    f"webhook {url} failed: {exc}; {waiting} incident event(s) are sent again "
+                    f"webhook at {host} failed ({why}); {waiting} incident event(s) are sent again "
                     f"at the next pass (incidents in {incidents_path(settings)})"
                 )
                 break

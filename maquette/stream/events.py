@@ -213,13 +213,15 @@ def trim_acknowledged(client: redis.Redis[bytes], stream: str) -> int:
         return 0
     needed = []
     for group in groups:
+        ms, seq = _stream_id(group["last-delivered-id"])
+        after = (ms, seq + 1)  # everything delivered acknowledged: keep what comes after it
         if int(group["pending"]):
             summary: dict[str, Any] = client.xpending(stream, group["name"])  # type: ignore[no-untyped-call]
-            oldest = summary["min"]
-            needed.append(_stream_id(oldest))
-        else:  # everything delivered was acknowledged: keep what comes after it
-            ms, seq = _stream_id(group["last-delivered-id"])
-            needed.append((ms, seq + 1))
+            # None when the last pending entry was acknowledged since XINFO was read.
+            oldest = summary.get("min")
+            needed.append(_stream_id(oldest) if oldest is not None else after)
+        else:
+            needed.append(after)
     ms, seq = min(needed)
     return int(client.xtrim(stream, minid=f"{ms}-{seq}", approximate=False))
 
