@@ -453,7 +453,9 @@ def test_a_failed_webhook_is_retried_at_the_next_pass(
     failing[0] = True
     incidents.update(settings, [verdict(BREACH, 0)], at(0))
     error = incidents.notify(settings)
-    assert error is not None and url in error and "503" in error and "next pass" in error
+    assert error is not None and "503" in error and "next pass" in error
+    # Its host and port, not its path: a webhook's path often holds its token.
+    assert url.rsplit("/", 1)[0].removeprefix("http://") in error and url not in error
     assert received == [] and incidents.load(settings)[0].notified["opened"] is False
     # Down at the next pass too, and the incident resolved meanwhile: both events wait.
     incidents.update(settings, [verdict(CLEAR, 1)], at(1))

@@ -358,7 +358,8 @@ def _notify(settings: Settings) -> str | None:
             except httpx.HTTPError as exc:
                 waiting = len(due) - due.index((incident, event))
                 # Only the webhook's host: its path often holds the token (Slack, Teams).
-                host = httpx.URL(url).host
+                parts = httpx.URL(url)
+                host = f"{parts.host}:{parts.port}" if parts.port else parts.host
                 why = (
                     f"HTTP {exc.response.status_code}"
                     if isinstance(exc, httpx.HTTPStatusError)
