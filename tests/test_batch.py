@@ -48,12 +48,9 @@ def test_batch_predict_deployments_default_to_each_models_entity_source(
     settings = load_settings(folder)
     built = {f"{d.flow_name}/{d.name}": d for d in flow_deployments(settings)}
     for model in settings.models:
-        assert built[f"batch_predict/{model}"].parameters == {
-            "model": f"{model}@production",
-            "entities": None,  # the flow scores every row of the model's entity source
-            "output_dir": str(folder.resolve() / ".maquette" / "batch" / model),
-            "project_dir": str(folder.resolve()),
-        }
+        # Only the model: its entities (here every row of the model's entity source) and the
+        # output folder come from settings, never from whoever can create a flow run.
+        assert built[f"batch_predict/{model}"].parameters == {"model": f"{model}@production"}
 
     # A model with no entity source anywhere has nothing to score: no deployment, a warning.
     settings.dataset.entity_source = None

@@ -19,6 +19,7 @@ from maquette.cli import app
 from maquette.cli.options import print_json
 from maquette.cli.render import feature_views_document
 from maquette.config import Settings
+from maquette.data.secrets import redact
 from tests.conftest import free_port, make_project
 
 runner = CliRunner()
@@ -124,7 +125,9 @@ def test_models_compare_json_pairs_each_metric_and_feature(
 
 def test_redis_status_and_predictions_count_json(loaded_project: Settings) -> None:
     redis = _document(loaded_project, "redis", "status")
-    assert redis["running"] is True and redis["url"] == loaded_project.redis.url
+    # The URL as shown: its password (the session's Redis has one) never printed.
+    assert redis["running"] is True and redis["url"] == redact(str(loaded_project.redis.url))
+    assert "***@" in redis["url"]
     assert isinstance(redis["keys"], int)
     counts = _document(loaded_project, "predictions", "count")
     assert set(counts) == {"waiting", "drained"}

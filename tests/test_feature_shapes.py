@@ -149,6 +149,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, running_redis: str) -> Shop:
     url = running_redis.rsplit("/", 1)[0] + "/14"
     (folder / "maquette.yaml").write_text(
         f'redis: {{url: "{url}"}}\nfeast: {{project: shop, feature_service: rating}}\n'
+        "serving: {as_of_max_past: 1500w}\n"  # requests as of June 2024
     )
     offline = folder / ".maquette" / "offline"
     _tables(offline)
@@ -299,7 +300,7 @@ def test_service_serves_int_keys_and_entityless_views_and_parses_only_declared_t
         learner.fit(x, [1.0, 2.0, 3.0], x, [1.0, 2.0, 3.0], {}).model,
     )
     served = served_version(shop.layer, "rating:v1", model, "rating")
-    predictor = Predictor(shop.settings, log=False)
+    predictor = Predictor(shop.settings, log=False, any_version=True)  # library mode: any version
     predictor._versions[served.tag] = served  # what loading a registered version gives
     row = {"user_id": 7, "item_id": 1, "category": "books", "rated_at": "2024-06-02T13:00:00Z"}
     (answer,) = predictor.predict([{**row, "basket_size": 3}], "rating:v1", as_of=JUNE_4)

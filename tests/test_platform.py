@@ -384,7 +384,6 @@ def test_a_quick_demo_replays_quick_days_from_the_replay_start(tmp_path: Path) -
 
 def test_up_never_stops_a_redis_on_its_port_that_is_another_projects(tmp_path: Path) -> None:
     from maquette.data import redis_server
-    from maquette.errors import StoreUnavailable
 
     port = free_port()
     first = load_settings(make_project(tmp_path / "first", None, redis={"port": port}))
@@ -395,7 +394,7 @@ def test_up_never_stops_a_redis_on_its_port_that_is_another_projects(tmp_path: P
     )
     url = redis_server.ensure_redis(first)  # started by hand, as `maquette redis start` does
     try:
-        with pytest.raises(StoreUnavailable, match="not this project's"):
+        with pytest.raises(ComponentFailed, match="a Redis that is not this project's"):
             platform.up(second)
         assert redis_server.ping(url)  # the first project's Redis still runs
         (shown,) = platform.status(second, ["redis"])

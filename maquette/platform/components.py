@@ -32,7 +32,7 @@ import redis
 from maquette.config import Settings
 from maquette.data import redis_server
 from maquette.data.secrets import redact
-from maquette.errors import ComponentFailed, ConfigError, StoreUnavailable
+from maquette.errors import ComponentFailed, ConfigError
 from maquette.platform import schedules, supervisor
 from maquette.platform.flows import deployment_count, platform_prefect, prefect_api_url, runner_file
 from maquette.platform.launch import COMPONENTS, forget_starts, prefect_env, stop_leftovers
@@ -316,10 +316,12 @@ def _hand_redis_to_the_supervisor(settings: Settings, announce: Callable[[str], 
     data) and started again under the supervisor, which then owns it."""
     redis_server.mark_supervised(settings, False)
     if redis_server.port_in_use(settings):  # ours (with or without a password) or another's
-        if not redis_server.is_ours(settings):  # another project's, or the user's own
-            raise StoreUnavailable(
-                f"port {settings.redis.port} answers with a Redis that is not this project's.",
-                "Set redis.port in maquette.yaml (or MAQUETTE_REDIS_PORT) to a free port.",
+        if not redis_server.is_ours(settings):  # another project's Redis, or another program
+            raise ComponentFailed(
+                f"redis could not be started: port {settings.redis.port} is taken by another "
+                "program (a Redis that is not this project's, or not a Redis at all).",
+                "Set redis.port in maquette.yaml (or MAQUETTE_REDIS_PORT) to a free port, then "
+                "run `maquette up` again.",
             )
         announce("moving the embedded redis under the supervisor")
         with contextlib.suppress(redis.RedisError):

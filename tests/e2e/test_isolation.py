@@ -203,7 +203,8 @@ def test_two_projects_up_at_once_each_serve_log_and_schedule_only_their_own(
     for s in (a, b):
         served = _served_deployments(s)
         assert sorted(served) == sorted(f"{d.flow_name}/{d.name}" for d in flow_deployments(s))
-        assert {p["project_dir"] for p in served.values()} == {str(s.project_dir)}
+        # No run parameter names a folder: each runner reads its own project's settings.
+        assert not [p for p in served.values() if "project_dir" in p]
 
     # `maquette status` of each shows its own components: its pids and its own ports only.
     pids_a, pids_b = _pids(a), _pids(b)
