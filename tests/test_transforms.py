@@ -1,5 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 import pytest
 
 from maquette.features import transforms
@@ -15,12 +16,29 @@ def test_small_and_vectorized_paths_agree_across_dst_changes() -> None:
         transforms.days_to_nearest_us_holiday(times, NY),
     )
     small: tuple[list[int], list[int], list[int]] = ([], [], [])
-    for i in range(0, len(times), 7):
-        chunk = times[i : i + 7]
+    for i in range(0, len(times), 100):
+        chunk = times[i : i + 100]
         small[0].extend(transforms.local_hour(chunk, NY))
         small[1].extend(transforms.day_of_week(chunk, NY))
         small[2].extend(transforms.days_to_nearest_us_holiday(chunk, NY))
     assert vectorized == small
+
+
+@pytest.mark.parametrize("zone", [NY, "Australia/Adelaide", "Asia/Kathmandu", "Europe/London"])
+@pytest.mark.parametrize("size", [7, 100, 5000])
+def test_each_path_gives_pandas_local_times_across_dst_changes(zone: str, size: int) -> None:
+    # Adelaide (+9:30/+10:30) changes its clocks at a half hour of UTC, Kathmandu is +5:45:
+    # the offset memo per quarter hour must hold there too. 7 rows take the plain-Python path,
+    # 100 the memo path, 5,000 pandas; all must equal pandas' own conversion.
+    times = [datetime(2013, 3, 20, tzinfo=UTC) + timedelta(minutes=13 * i) for i in range(30_000)]
+    expected = pd.DatetimeIndex(times).tz_convert(zone)
+    hours, weekdays = expected.hour.tolist(), expected.dayofweek.tolist()
+    got_hours: list[int] = []
+    got_weekdays: list[int] = []
+    for i in range(0, len(times), size):
+        got_hours += transforms.local_hour(times[i : i + size], zone)
+        got_weekdays += transforms.day_of_week(times[i : i + size], zone)
+    assert got_hours == hours and got_weekdays == weekdays
 
 
 def test_calendar_values_are_local() -> None:

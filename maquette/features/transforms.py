@@ -5,22 +5,27 @@ feature view) and returns one value per input, vectorized with numpy so the same
 336,776 training rows and a single request.
 
 Below `_SMALL` values a plain-Python path (zoneinfo, bisect) answers in microseconds where
-pandas needs ~100 us to build an index; a test keeps both paths equal.
+pandas needs ~100 us to build an index; up to `_LARGE` values (a multi-row request) each time's
+UTC offset comes from a memo per quarter hour (every zone's offset changes on a quarter hour)
+and the rest is numpy; beyond, pandas. A test keeps the paths equal.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-_SMALL = 32
+_SMALL = 16
+_LARGE = 4096
 _EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+_QUARTER_HOUR = 900
 
 
 @lru_cache(maxsize=16)
@@ -38,6 +43,29 @@ def _local_small(timestamps: Sequence[datetime], tz: str) -> list[datetime]:
     return out
 
 
+# UTC offsets in seconds by (zone, quarter hour since 1970): bounded, cleared when full.
+_OFFSETS: dict[tuple[str, int], int] = {}
+
+
+def _local_seconds(timestamps: Sequence[datetime], tz: str) -> np.ndarray:
+    """Local wall-clock seconds since 1970 of each time (its UTC seconds plus its offset)."""
+    zone = _zone(tz)
+    out = np.empty(len(timestamps), dtype=np.int64)
+    for i, ts in enumerate(timestamps):
+        if ts.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware (UTC); got naive datetimes")
+        seconds = math.floor(ts.timestamp())
+        block = (tz, seconds // _QUARTER_HOUR)
+        offset = _OFFSETS.get(block)
+        if offset is None:
+            if len(_OFFSETS) > 1 << 16:
+                _OFFSETS.clear()
+            shift = datetime.fromtimestamp(block[1] * _QUARTER_HOUR, zone).utcoffset()
+            offset = _OFFSETS[block] = int(shift.total_seconds()) if shift else 0
+        out[i] = seconds + offset
+    return out
+
+
 def _local(timestamps: Sequence[datetime], tz: str) -> pd.DatetimeIndex:
     index = pd.DatetimeIndex(timestamps)
     if index.tz is None:
@@ -49,6 +77,9 @@ def local_hour(timestamps: Sequence[datetime], tz: str) -> list[int]:
     """Hour of day (0-23) in time zone `tz`."""
     if len(timestamps) < _SMALL:
         return [t.hour for t in _local_small(timestamps, tz)]
+    if len(timestamps) < _LARGE:
+        hours_of_day: list[int] = (_local_seconds(timestamps, tz) // 3600 % 24).tolist()
+        return hours_of_day
     hours: list[int] = _local(timestamps, tz).hour.tolist()
     return hours
 
@@ -57,6 +88,9 @@ def day_of_week(timestamps: Sequence[datetime], tz: str) -> list[int]:
     """Day of week in `tz`, Monday = 0."""
     if len(timestamps) < _SMALL:
         return [t.weekday() for t in _local_small(timestamps, tz)]
+    if len(timestamps) < _LARGE:  # 1970-01-01 was a Thursday (3)
+        days: list[int] = ((_local_seconds(timestamps, tz) // 86400 + 3) % 7).tolist()
+        return days
     weekdays: list[int] = _local(timestamps, tz).dayofweek.tolist()
     return weekdays
 
@@ -74,12 +108,19 @@ def days_to_nearest_us_holiday(timestamps: Sequence[datetime], tz: str) -> list[
     """Absolute days between the local date and the nearest US federal holiday."""
     if 0 < len(timestamps) < _SMALL:
         return [_days_to_holiday_one(t) for t in _local_small(timestamps, tz)]
-    local = _local(timestamps, tz)
-    if len(local) == 0:
-        return []
-    days = local.tz_localize(None).values.astype("datetime64[D]").astype(np.int64)
+    if _SMALL <= len(timestamps) < _LARGE:
+        days = _local_seconds(timestamps, tz) // 86400
+        first, last = (
+            date.fromordinal(int(d) + _EPOCH_ORDINAL).year for d in (days.min(), days.max())
+        )
+    else:
+        local = _local(timestamps, tz)
+        if len(local) == 0:
+            return []
+        days = local.tz_localize(None).values.astype("datetime64[D]").astype(np.int64)
+        first, last = int(local.year.min()), int(local.year.max())
     # One year of margin on each side so the nearest holiday may lie across New Year.
-    holidays = _us_holiday_days(int(local.year.min()) - 1, int(local.year.max()) + 1)
+    holidays = _us_holiday_days(first - 1, last + 1)
     right = np.clip(np.searchsorted(holidays, days), 0, len(holidays) - 1)
     left = np.clip(right - 1, 0, len(holidays) - 1)
     nearest = np.minimum(np.abs(holidays[right] - days), np.abs(days - holidays[left]))
