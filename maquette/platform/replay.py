@@ -5,7 +5,8 @@ entity row of the slot is sent for prediction as of its own event time, in event
 This is how the demo serves December 2013 and how the tests get served features that match
 the offline store (the skew check): Redis never holds a value from the future of a request.
 Feature rows are expected on slot boundaries or before (hourly weather, daily aggregates);
-a feature stamped inside a slot appears from the next slot on.
+a feature stamped inside a slot appears from the next slot on. Feast's registry records the
+materialization once, when the clock stops (see `MaterializationAlongClock`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def replay(
     """Walk [start, end) slot by slot: materialize to the slot start, `on_slot`, then send rows.
 
     Each row goes alone, as of its own time; with `per_slot`, a slot's rows go together as of
-    the slot's start (predictions made up to one slot ahead).
+    the slot's start (predictions made up to one slot ahead). The online store ends
+    materialized up to `end`; Feast's registry records each view's materialization once, from
+    where it stood to where the walk stopped, rather than at every slot.
     """
     layer = layer or FeatureLayer(settings)
     # Views fed by a push source get their online values from the stream processor.
@@ -97,39 +100,44 @@ def replay(
     began = time.perf_counter()
     times = rows[timestamp_column]
     clock, total = start, len(rows)
-    while clock < end:
-        upper = min(clock + slot, end)
-        tick = time.perf_counter()
-        layer.materialize_incremental(clock, views=batch_views)
-        result.materialize_s += time.perf_counter() - tick
-        if on_slot:
-            on_slot(clock, upper)
-        batch = rows[(times >= clock) & (times < upper)]
-        if per_slot:
-            if len(batch):
-                tick = time.perf_counter()
-                try:
-                    send(batch[fields].to_dict("records"), clock)
-                except Exception:  # counted and reported, as for single rows
-                    result.failures += 1
-                result.request_ms.append((time.perf_counter() - tick) * 1000)
-                result.requests += 1
-                result.rows += len(batch)
-            batch = batch.iloc[0:0]
-        for record, when in zip(
-            batch[fields].to_dict("records"), batch[timestamp_column], strict=True
-        ):
+    with layer.materialization_along_clock(batch_views, until=end) as online:
+        while clock < end:
+            upper = min(clock + slot, end)
             tick = time.perf_counter()
-            try:
-                send([record], when.to_pydatetime())
-            except Exception:  # counted and reported; one bad request does not stop the clock
-                result.failures += 1
-            result.request_ms.append((time.perf_counter() - tick) * 1000)
-            result.requests += 1
-            result.rows += 1
-        result.slots += 1
-        if progress:
-            progress(result.rows, total)
-        clock = upper
+            online.advance(clock)
+            result.materialize_s += time.perf_counter() - tick
+            if on_slot:
+                on_slot(clock, upper)
+            batch = rows[(times >= clock) & (times < upper)]
+            if per_slot:
+                _send(result, send, batch[fields].to_dict("records"), clock)
+            else:
+                for record, when in zip(
+                    batch[fields].to_dict("records"), batch[timestamp_column], strict=True
+                ):
+                    _send(result, send, [record], when.to_pydatetime())
+            result.slots += 1
+            if progress:
+                progress(result.rows, total)
+            clock = upper
+        # The clock stops at `end`: the online store (and the registry's record) reaches it,
+        # so the next incremental run starts where the replay stopped.
+        tick = time.perf_counter()
+        online.advance(end)
+        result.materialize_s += time.perf_counter() - tick
     result.seconds = time.perf_counter() - began
     return result
+
+
+def _send(result: ReplayResult, send: Send, records: list[dict[str, Any]], when: datetime) -> None:
+    """One request of `records` as of `when`, timed and counted in `result` (none if empty)."""
+    if not records:
+        return
+    tick = time.perf_counter()
+    try:
+        send(records, when)
+    except Exception:  # counted and reported; one bad request does not stop the clock
+        result.failures += 1
+    result.request_ms.append((time.perf_counter() - tick) * 1000)
+    result.requests += 1
+    result.rows += len(records)
