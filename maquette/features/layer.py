@@ -30,13 +30,14 @@ from maquette.data.column_names import refuse_view_case_mismatches, write_declar
 from maquette.data.redis_server import feast_connection_string, redis_url, unreachable
 from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame
 from maquette.features.materialize import (
+    MaterializationAlongClock,
     MaterializeResult,
     Progress,
     aware_utc,
     materialize_views,
     materialize_views_since_last,
 )
-from maquette.features.online import OnlineFeatures, read_online
+from maquette.features.online import HashReads, OnlineFeatures, read_online
 from maquette.features.read_plan import Features, ReadPlan, SelectedViews, read_plan_of
 from maquette.features.training_frame import point_in_time_frame
 
@@ -95,6 +96,7 @@ class FeatureLayer:
         self.settings = settings
         self._store: FeatureStore | None = None
         self._redis: redis.Redis[bytes] | None = None
+        self._reads: HashReads | None = None
         self._plans: dict[str, ReadPlan] = {}
 
     # ------------------------------------------------------------------ Feast objects
@@ -251,6 +253,15 @@ class FeatureLayer:
             self.settings, self.store, chosen, end, progress, explain
         )
 
+    def materialization_along_clock(
+        self, views: Sequence[str] | None = None, until: datetime | None = None
+    ) -> MaterializationAlongClock:
+        """Incremental runs of `views` (default: all) along a clock moving up to `until`,
+        recorded in Feast's registry once at the end:
+        `with layer.materialization_along_clock(until=end) as m: m.advance(t)`."""
+        chosen = [v for v in self.feature_views() if views is None or v.name in views]
+        return MaterializationAlongClock(self.settings, self.store, chosen, until)
+
     # ------------------------------------------------------------------ training
 
     def training_frame(
@@ -317,4 +328,6 @@ class FeatureLayer:
             (rows, self.read_plan(f or self.settings.default_feature_service()), as_of)
             for rows, f, as_of in requests
         ]
-        return read_online(self.settings, self.redis, planned)
+        if self._reads is None:
+            self._reads = HashReads(self.settings, self.redis)
+        return read_online(self.settings, self._reads, planned)

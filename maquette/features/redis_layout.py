@@ -269,6 +269,11 @@ def newer_than_stored(
     return newer
 
 
+class ConnectionLost(StoreUnavailable):
+    """The connection could not be made or the server closed it (a restart): worth one retry
+    on a new connection, unlike a refused command."""
+
+
 class RespWriter:
     """A raw pipelined connection: send a batch of commands, count their one-line replies."""
 
@@ -278,8 +283,8 @@ class RespWriter:
         try:
             self.sock = socket.create_connection(self.address, timeout=timeout_s)
         except OSError as exc:
-            raise StoreUnavailable(
-                f"cannot connect to Redis at {url}: {exc}",
+            raise ConnectionLost(
+                f"cannot connect to Redis at {self.address[0]}:{self.address[1]}: {exc}",
                 "Start it with `maquette redis start`, or fix MAQUETTE_REDIS_URL.",
             ) from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -314,7 +319,7 @@ class RespWriter:
             if reply is False:
                 chunk = self.sock.recv(1 << 20)
                 if not chunk:
-                    raise StoreUnavailable(
+                    raise ConnectionLost(
                         f"Redis at {self.address} closed the connection.",
                         "Check the server log; retry once it is back.",
                     )
