@@ -12,7 +12,7 @@ import gc
 import hmac
 import inspect
 import time
-from collections.abc import Sequence
+from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -33,7 +33,8 @@ from maquette.serving.http import (
     error_body,
 )
 from maquette.serving.openapi import MAX_SELECTOR_CHARS, OpenAPIRoute, predict_document
-from maquette.serving.predictor import Prediction, Predictor, http_status
+from maquette.serving.predictor import PredictCall, Predictor, http_status
+from maquette.serving.scoring import Answers
 from maquette.serving.server import check_exposure
 
 # Read when the service starts, from the project's maquette.yaml and the environment: the API
@@ -69,15 +70,16 @@ BATCH = bentoml.metrics.Histogram(
 )
 
 
-def observe(selector: str | None, answers: Sequence[Prediction], seconds: float) -> None:
-    """Prometheus counters for one answered request (both /predict paths call this)."""
+def observe(selector: str | None, answers: Answers, seconds: float) -> None:
+    """Prometheus counters for one answered request (both /predict paths call this), one
+    increment per label set: a labelled increment per row was a tenth of a 100-row request."""
     LATENCY.labels(model=selector or "default").observe(seconds)
-    for a in answers:
-        PREDICTIONS.labels(model=a.model, partition=a.partition).inc()
-        if a.missing_features:
-            MISSING.labels(model=a.model, kind="missing").inc(len(a.missing_features))
-        if a.stale_features:
-            MISSING.labels(model=a.model, kind="stale").inc(len(a.stale_features))
+    for partition, count in Counter(answers.partitions).items():
+        PREDICTIONS.labels(model=answers.tag, partition=partition).inc(count)
+    if missing := sum(map(len, answers.missing)):
+        MISSING.labels(model=answers.tag, kind="missing").inc(missing)
+    if stale := sum(map(len, answers.stale)):
+        MISSING.labels(model=answers.tag, kind="stale").inc(stale)
 
 
 def tracing_config(sample_rate: float) -> dict[str, Any]:
@@ -192,13 +194,15 @@ class PredictionService:
         batch = [rows] if isinstance(rows, dict) else rows
         began = time.perf_counter()
         try:
-            answers = self.predictor.predict(batch, model, as_of)
+            (answers,) = self.predictor.predict_many([PredictCall(batch, model, as_of)])
+            if isinstance(answers, MaquetteError):
+                raise answers
         except MaquetteError as exc:
             # Returned, not raised: BentoML hides the message of any 5xx.
             status = http_status(exc)
             return JSONResponse(error_body(exc), status_code=status)  # type: ignore[return-value]
         observe(model, answers, time.perf_counter() - began)
-        return PredictResponse(predictions=[PredictionOut(**a.as_dict()) for a in answers])
+        return PredictResponse(predictions=[PredictionOut(**a) for a in answers.body()])
 
     def __is_ready__(self) -> bool:
         return self.predictor.ready()

@@ -8,6 +8,7 @@ redis-server of the test's own where its settings change), real Parquet, real Du
 from __future__ import annotations
 
 import fcntl
+import json
 import subprocess
 import sys
 import time
@@ -80,7 +81,7 @@ def _project(folder: Path, redis_url: str, **predictions_settings: Any) -> Setti
     return load_settings(folder)
 
 
-def _entry(pid: str, when: datetime | str, **extra: Any) -> dict[str, Any]:
+def _entry(pid: str | list[str], when: datetime | str, **extra: Any) -> dict[str, Any]:
     stamp = when.isoformat() if isinstance(when, datetime) else when
     return {
         "prediction_id": pid,
@@ -234,6 +235,40 @@ def test_an_entry_that_is_not_json_is_kept_and_later_entries_still_drain(
     assert predictions.drain(settings).entries == 2
     table = predictions.read_predictions(settings)
     assert sorted(table["model"].to_pylist()) == sorted(["rating", predictions.UNREADABLE])
+    assert predictions.pending(settings) == 0
+
+
+def test_a_requests_entry_drains_into_one_row_per_prediction_and_a_torn_one_is_kept(
+    tmp_path: Path, running_redis: str
+) -> None:
+    """The service logs one entry per request, its predictions as columns: the drain expands
+    it, and an entry whose columns disagree in length is kept whole as unreadable."""
+    settings = _project(tmp_path / "p", _db15(running_redis))
+    request = _entry(
+        ["r-1", "r-2", "r-3"],
+        T10,
+        partition=["__all__", "EWR", "__all__"],
+        prediction=[1.0, 2.0, 3.0],
+        decision=None,
+        missing=[[], ["dep_delay"], []],
+        stale=None,
+        entity={"user_id": [7, 8, 9]},
+        request={"hour": [5, 6, 7]},
+        features={"dep_delay": [1.5, None, 3.5]},
+    )
+    torn = _entry(["t-1", "t-2"], T10, prediction=[1.0])
+    predictions.PredictionLog(settings).append([request, torn])
+    assert predictions.drain(settings).entries == 4
+    table = predictions.read_predictions(settings).sort_by("prediction_id")
+    rows = {r["prediction_id"]: r for r in table.to_pylist()}
+    assert {"r-1", "r-2", "r-3"} < rows.keys() and len(rows) == 4
+    assert [rows[f"r-{i}"]["prediction"] for i in (1, 2, 3)] == [1.0, 2.0, 3.0]
+    assert rows["r-2"]["partition"] == "EWR" and rows["r-2"]["missing"] == ["dep_delay"]
+    assert json.loads(rows["r-3"]["entity"]) == {"user_id": 9}
+    assert json.loads(rows["r-3"]["request"]) == {"hour": 7}
+    assert json.loads(rows["r-1"]["features"]) == {"dep_delay": 1.5}
+    assert rows["r-1"]["model"] == "rating" and rows["r-1"]["version"] == "v1"
+    assert predictions.UNREADABLE in table["model"].to_pylist()
     assert predictions.pending(settings) == 0
 
 

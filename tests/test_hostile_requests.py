@@ -27,9 +27,10 @@ from maquette import registry
 from maquette.config import Settings, load_settings
 from maquette.errors import ConfigError, InvalidEntityFrame, ModelVersionNotFound
 from maquette.serving import bento
-from maquette.serving.prediction_log import FIELD
+from maquette.serving.prediction_log import predictions_in
 from maquette.serving.predictor import PredictCall, Predictor, http_status
 from maquette.serving.request_rules import RequestLimits, check_rows
+from maquette.serving.scoring import Answers
 from maquette.serving.server import service_command, service_process
 from tests.conftest import free_port, make_project
 from tests.test_serving import ROW, wait_ready
@@ -77,7 +78,7 @@ def service(production, loaded_project: Settings) -> Iterator[str]:
 
 def _logged(settings: Settings) -> list[dict]:
     client = redis_py.Redis.from_url(str(settings.redis.url))
-    return [orjson.loads(f[FIELD]) for _, f in client.xrange(settings.predictions.stream)]
+    return [p for i, f in client.xrange(settings.predictions.stream) for p in predictions_in(i, f)]
 
 
 @pytest.fixture
@@ -218,7 +219,7 @@ def test_a_bad_as_of_is_its_own_422_and_the_rest_of_the_batch_is_answered(
     ancient = PredictCall([ROW], None, datetime(1, 1, 1, tzinfo=UTC))
     future = PredictCall([ROW], None, datetime.now(UTC) + timedelta(days=2))
     answers = predictor.predict_many([good, naive, ancient, future, good])
-    assert isinstance(answers[0], list) and isinstance(answers[4], list)
+    assert isinstance(answers[0], Answers) and isinstance(answers[4], Answers)
     for bad in answers[1:4]:
         assert isinstance(bad, InvalidEntityFrame) and http_status(bad) == 422, bad
     assert "no time zone" in str(answers[1].message)  # type: ignore[union-attr]
@@ -304,7 +305,7 @@ def test_rows_breaking_a_rule_are_422_naming_it(
     answers = predictor.predict_many([bad, good])
     assert isinstance(answers[0], InvalidEntityFrame), answers[0]
     assert says in answers[0].message
-    assert isinstance(answers[1], list)
+    assert isinstance(answers[1], Answers)
 
 
 def test_int64_keys_out_of_range_are_422_not_a_struct_error() -> None:

@@ -29,7 +29,7 @@ from maquette.bench.alerts_inject import EPOCH, FaultEvent, Injector, batch_view
 from maquette.bench.alerts_project import has_stream, stream_start
 from maquette.config import Settings
 from maquette.data.sql import duckdb_connection, sql_identifier, sql_literal
-from maquette.errors import DataNotLoaded
+from maquette.errors import DataNotLoaded, MaquetteError
 from maquette.features.layer import FeatureLayer
 from maquette.features.read_plan import view_source
 from maquette.monitoring import monitor
@@ -227,7 +227,7 @@ def replay_run(
             calls = [PredictCall(records, f"{name}@{alias}", clock) for name in names]
             for answer in predictor.predict_many(calls):
                 result.requests += 1
-                if not isinstance(answer, list):
+                if isinstance(answer, MaquetteError):
                     result.failures += 1
                     if len(result.errors) < 5:
                         result.errors.append(str(answer))

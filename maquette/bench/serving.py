@@ -24,6 +24,7 @@ from maquette.bench.harness import default_model, free_port, results_table, wait
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url
 from maquette.features.layer import FeatureLayer
+from maquette.serving.prediction_log import predictions_in
 from maquette.serving.server import service_process
 
 BENCH_PREDICTIONS = "maquette:bench:predictions"
@@ -142,6 +143,9 @@ def _bench_log_length_and_clear(settings: Settings) -> int:
     import redis
 
     client = redis.Redis.from_url(redis_url(settings))
-    logged = int(client.xlen(BENCH_PREDICTIONS))
+    logged, start = 0, "-"
+    while entries := client.xrange(BENCH_PREDICTIONS, start, "+", count=1000):
+        logged += sum(len(predictions_in(i, fields)) for i, fields in entries)
+        start = "(" + entries[-1][0].decode()
     client.delete(BENCH_PREDICTIONS)
     return logged

@@ -28,7 +28,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from maquette.errors import MaquetteError
 from maquette.serving.openapi import MAX_SELECTOR_CHARS
-from maquette.serving.predictor import PredictCall, Prediction, Predictor, http_status
+from maquette.serving.predictor import PredictCall, Predictor, http_status
+from maquette.serving.scoring import Answers
 
 log = logging.getLogger("maquette.serving.predictor")
 
@@ -79,7 +80,7 @@ SERVER_ERROR = orjson.dumps(
 )
 
 # Called after each answered request: (model selector, answers, seconds inside Maquette).
-Observer = Callable[[str | None, Sequence[Prediction], float], None]
+Observer = Callable[[str | None, Answers, float], None]
 
 
 def error_body(exc: MaquetteError) -> dict[str, str]:
@@ -167,8 +168,8 @@ async def _refuse(send: Any, status: int, error: str, remedy: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def answer_body(answers: Sequence[Prediction]) -> bytes:
-    return orjson.dumps({"predictions": [a.as_dict() for a in answers]})
+def answer_body(answers: Answers) -> bytes:
+    return orjson.dumps({"predictions": answers.body()})
 
 
 class PredictRoute:

@@ -10,7 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from maquette.config import Settings, load_settings
-from maquette.serving.predictor import Prediction, Predictor
+from maquette.serving.predictor import Predictor
+from maquette.serving.scoring import Prediction
 
 
 class LibraryModel:

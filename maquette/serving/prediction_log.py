@@ -1,7 +1,9 @@
 """The prediction log: every served prediction, durable from before the response to Parquet.
 
-The service appends each prediction to a Redis Stream (the embedded Redis keeps an append-only
-file) before it answers. `drain` moves entries into Parquet under the offline store,
+The service appends each request's predictions to a Redis Stream (the embedded Redis keeps an
+append-only file) before it answers: one entry per request and version, its per-prediction
+fields as columns (`expand` reads it back as one row per prediction; an entry of one prediction
+as plain values, as logged before, reads back the same). `drain` moves entries into Parquet under the offline store,
 partitioned by date and model, through a consumer group, and acknowledges (then deletes) them
 only after the file is written and fsynced. Delivery is at least once: entries of a batch that
 was written but not acknowledged come back after a crash and are rewritten to the same file
@@ -151,7 +153,7 @@ def _encode(entry: dict[str, Any]) -> bytes:
 class DrainResult:
     """What one drain pass moved."""
 
-    entries: int = 0
+    entries: int = 0  # predictions moved (a request's entry holds several)
     files: list[Path] = field(default_factory=list)
     redelivered: int = 0
     busy: str | None = None  # why nothing was moved: another drain held the lock too long
@@ -206,26 +208,89 @@ def _entry(stream_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
         entry = None
     if not isinstance(entry, dict):
         # One bad entry must not stop every later drain: it is kept under a model of its own.
-        text = raw.decode(errors="replace")
-        entry = {"prediction_id": stream_id.decode(), "model": UNREADABLE, "request": text}
-    return entry
+        return _unreadable(stream_id, raw)
+    return {str(k): v for k, v in entry.items()}
+
+
+def _unreadable(stream_id: bytes, raw: bytes) -> dict[str, Any]:
+    return {
+        "prediction_id": stream_id.decode(),
+        "model": UNREADABLE,
+        "request": raw.decode(errors="replace"),
+    }
+
+
+# The fields of a request's entry that hold one value per prediction (the rest are shared),
+# and those that hold one such column per name.
+PER_PREDICTION = ("prediction_id", "partition", "prediction", "decision", "missing", "stale")
+PER_PREDICTION_BY_NAME = ("entity", "request", "features")
+
+
+def expand(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dict per prediction of a logged entry: a request's entry (its `prediction_id` a
+    list) gives one per prediction, each with the shared fields; a single prediction's entry
+    (the layout before per-request entries) is returned as it is. ValueError when a column's
+    length differs from the number of predictions."""
+    ids = entry.get("prediction_id")
+    if not isinstance(ids, list):
+        return [entry]
+    count = len(ids)
+    shared = {k: v for k, v in entry.items() if k not in PER_PREDICTION + PER_PREDICTION_BY_NAME}
+    columns = {k: _column(entry.get(k), count, k) for k in PER_PREDICTION}
+    by_name = {
+        k: {name: _column(v, count, f"{k}.{name}") for name, v in _mapping(entry.get(k), k).items()}
+        for k in PER_PREDICTION_BY_NAME
+    }
+    return [
+        {
+            **shared,
+            **{k: v[i] for k, v in columns.items()},
+            **{k: {name: v[i] for name, v in named.items()} for k, named in by_name.items()},
+        }
+        for i in range(count)
+    ]
+
+
+def _column(value: Any, count: int, name: str) -> list[Any]:
+    if value is None:
+        return [None] * count
+    if not isinstance(value, list) or len(value) != count:
+        raise ValueError(f"{name} is not a list of {count} values")
+    return value
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is not an object")
+    return value
+
+
+def predictions_in(stream_id: bytes, fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The predictions of one stream entry; an entry that is not one is kept, unreadable."""
+    entry = _entry(stream_id, fields)
+    try:
+        return expand(entry)
+    except ValueError:
+        return [_unreadable(stream_id, fields.get(FIELD, b""))]
 
 
 def _rows(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, Any]]:
-    rows = []
-    for stream_id, fields in entries:
-        entry = _entry(stream_id, fields)
-        entry["stream_id"] = stream_id.decode()
-        for key in ("entity", "request", "features"):
-            entry[key] = json.dumps(entry.get(key) or {}, default=str, sort_keys=True)
-        for key in ("logged_at", "request_time", "received_at"):
-            entry[key] = _time(entry.get(key))
-        if entry["logged_at"] is None:  # the stream id is the time Redis took the entry
-            millis = int(stream_id.split(b"-")[0])
-            entry["logged_at"] = datetime.fromtimestamp(millis / 1000, UTC)
-        entry["model"] = _folder_safe(str(entry.get("model") or UNREADABLE))
-        rows.append(entry)
-    return rows
+    return [_row(i, entry) for i, fields in entries for entry in predictions_in(i, fields)]
+
+
+def _row(stream_id: bytes, entry: dict[str, Any]) -> dict[str, Any]:
+    entry["stream_id"] = stream_id.decode()
+    for key in ("entity", "request", "features"):
+        entry[key] = json.dumps(entry.get(key) or {}, default=str, sort_keys=True)
+    for key in ("logged_at", "request_time", "received_at"):
+        entry[key] = _time(entry.get(key))
+    if entry["logged_at"] is None:  # the stream id is the time Redis took the entry
+        millis = int(stream_id.split(b"-")[0])
+        entry["logged_at"] = datetime.fromtimestamp(millis / 1000, UTC)
+    entry["model"] = _folder_safe(str(entry.get("model") or UNREADABLE))
+    return entry
 
 
 def _folder_safe(model: str) -> str:
@@ -234,8 +299,11 @@ def _folder_safe(model: str) -> str:
     return safe if safe.strip(".") else UNREADABLE
 
 
-def _write_batch(settings: Settings, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Path]:
-    """Parquet files for a batch, one per (date, model); names come from the batch's stream ids."""
+def _write_batch(
+    settings: Settings, entries: list[tuple[bytes, dict[bytes, bytes]]]
+) -> tuple[list[Path], int]:
+    """Parquet files for a batch, one per (date, model), and the predictions in them; names
+    come from the batch's stream ids."""
     rows = _rows(entries)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -249,7 +317,7 @@ def _write_batch(settings: Settings, entries: list[tuple[bytes, dict[bytes, byte
         path = folder / f"date={day}" / f"model={model}" / f"part-{first}-{last}.parquet"
         _write_durably(table, path)
         written.append(path)
-    return written
+    return written, len(rows)
 
 
 def ensure_group(client: redis.Redis[bytes], stream: str) -> None:
@@ -329,8 +397,10 @@ def _drain_locked(settings: Settings, consumer: str, max_batches: int | None) ->
             # Entries deleted while pending come back without fields: acknowledged, not written.
             entries = [e for e in read if e[1]]
             size = sum(len(v) for _, fields in entries for v in fields.values())
+            moved = 0
             if entries:
-                result.files += _write_batch(settings, entries)
+                files, moved = _write_batch(settings, entries)
+                result.files += files
                 # Written and fsynced, not yet acknowledged: tests/e2e/test_durability.py kills here.
                 crash_point("drain.written")
             ids = [e[0] for e in read]
@@ -338,8 +408,8 @@ def _drain_locked(settings: Settings, consumer: str, max_batches: int | None) ->
             pipe.xack(stream, GROUP, *ids)
             pipe.xdel(stream, *ids)
             pipe.execute()
-            result.entries += len(entries)
-            result.redelivered += len(entries) if redelivery else 0
+            result.entries += moved
+            result.redelivered += moved if redelivery else 0
             batches += 1
             if entries:  # the next read holds about drain_max_bytes of entries this size
                 per_entry = max(1, size // len(entries))

@@ -18,14 +18,12 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from feast.types import FeastType
 
 from maquette import registry
 from maquette.config import Settings
@@ -39,31 +37,23 @@ from maquette.errors import (
     StoreUnavailable,
 )
 from maquette.features.layer import FeatureLayer
-from maquette.features.online import PRESENT, OnlineFeatures
+from maquette.features.online import OnlineFeatures
+from maquette.serving import scoring
 from maquette.serving.prediction_log import PredictionLog
 from maquette.serving.request_rules import RequestLimits, check_as_of, check_rows, check_size
+from maquette.serving.scoring import (
+    Answers,
+    Prediction,
+    ServedVersion,
+    log_entry,
+    served_version,
+)
 from maquette.training.model_types import TrainedModel
 
 log = logging.getLogger("maquette.serving.predictor")
 
 # How long a version that failed to load answers with that failure before it is tried again.
 MISS_TTL_S = 5.0
-
-
-@dataclass
-class Prediction:
-    """One answered row."""
-
-    prediction_id: str
-    prediction: float
-    model: str
-    partition: str
-    decision: bool | None = None
-    missing_features: list[str] = field(default_factory=list)
-    stale_features: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
 
 
 @dataclass
@@ -75,47 +65,6 @@ class PredictCall:
     selector: str | None = None
     as_of: datetime | None = None
     received_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class ServedVersion:
-    """A registered version loaded for serving, with what its requests must carry."""
-
-    tag: str
-    name: str
-    model: TrainedModel
-    feature_service: str
-    required: tuple[str, ...]
-    timestamp_fields: tuple[str, ...]  # request fields declared as timestamps (UnixTimestamp)
-    request_fields: tuple[str, ...] = ()  # sent with each row, not entity keys
-    key_types: dict[str, FeastType] = field(default_factory=dict)  # declared entity key types
-
-
-def served_version(
-    layer: FeatureLayer, tag: str, model: TrainedModel, feature_service: str
-) -> ServedVersion:
-    """A model version ready to serve: what its rows carry, and which fields are times (those
-    the feature repo declares `UnixTimestamp`, whatever their names)."""
-    plan = layer.read_plan(feature_service)
-    name = tag.split(":", 1)[0]
-    required = tuple(layer.request_keys(feature_service, model.partition_by))
-    request_fields = tuple(plan.request_fields)
-    # `labels.time_from: row` matches labels on a row field: logged even if no feature reads it.
-    spec = layer.settings.models.get(name)
-    labels = spec.labels if spec is not None else None
-    if labels is not None and labels.time_from == "row" and labels.time_column not in required:
-        required += (labels.time_column,)
-        request_fields += (labels.time_column,)
-    return ServedVersion(
-        tag,
-        name,
-        model,
-        feature_service,
-        required,
-        plan.time_fields,
-        request_fields,
-        {k: t for g in plan.groups for k, t in g.key_types.items()},
-    )
 
 
 class Predictor:
@@ -299,20 +248,20 @@ class Predictor:
         (answer,) = self.predict_many([PredictCall(rows, selector, as_of)])
         if isinstance(answer, MaquetteError):
             raise answer
-        return answer
+        return answer.rows()
 
-    def predict_many(self, calls: Sequence[PredictCall]) -> list[list[Prediction] | MaquetteError]:
-        """Answer several requests together: one Redis round trip for all their features and
-        one for all their log entries (the HTTP route batches requests that arrive together).
+    def predict_many(self, calls: Sequence[PredictCall]) -> list[Answers | MaquetteError]:
+        """Answer several requests together: one Redis round trip for all their features, one
+        model call per version and one for all their log entries (the HTTP route batches
+        requests that arrive together).
 
         Each request is answered exactly as alone; one request's bad input is its own error,
         while Redis being down fails them all (StoreUnavailable is raised).
         """
         began = time.perf_counter()
         arrived = datetime.now(UTC)
-        out: list[list[Prediction] | MaquetteError] = []
-        ready: list[tuple[int, ServedVersion, list[dict[str, Any]], datetime]] = []
-        received: dict[int, datetime] = {}
+        out: list[Answers | MaquetteError | None] = []
+        ready: list[_Ready] = []
         for call in calls:
             try:
                 # Checked first, against the server's clock: as_of becomes the logged request
@@ -327,71 +276,66 @@ class Predictor:
             except Exception as exc:  # one request's odd input must not fail its batch
                 out.append(_unusable(exc))
                 continue
-            received[len(out)] = call.received_at or arrived
-            ready.append((len(out), served, rows, now))
-            out.append([])
+            ready.append(_Ready(len(out), served, rows, (now, call.received_at or arrived)))
+            out.append(None)
         found = self.layer.online_features_many(
-            [(rows, served.feature_service, now) for _, served, rows, now in ready]
+            [(r.rows, r.served.feature_service, r.times[0]) for r in ready]
         )
         # Requests for the same version are scored together: rows are scored independently,
         # so one model call for all of them gives each request exactly its own answers.
-        by_version: dict[str, list[int]] = {}
-        for k, ((_, served, _, _), features) in enumerate(zip(ready, found, strict=True)):
+        by_version: dict[str, list[_Ready]] = {}
+        for request, features in zip(ready, found, strict=True):
             if isinstance(features, MaquetteError):
-                out[ready[k][0]] = features
+                out[request.slot] = features
             else:
-                by_version.setdefault(served.tag, []).append(k)
+                request.features = features
+                by_version.setdefault(request.served.tag, []).append(request)
         entries: list[dict[str, Any]] = []
+        logging = self.log is not None
         for members in by_version.values():
-            served = ready[members[0]][1]
-            rows = [r for k in members for r in ready[k][2]]
-            values = [v for k in members for v in found[k].values]  # type: ignore[union-attr]
-            statuses = [s for k in members for s in found[k].statuses]  # type: ignore[union-attr]
-            answers = _answer(served, _model_inputs(served, rows, values, statuses), statuses)
-            start = 0
-            for k in members:
-                slot, _, request_rows, now = ready[k]
-                mine = answers[start : start + len(request_rows)]
-                start += len(request_rows)
-                out[slot] = mine
-                if self.log and self.log.sampled():
-                    features = found[k]
-                    assert isinstance(features, OnlineFeatures)
-                    entries += self._log_entries(
-                        served, request_rows, features, mine, (now, received[slot]), began
-                    )
+            for request, answered in zip(members, _score(members[0].served, members), strict=True):
+                out[request.slot] = answered
+            if logging:
+                entries += self._log_entries(members, out, began)
         if entries:
             assert self.log is not None
             self.log.append(entries)
-        return out
+        return [a if a is not None else _unusable(RuntimeError("unanswered")) for a in out]
 
     def _log_entries(
-        self,
-        served: ServedVersion,
-        rows: list[dict[str, Any]],
-        features: OnlineFeatures,
-        answers: list[Prediction],
-        times: tuple[datetime, datetime],
-        began: float,
+        self, members: list[_Ready], out: list[Answers | MaquetteError | None], began: float
     ) -> list[dict[str, Any]]:
+        assert self.log is not None
+        served = members[0].served
         latency = (time.perf_counter() - began) * 1000
-        entries = [
-            _entry(served, rows[i], features.values[i], answers[i], times, latency, False)
-            for i in range(len(rows))
-        ]
-        shadow = self.settings.serving.shadow.get(served.name)
-        if shadow and f"{served.name}:{shadow}" != served.tag:
-            try:
-                twin = self.version(f"{served.name}:{shadow}")
-                twin_inputs = _model_inputs(twin, rows, features.values, features.statuses)
-                twin_answers = _answer(twin, twin_inputs, features.statuses)
-            except Exception:  # a shadow is never returned, so it never fails a request
-                log.exception(
-                    "shadow %s:%s could not score; live answers unaffected", served.name, shadow
+        sampled = [r for r in members if self.log.sampled()]
+        entries = []
+        for request in sampled:
+            answered = out[request.slot]
+            assert isinstance(answered, Answers) and request.features is not None
+            entries.append(
+                log_entry(
+                    served, request.rows, request.features, answered, request.times, latency, False
                 )
-                return entries
-            for i, a in enumerate(twin_answers):
-                entries.append(_entry(twin, rows[i], features.values[i], a, times, latency, True))
+            )
+        shadow = self.settings.serving.shadow.get(served.name)
+        if not sampled or not shadow or f"{served.name}:{shadow}" == served.tag:
+            return entries
+        try:
+            twin = self.version(f"{served.name}:{shadow}")
+            twin_answers = _score(twin, sampled)
+        except Exception:  # a shadow is never returned, so it never fails a request
+            log.exception(
+                "shadow %s:%s could not score; live answers unaffected", served.name, shadow
+            )
+            return entries
+        for request, answered in zip(sampled, twin_answers, strict=True):
+            assert request.features is not None
+            entries.append(
+                log_entry(
+                    twin, request.rows, request.features, answered, request.times, latency, True
+                )
+            )
         return entries
 
     def ready(self) -> bool:
@@ -412,78 +356,31 @@ def _unusable(exc: Exception) -> InvalidEntityFrame:
     )
 
 
-def _model_inputs(
-    served: ServedVersion,
-    rows: list[dict[str, Any]],
-    values: list[dict[str, Any]],
-    statuses: list[dict[str, str]],
-) -> tuple[list[dict[str, Any]], list[str]]:
-    # Stale or missing values reach the model as missing, as in training (Feast's TTL).
-    records = [
-        {f: (v[f] if s.get(f) == PRESENT else None) for f in served.model.features}
-        for v, s in zip(values, statuses, strict=True)
-    ]
-    key = served.model.partition_by
-    return records, [str(r[key]) for r in rows] if key else [""] * len(rows)
+@dataclass
+class _Ready:
+    """A request that passed its checks: where its answer goes, its version, rows and times
+    (as_of, received), then its features once read."""
+
+    slot: int
+    served: ServedVersion
+    rows: list[dict[str, Any]]
+    times: tuple[datetime, datetime]
+    features: OnlineFeatures | None = None
 
 
-def _answer(
-    served: ServedVersion,
-    inputs: tuple[list[dict[str, Any]], list[str]],
-    statuses: list[dict[str, str]],
-) -> list[Prediction]:
-    predictions, used = served.model.predict_records(*inputs)
-    out = []
-    for i, value in enumerate(np.asarray(predictions, dtype=float)):
-        status = statuses[i]
-        decision = None
-        if served.model.task == "binary" and served.model.threshold is not None:
-            decision = bool(value >= served.model.threshold)
-        out.append(
-            Prediction(
-                uuid.uuid4().hex,
-                float(value),
-                served.tag,
-                used[i],
-                decision,
-                [f for f in served.model.features if status.get(f) == "NOT_FOUND"],
-                [f for f in served.model.features if status.get(f) == "OUTSIDE_MAX_AGE"],
-            )
-        )
+def _score(served: ServedVersion, requests: list[_Ready]) -> list[Answers]:
+    """Each request's answers from `served`, in one model call for all of them."""
+    inputs = [scoring.matrix(served, r.features) for r in requests if r.features is not None]
+    x = inputs[0] if len(inputs) == 1 else np.vstack(inputs)
+    partitions = [p for r in requests for p in scoring.partitions_of(served, r.rows)]
+    predicted, used = served.model.predict_matrix(x, partitions)
+    out, start = [], 0
+    for request in requests:
+        assert request.features is not None
+        end = start + request.features.rows
+        out.append(scoring.answers(served, predicted[start:end], used[start:end], request.features))
+        start = end
     return out
-
-
-def _entry(
-    served: ServedVersion,
-    row: dict[str, Any],
-    values: dict[str, Any],
-    answer: Prediction,
-    times: tuple[datetime, datetime],
-    latency_ms: float,
-    shadow: bool,
-) -> dict[str, Any]:
-    # `row` holds only the declared keys and request fields (request_rules.check_rows), each
-    # value bounded: what a client sends beyond them never reaches the log.
-    keys = {k: row[k] for k in served.required if k not in served.request_fields}
-    as_of, received_at = times
-    return {
-        "prediction_id": answer.prediction_id,
-        "logged_at": datetime.now(UTC).isoformat(),
-        "request_time": as_of.isoformat(),
-        "received_at": received_at.isoformat(),
-        "model": served.name,
-        "version": served.tag.split(":", 1)[1],
-        "partition": answer.partition,
-        "shadow": shadow,
-        "prediction": answer.prediction,
-        "decision": answer.decision,
-        "latency_ms": latency_ms,
-        "entity": keys,
-        "request": {k: row[k] for k in served.request_fields if k in row},
-        "features": {f: values.get(f) for f in served.model.features},
-        "missing": answer.missing_features,
-        "stale": answer.stale_features,
-    }
 
 
 # Where each error lands over HTTP: decided here, once (first match wins).

@@ -100,6 +100,10 @@ def _shifted(moment: datetime, by: timedelta) -> datetime:
         return edge.replace(tzinfo=moment.tzinfo)
 
 
+# Values a row may hold as they are (text is checked for its length): JSON's scalars.
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def check_rows(
     rows: list[dict[str, Any]],
     required: tuple[str, ...],
@@ -108,46 +112,87 @@ def check_rows(
     limits: RequestLimits,
     tag: str,
 ) -> list[dict[str, Any]]:
-    """The rows with only their declared fields, keys typed and times parsed; 422 otherwise."""
+    """The rows with only their declared fields, keys typed and times parsed; 422 otherwise.
+
+    Plain JSON values (text, numbers, keys already of their declared type) take a fast path
+    per row; anything else goes through the full checks (a 100-row request spent more time
+    here than in its Redis read).
+    """
     check_size(rows, limits)
+    string_keys, int_keys, other_keys = _key_kinds(key_types, required)
+    max_fields, max_chars = limits.max_fields, limits.max_chars
     cleaned = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise InvalidEntityFrame(
                 f"row {i} is not an object.", "Send each row as an object of field: value."
             )
-        if len(row) > limits.max_fields:
+        if len(row) > max_fields:
             raise InvalidEntityFrame(
                 f"row {i} carries {len(row)} fields; the limit is {limits.max_fields}.",
                 f"Send only the fields model {tag} needs: {list(required)}.",
             )
         for name, value in row.items():
-            if isinstance(value, CONTAINERS):
-                raise InvalidEntityFrame(
-                    f"row {i} field {str(name)[:64]!r} holds a non-scalar value "
-                    f"({type(value).__name__}).",
-                    "Send text, a number, true/false or null as each value.",
-                )
-            if isinstance(value, str) and len(value) > limits.max_chars:
-                raise InvalidEntityFrame(
-                    f"row {i} field {str(name)[:64]!r} holds {len(value)} characters; the limit "
-                    f"is {limits.max_chars}.",
-                    "Send shorter values (serving.max_string_chars sets the limit).",
-                )
-        missing = [k for k in required if row.get(k) in (None, "")]
-        if missing:
+            kind = value.__class__
+            if kind is str:
+                if len(value) > max_chars:
+                    _check_value(i, name, value, limits)
+            elif kind not in _PLAIN:
+                _check_value(i, name, value, limits)
+        out = {k: row.get(k) for k in required}  # extra fields are ignored: never logged
+        kept = out.values()
+        if None in kept or "" in kept:
+            missing = [k for k in required if out[k] in (None, "")]
             raise InvalidEntityFrame(
                 f"row {i} lacks {missing}.",
                 f"Model {tag} needs {list(required)} in every row.",
             )
-        out = {k: row[k] for k in required}  # extra fields are ignored: never logged
-        for name, dtype in key_types.items():
-            if name in out:
-                out[name] = typed_key(out[name], dtype, f"row {i} key {name!r}")
+        for name in string_keys:
+            if out[name].__class__ is not str:
+                out[name] = typed_key(out[name], String, f"row {i} key {name!r}")
+        for name, dtype, low, high in int_keys:
+            value = out[name]
+            if value.__class__ is not int or not low <= value <= high:
+                out[name] = typed_key(value, dtype, f"row {i} key {name!r}")
+        for name, dtype in other_keys:
+            out[name] = typed_key(out[name], dtype, f"row {i} key {name!r}")
         for name in time_fields:
             out[name] = request_time(out[name], f"row {i} field {name!r}")
         cleaned.append(out)
     return cleaned
+
+
+def _key_kinds(
+    key_types: Mapping[str, FeastType], required: tuple[str, ...]
+) -> tuple[list[str], list[tuple[str, FeastType, int, int]], list[tuple[str, FeastType]]]:
+    """The request's entity keys by how they are checked: text, integers in a range, other."""
+    strings, ints, other = [], [], []
+    for name, dtype in key_types.items():
+        if name not in required:
+            continue
+        if dtype == String:
+            strings.append(name)
+        elif dtype in INT_RANGES:
+            ints.append((name, dtype, *INT_RANGES[dtype]))
+        else:
+            other.append((name, dtype))
+    return strings, ints, other
+
+
+def _check_value(i: int, name: Any, value: Any, limits: RequestLimits) -> None:
+    """A row's value that is not plain JSON text or a number: refused if it is a container or
+    text past the limit (library mode may pass numpy numbers and datetimes, which pass)."""
+    if isinstance(value, CONTAINERS):
+        raise InvalidEntityFrame(
+            f"row {i} field {str(name)[:64]!r} holds a non-scalar value ({type(value).__name__}).",
+            "Send text, a number, true/false or null as each value.",
+        )
+    if isinstance(value, str) and len(value) > limits.max_chars:
+        raise InvalidEntityFrame(
+            f"row {i} field {str(name)[:64]!r} holds {len(value)} characters; the limit "
+            f"is {limits.max_chars}.",
+            "Send shorter values (serving.max_string_chars sets the limit).",
+        )
 
 
 def check_size(rows: list[dict[str, Any]], limits: RequestLimits) -> None:

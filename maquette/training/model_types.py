@@ -78,27 +78,6 @@ class TrainedModel:
             x[col] = pd.Categorical(x[col], categories=levels)
         return x
 
-    def matrix(self, records: list[dict[str, Any]]) -> np.ndarray:
-        """Rows as LightGBM's float matrix: categoricals as codes of the training categories.
-
-        This is what LightGBM's pandas path computes, without building a DataFrame (which costs
-        milliseconds per request); a test keeps the two paths equal.
-        """
-        codes = self._codes()
-        out = np.full((len(records), len(self.features)), np.nan)
-        for i, record in enumerate(records):
-            for j, name in enumerate(self.features):
-                value = record.get(name)
-                if value is None:
-                    continue
-                if name in codes:
-                    code = codes[name].get(str(value))
-                    if code is not None:
-                        out[i, j] = code
-                else:
-                    out[i, j] = value
-        return out
-
     def _codes(self) -> dict[str, dict[str, int]]:
         if not hasattr(self, "_code_cache"):
             self._code_cache = {
@@ -109,24 +88,73 @@ class TrainedModel:
     def predict_records(
         self, records: list[dict[str, Any]], partitions: list[str]
     ) -> tuple[np.ndarray, list[str]]:
-        """Predictions for feature dicts (online path); `partitions` holds each row's partition value."""
-        if self.algorithm != "lightgbm":
-            frame = pd.DataFrame(records, columns=self.features)
-            if self.partition_by:
-                frame[self.partition_by] = partitions
-            return self.predict(frame)
-        x = self.matrix(records)
-        # Each row runs one model: its partition's, else the parent (one LightGBM call per
-        # model present, which is most of the cost of a small request).
+        """Predictions for feature dicts; `partitions` holds each row's partition value."""
+        columns = {f: [r.get(f) for r in records] for f in self.features}
+        return self.predict_columns(columns, partitions, len(records))
+
+    def predict_columns(
+        self, columns: dict[str, list[Any]], partitions: list[str], rows: int
+    ) -> tuple[np.ndarray, list[str]]:
+        """Predictions for feature columns (the online path; a None is missing); `partitions`
+        holds each row's partition value."""
+        return self.predict_matrix(self.matrix_of(columns, rows), partitions)
+
+    def predict_matrix(self, x: np.ndarray, partitions: list[str]) -> tuple[np.ndarray, list[str]]:
+        """Predictions for rows of `matrix_of`: each row runs its partition's model, else the
+        parent's (one LightGBM call per model present, most of a small request's cost)."""
         used = [p if p in self.partitions else PARENT for p in partitions]
-        if not self.partition_by or len(set(used)) == 1:
+        kinds = set(used)
+        inputs = x if self.algorithm == "lightgbm" else self._frame_of(x)
+        if not self.partition_by or len(kinds) <= 1:
             model = self.partitions.get(used[0], self.parent) if used else self.parent
-            return np.asarray(self.learner.predict(model, x), dtype=float), used
-        out = np.empty(len(records), dtype=float)
-        for value in set(used):
-            rows = [i for i, u in enumerate(used) if u == value]
-            out[rows] = self.learner.predict(self.partitions.get(value, self.parent), x[rows])
+            return np.asarray(self.learner.predict(model, inputs), dtype=float), used
+        out = np.empty(len(used), dtype=float)
+        where = np.asarray(used, dtype=object)
+        for value in kinds:
+            rows = where == value
+            out[rows] = self.learner.predict(self.partitions.get(value, self.parent), inputs[rows])
         return out, used
+
+    def _frame_of(self, x: np.ndarray) -> pd.DataFrame:
+        """`matrix_of`'s rows as the frame scikit-learn's pipelines were fitted on: categorical
+        codes back to the training categories (NaN: missing)."""
+        data: dict[str, Any] = {}
+        for j, name in enumerate(self.features):
+            levels = self.categories.get(name)
+            if levels is None:
+                data[name] = x[:, j]
+            else:
+                codes = np.where(np.isnan(x[:, j]), -1, x[:, j]).astype(int)
+                data[name] = pd.Categorical.from_codes(codes, categories=levels)
+        return pd.DataFrame(data)
+
+    def matrix(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """Rows as LightGBM's float matrix: categoricals as codes of the training categories."""
+        return self.matrix_of({f: [r.get(f) for r in records] for f in self.features}, len(records))
+
+    def matrix_of(self, columns: dict[str, list[Any]], rows: int) -> np.ndarray:
+        """Feature columns as LightGBM's float matrix (rows x features): categoricals as codes
+        of the training categories, None (missing) as NaN.
+
+        This is what LightGBM's pandas path computes, without building a DataFrame (which costs
+        milliseconds per request); a test keeps the two paths equal.
+        """
+        codes = self._codes()
+        out = np.empty((rows, len(self.features)))
+        for j, name in enumerate(self.features):
+            column = columns.get(name)
+            if column is None:
+                out[:, j] = np.nan
+            elif name in codes:
+                levels = codes[name]
+                out[:, j] = [
+                    None if v is None else levels.get(v if v.__class__ is str else str(v))
+                    for v in column
+                ]
+            else:
+                # numpy turns None into NaN for a float array.
+                out[:, j] = np.asarray(column, dtype=float)
+        return out
 
     def save(self, folder: Path) -> dict[str, str]:
         """Write the parent and partition models; return {"__parent__" or value: file name}."""

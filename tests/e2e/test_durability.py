@@ -4,7 +4,6 @@ writing a file and acknowledging it (slow)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -186,8 +185,8 @@ def _unacknowledged(settings: Settings) -> list[str]:
     stream = settings.predictions.stream
     pending = client.xpending_range(stream, predictions.GROUP, min="-", max="+", count=10_000)
     ids = [p["message_id"] for p in pending]
-    entries = [client.xrange(stream, i, i)[0][1] for i in ids]
-    return [json.loads(fields[predictions.FIELD])["prediction_id"] for fields in entries]
+    entries = [client.xrange(stream, i, i)[0] for i in ids]
+    return [p["prediction_id"] for i, f in entries for p in predictions.predictions_in(i, f)]
 
 
 def _drain_with_kills_between_writing_and_acknowledging(

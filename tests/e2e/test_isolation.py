@@ -4,7 +4,6 @@ own prediction stream, deploys only its own flows and reports only its own compo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from maquette.config import Settings, load_settings
 from maquette.data import redis_server
 from maquette.platform import components as platform
 from maquette.platform.deployments import flow_deployments
+from maquette.serving.prediction_log import predictions_in
 from tests.conftest import free_port, make_project
 from tests.test_serving import ROW
 
@@ -138,7 +138,7 @@ def _logged_ids(settings: Settings) -> set[str]:
     client = redis_py.Redis.from_url(redis_server.redis_url(settings))
     with client:
         entries = client.xrange(settings.predictions.stream)
-    return {json.loads(fields[b"p"])["prediction_id"] for _, fields in entries}
+    return {p["prediction_id"] for i, fields in entries for p in predictions_in(i, fields)}
 
 
 def _served_deployments(settings: Settings) -> dict[str, dict[str, object]]:

@@ -21,7 +21,7 @@ import redis
 import yaml
 
 from maquette.config import Settings, load_settings
-from maquette.serving.prediction_log import FIELD
+from maquette.serving.prediction_log import predictions_in
 from maquette.serving.server import service_process
 from tests.conftest import free_port
 from tests.e2e.test_durability import kill_9, project_on, redis_process
@@ -114,7 +114,7 @@ def _answered_ids(replies: list[tuple[str, httpx.Response]]) -> list[str]:
 def _logged_ids(served: Served) -> set[str]:
     """Prediction ids in the log (the Redis Stream; nothing is drained in this module)."""
     entries = served.client().xrange(served.settings.predictions.stream)
-    return {json.loads(fields[FIELD])["prediction_id"] for _, fields in entries}
+    return {p["prediction_id"] for i, fields in entries for p in predictions_in(i, fields)}
 
 
 def _all_logged(served: Served, answered: list[str]) -> None:
