@@ -34,9 +34,14 @@ def _project(folder: Path, redis_db_url: str, loaded: Settings) -> FeatureLayer:
 
 
 def _online_store(layer: FeatureLayer) -> dict[bytes, dict[bytes, bytes]]:
-    """Every online hash of the layer's Redis database, field by field."""
-    client = layer.redis
-    return {key: client.hgetall(key) for key in client.scan_iter(count=5000, _type="HASH")}
+    """Every online hash of the layer's Feast project, field by field (Feast's keys end with
+    the project's name; other tests' projects may share the database)."""
+    client, project = layer.redis, layer.settings.feast.project.encode()
+    return {
+        key: client.hgetall(key)
+        for key in client.scan_iter(count=5000, _type="HASH")
+        if key.endswith(project)
+    }
 
 
 def _batch_views(layer: FeatureLayer) -> list[str]:
