@@ -23,10 +23,10 @@ from maquette.bench.harness import free_port, results_table, wait_http
 from maquette.bench.serving import (
     MAQUETTE,
     _bench_log_length_and_clear,
-    _cell,
-    _request_rows,
     _start,
-    _wrk,
+    cell,
+    request_rows,
+    wrk,
 )
 from maquette.config import Settings
 from maquette.data import redis_server
@@ -54,7 +54,7 @@ def run_durability_benchmark(settings: Settings, seconds: int, console: Console)
             "Run it on a project with the embedded Redis and without `maquette up` "
             "(`maquette down` first).",
         )
-    rows = _request_rows(settings)
+    rows = request_rows(settings)
     saved = settings.redis.appendfsync
     port = free_port()
     proc = _start(MAQUETTE, settings, port)
@@ -64,17 +64,17 @@ def run_durability_benchmark(settings: Settings, seconds: int, console: Console)
         wait_http(f"http://127.0.0.1:{port}/")
         for policy in POLICIES:
             _restart_with(settings, policy)
-            _wrk(url, json.dumps({"rows": rows[:1]}), 2, 3)  # warm-up, reconnected
+            wrk(url, json.dumps({"rows": rows[:1]}), 2, 3)  # warm-up, reconnected
             for case, count, connections in CASES:
                 console.print(f"  {case}, appendfsync {policy} ...")
                 body = json.dumps({"rows": rows[:count]})
-                results[(case, policy)] = _wrk(url, body, connections, seconds)
+                results[(case, policy)] = wrk(url, body, connections, seconds)
     finally:
         _restart_with(settings, saved)
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         console.print(f"  {_bench_log_length_and_clear(settings):,} predictions logged")
-    cells = [(case, *(_cell(results[(case, p)]) for p in POLICIES)) for case, _, _ in CASES]
+    cells = [(case, *(cell(results[(case, p)]) for p in POLICIES)) for case, _, _ in CASES]
     title = (
         f"appendfsync on the serving path: req/s and p50/p95/p99 ms ({seconds}s per cell, wrk; "
         "appendonly yes)"

@@ -35,15 +35,18 @@ FLOOR = "floor: bare Starlette, no features"
 SERVERS = (MAQUETTE, MAQUETTE_API_PATH, STOCK, FLOOR)
 
 
-def _wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
-    """wrk (C, pipelined sockets) against `url`: req/s, p50/p95/p99 in ms, errors."""
+def wrk(
+    url: str, body: str, connections: int, seconds: int, auth: str | None = None
+) -> dict[str, float]:
+    """wrk (C, pipelined sockets) against `url`: req/s, p50/p95/p99 in ms, errors; `auth` is
+    the Authorization header's value when the service wants a key."""
     if not shutil.which("wrk"):
         raise RuntimeError(
             "wrk is not installed: `apt-get install wrk` (the Makefile's bench target does it)"
         )
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         handle.write(body)
-    env = {**os.environ, "WRK_BODY_FILE": handle.name}
+    env = {**os.environ, "WRK_BODY_FILE": handle.name, "WRK_AUTH": auth or ""}
     script = resources.files("maquette.bench") / "wrk_post.lua"
     with resources.as_file(script) as path:
         command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
@@ -57,7 +60,7 @@ def _wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float
     return {"rps": rps, "p50": p50, "p95": p95, "p99": p99, "errors": errors}
 
 
-def _request_rows(settings: Settings) -> list[dict[str, Any]]:
+def request_rows(settings: Settings) -> list[dict[str, Any]]:
     """100 requests' rows for the service's default model, times as ISO 8601 text."""
     spec = settings.model_spec(default_model(settings))
     columns = FeatureLayer(settings).request_keys(spec.feature_service, spec.partition_by)
@@ -105,10 +108,10 @@ def _load_one_server(
     results = {}
     try:
         wait_http(f"http://127.0.0.1:{port}/")
-        _wrk(url, json.dumps({"rows": rows[:1]}), 2, 3)  # warm-up
+        wrk(url, json.dumps({"rows": rows[:1]}), 2, 3)  # warm-up
         for case, body, conns in zip(CASES, [rows[:1]] * 3 + [rows], (1, 8, 32, 8), strict=True):
             console.print(f"  {label}: {case} ...")
-            results[case] = _wrk(url, json.dumps({"rows": body}), conns, seconds)
+            results[case] = wrk(url, json.dumps({"rows": body}), conns, seconds)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
@@ -118,7 +121,7 @@ def _load_one_server(
     return results
 
 
-def _cell(result: dict[str, float]) -> str:
+def cell(result: dict[str, float]) -> str:
     if "error" in result:
         return "failed"
     errors = f"; {result['errors']:.0f} errors" if result["errors"] else ""
@@ -130,11 +133,11 @@ def _cell(result: dict[str, float]) -> str:
 
 def run_serving_benchmark(settings: Settings, seconds: int, console: Console) -> str:
     """Maquette's service, the stock composition and the bare floor, one at a time, same run."""
-    rows = _request_rows(settings)
+    rows = request_rows(settings)
     results = {
         label: _load_one_server(label, settings, rows, seconds, console) for label in SERVERS
     }
-    cells = [(case, *(_cell(results[label][case]) for label in SERVERS)) for case in CASES]
+    cells = [(case, *(cell(results[label][case]) for label in SERVERS)) for case in CASES]
     title = f"serving: req/s and p50/p95/p99 ms ({seconds}s per cell, wrk)"
     return results_table(console, title, ("case", *SERVERS), cells) + "\n"
 

@@ -4,6 +4,10 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("WRK_AUTH")
+if auth and auth ~= "" then
+  wrk.headers["Authorization"] = auth
+end
 
 done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write

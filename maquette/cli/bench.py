@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from maquette.cli.options import OutOpt, ProjectOpt, console, model_name, project_settings
-from maquette.data import redis_server
 
 # The benchmarks are imported inside the commands: they load Feast, Prefect and BentoML, which
 # take seconds, and `maquette --help` must not wait for them.
@@ -84,18 +83,32 @@ def bench_training(
 @bench_app.command("serving")
 def bench_serving(
     seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,
+    platform: Annotated[
+        bool,
+        typer.Option(
+            "--platform",
+            help="Load the service `maquette up` started, the other components alive, after "
+            "measuring each component's idle CPU. Its traffic is logged and monitored.",
+        ),
+    ] = False,
+    idle_seconds: Annotated[int, typer.Option(help="With --platform: idle time measured.")] = 60,
     out: OutOpt = None,
     project: ProjectOpt = None,
 ) -> None:
     """Maquette's service vs BentoML + get_online_features vs a bare endpoint, with wrk.
 
-    Example: maquette bench serving --seconds 10
+    Example: maquette bench serving --seconds 10; maquette bench serving --platform
     """
+    from maquette.bench.platform_load import run_platform_serving_benchmark
     from maquette.bench.serving import run_serving_benchmark
+    from maquette.data import redis_server
 
     settings = project_settings(project)
-    redis_server.ensure_redis(settings)
-    markdown = run_serving_benchmark(settings, seconds, console)
+    if platform:
+        markdown = run_platform_serving_benchmark(settings, seconds, idle_seconds, console)
+    else:
+        redis_server.ensure_redis(settings)
+        markdown = run_serving_benchmark(settings, seconds, console)
     if out:
         out.write_text(markdown)
 
@@ -158,6 +171,7 @@ def bench_durability(
     Example: maquette bench durability --seconds 10
     """
     from maquette.bench.durability import run_durability_benchmark
+    from maquette.data import redis_server
 
     settings = project_settings(project)
     redis_server.ensure_redis(settings)
