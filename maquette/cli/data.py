@@ -19,7 +19,6 @@ from maquette.cli.options import (
     when,
 )
 from maquette.cli.render import online_features_table, tables_table
-from maquette.data import redis_server
 
 # The feature layer and the loader are imported inside the commands: Feast, pyarrow and DuckDB
 # take seconds to import, and `maquette --help` must not wait for them.
@@ -79,6 +78,7 @@ def features_materialize(
     """
     from maquette.cli.render import materialize_table
     from maquette.cli.render_platform import flow_run_note, written_table
+    from maquette.data import redis_server
     from maquette.features.layer import FeatureLayer
     from maquette.features.materialize import last_run_notes
     from maquette.platform.flows import run_flow

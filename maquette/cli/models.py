@@ -17,7 +17,6 @@ from maquette.cli.options import (
     print_json,
     project_settings,
 )
-from maquette.data import redis_server
 
 # Training, the registry and serving are imported inside the commands: they load BentoML,
 # Prefect or Feast, which take seconds, and `maquette --help` must not wait for them.
@@ -163,6 +162,7 @@ def serve(
 
     Example: maquette serve --port 3000
     """
+    from maquette.data import redis_server
     from maquette.serving.server import service_process
 
     settings = project_settings(project)

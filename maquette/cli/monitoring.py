@@ -24,7 +24,6 @@ from maquette.cli.render import (
     metrics_series_table,
     monitor_summary,
 )
-from maquette.data import redis_server
 
 # The prediction log and monitoring are imported inside the commands: they load Feast and
 # Evidently, which take seconds, and `maquette --help` must not wait for them.
@@ -162,6 +161,7 @@ def monitor_run(
     Example: maquette monitor run --as-of 2024-07-01
     """
     from maquette.cli.render_platform import flow_run_note
+    from maquette.data import redis_server
     from maquette.monitoring import monitor as monitoring
     from maquette.platform.flows import run_flow
 

@@ -6,15 +6,17 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 from rich.console import Console, ConsoleDimensions
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from maquette.config import Settings, load_settings
 from maquette.errors import ConfigError
+
+if TYPE_CHECKING:  # settings load pydantic-settings: 0.2 s that `maquette --help` need not pay
+    from maquette.config import Settings
 
 # Piped, a table is as wide as its widest row: rich would otherwise assume 80 columns (or
 # $COLUMNS, often a terminal's leftover) and cut words ("importa…"). A program reading the
@@ -90,6 +92,8 @@ def print_json(document: object) -> None:
 
 def project_settings(project: Path | None) -> Settings:
     """The settings of the project in `project` (default: the current folder)."""
+    from maquette.config import load_settings
+
     return load_settings(project)
 
 

@@ -17,8 +17,6 @@ from maquette.cli.options import (
     project_settings,
 )
 from maquette.cli.render import fields_table, platform_table
-from maquette.data import redis_server
-from maquette.data.secrets import redact
 
 # Library modules are imported inside the commands: Feast, Prefect and BentoML take seconds to
 # import, and `maquette --help` must not wait for them.
@@ -119,6 +117,9 @@ def redis_start(project: ProjectOpt = None) -> None:
 
     Example: maquette redis start
     """
+    from maquette.data import redis_server
+    from maquette.data.secrets import redact
+
     url = redis_server.ensure_redis(project_settings(project))
     console.print(f"Redis ready at {redact(url)}")
 
@@ -132,6 +133,8 @@ def redis_status(as_json: JsonOpt = False, project: ProjectOpt = None) -> None:
 
     Example: maquette redis status
     """
+    from maquette.data import redis_server
+
     state = redis_server.status(project_settings(project))
     if as_json:
         print_json(asdict(state))
@@ -147,5 +150,7 @@ def redis_stop(project: ProjectOpt = None) -> None:
 
     Example: maquette redis stop
     """
+    from maquette.data import redis_server
+
     stopped = redis_server.stop(project_settings(project))
     console.print("stopped" if stopped else "was not running")

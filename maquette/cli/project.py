@@ -10,9 +10,6 @@ import typer
 from rich.markup import escape
 
 from maquette.cli.options import ProjectOpt, console, project_settings
-from maquette.data import redis_server
-from maquette.data.secrets import redact
-from maquette.project import init_project
 
 commands = typer.Typer()
 
@@ -29,6 +26,8 @@ def init(
 
     Example: maquette init shop --example
     """
+    from maquette.project import init_project
+
     result = init_project(folder, example=example, force=force)
     p = result.ports
     console.print(f"created {escape(str(result.folder))} ({len(result.files)} files and folders)")
@@ -58,6 +57,9 @@ def url(
 
     Example: maquette url service   (in a script: curl -s "$(maquette url)/readyz")
     """
+    from maquette.data import redis_server
+    from maquette.data.secrets import redact
+
     settings = project_settings(project)
     urls = {
         "service": f"http://{settings.serving.host}:{settings.serving.port}",

@@ -16,7 +16,6 @@ from maquette.cli.options import (
     when,
 )
 from maquette.cli.render import stream_status_document, stream_status_tables, tables_table
-from maquette.data import redis_server
 
 # The stream modules are imported inside the commands: they load Feast's wire format and
 # DuckDB, and `maquette --help` must not wait for them.
@@ -49,6 +48,7 @@ def stream_publish(
 
     Example: maquette stream publish events.jsonl
     """
+    from maquette.data import redis_server
     from maquette.stream.events import publish_lines
 
     settings = project_settings(project)
@@ -75,6 +75,7 @@ def stream_replay(
 
     Example: maquette stream replay --from 2024-06-01 --speed 600x
     """
+    from maquette.data import redis_server
     from maquette.stream.history import replay
 
     settings = project_settings(project)
