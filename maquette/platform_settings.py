@@ -148,7 +148,10 @@ class PredictionLogSettings(Section):
         Path(".maquette/offline/predictions"), description="Drained Parquet files."
     )
     drain_batch: int = Field(
-        20_000, ge=1, description="Entries per Parquet file written by the drain."
+        20_000,
+        ge=1,
+        description="Log entries (one per request, holding its predictions) per Parquet file "
+        "written by the drain.",
     )
     drain_max_bytes: int = Field(
         64 * 1024 * 1024,

@@ -30,6 +30,8 @@ from tests.test_serving import ROW, wait_ready
 pytestmark = pytest.mark.slow
 # A service is ready in ~20 s; on a machine shared with other jobs it took 85 s.
 STARTUP_S = 240
+# Rows per request: the log holds one entry per request and drain_batch counts entries.
+PER_REQUEST = 2
 
 
 def redis_process(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -112,7 +114,7 @@ def test_answers_survive_server_kill_redis_outage_and_drain_kills(
             answered = []
             with httpx.Client(timeout=10) as client:
                 for _ in range(150):
-                    reply = client.post(f"{url}/predict", json={"rows": [ROW, ROW]})
+                    reply = client.post(f"{url}/predict", json={"rows": [ROW] * PER_REQUEST})
                     assert reply.status_code == 200
                     answered += [a["prediction_id"] for a in reply.json()["predictions"]]
             kill_9(service)  # no goodbye: the log must already hold them
@@ -180,7 +182,8 @@ def _ids_on_disk(settings: Settings) -> list[str]:
 
 
 def _unacknowledged(settings: Settings) -> list[str]:
-    """Prediction ids of the entries the drain has read but not acknowledged."""
+    """Prediction ids of the entries the drain has read but not acknowledged (each entry is
+    a request's: PER_REQUEST predictions)."""
     client = redis.Redis.from_url(str(settings.redis.url))
     stream = settings.predictions.stream
     pending = client.xpending_range(stream, predictions.GROUP, min="-", max="+", count=10_000)
@@ -200,11 +203,11 @@ def _drain_with_kills_between_writing_and_acknowledging(
         waiting = _unacknowledged(settings)
         on_disk = _ids_on_disk(settings)
         # Died between the two: the batch it read is in a file, and Redis still holds it.
-        assert len(waiting) == batch, f"{len(waiting)} entries unacknowledged, not {batch}"
+        assert len(waiting) == batch * PER_REQUEST, f"{len(waiting)} predictions unacknowledged"
         assert set(waiting) <= set(on_disk), "an unacknowledged entry is not on disk"
     # A redelivered batch of the same size is rewritten to the same file (named by its stream
     # ids): the kills above left no copy on disk.
-    assert len(on_disk) == 3 * batch == len(set(on_disk))
+    assert len(on_disk) == 3 * batch * PER_REQUEST == len(set(on_disk))
 
     # Restarted with a smaller batch, the redelivery is split differently: its first part lands
     # in a new file next to the old one, so the same predictions are on disk twice.
@@ -212,14 +215,16 @@ def _drain_with_kills_between_writing_and_acknowledging(
     _drain_killed_at(project, 1, smaller)
     on_disk = _ids_on_disk(settings)
     doubled = {i for i, n in Counter(on_disk).items() if n > 1}
-    assert len(doubled) == smaller and doubled <= set(waiting)
+    assert len(doubled) == smaller * PER_REQUEST and doubled <= set(waiting)
 
     # The last drain delivers the killed drain's batch again, says so, and moves the rest.
     result = predictions.drain(settings)
-    assert result.redelivered == batch
+    assert result.redelivered == batch * PER_REQUEST
     assert predictions.pending(settings) == 0
     on_disk = _ids_on_disk(settings)
     logged = predictions.read_predictions(settings)["prediction_id"].to_pylist()
-    assert len(on_disk) == len(set(on_disk)) + smaller  # the copies are still on disk...
+    assert (
+        len(on_disk) == len(set(on_disk)) + smaller * PER_REQUEST
+    )  # the copies are still on disk...
     assert sorted(logged) == sorted(set(on_disk))  # ...and the reader collapses them
     assert set(answered) <= set(logged)  # nothing answered was lost
