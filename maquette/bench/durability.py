@@ -23,9 +23,9 @@ from maquette.bench.harness import free_port, results_table, wait_http
 from maquette.bench.serving import (
     MAQUETTE,
     _bench_log_length_and_clear,
-    _start,
     cell,
     request_rows,
+    start_server,
     wrk,
 )
 from maquette.config import Settings
@@ -57,7 +57,7 @@ def run_durability_benchmark(settings: Settings, seconds: int, console: Console)
     rows = request_rows(settings)
     saved = settings.redis.appendfsync
     port = free_port()
-    proc = _start(MAQUETTE, settings, port)
+    proc = start_server(MAQUETTE, settings, port)
     url = f"http://127.0.0.1:{port}/predict"
     results: dict[tuple[str, str], dict[str, float]] = {}
     try:

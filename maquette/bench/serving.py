@@ -70,7 +70,7 @@ def request_rows(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
-def _start(label: str, settings: Settings, port: int) -> subprocess.Popen[Any]:
+def start_server(label: str, settings: Settings, port: int) -> subprocess.Popen[Any]:
     """One server of the comparison, on loopback, in a session of its own."""
     env = {
         # Logging stays on, into a stream of its own: bench traffic must not reach the
@@ -103,7 +103,7 @@ def _load_one_server(
 ) -> dict[str, dict[str, float]]:
     """Start one server, run every case against it, stop it; results by case."""
     port = free_port()
-    proc = _start(label, settings, port)
+    proc = start_server(label, settings, port)
     url = f"http://127.0.0.1:{port}/predict"
     results = {}
     try:

@@ -160,6 +160,29 @@ def bench_soak(
         out.write_text(markdown)
 
 
+@bench_app.command("startup")
+def bench_startup(
+    runs: Annotated[int, typer.Option(help="Starts of each server (and of `maquette up`).")] = 3,
+    up: Annotated[
+        bool, typer.Option("--up", help="Also time `maquette down` + `maquette up` (restarts it).")
+    ] = False,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """How long a user waits: `maquette --help`, the service until ready, `maquette up`.
+
+    Example: maquette bench startup --runs 3 --up
+    """
+    from maquette.bench.startup import run_startup_benchmark
+    from maquette.data import redis_server
+
+    settings = project_settings(project)
+    redis_server.ensure_redis(settings)
+    markdown = run_startup_benchmark(settings, runs, up, console)
+    if out:
+        out.write_text(markdown)
+
+
 @bench_app.command("durability")
 def bench_durability(
     seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,
