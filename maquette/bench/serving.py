@@ -25,7 +25,7 @@ from maquette.config import Settings
 from maquette.data.redis_server import redis_url
 from maquette.features.layer import FeatureLayer
 from maquette.serving.prediction_log import predictions_in
-from maquette.serving.server import service_process
+from maquette.serving.server import bentoml_home, service_process
 
 BENCH_PREDICTIONS = "maquette:bench:predictions"
 CASES = ("1 row, c=1", "1 row, c=8", "1 row, c=32", "100 rows, c=8")
@@ -92,7 +92,11 @@ def start_server(label: str, settings: Settings, port: int) -> subprocess.Popen[
     else:
         command = [*python, "uvicorn", "maquette.bench.bare_asgi:app", "--log-level", "warning"]
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
-    env |= {"MAQUETTE_PROJECT_DIR": str(settings.project_dir), "PYTHONWARNINGS": "ignore"}
+    env |= {
+        "MAQUETTE_PROJECT_DIR": str(settings.project_dir),
+        "BENTOML_HOME": bentoml_home(settings),  # the project's model store, as the service's
+        "PYTHONWARNINGS": "ignore",
+    }
     return subprocess.Popen(
         command + where, cwd=settings.project_dir, env={**inherited, **env}, **quiet
     )
