@@ -219,6 +219,16 @@ class OrchestrationSettings(Section):
         "named by the UTC dates of the scored entities' earliest and latest event time.",
     )
     run_limit: int = Field(4, ge=1, description="Flow runs the runner executes at the same time.")
+    # Measured (BENCHMARKS.md, issue 18): a flow run is a fresh Python importing Prefect, ~4 s
+    # of CPU for the per-minute drain alone; on two cores that lands on the service's latency.
+    flow_run_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU niceness (Linux nice) of the deployments' runner and the flow runs it "
+        "starts: scheduled batch work (drain, materialize, monitor, train) yields the CPU to "
+        "the prediction service; 0: the same priority as the service.",
+    )
     start_timeout_s: float = Field(
         180.0, description="How long `up` waits for a component to answer its health check."
     )

@@ -152,6 +152,12 @@ def _served_deployments(settings: Settings) -> dict[str, list[str | None]]:
 
 
 @pytest.mark.slow
+def _niceness(pid: int | None) -> int:
+    assert pid is not None
+    # /proc/PID/stat after the command: state is field 3, nice field 19.
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 @pytest.mark.timeout(900)  # up, two drains, every component's restart (up to 240 s), down
 def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     platform_project: Settings,
@@ -181,6 +187,10 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     run = platform.run_deployment(settings, "drain/prediction-log", timeout_s=120)
     assert run.state.is_completed(), run.state
     assert sorted(drained_ids(settings)) == sorted(logged)
+    # Scheduled batch work yields the CPU to the online path: the runner (and the flow runs it
+    # starts, its children) runs at orchestration.flow_run_niceness, the stream processor at 0.
+    assert _niceness(_pid(settings, "deployments")) == settings.orchestration.flow_run_niceness
+    assert _niceness(_pid(settings, "stream")) == 0
 
     # A second `up` leaves the running components alone.
     pids = {n: _pid(settings, n) for n in COMPONENTS}

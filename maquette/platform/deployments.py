@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
@@ -135,6 +136,8 @@ def serve_deployments(settings: Settings) -> None:
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
+    # Flow runs are child processes: they inherit the runner's niceness.
+    lower_priority(settings.orchestration.flow_run_niceness)
     # A runner that stops leaves the schedules active: runs due while it is down show as late.
     runner = Runner(limit=settings.orchestration.run_limit, pause_on_shutdown=False)
     for deployment in flow_deployments(settings):
@@ -148,6 +151,13 @@ def serve_deployments(settings: Settings) -> None:
     finally:
         health.shutdown()
         health.server_close()
+
+
+def lower_priority(niceness: int) -> None:
+    """Raise this process's niceness to `niceness` (never lowers it: that needs privileges)."""
+    current = os.nice(0)
+    if niceness > current:
+        os.nice(niceness - current)
 
 
 def runner_health_server(settings: Settings, runner: Runner) -> ThreadingHTTPServer:
