@@ -277,6 +277,12 @@ def test_deployments_follow_the_settings_and_skip_missing_flows(
     built = {f"{d.flow_name}/{d.name}": d for d in flow_deployments(settings)}
     assert [s.schedule.cron for s in built["drain/prediction-log"].schedules] == ["*/5 * * * *"]
     assert [s.schedule.cron for s in built["materialize/incremental"].schedules] == ["0 * * * *"]
+    # One drain at a time, and one due while another runs is cancelled, not queued behind it.
+    drain_limit = built["drain/prediction-log"].concurrency_options
+    assert built["drain/prediction-log"].concurrency_limit == 1
+    assert drain_limit is not None and drain_limit.collision_strategy == "CANCEL_NEW"
+    monitor_limit = built["monitor/models"].concurrency_options
+    assert monitor_limit is not None and monitor_limit.collision_strategy == "ENQUEUE"
     # No path or SQL parameters: the flows read them from the settings.
     assert built["train/flight_delay"].parameters == {"name": "flight_delay"}
     assert built["batch_predict/late_arrival"].parameters == {"model": "late_arrival@production"}

@@ -23,6 +23,7 @@ from maquette.bench.serving import CASES, cell, request_rows, wrk
 from maquette.config import Settings
 from maquette.errors import ConfigError
 from maquette.platform import supervisor
+from maquette.serving.prediction_log import pending
 
 # The cases of the isolated benchmark, plus what the issue's target names (c=8).
 LOADS = tuple(zip(CASES, (1, 8, 32, 8), (1, 1, 1, 100), strict=True))
@@ -91,6 +92,15 @@ def measure_cpu(roots: dict[str, int], seconds: float) -> dict[str, float]:
     return cpu_percent(before, cpu_ticks(roots), time.monotonic() - start)
 
 
+def _wait_until_drained(settings: Settings, console: Console, timeout_s: float = 600) -> None:
+    """Idle means no traffic left to move: earlier traffic's log is drained (by the schedule)
+    first, so the idle minute measures the platform at rest, not the last run's drain."""
+    deadline = time.monotonic() + timeout_s
+    while (left := pending(settings)) and time.monotonic() < deadline:
+        console.print(f"  waiting for the scheduled drain: {left:,} log entries pending ...")
+        time.sleep(15)
+
+
 def run_platform_serving_benchmark(
     settings: Settings, seconds: int, idle_seconds: int, console: Console
 ) -> str:
@@ -101,6 +111,7 @@ def run_platform_serving_benchmark(
             "the platform's service is not running",
             remedy="start the platform first: `maquette up` (after `maquette demo` or training)",
         )
+    _wait_until_drained(settings, console)
     console.print(f"  idle platform: each component's CPU over {idle_seconds} s ...")
     idle_cpu = measure_cpu(roots, idle_seconds)
     url = f"http://{settings.serving.host}:{settings.serving.port}/predict"

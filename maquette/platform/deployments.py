@@ -42,6 +42,7 @@ from maquette.platform.flows import FLOW_NAMES, flow_file, project_flow
 from maquette.platform.schedules import held_schedules
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments.runner import RunnerDeployment
     from prefect.runner import Runner
 
@@ -107,13 +108,27 @@ def flow_deployments(settings: Settings) -> list[RunnerDeployment]:
                 parameters=parameters,
                 tags=["maquette"],
                 paused=f"{name}/{deployment_name}" in held,
-                # One drain and one monitoring pass at a time: a run queues instead of racing
-                # a long one (their file locks make an overlap safe; this keeps runs from
-                # piling up).
-                concurrency_limit=1 if name in ("drain", "monitor") else None,
+                concurrency_limit=_one_at_a_time(name),
             )
             built.append(_closed(cast("RunnerDeployment", deployment)))  # sync: not a coroutine
     return built
+
+
+def _one_at_a_time(name: str) -> ConcurrencyLimitConfig | None:
+    """One drain and one monitoring pass at a time (their file locks make an overlap safe;
+    this keeps runs from racing). A monitoring pass due during a long one queues. A drain due
+    while one runs is cancelled: the running drain moves everything pending, and queued drains
+    ran back to back after a long one, each a fresh Python importing Prefect (~4 s of CPU for
+    nothing; measured in BENCHMARKS.md, issue 18)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    if name == "drain":
+        return ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+        )
+    if name == "monitor":
+        return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    return None
 
 
 def _closed(deployment: RunnerDeployment) -> RunnerDeployment:
