@@ -106,23 +106,20 @@ class Answers:
     def __iter__(self) -> Iterator[Prediction]:
         return iter(self.rows())
 
-    def rows(self) -> list[Prediction]:
+    def _columns(self) -> Iterator[tuple[str, float, str, bool | None, list[str], list[str]]]:
+        """(id, value, partition, decision, missing, stale) per prediction."""
         decisions: list[bool] | list[None] = self.decisions or [None] * len(self.ids)
+        return zip(
+            self.ids, self.values, self.partitions, decisions, self.missing, self.stale, strict=True
+        )
+
+    def rows(self) -> list[Prediction]:
         return [
             Prediction(i, v, self.tag, p, d, list(m), list(s))
-            for i, v, p, d, m, s in zip(
-                self.ids,
-                self.values,
-                self.partitions,
-                decisions,
-                self.missing,
-                self.stale,
-                strict=True,
-            )
+            for i, v, p, d, m, s in self._columns()
         ]
 
     def body(self) -> list[dict[str, Any]]:
-        decisions: list[bool] | list[None] = self.decisions or [None] * len(self.ids)
         return [
             {
                 "prediction_id": i,
@@ -133,15 +130,7 @@ class Answers:
                 "missing_features": m,
                 "stale_features": s,
             }
-            for i, v, p, d, m, s in zip(
-                self.ids,
-                self.values,
-                self.partitions,
-                decisions,
-                self.missing,
-                self.stale,
-                strict=True,
-            )
+            for i, v, p, d, m, s in self._columns()
         ]
 
 
