@@ -1,9 +1,12 @@
 """The bulk encoders must produce exactly the bytes Feast writes."""
 
+import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import redis
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -12,7 +15,10 @@ from feast.type_map import python_values_to_proto_values
 from feast.types import Bool, Float32, Float64, Int32, Int64, String
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from maquette.config import load_settings
 from maquette.features import redis_layout as wire
+from maquette.features.online import HashReads
+from tests.conftest import make_project
 
 VALUES = [
     (Float64, [1.5, None, float("nan"), 0.0, -2.25, 1e300]),
@@ -99,3 +105,32 @@ def test_newer_than_stored_follows_feasts_rule() -> None:
         False,
     ]
     assert list(wire.newer_than_stored([None], seconds[:1], nanos[:1])) == [True]
+
+
+def test_a_read_interrupted_before_its_replies_leaves_none_for_the_next_read(
+    tmp_path: Path, running_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or any exception) between sending HMGETs and reading their replies drops the
+    connection: the next read must get its own replies, not the interrupted read's."""
+    settings = load_settings(make_project(tmp_path / "p", running_redis))
+    client = redis.Redis.from_url(running_redis)
+    first, second = f"maquette:test:{uuid.uuid4().hex}", f"maquette:test:{uuid.uuid4().hex}"
+    client.hset(first, "f", b"first")
+    client.hset(second, "f", b"second")
+    reads = HashReads(settings, client)
+    assert reads.raw  # the raw-socket path is the one under test
+    replies = wire.RespWriter.replies
+
+    def interrupted(self: wire.RespWriter, count: int) -> list[object]:
+        raise KeyboardInterrupt
+
+    try:
+        # Connected first (AUTH and SELECT read their replies), then interrupted.
+        assert reads.hmget([wire.RespWriter.pack(["HMGET", first, "f"])]) == [[b"first"]]
+        monkeypatch.setattr(wire.RespWriter, "replies", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            reads.hmget([wire.RespWriter.pack(["HMGET", first, "f"])])
+        monkeypatch.setattr(wire.RespWriter, "replies", replies)
+        assert reads.hmget([wire.RespWriter.pack(["HMGET", second, "f"])]) == [[b"second"]]
+    finally:
+        client.delete(first, second)

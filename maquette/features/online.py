@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,11 +113,16 @@ class HashReads:
         self.raw = urlparse(self.url).scheme == "redis"
         self._conn: wire.RespWriter | None = None
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def hmget(self, commands: list[bytes]) -> list[list[bytes | None]]:
         if not commands:
             return []
         retryable = (redis.ConnectionError, OSError, wire.ConnectionLost)
+        if self._pid != os.getpid():
+            # A forked child (multiprocessing): the socket and lock are the parent's; reading
+            # from that socket would take the parent's replies. Start afresh, leave it open.
+            self._conn, self._lock, self._pid = None, threading.Lock(), os.getpid()
         with self._lock:
             try:
                 return self._round_trip(commands)
@@ -139,8 +145,8 @@ class HashReads:
         if self._conn is None:
             timeout_s = min(READ_TIMEOUT_S, 0.6 * self.settings.serving.timeout_s)
             self._conn = wire.RespWriter(self.url, timeout_s=timeout_s)
-        self._conn.send(b"".join(commands))
         try:
+            self._conn.send(b"".join(commands))
             return self._conn.replies(len(commands))
         except wire.ConnectionLost:
             raise
@@ -148,6 +154,11 @@ class HashReads:
             raise StoreUnavailable(
                 f"Redis refused online reads: {exc.message}", _REFUSED_REMEDY
             ) from exc
+        except BaseException:
+            # Anything else (Ctrl-C in recv, a protocol error) may leave replies unread: the
+            # next call would take them for its own, so the connection goes.
+            self._close()
+            raise
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -306,7 +317,10 @@ class _Keys:
         out = []
         for group in plan.groups:
             fields, head, tail = _command_parts(group)
-            encoded = self._encoded.setdefault((fields, self.project), {})
+            # The join keys and their types are in the memo's key: after a `feast apply` that
+            # renames or retypes a key, a long-lived process encodes rows afresh.
+            types = tuple(str(group.key_types.get(k)) for k in group.join_keys)
+            encoded = self._encoded.setdefault((fields, group.join_keys, types, self.project), {})
             positions = self.position.setdefault(fields, {})
             plain = _plain_class(group)
             names = group.join_keys

@@ -282,6 +282,8 @@ class RespWriter:
         self.address = (parsed.hostname or "localhost", parsed.port or 6379)
         try:
             self.sock = socket.create_connection(self.address, timeout=timeout_s)
+        except TimeoutError:
+            raise  # a stalled server: the caller does not retry it (the request's time budget)
         except OSError as exc:
             raise ConnectionLost(
                 f"cannot connect to Redis at {self.address[0]}:{self.address[1]}: {exc}",
@@ -296,9 +298,13 @@ class RespWriter:
         db = (parsed.path or "/0").lstrip("/") or "0"
         if db != "0":
             setup.append(["SELECT", db])
-        for command in setup:
-            self.send(self.pack(command))
-            self.replies(1)
+        try:
+            for command in setup:
+                self.send(self.pack(command))
+                self.replies(1)
+        except BaseException:
+            self.sock.close()  # a refused AUTH or SELECT: no socket left for the collector
+            raise
 
     @staticmethod
     def pack(args: Sequence[str | bytes]) -> bytes:
