@@ -65,9 +65,10 @@ def predictions_drain(project: ProjectOpt = None) -> None:
 
 @predictions_app.command("count")
 def predictions_count(as_json: JsonOpt = False, project: ProjectOpt = None) -> None:
-    """How many predictions wait in the stream and how many are in Parquet.
+    """How many log entries wait in the stream (one per request) and how many predictions
+    are in Parquet.
 
-    --json prints {"waiting": N, "drained": N}.
+    --json prints {"waiting": N entries, "drained": N predictions}.
 
     Example: maquette predictions count
     """
@@ -83,7 +84,10 @@ def predictions_count(as_json: JsonOpt = False, project: ProjectOpt = None) -> N
     if as_json:
         print_json({"waiting": waiting, "drained": drained})
     else:
-        console.print(f"waiting in the stream: {waiting:,}; drained: {drained:,}")
+        console.print(
+            f"waiting in the stream: {waiting:,} entries (one per request); "
+            f"drained: {drained:,} predictions"
+        )
 
 
 @labels_app.command("ingest")

@@ -418,7 +418,7 @@ def _drain_locked(settings: Settings, consumer: str, max_batches: int | None) ->
 
 
 def pending(settings: Settings) -> int:
-    """Entries in the stream not yet drained."""
+    """Entries in the stream not yet drained (one per request: XLEN, not a read of them)."""
     client = redis.Redis.from_url(redis_url(settings), socket_timeout=5)
     return int(client.xlen(settings.predictions.stream))
 
