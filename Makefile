@@ -47,12 +47,13 @@ lint: $(STAMP)  ## ruff check, ruff format --check, mypy (strict on maquette/: s
 	$(BIN)/ruff format --check maquette flows bentos feature_repo tests
 	$(BIN)/mypy maquette
 
-bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, serving (needs wrk), stream, monitoring; alerts: injected faults found (~40 min)
+bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, serving (needs wrk), start-up, stream, monitoring; alerts: injected faults found (~40 min)
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) \
 		|| (sudo apt-get update && sudo apt-get install -y wrk)
 	$(BIN)/maquette bench features
 	$(BIN)/maquette bench training
 	$(BIN)/maquette bench serving
+	$(BIN)/maquette bench startup
 	$(BIN)/maquette bench stream
 	$(BIN)/maquette bench monitoring
 	$(BIN)/maquette bench alerts --out .maquette/bench/alerts/results.json
