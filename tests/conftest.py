@@ -7,6 +7,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -142,3 +143,26 @@ def production(trained, loaded_project: Settings) -> dict[str, str]:  # type: ig
     for version in trained.values():
         registry.promote(loaded_project, version.tag, "production")
     return {name: v.tag for name, v in trained.items()}
+
+
+# The session's exit status, for pytest_unconfigure below.
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without the interpreter's exit handlers once pytest has reported everything.
+
+    Flows run in the test process send their logs and events to their test's Prefect
+    server, which is gone by the end of the session; at exit Prefect's services waited for
+    those sends, batch after batch, for ~30 minutes after the last test passed (CI,
+    2026-12-03: py-spy showed the main thread in `_QueueServiceBase._at_exit`).
+    """
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
