@@ -13,7 +13,6 @@ way and its floor, in the same run.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -87,8 +86,7 @@ def ready_seconds(label: str, settings: Settings, timeout_s: float = 120) -> flo
 
 def up_seconds(settings: Settings, runs: int, console: Console) -> list[float]:
     """`maquette down` then a timed `maquette up` (it returns once every component answers)."""
-    maquette = shutil.which("maquette") or sys.executable
-    base = [maquette] if maquette != sys.executable else [sys.executable, "-m", "maquette"]
+    base = [sys.executable, "-m", "maquette"]
     where = ["--project", str(settings.project_dir)]
     found = []
     for run in range(runs):

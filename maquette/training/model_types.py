@@ -85,20 +85,6 @@ class TrainedModel:
             }
         return self._code_cache
 
-    def predict_records(
-        self, records: list[dict[str, Any]], partitions: list[str]
-    ) -> tuple[np.ndarray, list[str]]:
-        """Predictions for feature dicts; `partitions` holds each row's partition value."""
-        columns = {f: [r.get(f) for r in records] for f in self.features}
-        return self.predict_columns(columns, partitions, len(records))
-
-    def predict_columns(
-        self, columns: dict[str, list[Any]], partitions: list[str], rows: int
-    ) -> tuple[np.ndarray, list[str]]:
-        """Predictions for feature columns (the online path; a None is missing); `partitions`
-        holds each row's partition value."""
-        return self.predict_matrix(self.matrix_of(columns, rows), partitions)
-
     def predict_matrix(self, x: np.ndarray, partitions: list[str]) -> tuple[np.ndarray, list[str]]:
         """Predictions for rows of `matrix_of`: each row runs its partition's model, else the
         parent's (one LightGBM call per model present, most of a small request's cost)."""
@@ -128,16 +114,13 @@ class TrainedModel:
                 data[name] = pd.Categorical.from_codes(codes, categories=levels)
         return pd.DataFrame(data)
 
-    def matrix(self, records: list[dict[str, Any]]) -> np.ndarray:
-        """Rows as LightGBM's float matrix: categoricals as codes of the training categories."""
-        return self.matrix_of({f: [r.get(f) for r in records] for f in self.features}, len(records))
-
     def matrix_of(self, columns: dict[str, list[Any]], rows: int) -> np.ndarray:
         """Feature columns as LightGBM's float matrix (rows x features): categoricals as codes
         of the training categories, None (missing) as NaN.
 
         This is what LightGBM's pandas path computes, without building a DataFrame (which costs
-        milliseconds per request); a test keeps the two paths equal.
+        milliseconds per request); tests/e2e/test_three_ways.py holds served predictions equal to
+        batch ones, which go through the pandas path.
         """
         codes = self._codes()
         out = np.empty((rows, len(self.features)))
