@@ -3,14 +3,23 @@
 Batch views are joined as of each row's time with DuckDB ASOF joins (see `point_in_time`), with
 the same values as Feast's `get_historical_features`, TTL included; on-demand views are then
 computed with Feast's own transformation, once per distinct input row.
+
+A python-mode on-demand view gets its inputs as Python lists, as Feast gives them; Maquette
+builds those lists itself for UTC timestamps (`python_columns`), because pyarrow's `to_pydict`
+spends ~6 us per timezone-aware timestamp (most of a training frame's on-demand time). The
+values are equal, tzinfo included (tests/test_training_frame_inputs.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 from feast import FeatureView, OnDemandFeatureView
+from feast.transformation.python_transformation import PythonTransformation
 from feast.type_map import feast_value_type_to_pa
 
 from maquette.config import Settings
@@ -72,12 +81,16 @@ def _append_on_demand(odfv: OnDemandFeatureView, table: pa.Table) -> pa.Table:
             + [f.name for p in odfv.source_feature_view_projections.values() for f in p.features]
         )
     )
+    names = [f.name for f in odfv.features]
+    types = [feast_value_type_to_pa(f.dtype.to_value_type()) for f in odfv.features]
+    if table.num_rows == 0:  # nothing to compute: a transformation need not accept no rows
+        for name, dtype in zip(names, types, strict=True):
+            table = table.append_column(name, pa.array([], dtype))
+        return table
     con = duckdb_connection()
     con.register("rows_in", table.select(inputs))
     distinct = con.sql("SELECT DISTINCT * FROM rows_in").to_arrow_table()
-    out = odfv.transform_arrow(distinct)
-    names = [f.name for f in odfv.features]
-    types = [feast_value_type_to_pa(f.dtype.to_value_type()) for f in odfv.features]
+    out = _transform(odfv, distinct)
     outputs = distinct.select(inputs)
     for name, dtype in zip(names, types, strict=True):
         outputs = outputs.append_column(f"__out_{name}", out[name].cast(dtype))
@@ -96,6 +109,50 @@ def _append_on_demand(odfv: OnDemandFeatureView, table: pa.Table) -> pa.Table:
     for name in names:
         table = table.append_column(name, result[name])
     return table
+
+
+def _transform(odfv: OnDemandFeatureView, table: pa.Table) -> pa.Table:
+    """Feast's `transform_arrow`; for a python-mode view, with the inputs made Python lists by
+    `python_columns` instead of pyarrow's `to_pydict` (same values, faster)."""
+    transformation = odfv.feature_transformation
+    prepare = getattr(odfv, "_preprocess_arrow_table", None)
+    finish = getattr(odfv, "_postprocess_arrow_table", None)
+    if not isinstance(transformation, PythonTransformation) or not (prepare and finish):
+        return odfv.transform_arrow(table)
+    prepared, cleanup = prepare(table)
+    out = pa.Table.from_pydict(transformation.udf(python_columns(prepared)))
+    result: pa.Table = finish(out, cleanup, False)
+    return result
+
+
+_UTC = ZoneInfo("UTC")  # the tzinfo pyarrow gives a value of timestamp[..., tz=UTC]
+_NUMPY_UNITS = {"s", "ms", "us"}  # nanoseconds become pandas Timestamps in pyarrow
+
+
+def python_columns(table: pa.Table) -> dict[str, list[Any]]:
+    """`table.to_pydict()`, with UTC timestamp columns converted through numpy."""
+    out: dict[str, list[Any]] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        dtype = column.type
+        if (
+            pa.types.is_timestamp(dtype)
+            and dtype.tz in ("UTC", "utc")
+            and dtype.unit in _NUMPY_UNITS
+        ):
+            out[name] = _utc_datetimes(column, dtype.unit)
+        else:
+            out[name] = column.to_pylist()
+    return out
+
+
+def _utc_datetimes(column: pa.ChunkedArray, unit: str) -> list[Any]:
+    ticks = column.cast(pa.int64()).fill_null(0).to_numpy()
+    naive = ticks.astype(f"datetime64[{unit}]").astype(object)
+    values: list[Any] = [t.replace(tzinfo=_UTC) for t in naive]
+    if column.null_count:
+        for i in np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False)):
+            values[i] = None
+    return values
 
 
 def _check_entities(table: pa.Table, needed: set[str], timestamp_column: str) -> None:
