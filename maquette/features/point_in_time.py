@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from maquette.data.sql import duckdb_connection
 
@@ -39,10 +40,18 @@ def _lit(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _view_cte(i: int, view: ViewSource) -> str:
+def _view_cte(i: int, view: ViewSource, span: tuple[datetime, datetime] | None) -> str:
     cols = ", ".join([*(_q(k) for k in view.join_keys), *(_q(f) for f in view.features)])
     ts = _q(view.timestamp_field)
     body = f"SELECT {cols}, {ts}::TIMESTAMPTZ AS __ts FROM read_parquet({_lit(view.path)})"
+    if span:
+        # No entity row can use a feature row newer than the newest entity time, nor (with a
+        # TTL) one that expired before the oldest: reading only the rest lets a batch scored in
+        # chunks read each chunk's slice of the views, not all of them every time.
+        first, last = span
+        body += f" WHERE {ts}::TIMESTAMPTZ <= {_time(last)}"
+        if view.ttl:
+            body += f" AND {ts}::TIMESTAMPTZ >= {_time(first - view.ttl)}"
     if view.created_timestamp_field:
         keys = ", ".join([*(_q(k) for k in view.join_keys), ts])
         body += (
@@ -52,10 +61,20 @@ def _view_cte(i: int, view: ViewSource) -> str:
     return f"v{i} AS ({body})"
 
 
-def point_in_time_sql(views: list[ViewSource], timestamp_column: str) -> str:
+def _time(when: datetime) -> str:
+    return f"'{when.isoformat()}'::TIMESTAMPTZ"
+
+
+def point_in_time_sql(
+    views: list[ViewSource],
+    timestamp_column: str,
+    span: tuple[datetime, datetime] | None = None,
+) -> str:
     """SQL joining `entities` to every view as of each row's timestamp, TTL applied.
 
     The result holds `__row` (the entity row's position) and the features, in row order.
+    `span`: the oldest and newest entity time, when known (only feature rows that can match
+    are read).
     """
     ts = f"e.{_q(timestamp_column)}"
     select = ["e.__row"]
@@ -77,7 +96,7 @@ def point_in_time_sql(views: list[ViewSource], timestamp_column: str) -> str:
                 if fresh
                 else f"{col} AS {_q(feature)}"
             )
-    ctes = ", ".join(_view_cte(i, v) for i, v in enumerate(views))
+    ctes = ", ".join(_view_cte(i, v, span) for i, v in enumerate(views))
     return (
         f"WITH {ctes} SELECT {', '.join(select)} FROM entities e {' '.join(joins)} ORDER BY e.__row"
     )
@@ -99,7 +118,9 @@ def point_in_time_join(
         "__row", pa.array(np.arange(entities.num_rows, dtype=np.int64))
     )
     con.register("entities", narrow)
-    features = con.sql(point_in_time_sql(views, timestamp_column)).to_arrow_table()
+    bounds = pc.min_max(entities[timestamp_column]).as_py()
+    span = (bounds["min"], bounds["max"]) if bounds["min"] is not None else None
+    features = con.sql(point_in_time_sql(views, timestamp_column, span)).to_arrow_table()
     features = features.drop_columns(["__row"])
     out = entities
     for name in features.column_names:
