@@ -72,6 +72,12 @@ class ServingSettings(Section):
         "production", description="Alias used when a request names only NAME."
     )
     max_rows: int = Field(1000, ge=1, description="Largest batch one request may carry.")
+    batch_chunk_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Entity rows a batch prediction run reads, joins, scores and writes at a "
+        "time (bounds its memory; the output is one Parquet file either way).",
+    )
     max_body_bytes: int = Field(
         1 << 20,
         ge=1024,

@@ -100,3 +100,56 @@ def test_batch_predict_with_no_entities_to_score_writes_no_file(
     )
     assert (result.rows, result.path) == (0, None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_in_chunks_scores_each_row_as_the_pandas_path_does(
+    production: dict[str, str], loaded_project: Settings, tmp_path: Path
+) -> None:
+    from maquette import registry
+    from maquette.training.model_types import PARENT, TrainedModel
+
+    query = "SELECT * FROM flights WHERE event_timestamp >= '2013-12-24'"
+    selector = "flight_delay@production"
+    whole = batch.predict_batch(loaded_project, query, selector).table
+    assert whole is not None and whole.num_rows > 3_000
+    chunked_settings = loaded_project.model_copy(deep=True)
+    chunked_settings.serving.batch_chunk_rows = 997
+    out = tmp_path / "scores.parquet"
+    chunks: list[int] = []
+    result = batch.predict_batch(chunked_settings, query, selector, out, progress=chunks.append)
+    assert (result.table, result.path, result.rows) == (None, out, whole.num_rows)
+    assert len(chunks) > 3 and chunks[-1] == whole.num_rows
+    assert pq.read_table(out).to_pydict() == whole.to_pydict()
+    assert list(tmp_path.iterdir()) == [out]  # nothing partial left beside it
+
+    # The Arrow path equals the pandas one, also for categories never seen in training and
+    # missing values, and rows of every partition model ran that model.
+    version = registry.resolve(loaded_project, selector)
+    model = TrainedModel.load(version.path, version.record)
+    category = next(iter(model.categories))
+    values = whole[category].to_pylist()
+    values[::5] = ["never seen in training"] * len(values[::5])
+    values[1::5] = [None] * len(values[1::5])
+    frame = whole.set_column(whole.schema.get_field_index(category), category, pa.array(values))
+    arrow_scores, arrow_used = model.predict_table(frame)
+    pandas_scores, pandas_used = model.predict(frame.to_pandas())
+    assert arrow_scores.tolist() == pandas_scores.tolist()
+    assert arrow_used.tolist() == pandas_used
+    assert set(whole["partition"].to_pylist()) == {PARENT, *model.partitions}
+
+
+def test_a_batch_run_that_fails_midway_leaves_no_file(
+    production: dict[str, str], loaded_project: Settings, tmp_path: Path
+) -> None:
+    chunked = loaded_project.model_copy(deep=True)
+    chunked.serving.batch_chunk_rows = 500
+    query = "SELECT * FROM flights WHERE event_timestamp >= '2013-12-30'"
+
+    def stop(rows: int) -> None:
+        raise KeyboardInterrupt  # a user's Ctrl-C after the first chunk is written
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.predict_batch(
+            chunked, query, "late_arrival@production", output_dir=tmp_path, progress=stop
+        )
+    assert list(tmp_path.iterdir()) == []

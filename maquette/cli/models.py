@@ -206,7 +206,14 @@ def predict_batch(
 
     # In this process, not as a flow: the batch_predict flow takes no entities or paths (a
     # run's parameters can be set by any client of the Prefect server).
-    result = batch.predict_batch(project_settings(project), entities, model, output)
+    with console.status("scoring ...") as status:
+        result = batch.predict_batch(
+            project_settings(project),
+            entities,
+            model,
+            output,
+            progress=lambda rows: status.update(f"scored {rows:,} rows ..."),
+        )
     console.print(
         f"{result.version}: {result.rows:,} rows ({result.rows_per_second:,.0f} rows/s) "
         f"-> {result.path}"

@@ -10,17 +10,26 @@ scoring the same entities again replaces the same file whatever the day it runs.
 A query is one SELECT (or WITH ... SELECT) statement, run on a connection that can read the
 offline store's Parquet files and nothing else: external access is off after they are
 registered, so a query can neither write a file nor read one outside the store.
+
+Entities are read, joined, scored and written `serving.batch_chunk_rows` rows at a time, so a
+run's memory is bounded by the chunk, not the table: a Parquet file or a query streams, and
+each chunk's point-in-time join reads only the feature rows its time span can use.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeAlias
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +46,10 @@ from maquette.training.model_types import TrainedModel
 
 @dataclass
 class BatchResult:
-    table: pa.Table
+    """A batch run: `table` holds the scored rows when no output file was asked for (a run
+    written to a file keeps none of them in memory)."""
+
+    table: pa.Table | None
     version: str
     rows: int
     seconds: float
@@ -48,15 +60,27 @@ class BatchResult:
         return self.rows / self.seconds if self.seconds else float("inf")
 
 
-def entity_table(settings: Settings, entities: str | Path | pa.Table | pd.DataFrame) -> pa.Table:
+Entities: TypeAlias = str | Path | pa.Table | pd.DataFrame
+
+
+def entity_table(settings: Settings, entities: Entities) -> pa.Table:
     """Entities from a frame, a Parquet/CSV file, or a DuckDB query over the offline store."""
-    if isinstance(entities, pa.Table):
-        return entities
+    reader = entity_reader(settings, entities, 1 << 20)
+    return pa.Table.from_batches(list(reader), reader.schema)
+
+
+def entity_reader(settings: Settings, entities: Entities, rows: int) -> pa.RecordBatchReader:
+    """The entities as a stream of batches of at most `rows` rows (a file or query is read as
+    it is consumed, never whole)."""
     if isinstance(entities, pd.DataFrame):
-        return pa.Table.from_pandas(entities, preserve_index=False)
+        entities = pa.Table.from_pandas(entities, preserve_index=False)
+    if isinstance(entities, pa.Table):
+        return pa.RecordBatchReader.from_batches(
+            entities.schema, entities.to_batches(max_chunksize=rows)
+        )
     text = str(entities)
     if text.lstrip().lower().startswith(("select", "with")):
-        return query_entities(settings, text)
+        return _query_reader(settings, text, rows)
     path = Path(text)
     if not path.is_file():
         raise InvalidEntityFrame(
@@ -65,12 +89,28 @@ def entity_table(settings: Settings, entities: str | Path | pa.Table | pd.DataFr
         )
     con = duckdb_connection()
     read = con.read_csv if path.suffix.lower() == ".csv" else con.read_parquet
-    return read(str(path)).to_arrow_table()
+    return _kept_open(con, read(str(path)).fetch_record_batch(rows))
+
+
+def _kept_open(
+    con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader
+) -> pa.RecordBatchReader:
+    """`reader`, holding its connection open until it is consumed."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        with con:
+            yield from reader
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
 def query_entities(settings: Settings, sql: str) -> pa.Table:
     """The rows of one SELECT over the offline store's tables (each Parquet file a view named
     by its stem), on a connection that may read those files only."""
+    return _query_reader(settings, sql, 1 << 20).read_all()
+
+
+def _query_reader(settings: Settings, sql: str, rows: int) -> pa.RecordBatchReader:
     con = duckdb_connection()
     select = single_select(con, sql)
     tables = {p.stem: p for p in datasets.sources_dir(settings).glob("*.parquet")}
@@ -83,7 +123,7 @@ def query_entities(settings: Settings, sql: str) -> pa.Table:
     con.execute(f"SET allowed_paths = {paths}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    return con.sql(select).to_arrow_table()
+    return _kept_open(con, con.sql(select).fetch_record_batch(rows))
 
 
 def single_select(con: duckdb.DuckDBPyConnection, sql: str) -> str:
@@ -110,6 +150,13 @@ def model_entities(settings: Settings, model: str) -> Path:
 
 def time_range_name(table: pa.Table, timestamp_column: str) -> str:
     """`<first>_<last>.parquet`: UTC dates of the earliest and latest time in the column."""
+    return _range_name(_time_bounds(table, timestamp_column), timestamp_column)
+
+
+TimeBounds = tuple[datetime, datetime] | None
+
+
+def _time_bounds(table: pa.Table, timestamp_column: str) -> TimeBounds:
     if timestamp_column not in table.column_names:
         raise InvalidEntityFrame(
             f"the entities have no column {timestamp_column!r} to name the output by.",
@@ -118,13 +165,26 @@ def time_range_name(table: pa.Table, timestamp_column: str) -> str:
     bounds = pc.min_max(table[timestamp_column]).as_py()
     first, last = bounds["min"], bounds["max"]
     if not isinstance(first, datetime) or not isinstance(last, datetime):
+        return None
+    # A naive time is UTC, as everywhere in Maquette's offline store.
+    first, last = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (first, last))
+    return first.astimezone(UTC), last.astimezone(UTC)
+
+
+def _widen(a: TimeBounds, b: TimeBounds) -> TimeBounds:
+    if a is None or b is None:
+        return a or b
+    return min(a[0], b[0]), max(a[1], b[1])
+
+
+def _range_name(bounds: TimeBounds, timestamp_column: str) -> str:
+    if bounds is None:
         raise InvalidEntityFrame(
             f"no entity row has a time in {timestamp_column!r}, so the output has no time range.",
             "Pass entities with event times, or an output file.",
         )
-    # A naive time is UTC, as everywhere in Maquette's offline store.
-    first, last = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (first, last))
-    return f"{first.astimezone(UTC):%Y-%m-%d}_{last.astimezone(UTC):%Y-%m-%d}.parquet"
+    first, last = bounds
+    return f"{first:%Y-%m-%d}_{last:%Y-%m-%d}.parquet"
 
 
 def scheduled_batch(settings: Settings, selector: str) -> BatchResult:
@@ -139,19 +199,44 @@ def scheduled_batch(settings: Settings, selector: str) -> BatchResult:
     )
 
 
+@dataclass
+class _Scoring:
+    """What scores one chunk: the model, its features as of each row's time, the stamps."""
+
+    model: TrainedModel
+    layer: FeatureLayer
+    feature_service: str
+    timestamp_column: str
+    version: str
+
+    def score(self, entities: pa.Table) -> pa.Table:
+        """The entities with their features, prediction, decision, partition and version."""
+        frame = self.layer.training_frame(entities, self.feature_service, self.timestamp_column)
+        scored, used = self.model.predict_table(frame)
+        out = frame.append_column("prediction", pa.array(scored, pa.float64()))
+        if self.model.task == "binary" and self.model.threshold is not None:
+            out = out.append_column("decision", pa.array(scored >= self.model.threshold))
+        out = out.append_column("partition", pa.array(used, pa.string()))
+        stamp = np.full(out.num_rows, self.version, dtype=object)
+        return out.append_column("model_version", pa.array(stamp, pa.string()))
+
+
 def predict_batch(
     settings: Settings,
-    entities: str | Path | pa.Table | pd.DataFrame | None,
+    entities: Entities | None,
     selector: str,
     output: Path | None = None,
     timestamp_column: str | None = None,
     output_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> BatchResult:
     """Score every entity row with `selector` (NAME means NAME@<default alias>).
 
     `entities` None: every row of the model's entity source. `timestamp_column` None: the
     model's declared one (default event_timestamp). `output_dir` (instead of `output`): write
-    `<output_dir>/<first>_<last>.parquet`, named by the entities' time range.
+    `<output_dir>/<first>_<last>.parquet`, named by the entities' time range. Without either,
+    the scored rows come back in `BatchResult.table`. `progress` is called with the number of
+    rows scored so far after each chunk.
     """
     began = time.perf_counter()
     if ":" not in selector and "@" not in selector:
@@ -159,26 +244,65 @@ def predict_batch(
     version = registry.resolve(settings, selector)
     spec = settings.models.get(version.name)
     timestamp_column = timestamp_column or (spec.timestamp_column if spec else "event_timestamp")
-    model = TrainedModel.load(version.path, version.record)
-    table = entity_table(
-        settings, model_entities(settings, version.name) if entities is None else entities
+    scoring = _Scoring(
+        TrainedModel.load(version.path, version.record),
+        FeatureLayer(settings),
+        version.record.feature_service,
+        timestamp_column,
+        version.tag,
     )
-    if output_dir is not None:
-        if table.num_rows == 0:  # a scheduled run with nothing to score: no file, no dates
-            return BatchResult(table, version.tag, 0, time.perf_counter() - began, None)
-        output = output_dir / time_range_name(table, timestamp_column)
-    frame = FeatureLayer(settings).training_frame(
-        table, version.record.feature_service, timestamp_column
-    )
-    scored, used = model.predict(frame.to_pandas())
-    out = frame.append_column("prediction", pa.array(scored, pa.float64()))
-    if model.task == "binary" and model.threshold is not None:
-        out = out.append_column("decision", pa.array(scored >= model.threshold))
-    out = out.append_column("partition", pa.array(used, pa.string()))
-    out = out.append_column("model_version", pa.array([version.tag] * out.num_rows, pa.string()))
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_suffix(".partial")
-        pq.write_table(out, partial)
-        partial.replace(output)  # a reader of the file never sees half of a run
-    return BatchResult(out, version.tag, out.num_rows, time.perf_counter() - began, output)
+    source = model_entities(settings, version.name) if entities is None else entities
+    reader = entity_reader(settings, source, settings.serving.batch_chunk_rows)
+    if output is None and output_dir is None:
+        chunks = [scoring.score(pa.Table.from_batches([b])) for b in reader if b.num_rows]
+        rows = sum(c.num_rows for c in chunks)
+        table = pa.concat_tables(chunks) if chunks else None
+        if table is None:
+            table = scoring.score(reader.schema.empty_table())
+        return BatchResult(table, version.tag, rows, time.perf_counter() - began, None)
+    folder = output.parent if output else output_dir
+    assert folder is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    # Written under a name of its own, renamed when whole: a reader of the output never sees
+    # half of a run, and a failed run leaves nothing behind.
+    partial = folder / f".scoring-{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
+    try:
+        rows, bounds = _write_scores(scoring, reader, partial, progress)
+        if output is None:
+            if rows == 0:  # a scheduled run with nothing to score: no file, no dates
+                partial.unlink()
+                return BatchResult(None, version.tag, 0, time.perf_counter() - began, None)
+            output = folder / _range_name(bounds, timestamp_column)
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+    return BatchResult(None, version.tag, rows, time.perf_counter() - began, output)
+
+
+def _write_scores(
+    scoring: _Scoring,
+    reader: pa.RecordBatchReader,
+    path: Path,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, TimeBounds]:
+    """Score the reader's chunks into one Parquet file: (rows, entity time bounds)."""
+    writer: pq.ParquetWriter | None = None
+    rows, bounds = 0, None
+    try:
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            scored = scoring.score(pa.Table.from_batches([batch]))
+            bounds = _widen(bounds, _time_bounds(scored, scoring.timestamp_column))
+            if writer is None:
+                writer = pq.ParquetWriter(path, scored.schema)
+            writer.write_table(scored)
+            rows += scored.num_rows
+            if progress:
+                progress(rows)
+        if writer is None:  # no rows: an empty file with the columns a run would have
+            writer = pq.ParquetWriter(path, scoring.score(reader.schema.empty_table()).schema)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows, bounds
