@@ -54,6 +54,7 @@ bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, servin
 	$(BIN)/maquette bench training
 	$(BIN)/maquette bench serving
 	$(BIN)/maquette bench startup
+	$(BIN)/maquette bench batch
 	$(BIN)/maquette bench stream
 	$(BIN)/maquette bench monitoring
 	$(BIN)/maquette bench alerts --out .maquette/bench/alerts/results.json

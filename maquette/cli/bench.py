@@ -183,6 +183,24 @@ def bench_startup(
         out.write_text(markdown)
 
 
+@bench_app.command("batch")
+def bench_batch(
+    name: ModelArg = None,
+    alias: Annotated[str, typer.Option(help="Alias of the version to score with.")] = "production",
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Batch scoring of every entity row: stock Feast, predict-batch and the floor (same run).
+
+    Example: maquette bench batch MODEL --alias production
+    """
+    from maquette.bench.batch import run_batch_benchmark
+
+    markdown = run_batch_benchmark(project_settings(project), name, alias, console)
+    if out:
+        out.write_text(markdown)
+
+
 @bench_app.command("durability")
 def bench_durability(
     seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,
