@@ -26,7 +26,7 @@ def test_python_columns_equal_pyarrow_to_pydict(unit: str, tz: str | None) -> No
                 pa.timestamp(unit, tz=tz), safe=False
             ),
             "origin": ["JFK", None] * 1000 + ["EWR"],
-            "delay": list(range(2_000)) + [None],
+            "delay": [*range(2_000), None],
         }
     )
     table = pa.concat_tables([table.slice(0, 700), table.slice(700)])  # several chunks
