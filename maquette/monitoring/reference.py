@@ -46,11 +46,12 @@ def served_inputs(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
         set(m if m is not None else ()) | set(s if s is not None else ())
         for m, s in zip(frame["missing"], frame["stale"], strict=True)
     ]
-    rows = [
-        {f: (None if f in h else v.get(f)) for f in features}
-        for v, h in zip(decoded, hidden, strict=True)
-    ]
-    return pd.DataFrame.from_records(rows, columns=features, index=frame.index)
+    columns = {f: [v.get(f) for v in decoded] for f in features}
+    for i, names in enumerate(hidden):  # few rows hide anything: built by column, fixed here
+        for name in names:
+            if name in columns:
+                columns[name][i] = None
+    return pd.DataFrame(columns, columns=features, index=frame.index)
 
 
 def served_rows(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:

@@ -164,7 +164,10 @@ def _mismatches(
     examples: dict[str, list[dict[str, Any]]] = {}
     for feature in features:
         served, offline = found.served[feature], found.offline[feature]
-        bad = [i for i in positions if not _agree(served.iloc[i], offline.iloc[i], tolerance)]
+        # Plain Python values, read once: `.iloc` per value was most of a monitoring pass's
+        # skew time (and gave numpy integers, which compared as text with served numbers).
+        served_values, offline_values = served.tolist(), offline.tolist()
+        bad = [i for i in positions if not _agree(served_values[i], offline_values[i], tolerance)]
         rates[feature] = len(bad) / len(positions) if positions else 0.0
         examples[feature] = [
             {
