@@ -24,8 +24,14 @@ $(UV_STAMP):
 
 # --locked installs exactly uv.lock (maquette itself editable, the dev extra included, anything
 # else removed) and stops, instead of drifting, if pyproject.toml changed since the last lock.
+# uv compiles the installed packages to bytecode (pyproject.toml, [tool.uv]); the platform's
+# processes run with PYTHONOPTIMIZE=1 (orchestration.optimize_python), which reads .opt-1.pyc
+# files instead: those are compiled here, once (~30 s), not by every process start. A file
+# that does not compile (a package's Python 2 example) is skipped, as uv skips it.
 $(STAMP): $(UV_STAMP) pyproject.toml uv.lock
 	$(UV) sync --locked --extra dev
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -O -m compileall -q -j 0 \
+	    "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)  ## create or refresh .venv from uv.lock (the exact versions every install gets)
