@@ -227,6 +227,16 @@ class OrchestrationSettings(Section):
     run_limit: int = Field(4, ge=1, description="Flow runs the runner executes at the same time.")
     # Measured (BENCHMARKS.md, issue 18): a flow run is a fresh Python importing Prefect, ~4 s
     # of CPU for the per-minute drain alone; on two cores that lands on the service's latency.
+    # Measured (BENCHMARKS.md, issue 18): Feast checks its definition classes with typeguard,
+    # whose @typechecked recompiles a Feast module per decorated method on every import (~4 s
+    # of a process start); -O is typeguard's documented switch to skip it.
+    optimize_python: bool = Field(
+        True,
+        description="Run the prediction service, the deployments (their flow runs) and the "
+        "stream processor with PYTHONOPTIMIZE=1: the service is ready in ~7 s instead of ~14. "
+        "It skips Feast's runtime type checks of feature definitions (and asserts); "
+        "definitions are still checked where they are applied (`maquette apply`, the demo).",
+    )
     flow_run_niceness: int = Field(
         10,
         ge=0,

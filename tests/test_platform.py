@@ -158,6 +158,12 @@ def _niceness(pid: int | None) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
+def _environ(pid: int | None) -> dict[str, str]:
+    assert pid is not None
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
+
+
 @pytest.mark.timeout(900)  # up, two drains, every component's restart (up to 240 s), down
 def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     platform_project: Settings,
@@ -191,6 +197,11 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     # starts, its children) runs at orchestration.flow_run_niceness, the stream processor at 0.
     assert _niceness(_pid(settings, "deployments")) == settings.orchestration.flow_run_niceness
     assert _niceness(_pid(settings, "stream")) == 0
+    # The Python processes that load Feast skip its import-time type instrumentation
+    # (orchestration.optimize_python); the drain above ran so, children included.
+    for name in ("service", "deployments", "stream"):
+        assert _environ(_pid(settings, name)).get("PYTHONOPTIMIZE") == "1", name
+    assert "PYTHONOPTIMIZE" not in _environ(_pid(settings, "prefect"))
 
     # A second `up` leaves the running components alone.
     pids = {n: _pid(settings, n) for n in COMPONENTS}

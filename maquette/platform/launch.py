@@ -31,7 +31,7 @@ from maquette.platform.supervisor import (
     inherited_env,
     run_dir,
 )
-from maquette.serving.server import bentoml_home, service_command
+from maquette.serving.server import bentoml_home, optimized_python, service_command
 
 # Environment variable carrying component_mark(): inherited by every child of a component.
 MARK = "MAQUETTE_COMPONENT"
@@ -110,9 +110,10 @@ def component_command(settings: Settings, name: str) -> tuple[list[str], dict[st
         )
     if name == "deployments":
         runner = [*python, str(runner_file(settings)), "--project", project]
-        return runner, env | prefect_client_env(settings)
+        return runner, env | prefect_client_env(settings) | optimized_python(settings)
     if name == "stream":
-        return [*python, "-m", "maquette", "stream", "run", "--project", project], env
+        stream = [*python, "-m", "maquette", "stream", "run", "--project", project]
+        return stream, env | optimized_python(settings)
     raise ValueError(f"unknown component {name!r}")
 
 

@@ -74,6 +74,11 @@ def bentoml_home(settings: Settings) -> str:
     return os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
 
 
+def optimized_python(settings: Settings) -> dict[str, str]:
+    """The environment of a process started with `orchestration.optimize_python`."""
+    return {"PYTHONOPTIMIZE": "1"} if settings.orchestration.optimize_python else {}
+
+
 def service_command(
     settings: Settings, host: str, port: int, env: dict[str, str] | None = None
 ) -> tuple[list[str], dict[str, str]]:
@@ -91,6 +96,7 @@ def service_command(
         "MAQUETTE_PROJECT_DIR": str(settings.project_dir),
         "BENTOML_HOME": bentoml_home(settings),
         "PYTHONWARNINGS": "ignore",
+        **optimized_python(settings),
         **(env or {}),
     }
     command = [
