@@ -29,7 +29,7 @@ from maquette.data import sources as datasets
 from maquette.data.redis_server import redis_url
 from maquette.data.secrets import redact
 from maquette.data.sql import duckdb_connection
-from maquette.errors import ConfigError, DataNotLoaded
+from maquette.errors import ComponentFailed, ConfigError, DataNotLoaded
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
 from maquette.features.materialize import MaterializeResult
@@ -348,8 +348,11 @@ def _prepare_features(
         report.tables = load_dataset(settings, announce)
     with _stage(report, "feast apply", announce):
         report.registered = layer.apply()
-    with _stage(report, "start deployments and stream processor", announce):
-        report.platform = platform.up(settings, ["deployments", "stream"], announce)
+    with _stage(report, "start deployments, stream processor and service", announce):
+        # The service starts now, beside the others, and loads the models once they are
+        # promoted: its start (bentoml's processes importing BentoML and Feast) overlaps
+        # materializing and training instead of waiting for them.
+        report.platform = platform.up(settings, ["deployments", "stream", "service"], announce)
     with _stage(report, "materialize to Redis", announce):
         # Up to where the replay starts: the replay moves the online store along its clock.
         report.materialized = layer.materialize(
@@ -392,12 +395,29 @@ def _serve_and_replay(
 ) -> None:
     """Start the service and replay the period through it."""
     start, end = period
-    with _stage(report, "start prediction service", announce):
-        report.platform = platform.up(settings, ["service"], announce)
+    with _stage(report, "prediction service ready", announce):
+        report.platform = _service_ready(settings, announce)
     with _stage(report, f"replay {start:%Y-%m-%d} to {end:%Y-%m-%d}", announce):
         service = f"http://{settings.serving.host}:{settings.serving.port}"
         with_stream = "stream" in settings.orchestration.components
         report.traffic = replay_traffic(settings, layer, service, start, end, progress, with_stream)
+
+
+def _service_ready(
+    settings: Settings, announce: Callable[[str], None]
+) -> list[platform.ComponentStatus]:
+    """The service, once it has loaded the promoted models (started if it is not running)."""
+    platform.up(settings, ["service"], announce)
+    deadline = time.monotonic() + settings.orchestration.start_timeout_s
+    while (found := platform.status(settings, ["service"]))[0].state != "running":
+        if time.monotonic() > deadline:
+            raise ComponentFailed(
+                f"the prediction service is {found[0].state}: it has not loaded the promoted "
+                f"models within {settings.orchestration.start_timeout_s:.0f}s.",
+                f"Read its log ({found[0].log}) and `maquette status`.",
+            )
+        time.sleep(0.3)
+    return found
 
 
 def logged_predictions(
