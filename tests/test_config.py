@@ -144,3 +144,22 @@ def test_labels_without_time_column_is_a_config_error_naming_it(tmp_path: Path) 
     (tmp_path / "maquette.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=r"flight_delay\.labels\.time_column"):
         load_settings(tmp_path)
+
+
+def test_the_service_runs_optimized_unless_the_setting_says_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maquette.platform.launch import component_command
+    from maquette.serving.server import service_command
+    from tests.conftest import make_project
+
+    monkeypatch.delenv("PYTHONOPTIMIZE", raising=False)
+    settings = load_settings(make_project(tmp_path / "project", None))
+    assert settings.orchestration.optimize_python
+    assert service_command(settings, "127.0.0.1", 3999)[1]["PYTHONOPTIMIZE"] == "1"
+    for name in ("service", "deployments", "stream"):
+        assert component_command(settings, name)[1]["PYTHONOPTIMIZE"] == "1", name
+    assert "PYTHONOPTIMIZE" not in component_command(settings, "prefect")[1]
+    settings.orchestration.optimize_python = False
+    assert "PYTHONOPTIMIZE" not in service_command(settings, "127.0.0.1", 3999)[1]
+    assert "PYTHONOPTIMIZE" not in component_command(settings, "stream")[1]
