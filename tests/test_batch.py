@@ -153,3 +153,29 @@ def test_a_batch_run_that_fails_midway_leaves_no_file(
             chunked, query, "late_arrival@production", output_dir=tmp_path, progress=stop
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_scheduled_run_over_an_empty_csv_writes_nothing_and_does_not_fail(
+    production: dict[str, str], loaded_project: Settings, tmp_path: Path
+) -> None:
+    # A header-only CSV reads as text columns: nothing to score, so nothing to check either.
+    entities = tmp_path / "none_today.csv"
+    entities.write_text("origin,carrier,tailnum,route,event_timestamp\n")
+    out = tmp_path / "out"
+    result = batch.predict_batch(
+        loaded_project, entities, "late_arrival@production", output_dir=out
+    )
+    assert (result.rows, result.path) == (0, None)
+    assert list(out.iterdir()) == []
+
+
+def test_partial_outputs_of_killed_runs_are_removed_and_a_live_runs_kept(tmp_path: Path) -> None:
+    import os
+
+    abandoned = tmp_path / ".scoring-999999999-0badc0de.partial"  # no such process
+    running = tmp_path / f".scoring-{os.getpid()}-1234abcd.partial"
+    scores = tmp_path / "2013-12-01_2013-12-31.parquet"
+    for path in (abandoned, running, scores):
+        path.write_bytes(b"x")
+    batch._remove_abandoned(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, scores.name])

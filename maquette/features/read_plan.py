@@ -22,7 +22,7 @@ from feast.feature_view import DUMMY_ENTITY_ID
 from feast.infra.offline_stores.file_source import FileSource
 from feast.types import FeastType, UnixTimestamp
 
-from maquette.errors import DataNotLoaded
+from maquette.errors import ConfigError, DataNotLoaded
 from maquette.features import redis_layout as wire
 from maquette.features.point_in_time import ViewSource
 
@@ -163,7 +163,12 @@ def time_request_fields(odfv: OnDemandFeatureView) -> list[str]:
 def view_source(view: FeatureView, features: Sequence[str]) -> ViewSource:
     """A batch view's Parquet source, join keys and TTL; refused if the file is missing."""
     source = view.batch_source
-    assert isinstance(source, FileSource), "Maquette's fast paths read FileSource views"
+    if not isinstance(source, FileSource):
+        raise ConfigError(
+            f"feature view {view.name!r} reads a {type(source).__name__}; Maquette reads "
+            "batch views from Parquet files (FileSource).",
+            "Give the view a FileSource over the offline store's Parquet file.",
+        )
     path = Path(source.path)
     if not path.is_file():
         raise DataNotLoaded(

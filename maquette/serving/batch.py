@@ -75,9 +75,9 @@ def entity_reader(settings: Settings, entities: Entities, rows: int) -> pa.Recor
     if isinstance(entities, pd.DataFrame):
         entities = pa.Table.from_pandas(entities, preserve_index=False)
     if isinstance(entities, pa.Table):
-        return pa.RecordBatchReader.from_batches(
-            entities.schema, entities.to_batches(max_chunksize=rows)
-        )
+        # One join per chunk: a table of many small chunks is scored in chunks of `rows`.
+        whole = entities.combine_chunks()
+        return pa.RecordBatchReader.from_batches(whole.schema, whole.to_batches(rows))
     text = str(entities)
     if text.lstrip().lower().startswith(("select", "with")):
         return _query_reader(settings, text, rows)
@@ -89,7 +89,7 @@ def entity_reader(settings: Settings, entities: Entities, rows: int) -> pa.Recor
         )
     con = duckdb_connection()
     read = con.read_csv if path.suffix.lower() == ".csv" else con.read_parquet
-    return _kept_open(con, read(str(path)).fetch_record_batch(rows))
+    return _kept_open(con, read(str(path)).to_arrow_reader(rows))
 
 
 def _kept_open(
@@ -123,7 +123,7 @@ def _query_reader(settings: Settings, sql: str, rows: int) -> pa.RecordBatchRead
     con.execute(f"SET allowed_paths = {paths}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
-    return _kept_open(con, con.sql(select).fetch_record_batch(rows))
+    return _kept_open(con, con.sql(select).to_arrow_reader(rows))
 
 
 def single_select(con: duckdb.DuckDBPyConnection, sql: str) -> str:
@@ -261,16 +261,18 @@ def predict_batch(
             table = scoring.score(reader.schema.empty_table())
         return BatchResult(table, version.tag, rows, time.perf_counter() - began, None)
     folder = output.parent if output else output_dir
-    assert folder is not None
+    if folder is None:
+        raise ValueError("predict_batch: pass output or output_dir, not neither")
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(folder)
     # Written under a name of its own, renamed when whole: a reader of the output never sees
     # half of a run, and a failed run leaves nothing behind.
     partial = folder / f".scoring-{os.getpid()}-{uuid.uuid4().hex[:8]}.partial"
     try:
-        rows, bounds = _write_scores(scoring, reader, partial, progress)
+        rows, bounds = _write_scores(scoring, reader, partial, progress, output is not None)
         if output is None:
             if rows == 0:  # a scheduled run with nothing to score: no file, no dates
-                partial.unlink()
+                partial.unlink(missing_ok=True)
                 return BatchResult(None, version.tag, 0, time.perf_counter() - began, None)
             output = folder / _range_name(bounds, timestamp_column)
         partial.replace(output)
@@ -279,13 +281,23 @@ def predict_batch(
     return BatchResult(None, version.tag, rows, time.perf_counter() - began, output)
 
 
+def _remove_abandoned(folder: Path) -> None:
+    """Partial outputs of runs whose process is gone (killed before it could clean up)."""
+    for partial in folder.glob(".scoring-*-*.partial"):
+        pid = partial.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            partial.unlink(missing_ok=True)
+
+
 def _write_scores(
     scoring: _Scoring,
     reader: pa.RecordBatchReader,
     path: Path,
     progress: Callable[[int], None] | None,
+    empty_file: bool,
 ) -> tuple[int, TimeBounds]:
-    """Score the reader's chunks into one Parquet file: (rows, entity time bounds)."""
+    """Score the reader's chunks into one Parquet file: (rows, entity time bounds). With no
+    rows, `empty_file` writes the columns a run would have (a named output file exists)."""
     writer: pq.ParquetWriter | None = None
     rows, bounds = 0, None
     try:
@@ -300,7 +312,7 @@ def _write_scores(
             rows += scored.num_rows
             if progress:
                 progress(rows)
-        if writer is None:  # no rows: an empty file with the columns a run would have
+        if writer is None and empty_file:
             writer = pq.ParquetWriter(path, scoring.score(reader.schema.empty_table()).schema)
     finally:
         if writer is not None:

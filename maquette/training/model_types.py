@@ -57,6 +57,18 @@ class Trial:
     fitted: Fitted | None = None
 
 
+def partition_keys(values: list[Any]) -> np.ndarray:
+    """Partition values as the partition models are named: `str(value)`, as training names
+    them and the service looks them up (a float 1.0 is "1.0", True is "True"); None stays."""
+    keys = [
+        None
+        if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v)
+        else str(v)
+        for v in values
+    ]
+    return np.array(keys, dtype=object)
+
+
 @dataclass
 class TrainedModel:
     """A parent model plus the partition models that earned their place, ready to predict."""
@@ -176,7 +188,7 @@ class TrainedModel:
         x = self.inputs(frame)
         used = np.full(len(frame), PARENT, dtype=object)
         if self.partition_by and self.partitions:
-            keys = frame[self.partition_by].astype(object).to_numpy()
+            keys = partition_keys(frame[self.partition_by].tolist())
             for value in self.partitions:
                 used[keys == value] = value
         return self._predict_by_partition(x, used), list(used)
@@ -186,7 +198,11 @@ class TrainedModel:
         predictions and the partition model used per row (an object array)."""
         used = np.full(table.num_rows, PARENT, dtype=object)
         if self.partition_by and self.partitions and self.partition_by in table.column_names:
-            keys = table[self.partition_by].cast(pa.string()).to_numpy(zero_copy_only=False)
+            column = table[self.partition_by]
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                keys = column.to_numpy(zero_copy_only=False)
+            else:
+                keys = partition_keys(column.to_pylist())
             for value in self.partitions:
                 used[keys == value] = value
         x = self.arrow_matrix(table)
