@@ -349,9 +349,9 @@ def _prepare_features(
     with _stage(report, "feast apply", announce):
         report.registered = layer.apply()
     with _stage(report, "start deployments, stream processor and service", announce):
-        # The service starts now, beside the others, and loads the models once they are
-        # promoted: its start (bentoml's processes importing BentoML and Feast) overlaps
-        # materializing and training instead of waiting for them.
+        # The service starts now, beside the others (its start, bentoml's processes importing
+        # BentoML and Feast, overlaps theirs), and loads the models once they are promoted,
+        # on its own: after training it only has to be found ready.
         report.platform = platform.up(settings, ["deployments", "stream", "service"], announce)
     with _stage(report, "materialize to Redis", announce):
         # Up to where the replay starts: the replay moves the online store along its clock.
@@ -410,10 +410,10 @@ def _service_ready(
     platform.up(settings, ["service"], announce)
     deadline = time.monotonic() + settings.orchestration.start_timeout_s
     while (found := platform.status(settings, ["service"]))[0].state != "running":
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or found[0].state in ("gave up", "stopped"):
             raise ComponentFailed(
-                f"the prediction service is {found[0].state}: it has not loaded the promoted "
-                f"models within {settings.orchestration.start_timeout_s:.0f}s.",
+                f"the prediction service is {found[0].state}: it did not load the promoted "
+                f"models (waited up to {settings.orchestration.start_timeout_s:.0f}s).",
                 f"Read its log ({found[0].log}) and `maquette status`.",
             )
         time.sleep(0.3)
