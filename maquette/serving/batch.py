@@ -254,11 +254,14 @@ def predict_batch(
     source = model_entities(settings, version.name) if entities is None else entities
     reader = entity_reader(settings, source, settings.serving.batch_chunk_rows)
     if output is None and output_dir is None:
-        chunks = [scoring.score(pa.Table.from_batches([b])) for b in reader if b.num_rows]
-        rows = sum(c.num_rows for c in chunks)
-        table = pa.concat_tables(chunks) if chunks else None
-        if table is None:
-            table = scoring.score(reader.schema.empty_table())
+        chunks, rows = [], 0
+        for batch in reader:
+            if batch.num_rows:
+                chunks.append(scoring.score(pa.Table.from_batches([batch])))
+                rows += batch.num_rows
+                if progress:
+                    progress(rows)
+        table = pa.concat_tables(chunks) if chunks else scoring.score(reader.schema.empty_table())
         return BatchResult(table, version.tag, rows, time.perf_counter() - began, None)
     folder = output.parent if output else output_dir
     if folder is None:

@@ -108,12 +108,7 @@ class TrainedModel:
         if not self.partition_by or len(kinds) <= 1:
             model = self.partitions.get(used[0], self.parent) if used else self.parent
             return np.asarray(self.learner.predict(model, inputs), dtype=float), used
-        out = np.empty(len(used), dtype=float)
-        where = np.asarray(used, dtype=object)
-        for value in kinds:
-            rows = where == value
-            out[rows] = self.learner.predict(self.partitions.get(value, self.parent), inputs[rows])
-        return out, used
+        return self._predict_by_partition(inputs, np.asarray(used, dtype=object)), used
 
     def _frame_of(self, x: np.ndarray) -> pd.DataFrame:
         """`matrix_of`'s rows as the frame scikit-learn's pipelines were fitted on: categorical
@@ -185,29 +180,34 @@ class TrainedModel:
 
     def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         """Predictions and, per row, the partition model used (or "__parent__")."""
-        x = self.inputs(frame)
-        used = np.full(len(frame), PARENT, dtype=object)
+        keys = None
         if self.partition_by and self.partitions:
             keys = partition_keys(frame[self.partition_by].tolist())
-            for value in self.partitions:
-                used[keys == value] = value
-        return self._predict_by_partition(x, used), list(used)
+        used = self._models_for(len(frame), keys)
+        return self._predict_by_partition(self.inputs(frame), used), list(used)
 
     def predict_table(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """`predict` for an Arrow table (a batch run's chunk), without going through pandas:
         predictions and the partition model used per row (an object array)."""
-        used = np.full(table.num_rows, PARENT, dtype=object)
+        keys = None
         if self.partition_by and self.partitions and self.partition_by in table.column_names:
             column = table[self.partition_by]
             if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
                 keys = column.to_numpy(zero_copy_only=False)
             else:
                 keys = partition_keys(column.to_pylist())
-            for value in self.partitions:
-                used[keys == value] = value
+        used = self._models_for(table.num_rows, keys)
         x = self.arrow_matrix(table)
         inputs = x if self.algorithm == "lightgbm" else self._frame_of(x)
         return self._predict_by_partition(inputs, used), used
+
+    def _models_for(self, rows: int, keys: np.ndarray | None) -> np.ndarray:
+        """Per row, the partition model its key names, else "__parent__" (an object array)."""
+        used = np.full(rows, PARENT, dtype=object)
+        if keys is not None:
+            for value in self.partitions:
+                used[keys == value] = value
+        return used
 
     def _predict_by_partition(self, x: Any, used: np.ndarray) -> np.ndarray:
         """Each row scored by the model `used` names, one call per model (rows are scored
