@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any, ClassVar
+from itertools import repeat
+from typing import Any, ClassVar, cast
 from urllib.parse import urlparse
 
 import redis
@@ -274,12 +275,20 @@ def _decode_group(
             else (OUTSIDE_MAX_AGE if ttl is not None and seconds + ttl < now else PRESENT)
             for seconds in written
         ]
+        unwritten = list(map(operator.is_, written, repeat(None)))
         for j, name in enumerate(view.features):
             raws = raw_columns[at + j]
             columns[name] = pick(list(map(_VALUES.__getitem__, raws)))
-            status[name] = pick(
-                [NOT_FOUND if raw is None else s for raw, s in zip(raws, key_status, strict=True)]
-            )
+            # Usually a feature is unset exactly on the keys the view has no row for.
+            if None in raws and list(map(operator.is_, raws, repeat(None))) != unwritten:
+                status[name] = pick(
+                    [
+                        NOT_FOUND if raw is None else s
+                        for raw, s in zip(raws, key_status, strict=True)
+                    ]
+                )
+            else:
+                status[name] = pick(key_status)
         at += len(view.features) + 1
 
 
@@ -299,10 +308,11 @@ class _Keys:
     requests) share it: 100 rows with the same entity read its hash once.
 
     Rows are matched on the encoded key, not the raw values (1, 1.0 and True are equal in
-    Python but are different String keys); encoded keys are memoized by value and type.
+    Python but are different String keys); each key's whole HMGET (RESP bytes) is memoized by
+    value and type, so a row seen before costs two dict lookups, done in C for a whole batch.
     """
 
-    # Encoded keys by (join keys, their types, project), then by the row's values and types.
+    # HMGET commands by (fields, join keys, their types, project), then by values and types.
     _encoded: ClassVar[dict[Any, dict[Any, bytes]]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
@@ -316,40 +326,46 @@ class _Keys:
         lacks a join key or holds a value no key accepts)."""
         out = []
         for group in plan.groups:
-            fields, head, tail = _command_parts(group)
+            fields = group.fields
             # The join keys and their types are in the memo's key: after a `feast apply` that
             # renames or retypes a key, a long-lived process encodes rows afresh.
             types = tuple(str(group.key_types.get(k)) for k in group.join_keys)
             encoded = self._encoded.setdefault((fields, group.join_keys, types, self.project), {})
             positions = self.position.setdefault(fields, {})
-            plain = _plain_class(group)
+            plain = _plain_classes(group)
             names = group.join_keys
             get = operator.itemgetter(*names) if names else lambda row: ()
-            where = []
-            for i, row in enumerate(rows):
-                try:
-                    values = get(row)
-                except KeyError:
-                    missing = [k for k in names if k not in row]
-                    raise InvalidEntityFrame(
-                        f"entity row {i} lacks join key(s) {missing}.",
-                        f"Each row needs {list(names)}.",
-                    ) from None
-                # A single key of its declared Python type is its own memo key; anything else is
-                # told apart by type too (1, 1.0 and True are equal but different String keys).
-                memo = values if values.__class__ is plain else (values, _types(values))
-                try:
-                    key = encoded.get(memo)
-                except TypeError:  # an unhashable value: refused by _encode
-                    key = None
-                if key is None:
-                    key = self._encode(group, i, values, memo, encoded)
-                pos = positions.get(key)
-                if pos is None:
-                    pos = positions[key] = len(self.commands)
-                    self.commands.append(b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail))
-                where.append(pos)
-            out.append(where)
+            try:
+                values = list(map(get, rows))
+            except KeyError:
+                i, row = next((i, r) for i, r in enumerate(rows) if any(k not in r for k in names))
+                missing = [k for k in names if k not in row]
+                raise InvalidEntityFrame(
+                    f"entity row {i} lacks join key(s) {missing}.",
+                    f"Each row needs {list(names)}.",
+                ) from None
+            # A single key of its declared Python type is its own memo key; anything else is
+            # told apart by type too (1, 1.0 and True are equal but different String keys).
+            # The common case (every row plain, every key seen before) runs in C: map, no loop.
+            if _all_plain(values, plain):
+                memos: list[Any] = values
+            else:
+                single = plain[0] if plain is not None and len(plain) == 1 else None
+                memos = [v if v.__class__ is single else (v, _types(v)) for v in values]
+            try:
+                commands: list[bytes | None] = list(map(encoded.get, memos))
+            except TypeError:  # an unhashable value somewhere: refused by _encode
+                commands = [_memo_get(encoded, m) for m in memos]
+            if None in commands:
+                for i, command in enumerate(commands):
+                    if command is None:
+                        commands[i] = self._encode(group, i, values[i], memos[i], encoded)
+            found = cast(list[bytes], commands)  # every row's HMGET now
+            for command in dict.fromkeys(found):  # each distinct key once, in order
+                if command not in positions:
+                    positions[command] = len(self.commands)
+                    self.commands.append(command)
+            out.append(list(map(positions.__getitem__, found)))
         return out
 
     def _encode(
@@ -369,24 +385,48 @@ class _Keys:
                 f"entity row {i}: {entity} is not a valid key ({exc}).",
                 f"Send {list(group.join_keys)} as the types the feature views declare.",
             ) from None
+        _, head, tail = _command_parts(group)
+        command = b"%s$%d\r\n%s\r\n%s" % (head, len(key), key, tail)
         with contextlib.suppress(TypeError), self._lock:  # unhashable: not memoized
             if len(encoded) >= 1 << 16:
                 encoded.clear()
-            encoded[memo] = key
-        return key
+            encoded[memo] = command
+        return command
+
+
+def _memo_get(encoded: dict[Any, bytes], memo: Any) -> bytes | None:
+    try:
+        return encoded.get(memo)
+    except TypeError:
+        return None
 
 
 def _types(values: Any) -> Any:
     return tuple(map(type, values)) if isinstance(values, tuple) else type(values)
 
 
-def _plain_class(group: KeyGroup) -> type | None:
-    """The Python class a single join key's values have once checked (str for a String key,
-    int for an integer key): such a value is its own memo key."""
-    if len(group.join_keys) != 1:
-        return None
-    dtype = group.key_types.get(group.join_keys[0])
-    return str if dtype == String else int if dtype in (Int64, Int32) else None
+def _plain_classes(group: KeyGroup) -> tuple[type, ...] | None:
+    """The Python class each join key's values have once checked (str for a String key, int
+    for an integer key), or None if a key has no such class: a row whose keys all have their
+    class is its own memo key."""
+    classes = []
+    for name in group.join_keys:
+        dtype = group.key_types.get(name)
+        plain = str if dtype == String else int if dtype in (Int64, Int32) else None
+        if plain is None:
+            return None
+        classes.append(plain)
+    return tuple(classes) or None
+
+
+def _all_plain(values: list[Any], classes: tuple[type, ...] | None) -> bool:
+    """Every row's keys of their plain class (checked per key column, in C)."""
+    if classes is None:
+        return False
+    if len(classes) == 1:
+        return set(map(type, values)) == {classes[0]}
+    columns = zip(*values, strict=True)
+    return all(set(map(type, c)) == {k} for c, k in zip(columns, classes, strict=True))
 
 
 _PARTS: dict[tuple[bytes, ...], tuple[tuple[bytes, ...], bytes, bytes]] = {}

@@ -370,15 +370,16 @@ class _Ready:
 
 def _score(served: ServedVersion, requests: list[_Ready]) -> list[Answers]:
     """Each request's answers from `served`, in one model call for all of them."""
-    inputs = [scoring.matrix(served, r.features) for r in requests if r.features is not None]
+    found = [r.features for r in requests if r.features is not None]
+    flagged = [scoring.flags(served, f) for f in found]
+    inputs = [scoring.matrix(served, f, g) for f, g in zip(found, flagged, strict=True)]
     x = inputs[0] if len(inputs) == 1 else np.vstack(inputs)
     partitions = [p for r in requests for p in scoring.partitions_of(served, r.rows)]
     predicted, used = served.model.predict_matrix(x, partitions)
     out, start = [], 0
-    for request in requests:
-        assert request.features is not None
-        end = start + request.features.rows
-        out.append(scoring.answers(served, predicted[start:end], used[start:end], request.features))
+    for features, flags in zip(found, flagged, strict=True):
+        end = start + features.rows
+        out.append(scoring.answers(served, predicted[start:end], used[start:end], flags))
         start = end
     return out
 

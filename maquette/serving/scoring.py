@@ -134,15 +134,58 @@ class Answers:
         ]
 
 
-def matrix(served: ServedVersion, features: OnlineFeatures) -> np.ndarray:
+@dataclass(frozen=True)
+class Flags:
+    """Per row, the model's features that were missing or stale, and the rows to give the model
+    as missing (`nulled`: (row indices, feature columns) per distinct pattern of statuses).
+
+    Rows are grouped by their pattern of statuses (usually one or two per request: every row
+    fresh, or every row stale after a feed stops), so the work per row is one tuple lookup.
+    """
+
+    missing: list[list[str]]
+    stale: list[list[str]]
+    nulled: list[tuple[list[int], list[int]]]
+
+
+def flags(served: ServedVersion, features: OnlineFeatures) -> Flags:
+    names = served.model.features
+    status = features.status
+    flagged = [
+        (j, name, column)
+        for j, name in enumerate(names)
+        if (column := status.get(name)) is not None
+        and (NOT_FOUND in column or OUTSIDE_MAX_AGE in column)
+    ]
+    if not flagged:
+        return Flags([NOTHING] * features.rows, [NOTHING] * features.rows, [])
+    missing: list[list[str]] = []
+    stale: list[list[str]] = []
+    # pattern of statuses -> (missing names, stale names, rows with it, feature columns to null)
+    seen: dict[tuple[str, ...], tuple[list[str], list[str], list[int], list[int]]] = {}
+    for i, pattern in enumerate(zip(*(column for _, _, column in flagged), strict=True)):
+        group = seen.get(pattern)
+        if group is None:
+            group = seen[pattern] = (
+                [n for (_, n, _), s in zip(flagged, pattern, strict=True) if s == NOT_FOUND]
+                or NOTHING,
+                [n for (_, n, _), s in zip(flagged, pattern, strict=True) if s == OUTSIDE_MAX_AGE]
+                or NOTHING,
+                [],
+                [j for (j, _, _), s in zip(flagged, pattern, strict=True) if s != PRESENT],
+            )
+        missing.append(group[0])
+        stale.append(group[1])
+        group[2].append(i)
+    return Flags(missing, stale, [(rows, cols) for _, _, rows, cols in seen.values() if cols])
+
+
+def matrix(served: ServedVersion, features: OnlineFeatures, flagged: Flags) -> np.ndarray:
     """The model's input rows: stale or missing values reach the model as missing, as in
     training (Feast's TTL nulls them in training frames)."""
-    model = served.model
-    x = model.matrix_of(features.columns, features.rows)
-    for j, name in enumerate(model.features):
-        status = features.status.get(name)
-        if status is not None and (OUTSIDE_MAX_AGE in status or NOT_FOUND in status):
-            x[[s != PRESENT for s in status], j] = np.nan
+    x = served.model.matrix_of(features.columns, features.rows)
+    for rows, cols in flagged.nulled:
+        x[np.ix_(rows, cols)] = np.nan
     return x
 
 
@@ -152,7 +195,7 @@ def partitions_of(served: ServedVersion, rows: list[dict[str, Any]]) -> list[str
 
 
 def answers(
-    served: ServedVersion, predicted: np.ndarray, used: list[str], features: OnlineFeatures
+    served: ServedVersion, predicted: np.ndarray, used: list[str], flagged: Flags
 ) -> Answers:
     """One request's answers from the model's output for its rows (`used`: the partition model
     each row ran)."""
@@ -166,24 +209,9 @@ def answers(
         predicted.astype(float).tolist(),
         used,
         decisions,
-        _flagged(model.features, features, NOT_FOUND),
-        _flagged(model.features, features, OUTSIDE_MAX_AGE),
+        flagged.missing,
+        flagged.stale,
     )
-
-
-def _flagged(names: list[str], features: OnlineFeatures, flag: str) -> list[list[str]]:
-    """Per row, the names whose status is `flag` (NOTHING for most rows)."""
-    out = [NOTHING] * features.rows
-    for name in names:
-        status = features.status.get(name)
-        if status is None or flag not in status:
-            continue
-        for i, s in enumerate(status):
-            if s == flag:
-                if out[i] is NOTHING:
-                    out[i] = []
-                out[i].append(name)
-    return out
 
 
 def prediction_ids(count: int) -> list[str]:
