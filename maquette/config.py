@@ -22,6 +22,7 @@ from maquette.data_settings import DatasetSettings, StreamSettings
 from maquette.errors import ConfigError
 from maquette.model_spec import AlertThresholds, ModelSpec, ReferenceKind, Section, as_utc
 from maquette.platform_settings import (
+    ConsoleSettings,
     OrchestrationSettings,
     PredictionLogSettings,
     RedisSettings,
@@ -215,6 +216,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="Model specs by name.")
 

@@ -188,6 +188,15 @@ class ScheduleSettings(Section):
     )
 
 
+class ConsoleSettings(Section):
+    """The web console (`maquette ui`): models, versions, aliases, platform status."""
+
+    host: str = Field("127.0.0.1", description="Interface the console binds to (loopback).")
+    port: int = Field(
+        4212, description="Port of the console (its own process, never the service's)."
+    )
+
+
 class OrchestrationSettings(Section):
     """`maquette up`: a local Prefect server, the deployments and the components kept running."""
 

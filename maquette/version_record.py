@@ -173,3 +173,8 @@ class VersionRecord(RecordPart):
     metrics: Metrics
     baseline: BaselineSummary
     artifacts: Artifacts | None = None  # set when registered: the record is built before
+
+    def headline(self) -> str:
+        """The headline test metrics, e.g. "rmse 29.561, r2 0.283"."""
+        test = self.metrics.test.model
+        return ", ".join(f"{k} {test[k]:.3f}" for k in ("rmse", "r2", "auc", "f1") if k in test)

@@ -36,6 +36,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("maquette.serving",),
     ("maquette.monitoring",),
     ("maquette.platform",),
+    # The web console reads the registry, the platform's status and the monitoring results.
+    ("maquette.console",),
     ("maquette.bench",),
     # `maquette init`: writes a project's files; only the CLI uses it.
     ("maquette.project",),

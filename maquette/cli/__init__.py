@@ -5,7 +5,7 @@ message, its remedy and an exit code. The commands live in one module per group:
 
 - `options`: what every command shares (consoles, `--project`, ISO dates, progress bars).
 - `project`: `init`, `url`.
-- `platform`: `demo`, `up`, `status`, `down`, `redis start|status|stop`.
+- `platform`: `demo`, `up`, `status`, `down`, `ui`, `redis start|status|stop`.
 - `data`: `data load`, `features apply|materialize|list|get`.
 - `models`: `train`, `models list|show|compare|promote|report`, `serve`, `build`,
   `predict-batch`.

@@ -1,4 +1,4 @@
-"""`maquette demo`, `up`, `status`, `down` and `redis ...`: the running platform."""
+"""`maquette demo`, `up`, `status`, `down`, `ui` and `redis ...`: the running platform."""
 
 from __future__ import annotations
 
@@ -109,6 +109,20 @@ def platform_down(component: ComponentOpt = None, project: ProjectOpt = None) ->
     with console.status("stopping") as progress:
         statuses = platform.down(project_settings(project), component, announce=progress.update)
     console.print(platform_table(statuses))
+
+
+@commands.command("ui")
+def console_ui(project: ProjectOpt = None) -> None:
+    """The web console: models, versions and their records, aliases (move one), platform status,
+    alerts. Serves on console.host:console.port (loopback) until Ctrl-C.
+
+    Example: maquette ui   (then open http://127.0.0.1:4212)
+    """
+    from maquette.console import serve
+
+    settings = project_settings(project)
+    console.print(f"Maquette console on http://{settings.console.host}:{settings.console.port}")
+    serve(settings)
 
 
 @redis_app.command("start")

@@ -29,8 +29,7 @@ def _versus_baseline(record: VersionRecord) -> str:
 
 def headline_metrics(record: VersionRecord) -> str:
     """The headline test metrics of a record, e.g. "rmse 41.210, r2 0.104"."""
-    test = record.metrics.test.model
-    return ", ".join(f"{k} {test[k]:.3f}" for k in ("rmse", "r2", "auc", "f1") if k in test)
+    return record.headline()
 
 
 def _version_fields(settings: Settings, version: ModelVersion) -> dict[str, Any]:

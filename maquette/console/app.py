@@ -1,0 +1,228 @@
+"""The console's web app: server-rendered pages (Starlette + Jinja2), one process of its own.
+
+Reading needs no JavaScript and no login (it binds to loopback, like the rest of the platform);
+changing anything (moving an alias) is a POST that asks for the platform's credentials (HTTP
+Basic, the Prefect server's auth string: `maquette secrets show` prints where it is), carries a
+form token only a page of this console holds, and goes through a confirmation page first.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from pathlib import Path
+from typing import Any
+
+import plotly
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from maquette.config import Settings
+from maquette.console import charts
+from maquette.console.views import Console, NotFound, versus_baseline
+from maquette.platform.flows import prefect_auth
+
+TEMPLATES = Path(__file__).parent / "templates"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+REALM = 'Basic realm="Maquette console", charset="UTF-8"'
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The console of one project."""
+    console = Console(settings)
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+    env = templates.env
+    env.globals["project"] = settings.project_dir.resolve().name
+
+    def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        return templates.TemplateResponse(request, name, context, status_code=status)
+
+    async def home(request: Request) -> Response:
+        return page(
+            request,
+            "home.html",
+            components=console.components(),
+            schedules=console.schedules(),
+            alerts=console.alerts(limit=5),
+            links=console.links(),
+        )
+
+    async def models(request: Request) -> Response:
+        return page(request, "models.html", models=console.models())
+
+    async def model(request: Request) -> Response:
+        name = request.path_params["name"]
+        summary = console.model(name)
+        return page(
+            request,
+            "model.html",
+            model=summary,
+            history=console.alias_history(name),
+            token=_form_token(settings, name),
+            moved=request.query_params.get("moved"),
+        )
+
+    async def version(request: Request) -> Response:
+        name, number = request.path_params["name"], request.path_params["version"]
+        found = console.version(name, number)
+        record = found.record
+        return page(
+            request,
+            "version.html",
+            version=found,
+            record=record,
+            aliases=[a for a, v in console.model(name).aliases.items() if v == number],
+            versus=versus_baseline(record),
+            trials_chart=charts.search_trials(record),
+            importance_chart=charts.importance({found.tag: record}),
+            dependence_charts=[
+                charts.partial_dependence(record, f) for f in record.partial_dependence
+            ],
+        )
+
+    async def version_file(request: Request) -> Response:
+        name, number = request.path_params["name"], request.path_params["version"]
+        found = console.version(name, number)
+        artifacts = found.record.artifacts
+        files = {
+            "report": artifacts.report if artifacts else "report.html",
+            "evidently": artifacts.evidently if artifacts else "evidently.html",
+        }
+        kind = request.path_params["kind"]
+        if kind not in files:
+            raise NotFound(
+                f"{found.tag} has no {kind}.html.",
+                [(f"{k}.html", f"/models/{name}/{number}/{k}.html") for k in files],
+            )
+        path = found.path / files[kind]
+        if not path.is_file():
+            raise HTTPException(404, f"{found.tag} has no {path.name}.")
+        return FileResponse(path, media_type="text/html")
+
+    async def move_alias(request: Request) -> Response:
+        name = request.path_params["name"]
+        summary = console.model(name)
+        _require_credentials(request, settings)
+        form = await request.form()
+        version, alias = str(form.get("version", "")), str(form.get("alias", "")).strip()
+        if not hmac.compare_digest(str(form.get("token", "")), _form_token(settings, name)):
+            return page(
+                request,
+                "refused.html",
+                403,
+                model=summary,
+                reason="The form did not come from this console (its token is missing or "
+                "wrong): open the model's page and submit the form there.",
+            )
+        if form.get("confirm") != "yes":
+            if version not in {v.version for v in summary.versions} or not alias:
+                known = ", ".join(v.version for v in summary.versions)
+                return page(
+                    request,
+                    "refused.html",
+                    422,
+                    model=summary,
+                    reason=f"{name} has no version {version!r} (versions: {known}), or no "
+                    "alias was given.",
+                )
+            return page(
+                request,
+                "confirm.html",
+                model=summary,
+                version=version,
+                alias=alias,
+                current=summary.aliases.get(alias),
+                token=_form_token(settings, name),
+            )
+        try:
+            move = console.promote(name, version, alias)
+        except ValueError as exc:
+            return page(request, "refused.html", 422, model=summary, reason=str(exc))
+        moved = f"{alias}:{move['previous'] or '-'}:{move['version']}"
+        return RedirectResponse(f"/models/{name}?moved={moved}", status_code=303)
+
+    async def plotly_js(request: Request) -> Response:
+        return FileResponse(
+            PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"}
+        )
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, NotFound):
+            return page(request, "not_found.html", 404, message=exc.message, known=exc.known)
+        detail = exc.detail if isinstance(exc, HTTPException) else "Not found."
+        known = [("Home", "/"), ("Models", "/models")]
+        return page(request, "not_found.html", 404, message=detail, known=known)
+
+    async def unauthorized(request: Request, exc: Exception) -> Response:
+        return Response(
+            "Moving an alias needs the platform's credentials (the Prefect server's auth "
+            "string, user:password).\n",
+            status_code=401,
+            headers={"WWW-Authenticate": REALM},
+        )
+
+    routes = [
+        Route("/", home),
+        Route("/models", models),
+        Route("/models/{name}", model),
+        Route("/models/{name}/aliases", move_alias, methods=["POST"]),
+        Route("/models/{name}/{version}", version),
+        Route("/models/{name}/{version}/{kind:str}.html", version_file),
+        Route("/static/plotly.min.js", plotly_js),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={NotFound: not_found, 404: not_found, _Unauthorized: unauthorized},
+    )
+    app.add_middleware(ServerTiming)
+    return app
+
+
+class ServerTiming:
+    """Adds `Server-Timing: app;dur=<ms>` to every answer: the time from the request to the
+    answer's headers (data gathered and page rendered), as browsers' devtools show it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+
+        async def timed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                took = f"app;dur={1000 * (time.perf_counter() - began):.1f}"
+                message.setdefault("headers", []).append((b"server-timing", took.encode()))
+            await send(message)
+
+        await self.app(scope, receive, timed)
+
+
+class _Unauthorized(Exception):
+    """A change asked without the platform's credentials."""
+
+
+def _require_credentials(request: Request, settings: Settings) -> None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    try:
+        given = base64.b64decode(value, validate=True).decode() if scheme.lower() == "basic" else ""
+    except (ValueError, UnicodeDecodeError):
+        given = ""
+    if not given or not hmac.compare_digest(given, prefect_auth(settings)):
+        raise _Unauthorized
+
+
+def _form_token(settings: Settings, name: str) -> str:
+    """A token only this console's pages carry: a cross-site form cannot forge it, even when the
+    browser sends the credentials it remembers."""
+    key = prefect_auth(settings).encode()
+    return hmac.new(key, f"move-alias:{name}".encode(), hashlib.sha256).hexdigest()

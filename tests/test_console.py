@@ -1,0 +1,172 @@
+"""The console's pages and its one action, against a real project: trained and promoted models.
+
+Every page answers from the registry and the platform's state; an unknown model or version
+gets a 404 page that lists what exists; moving an alias asks for the platform's credentials,
+a token of the console's own form and a confirmation, and is recorded as the CLI records it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from maquette import registry
+from maquette.config import Settings
+from maquette.console.app import create_app
+from maquette.platform.flows import prefect_auth
+from tests.conftest import free_port
+
+ALIAS = "console-check"  # moved by these tests; @production is left alone
+
+
+@pytest.fixture(scope="module")
+def client(production: dict[str, str], loaded_project: Settings) -> Iterator[httpx.Client]:
+    """The console served by uvicorn on a loopback port, and an HTTP client of it."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(loaded_project), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the console did not start"
+        time.sleep(0.05)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client
+    server.should_exit = True
+    thread.join(10)
+
+
+def _credentials(settings: Settings) -> dict[str, str]:
+    token = base64.b64encode(prefect_auth(settings).encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _form_token(page: str) -> str:
+    found = re.search(r'name="token" value="([0-9a-f]+)"', page)
+    assert found, "the model page carries the form's token"
+    return found.group(1)
+
+
+def test_every_page_answers_from_the_registry(
+    client: httpx.Client, production: dict[str, str], loaded_project: Settings
+) -> None:
+    home = client.get("/")
+    assert home.status_code == 200
+    for component in loaded_project.orchestration.components:
+        assert f"<td>{component}</td>" in home.text
+    assert "Server-Timing".lower() in home.headers
+
+    models = client.get("/models")
+    assert models.status_code == 200
+    for tag in production.values():
+        name, version = tag.split(":")
+        assert f'href="/models/{name}"' in models.text
+        assert f'@production → <a href="/models/{name}/{version}">{version}</a>' in models.text
+
+    for tag in production.values():
+        name, version = tag.split(":")
+        record = registry.resolve(loaded_project, tag).record
+        model = client.get(f"/models/{name}")
+        assert model.status_code == 200
+        assert record.headline() in model.text
+        assert record.data["train"].sha256[:10] in model.text
+
+        page = client.get(f"/models/{name}/{version}")
+        assert page.status_code == 200
+        # One table row per search trial, the chosen one starred; the charts' figures inline.
+        assert page.text.count('<td class="num">') >= len(record.search.trials)
+        assert f"{record.search.best_trial} ★" in page.text
+        assert "data-figure='" in page.text and "/static/plotly.min.js" in page.text
+        for feature in record.feature_names:
+            assert f"<td>{feature}</td>" in page.text
+        report = client.get(f"/models/{name}/{version}/report.html")
+        assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+
+    script = client.get("/static/plotly.min.js")
+    assert script.status_code == 200 and "plotly" in script.text[:2000].lower()
+
+
+def test_an_unknown_model_or_version_gets_a_404_that_lists_what_exists(
+    client: httpx.Client, production: dict[str, str]
+) -> None:
+    missing = client.get("/models/no_such_model")
+    assert missing.status_code == 404
+    assert "No model named &#39;no_such_model&#39;" in missing.text
+    for name in production:
+        assert f'href="/models/{name}"' in missing.text
+
+    name, version = production["flight_delay"].split(":")
+    missing = client.get(f"/models/{name}/v999")
+    assert missing.status_code == 404
+    assert f'href="/models/{name}/{version}"' in missing.text
+
+    assert client.get(f"/models/{name}/{version}/secrets.html").status_code == 404
+    assert client.get("/no/such/page").status_code == 404
+
+
+def _post(client: httpx.Client, name: str, data: dict[str, Any], **kw: Any) -> Any:
+    return client.post(f"/models/{name}/aliases", data=data, follow_redirects=False, **kw)
+
+
+def test_moving_an_alias_needs_credentials_the_form_token_and_a_confirmation(
+    client: httpx.Client, production: dict[str, str], loaded_project: Settings
+) -> None:
+    name, version = production["late_arrival"].split(":")
+    before = registry.aliases(loaded_project, name).get(ALIAS)
+    token = _form_token(client.get(f"/models/{name}").text)
+    move = {"version": version, "alias": ALIAS, "token": token}
+
+    # No credentials: 401 with a login challenge; nothing moves.
+    refused = _post(client, name, {**move, "confirm": "yes"})
+    assert refused.status_code == 401 and "Basic" in refused.headers["www-authenticate"]
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:guess").decode()}
+    assert _post(client, name, {**move, "confirm": "yes"}, headers=wrong).status_code == 401
+    # Credentials but a form from elsewhere (no token of this console): 403.
+    forged = {**move, "token": "0" * 64, "confirm": "yes"}
+    assert _post(client, name, forged, headers=_credentials(loaded_project)).status_code == 403
+    assert registry.aliases(loaded_project, name).get(ALIAS) == before
+
+    # First the confirmation page, which changes nothing.
+    review = _post(client, name, move, headers=_credentials(loaded_project))
+    assert review.status_code == 200
+    assert f"Move {name}@{ALIAS}?" in review.text and 'name="confirm" value="yes"' in review.text
+    assert registry.aliases(loaded_project, name).get(ALIAS) == before
+
+    moved = _post(client, name, {**move, "confirm": "yes"}, headers=_credentials(loaded_project))
+    assert moved.status_code == 303
+    assert registry.aliases(loaded_project, name)[ALIAS] == version
+    last = registry.alias_history(loaded_project, name)[-1]
+    # Recorded exactly as `maquette models promote` records a move.
+    assert set(last) == {"name", "alias", "version", "previous", "by", "at"}
+    assert (last["alias"], last["version"], last["previous"]) == (ALIAS, version, before)
+    page = client.get(moved.headers["location"])
+    assert f"@{ALIAS} now points to {version}" in page.text
+
+
+def test_moving_an_alias_to_a_version_that_does_not_exist_is_refused_with_the_reason(
+    client: httpx.Client, production: dict[str, str], loaded_project: Settings
+) -> None:
+    name, version = production["flight_delay"].split(":")
+    token = _form_token(client.get(f"/models/{name}").text)
+    history = registry.alias_history(loaded_project, name)
+    for confirm in ("", "yes"):
+        refused = _post(
+            client,
+            name,
+            {"version": "v999", "alias": ALIAS, "token": token, "confirm": confirm},
+            headers=_credentials(loaded_project),
+        )
+        assert refused.status_code == 422
+        assert "v999" in refused.text and version in refused.text
+    assert registry.alias_history(loaded_project, name) == history
