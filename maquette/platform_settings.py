@@ -173,7 +173,7 @@ class PredictionLogSettings(Section):
     )
 
 
-Component = Literal["redis", "prefect", "deployments", "service", "stream"]
+Component = Literal["redis", "prefect", "deployments", "service", "stream", "console"]
 
 
 class ScheduleSettings(Section):

@@ -85,6 +85,8 @@ def make_project(folder: Path, redis_url: str | None, **overrides: object) -> Pa
         spec["row_filter"] = "hash(flight_id) % 4 = 0"
         spec["params"] = {"n_estimators": 80}
         spec["search"]["trials"] = 2
+    # A console port of its own: a test's platform never meets another's, or the user's.
+    config["console"] = {"port": free_port()}
     for section, values in overrides.items():
         config.setdefault(section, {}).update(values)  # type: ignore[arg-type]
     (folder / "maquette.yaml").write_text(yaml.safe_dump(config))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -39,7 +40,7 @@ SCHEDULES = {
     "batch_predict": "0 4 1 1 *",
     "train": "0 5 1 1 *",
 }
-COMPONENTS = ["redis", "prefect", "deployments", "stream"]
+COMPONENTS = ["redis", "prefect", "deployments", "stream", "console"]
 
 
 def _pid(settings: Settings, name: str) -> int:
@@ -203,6 +204,13 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     for name in ("deployments", "stream"):
         assert _environ(_pid(settings, name)).get("PYTHONOPTIMIZE") == "1", name
     assert "PYTHONOPTIMIZE" not in _environ(_pid(settings, "prefect"))
+
+    # The console is one of the components: its pages answer from the project's own state.
+    console = f"http://{settings.console.host}:{settings.console.port}"
+    home = httpx.get(console, timeout=30)
+    assert home.status_code == 200 and "<td>deployments</td>" in home.text
+    assert "drain/prediction-log" in home.text  # the schedules, read from Prefect
+    assert "PYTHONOPTIMIZE" in _environ(_pid(settings, "console"))
 
     # A second `up` leaves the running components alone.
     pids = {n: _pid(settings, n) for n in COMPONENTS}

@@ -32,7 +32,8 @@ def init(
     p = result.ports
     console.print(f"created {escape(str(result.folder))} ({len(result.files)} files and folders)")
     console.print(
-        f"ports: redis {p.redis}, service {p.serving}, prefect {p.prefect}, runner {p.runner}"
+        f"ports: redis {p.redis}, service {p.serving}, prefect {p.prefect}, runner {p.runner}, "
+        f"console {p.console}"
     )
     console.print(f"you write: {result.user_lines} lines of YAML, SQL and Python (comments aside)")
     first = "" if example else "put your tables in data/ and edit maquette.yaml, then "
@@ -43,14 +44,15 @@ def init(
 @commands.command("url")
 def url(
     component: Annotated[
-        Literal["service", "prefect", "redis"], typer.Argument(help="Which component.")
+        Literal["service", "prefect", "redis", "console"], typer.Argument(help="Which component.")
     ] = "service",
     project: ProjectOpt = None,
     reveal: Annotated[
         bool, typer.Option("--reveal", help="Print Redis's password too (for redis-cli -u).")
     ] = False,
 ) -> None:
-    """Print the URL of this project's service, Prefect server or Redis (ports differ per project).
+    """Print the URL of this project's service, Prefect server, Redis or console (ports differ per
+    project).
 
     The Redis password is shown as *** unless --reveal: `redis-cli -u "$(maquette url redis
     --reveal)"`.
@@ -65,6 +67,7 @@ def url(
         "service": f"http://{settings.serving.host}:{settings.serving.port}",
         "prefect": settings.orchestration.prefect_url,
         "redis": redis_server.redis_url(settings),
+        "console": f"http://{settings.console.host}:{settings.console.port}",
     }
     shown = urls[component] if reveal else redact(urls[component])
     print(shown)  # plain: meant for $(...)

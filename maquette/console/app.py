@@ -147,6 +147,9 @@ def create_app(settings: Settings) -> Starlette:
         moved = f"{alias}:{move['previous'] or '-'}:{move['version']}"
         return RedirectResponse(f"/models/{name}?moved={moved}", status_code=303)
 
+    async def healthz(request: Request) -> Response:
+        return Response("ok\n", media_type="text/plain")
+
     async def plotly_js(request: Request) -> Response:
         return FileResponse(
             PLOTLY_JS, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"}
@@ -175,6 +178,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/models/{name}/{version}", version),
         Route("/models/{name}/{version}/{kind:str}.html", version_file),
         Route("/static/plotly.min.js", plotly_js),
+        Route("/healthz", healthz),
     ]
     app = Starlette(
         routes=routes,

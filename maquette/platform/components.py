@@ -92,6 +92,7 @@ def _address(settings: Settings, name: str) -> str | None:
         "prefect": o.prefect_url,
         "deployments": f"http://{o.host}:{o.runner_port}",
         "service": f"http://{settings.serving.host}:{settings.serving.port}",
+        "console": f"http://{settings.console.host}:{settings.console.port}",
     }.get(name)
 
 
@@ -123,6 +124,8 @@ def _health(settings: Settings, name: str, age_s: float) -> str:
         return "running" if _answers(f"{url}/api/health") else "starting"
     if name == "deployments":
         return "running" if _answers(f"{url}/health") else "starting"
+    if name == "console":
+        return "running" if _answers(f"{url}/healthz") else "starting"
     if name == "service":
         if _answers(f"{url}/readyz"):
             return "running"
@@ -145,6 +148,8 @@ def _detail(settings: Settings, name: str, state: str) -> str:
         return "Swagger UI at /, POST /predict"
     if name == "stream":
         return "maquette stream run"
+    if name == "console":
+        return "models, versions, aliases, platform status (maquette ui)"
     return ""
 
 

@@ -348,11 +348,13 @@ def _prepare_features(
         report.tables = load_dataset(settings, announce)
     with _stage(report, "feast apply", announce):
         report.registered = layer.apply()
-    with _stage(report, "start deployments, stream processor and service", announce):
+    with _stage(report, "start deployments, stream processor, service and console", announce):
         # The service starts now, beside the others (its start, bentoml's processes importing
         # BentoML and Feast, overlaps theirs), and loads the models once they are promoted,
         # on its own: after training it only has to be found ready.
-        report.platform = platform.up(settings, ["deployments", "stream", "service"], announce)
+        started = ("deployments", "stream", "service", "console")
+        wanted: list[str] = [c for c in started if c in settings.orchestration.components]
+        report.platform = platform.up(settings, wanted, announce)
     with _stage(report, "materialize to Redis", announce):
         # Up to where the replay starts: the replay moves the online store along its clock.
         report.materialized = layer.materialize(

@@ -35,7 +35,7 @@ from maquette.serving.server import bentoml_home, optimized_python, service_comm
 
 # Environment variable carrying component_mark(): inherited by every child of a component.
 MARK = "MAQUETTE_COMPONENT"
-COMPONENTS = ("redis", "prefect", "deployments", "service", "stream")
+COMPONENTS = ("redis", "prefect", "deployments", "service", "stream", "console")
 # What each component needs answering before it starts (when the platform runs it).
 NEEDS = {"deployments": ("prefect",), "service": ("redis",), "stream": ("redis",)}
 # Starts counted for crash loops: more than `orchestration.start_retries` restarts in this
@@ -114,6 +114,9 @@ def component_command(settings: Settings, name: str) -> tuple[list[str], dict[st
     if name == "stream":
         stream = [*python, "-m", "maquette", "stream", "run", "--project", project]
         return stream, env | optimized_python(settings)
+    if name == "console":
+        console = [*python, "-m", "maquette", "ui", "--project", project]
+        return console, env | optimized_python(settings)
     raise ValueError(f"unknown component {name!r}")
 
 

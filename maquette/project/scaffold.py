@@ -23,7 +23,7 @@ from maquette.errors import ConfigError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Ports are drawn from this range (below Linux's ephemeral ports, 32768 and up), four in a row.
-_PORT_LOW, _PORT_SLOTS = 20_000, 3_000
+_PORT_LOW, _PORT_SLOTS, _PER_PROJECT = 20_000, 3_000, 5
 # What a user writes (or replaces) for their project; feature_store.yaml mirrors maquette.yaml.
 _USER_FILES = ("maquette.yaml", "feature_repo/*.py", "features_sql/*.sql")
 # The faults `maquette bench alerts` injects into a replay of the example's June.
@@ -32,12 +32,14 @@ EXAMPLE_ONLY = "alert_faults.yaml"
 
 @dataclass(frozen=True)
 class ProjectPorts:
-    """The loopback ports of one project's embedded Redis, service, Prefect server and runner."""
+    """The loopback ports of one project's embedded Redis, service, Prefect server, runner and
+    console."""
 
     redis: int
     serving: int
     prefect: int
     runner: int
+    console: int
 
 
 @dataclass
@@ -106,36 +108,46 @@ def init_project(
 
 
 def project_ports(folder: Path) -> ProjectPorts:
-    """Four consecutive free loopback ports derived from the folder's path.
+    """Five consecutive free loopback ports derived from the folder's path.
 
     The same path asks for the same ports first, so re-running init is stable; another path
     gets others. A taken port moves the whole group on to the next slot.
     """
     digest = int(hashlib.sha256(str(folder.resolve()).encode()).hexdigest(), 16)
     for attempt in range(_PORT_SLOTS):
-        base = _PORT_LOW + 4 * ((digest + attempt) % _PORT_SLOTS)
-        candidates = list(range(base, base + 4))
+        base = _PORT_LOW + _PER_PROJECT * ((digest + attempt) % _PORT_SLOTS)
+        candidates = list(range(base, base + _PER_PROJECT))
         if all(_is_free(port) for port in candidates):
             return ProjectPorts(*candidates)
     raise ConfigError(
-        f"no four free ports in a row between {_PORT_LOW} and {_PORT_LOW + 4 * _PORT_SLOTS}.",
-        "Free some ports, or set redis.port, serving.port and orchestration.*_port by hand.",
+        f"no {_PER_PROJECT} free ports in a row between {_PORT_LOW} and "
+        f"{_PORT_LOW + _PER_PROJECT * _PORT_SLOTS}.",
+        "Free some ports, or set redis.port, serving.port, orchestration.*_port and "
+        "console.port by hand.",
     )
 
 
 def _ports_in_settings(folder: Path) -> ProjectPorts | None:
-    """The four ports an existing maquette.yaml in `folder` names, if it names them all."""
+    """The ports an existing maquette.yaml in `folder` names, if it names the first four (one
+    written before the console had a port gets the first free one after the runner's)."""
     try:
         found = yaml.safe_load((folder / "maquette.yaml").read_text()) or {}
         orchestration = found["orchestration"]
+        runner = int(orchestration["runner_port"])
+        console = (found.get("console") or {}).get("port")
         return ProjectPorts(
             int(found["redis"]["port"]),
             int(found["serving"]["port"]),
             int(orchestration["prefect_port"]),
-            int(orchestration["runner_port"]),
+            runner,
+            int(console) if console is not None else _first_free(runner + 1),
         )
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
+
+
+def _first_free(port: int) -> int:
+    return next((p for p in range(port, port + 200) if _is_free(p)), port)
 
 
 def user_lines(folder: Path) -> int:
@@ -179,6 +191,7 @@ def _values(folder: Path, ports: ProjectPorts, example: bool) -> dict[str, str]:
         "serving_port": str(ports.serving),
         "prefect_port": str(ports.prefect),
         "runner_port": str(ports.runner),
+        "console_port": str(ports.console),
         "models": models.rstrip("\n"),
     }
 

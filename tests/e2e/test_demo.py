@@ -110,7 +110,7 @@ def test_quick_demo_runs_the_whole_lifecycle_from_a_fresh_project(quick_demo: De
         "start Redis and Prefect",
         "load offline store",
         "feast apply",
-        "start deployments, stream processor and service",
+        "start deployments, stream processor, service and console",
         "materialize to Redis",
         "train flight_delay",
         "train late_arrival",
