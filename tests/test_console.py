@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -170,3 +173,34 @@ def test_moving_an_alias_to_a_version_that_does_not_exist_is_refused_with_the_re
         assert refused.status_code == 422
         assert "v999" in refused.text and version in refused.text
     assert registry.alias_history(loaded_project, name) == history
+
+
+def test_feast_ui_starts_in_the_feature_repo_after_the_install(
+    loaded_project: Settings, tmp_path: Path
+) -> None:
+    """`feast ui` needs Feast's grpcio extra, which the install includes; it serves the
+    project's registry (the console's home page links to it)."""
+    port = free_port()
+    feast = Path(sys.executable).with_name("feast")
+    log = (tmp_path / "feast-ui.log").open("w")
+    ui = subprocess.Popen(
+        [str(feast), "ui", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=loaded_project.path(loaded_project.paths.feature_repo),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert ui.poll() is None, (tmp_path / "feast-ui.log").read_text()[-2000:]
+            try:
+                listed = httpx.get(f"http://127.0.0.1:{port}/projects-list.json", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "feast ui did not answer"
+                time.sleep(0.5)
+        assert listed.status_code == 200
+        assert [p["id"] for p in listed.json()["projects"]] == [loaded_project.feast.project]
+    finally:
+        ui.terminate()
+        ui.wait(30)

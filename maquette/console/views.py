@@ -58,8 +58,9 @@ class Links:
 
     prefect: str
     swagger: str
-    evidently: str
-    feast: str
+    evidently: str  # the command that starts it
+    feast: str  # the command that starts it
+    feast_url: str  # where `feast ui` serves by default
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Console:
             swagger=f"http://{s.serving.host}:{s.serving.port}/docs",
             evidently=f"evidently ui --workspace {workspace}",
             feast=f"cd {s.path(s.paths.feature_repo)} && feast ui",
+            feast_url="http://127.0.0.1:8888",
         )
 
     def components(self) -> list[components.ComponentStatus]:
