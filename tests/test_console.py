@@ -24,6 +24,7 @@ import uvicorn
 from maquette import registry
 from maquette.config import Settings
 from maquette.console.app import create_app
+from maquette.console.compare import compare
 from maquette.platform.flows import prefect_auth
 from tests.conftest import free_port
 
@@ -204,3 +205,33 @@ def test_feast_ui_starts_in_the_feature_repo_after_the_install(
     finally:
         ui.terminate()
         ui.wait(30)
+
+
+def test_compare_puts_two_versions_side_by_side_and_marks_the_better_one(
+    client: httpx.Client, production: dict[str, str], loaded_project: Settings
+) -> None:
+    tag = production["flight_delay"]
+    page = client.get("/compare", params={"a": tag, "b": production["late_arrival"]})
+    assert page.status_code == 200
+    assert "Test metrics won: A 0, B 0." in page.text  # no metric the two tasks share
+    missing = client.get("/compare", params={"a": tag, "b": tag.split(":")[0] + ":v999"})
+    assert missing.status_code == 404 and f'href="/models/{tag.replace(":", "/")}"' in missing.text
+    assert client.get("/compare", params={"a": "nonsense"}).status_code == 404
+
+    # A better B (lower RMSE, one parameter changed, one partition worse): each row says so.
+    a = registry.resolve(loaded_project, tag)
+    record = a.record.model_copy(deep=True)
+    record.metrics.test.model["rmse"] = a.record.metrics.test.model["rmse"] - 1.0
+    record.params["num_leaves"] = -1
+    partitions = record.metrics.test.partitions or {}
+    first = sorted(partitions)[0]
+    partitions[first].model["rmse"] += 5.0
+    b = registry.ModelVersion(a.name, "v-better", a.path, a.created)
+    b.__dict__["record"] = record  # what the registry would read from its record.json
+    found = compare(a, b)
+    rmse = next(m for m in found.metrics if (m.split, m.metric) == ("test", "rmse"))
+    assert rmse.winner == "b" and rmse.difference == pytest.approx(-1.0)
+    assert found.params[0].name == "num_leaves" and found.params[0].differs
+    assert not any(p.differs for p in found.params[1:])
+    assert next(p for p in found.partitions if p.partition == first).winner == "a"
+    assert found.wins == {"a": 0, "b": 1}

@@ -8,10 +8,13 @@ form token only a page of this console holds, and goes through a confirmation pa
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from maquette.config import Settings
 from maquette.console import charts
+from maquette.console.compare import compare
 from maquette.console.views import Console, NotFound, versus_baseline
 from maquette.platform.flows import prefect_auth
 
@@ -78,12 +82,24 @@ def create_app(settings: Settings) -> Starlette:
             version=found,
             record=record,
             aliases=[a for a, v in console.model(name).aliases.items() if v == number],
+            others=[v for v in console.model(name).versions if v.version != number],
             versus=versus_baseline(record),
             trials_chart=charts.search_trials(record),
             importance_chart=charts.importance({found.tag: record}),
             dependence_charts=[
                 charts.partial_dependence(record, f) for f in record.partial_dependence
             ],
+        )
+
+    async def compare_versions(request: Request) -> Response:
+        a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
+        found = compare(console.tagged(a), console.tagged(b))
+        records = {found.a.tag: found.a.record, found.b.tag: found.b.record}
+        return page(
+            request,
+            "compare.html",
+            c=found,
+            importance_chart=charts.importance(records),
         )
 
     async def version_file(request: Request) -> Response:
@@ -174,13 +190,23 @@ def create_app(settings: Settings) -> Starlette:
         Route("/", home),
         Route("/models", models),
         Route("/models/{name}", model),
+        Route("/compare", compare_versions),
         Route("/models/{name}/aliases", move_alias, methods=["POST"]),
         Route("/models/{name}/{version}", version),
         Route("/models/{name}/{version}/{kind:str}.html", version_file),
         Route("/static/plotly.min.js", plotly_js),
         Route("/healthz", healthz),
     ]
+
+    @contextlib.asynccontextmanager
+    async def warmed(app: Starlette) -> AsyncIterator[None]:
+        # The model store (BentoML) and the metrics (scikit-learn) load on first use: load them
+        # now, so the first person to open a page does not wait for the imports.
+        await asyncio.to_thread(console.models)
+        yield
+
     app = Starlette(
+        lifespan=warmed,
         routes=routes,
         exception_handlers={NotFound: not_found, 404: not_found, _Unauthorized: unauthorized},
     )

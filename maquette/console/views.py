@@ -152,6 +152,15 @@ class Console:
         known = [(v.tag, f"/models/{name}/{v.version}") for v in summary.versions]
         raise NotFound(f"Model {name!r} has no version {version!r}.", known)
 
+    def tagged(self, tag: str) -> ModelVersion:
+        """NAME:VERSION as a version, or NotFound listing what exists."""
+        name, _, number = tag.partition(":")
+        if not number:
+            versions = [v for m in self.models() for v in m.versions]
+            known = [(v.tag, f"/models/{v.name}/{v.version}") for v in versions]
+            raise NotFound(f"{tag!r} is not NAME:VERSION.", known)
+        return self.version(name, number)
+
     def alias_history(self, name: str) -> list[dict[str, Any]]:
         return list(reversed(registry.alias_history(self.settings, name)))
 
