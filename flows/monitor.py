@@ -35,7 +35,7 @@ def monitor(
     if run.webhook_error:
         logger.warning("%s", run.webhook_error)
     for name, outcome in run.retrained.items():
-        logger.info("%s: %s", name, outcome)
+        logger.info("%s: %s", name, outcome.summary)
     logger.info("monitoring index: %s", run.index)
     return run
 

@@ -8,6 +8,7 @@ a token of the console's own form and a confirmation, and is recorded as the CLI
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import subprocess
 import sys
@@ -31,24 +32,33 @@ from tests.conftest import free_port
 ALIAS = "console-check"  # moved by these tests; @production is left alone
 
 
-@pytest.fixture(scope="module")
-def client(production: dict[str, str], loaded_project: Settings) -> Iterator[httpx.Client]:
-    """The console served by uvicorn on a loopback port, and an HTTP client of it."""
+@contextlib.contextmanager
+def console_client(settings: Settings) -> Iterator[httpx.Client]:
+    """The project's console served by uvicorn on a loopback port, and an HTTP client of it."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(loaded_project), host="127.0.0.1", port=port, log_level="warning"
-    )
+    app = create_app(settings)
+    # log_config=None: uvicorn leaves the logging set-up alone (its dictConfig would bind
+    # handlers to the stderr pytest captures for this test, closed once the test ends).
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not server.started:
-        assert time.monotonic() < deadline, "the console did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "the console did not start"
         time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def client(production: dict[str, str], loaded_project: Settings) -> Iterator[httpx.Client]:
+    with console_client(loaded_project) as client:
         yield client
-    server.should_exit = True
-    thread.join(10)
 
 
 def _credentials(settings: Settings) -> dict[str, str]:

@@ -44,6 +44,7 @@ from maquette.stream.history import events_sql
 from maquette.stream.processor import StreamProcessor
 from maquette.training.metrics import binary_metrics, regression_metrics
 from tests.conftest import copy_feature_tables, free_port, make_project
+from tests.test_console import console_client
 
 START = datetime(2013, 12, 2, 11, tzinfo=UTC)  # 06:00 in New York
 END = datetime(2013, 12, 2, 21, tzinfo=UTC)
@@ -372,11 +373,27 @@ def test_tight_threshold_alerts_once_calls_webhook_and_retrains(
     events = [(r["source"], r["event"], r["incident"]["id"]) for r in received]
     assert sorted(events) == sorted(("maquette", "opened", i.id) for i in run.incidents_opened)
     assert all(i.notified["opened"] for i in incidents.load(settings))
-    retrained = run.retrained["flight_delay"]
+    retrained = run.retrained["flight_delay"].summary
     assert "trained candidate flight_delay:" in retrained
     assert f"inline, as the Prefect server at {nowhere} is unreachable" in retrained
     assert f"retraining flight_delay inline: the Prefect server at {nowhere}" in caplog.text
     assert registry.resolve(settings, "flight_delay@production").tag == before  # not promoted
+    # The incident that set it off says so, with the version trained (the console shows it).
+    triggers = {i.id for i in run.incidents_opened if i.kind in ("accuracy", "drift")}
+    noted = {i.id: i.actions for i in incidents.load(settings) if i.id in triggers}
+    assert noted and all(len(a) == 1 for a in noted.values()), noted
+    for (action,) in noted.values():
+        assert action["version"] == run.retrained["flight_delay"].version
+        assert action["version"].startswith("flight_delay:") and action["summary"] == retrained
+    # The console's alerts page shows each incident, its values and what it set off.
+    with console_client(settings) as console:
+        page = console.get("/alerts")
+    assert page.status_code == 200
+    version = run.retrained["flight_delay"].version
+    for incident_id in triggers:
+        assert f'<tr id="{incident_id}">' in page.text
+    assert f'href="/models/{version.replace(":", "/")}"' in page.text
+    assert "webhook: opened sent" in page.text  # the webhook heard of them
     # The same windows again: judged once, so nothing opens, nothing is sent or retrained.
     again = monitoring.run(settings, ["flight_delay"], END + timedelta(hours=6), drain=False)
     assert again.incidents_opened == [] and again.retrained == {}
@@ -499,7 +516,7 @@ def test_an_alert_retrains_through_the_train_deployment_and_promotes_only_when_a
             caplog.at_level(logging.WARNING, "maquette.monitoring"),
         ):
             # Before the runner serves train/<model>, a retraining runs inline and says why.
-            inline = alerts.retrain(settings, "late_arrival")
+            inline = alerts.retrain(settings, "late_arrival").summary
             missing = f"the Prefect server at {api} has no deployment train/late_arrival"
             assert inline.startswith("trained candidate late_arrival:") and missing in inline
             assert f"retraining late_arrival inline: {missing}" in caplog.text
@@ -513,8 +530,10 @@ def test_an_alert_retrains_through_the_train_deployment_and_promotes_only_when_a
             trained = {}
             for name in MODELS:
                 done = _final_run("train", name, 240, runner_log)
-                assert run.retrained[name].startswith("started training run"), run.retrained
-                assert f"({done.id}) of deployment train/{name}" in run.retrained[name]
+                started = run.retrained[name]
+                assert started.summary.startswith("started training run"), run.retrained
+                assert f"({done.id}) of deployment train/{name}" in started.summary
+                assert started.flow_run_id == str(done.id)
                 assert done.state.is_completed(), (done.state, runner_log.read_text()[-3000:])
                 promote = "production" if PROMOTE_RETRAINED[name] else None
                 assert done.parameters["promote"] == promote, done.parameters

@@ -245,7 +245,7 @@ def monitor_summary(console: Console, run: MonitorRun) -> None:
     if run.webhook_error:
         console.print(f"[yellow]{run.webhook_error}[/]")
     for name, outcome in run.retrained.items():
-        console.print(f"{name}: {outcome}")
+        console.print(f"{name}: {outcome.summary}")
     console.print(f"reports: {run.index}")
     console.print(f"Evidently UI: evidently ui --workspace {run.workspace}")
 

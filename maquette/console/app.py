@@ -57,6 +57,15 @@ def create_app(settings: Settings) -> Starlette:
             links=console.links(),
         )
 
+    async def alerts(request: Request) -> Response:
+        return page(
+            request,
+            "alerts.html",
+            alerts=console.alerts(),
+            webhook=bool(settings.monitoring.webhook),
+            prefect=console.links().prefect,
+        )
+
     async def models(request: Request) -> Response:
         return page(request, "models.html", models=console.models())
 
@@ -189,6 +198,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/", home),
         Route("/models", models),
+        Route("/alerts", alerts),
         Route("/models/{name}", model),
         Route("/compare", compare_versions),
         Route("/models/{name}/aliases", move_alias, methods=["POST"]),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from maquette import registry
@@ -21,13 +22,28 @@ from maquette.training import pipeline as training
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
+
+@dataclass(frozen=True)
+class Retraining:
+    """What an incident's retraining did: said in one line (`summary`), and what it made, so
+    the incident can link to them: the training flow run it started, or the version it trained
+    inline."""
+
+    summary: str
+    flow_run_id: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        return self.summary
+
+
 # Incidents of these kinds start a retraining (when the model asks for it).
 RETRAIN_KINDS = {"accuracy", "drift"}
 
 log = logging.getLogger("maquette.monitoring")
 
 
-def retrain(settings: Settings, name: str) -> str:
+def retrain(settings: Settings, name: str) -> Retraining:
     """Train a candidate of `name` (an incident opened): the deployment if one runs, else inline.
 
     Returns what happened, for the run summary (with why it trained inline, when it did).
@@ -44,10 +60,10 @@ def retrain(settings: Settings, name: str) -> str:
     else:
         done = f"trained candidate {version.tag} (not promoted; `maquette models promote "
         done += f"{version.tag}`)"
-    return f"{done}; inline, as {unavailable}"
+    return Retraining(f"{done}; inline, as {unavailable}", version=version.tag)
 
 
-def _run_deployment(name: str, promote: str | None) -> tuple[str | None, str]:
+def _run_deployment(name: str, promote: str | None) -> tuple[Retraining | None, str]:
     """Start a run of deployment train/<name>: (what started, ""), or (None, why it cannot).
 
     Only a missing deployment or an unreachable server lets the caller train inline (logged as
@@ -79,7 +95,8 @@ def _run_deployment(name: str, promote: str | None) -> tuple[str | None, str]:
                 deployment, parameters={"name": name, "promote": promote}, timeout=0
             )
             run = cast("FlowRun", started)  # called from sync code: the run, not a coroutine
-            return f"started training run {run.name} ({run.id}) of deployment {deployment}", ""
+            said = f"started training run {run.name} ({run.id}) of deployment {deployment}"
+            return Retraining(said, flow_run_id=str(run.id)), ""
     except ObjectNotFound:
         reason = (
             f"the Prefect server at {url} has no deployment {deployment} "

@@ -58,6 +58,8 @@ class Incident:
     message: str  # of the latest breaching window
     column_first_seen: dict[str, str]  # column -> the pass (as_of) that first listed it
     notified: dict[str, bool] = field(default_factory=lambda: {"opened": False, "resolved": False})
+    # What the incident set off: {"at", "action": "retrain", "summary", "flow_run_id", "version"}.
+    actions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -134,6 +136,30 @@ def _write(settings: Settings, store: _Store) -> None:
 def load(settings: Settings, status: str | None = None) -> list[Incident]:
     """The recorded incidents (only `status`, "open" or "resolved", if given), oldest first."""
     return [i for i in _read(settings).incidents if status is None or i.status == status]
+
+
+def record_retraining(
+    settings: Settings, opened: list[Incident], retrained: dict[str, Any], when: datetime
+) -> None:
+    """Note on each opened incident the retraining it started for its model (an
+    `alerts.Retraining`: its summary, flow run or trained version)."""
+    ids = {i.id: i.model for i in opened if i.model in retrained}
+    if not ids:
+        return
+    store = _read(settings)
+    for incident in store.incidents:
+        if incident.id in ids:
+            done = retrained[ids[incident.id]]
+            incident.actions.append(
+                {
+                    "at": when.isoformat(),
+                    "action": "retrain",
+                    "summary": done.summary,
+                    "flow_run_id": done.flow_run_id,
+                    "version": done.version,
+                }
+            )
+    _write(settings, store)
 
 
 def reset(settings: Settings) -> None:

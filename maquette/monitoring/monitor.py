@@ -76,7 +76,7 @@ class MonitorRun:
     incidents_resolved: list[Incident]
     open_incidents: list[Incident]
     webhook_error: str | None
-    retrained: dict[str, str]
+    retrained: dict[str, alerts.Retraining]
     index: Path
     workspace: Path
     incidents: list[Incident] = field(default_factory=list)  # every recorded one, oldest first
@@ -204,6 +204,9 @@ def _run(
     # An incident opened and resolved within this pass (history judged at once) is over.
     still_open = [i for i in changes.opened if i.status == "open"]
     retrained = _retrain_on_incidents(settings, still_open, announce, step)
+    if retrained:  # each incident says what it started (the console links to it)
+        why = [i for i in still_open if i.kind in alerts.RETRAIN_KINDS]
+        incidents.record_retraining(settings, why, retrained, when)
     outcome = MonitorRun(
         when,
         drained,
@@ -263,9 +266,9 @@ def _monitor_models(
 
 def _retrain_on_incidents(
     settings: Settings, opened: list[Incident], announce: Callable[[str], None], step: Any
-) -> dict[str, str]:
+) -> dict[str, alerts.Retraining]:
     """Per model whose newly opened accuracy or drift incident asks for it: what retraining did."""
-    retrained: dict[str, str] = {}
+    retrained: dict[str, alerts.Retraining] = {}
     names = {i.model for i in opened if i.model and i.kind in alerts.RETRAIN_KINDS}
     for name in sorted(n for n in names if n in settings.models):
         if settings.model_spec(name).monitoring.retrain_on_alert:
