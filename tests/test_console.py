@@ -245,3 +245,24 @@ def test_compare_puts_two_versions_side_by_side_and_marks_the_better_one(
     assert not any(p.differs for p in found.params[1:])
     assert next(p for p in found.partitions if p.partition == first).winner == "a"
     assert found.wins == {"a": 0, "b": 1}
+
+
+def test_the_feature_catalog_lists_every_view_feature_and_who_uses_it(
+    client: httpx.Client, production: dict[str, str], loaded_project: Settings
+) -> None:
+    from maquette.features.layer import FeatureLayer
+
+    page = client.get("/features")
+    assert page.status_code == 200, page.text[-2000:]
+    layer = FeatureLayer(loaded_project)
+    for view in layer.feature_views():
+        assert f'id="view-{view.name}"' in page.text
+        for feature in view.features:
+            assert f"<td>{feature.name}</td>" in page.text
+    # Each production version is listed beside the features it was trained on.
+    for tag in production.values():
+        record = registry.resolve(loaded_project, tag).record
+        assert page.text.count(f">{tag}</a>") >= len([f for f in record.features if f.view])
+    # Freshness was read from Redis (the fixture materialized up to 2014): an age per view.
+    assert "Freshness unknown" not in page.text and " days" in page.text
+    assert "<h2>Stream processor</h2>" in page.text

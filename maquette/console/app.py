@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from maquette.config import Settings
 from maquette.console import charts
+from maquette.console.catalog import CatalogReader, age
 from maquette.console.compare import compare
 from maquette.console.views import Console, NotFound, versus_baseline
 from maquette.platform.flows import prefect_auth
@@ -40,8 +41,10 @@ REALM = 'Basic realm="Maquette console", charset="UTF-8"'
 def create_app(settings: Settings) -> Starlette:
     """The console of one project."""
     console = Console(settings)
+    catalog = CatalogReader(settings)
     templates = Jinja2Templates(directory=str(TEMPLATES))
     env = templates.env
+    env.filters["age"] = age
     env.globals["project"] = settings.project_dir.resolve().name
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
@@ -65,6 +68,11 @@ def create_app(settings: Settings) -> Starlette:
             webhook=bool(settings.monitoring.webhook),
             prefect=console.links().prefect,
         )
+
+    async def features(request: Request) -> Response:
+        versions = [v for m in console.models() for v in m.versions]
+        found = await asyncio.to_thread(catalog.read, versions)
+        return page(request, "features.html", catalog=found)
 
     async def models(request: Request) -> Response:
         return page(request, "models.html", models=console.models())
@@ -199,6 +207,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/", home),
         Route("/models", models),
         Route("/alerts", alerts),
+        Route("/features", features),
         Route("/models/{name}", model),
         Route("/compare", compare_versions),
         Route("/models/{name}/aliases", move_alias, methods=["POST"]),

@@ -48,7 +48,7 @@ def freshness(
         stale = when is None or (ttl is not None and age is not None and age > ttl)
         features = [f.name for f in view.features]
         note = ""
-        if stale and _streamed(view):
+        if stale and is_streamed(view):
             # A streamed view gets a value only when an event comes: a quiet hour (a night
             # without departures) leaves it older than its TTL with nothing late. It is late
             # only while the processor has events it has not applied.
@@ -60,7 +60,8 @@ def freshness(
     return out
 
 
-def _streamed(view: FeatureView) -> bool:
+def is_streamed(view: FeatureView) -> bool:
+    """Fed by the stream processor (a push source), not by materialization."""
     from feast.data_source import PushSource
 
     return isinstance(view.stream_source, PushSource) or isinstance(view.batch_source, PushSource)
