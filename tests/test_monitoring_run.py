@@ -388,6 +388,18 @@ def test_tight_threshold_alerts_once_calls_webhook_and_retrains(
     # The console's alerts page shows each incident, its values and what it set off.
     with console_client(settings) as console:
         page = console.get("/alerts")
+        live = console.get("/models/flight_delay/live")
+        drift_links = re.findall(r'href="(/models/flight_delay/monitoring/[^"]+)"', live.text)
+        report = console.get(drift_links[0]) if drift_links else None
+    # Its live accuracy: the threshold drawn, the breaching windows marked (each point a link to
+    # the version's record or the alert), the drift reports served.
+    assert live.status_code == 200
+    assert "alert threshold 1" in live.text and '"name": "alert"' in live.text
+    assert f'"/models/{before.replace(":", "/")}"' in live.text  # points open the version
+    for incident_id in triggers:
+        if incident_id.startswith("accuracy"):
+            assert f'href="/alerts#{incident_id}"' in live.text
+    assert report is not None and report.status_code == 200
     assert page.status_code == 200
     version = run.retrained["flight_delay"].version
     for incident_id in triggers:

@@ -30,7 +30,9 @@ from maquette.config import Settings
 from maquette.console import charts
 from maquette.console.catalog import CatalogReader, age
 from maquette.console.compare import compare
+from maquette.console.live import live_page
 from maquette.console.views import Console, NotFound, versus_baseline
+from maquette.monitoring.evidently_runs import reports_dir
 from maquette.platform.flows import prefect_auth
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -107,6 +109,29 @@ def create_app(settings: Settings) -> Starlette:
                 charts.partial_dependence(record, f) for f in record.partial_dependence
             ],
         )
+
+    async def live(request: Request) -> Response:
+        summary = console.model(request.path_params["name"])
+        found = await asyncio.to_thread(
+            live_page,
+            settings,
+            summary.name,
+            summary.task,
+            request.query_params.get("window", ""),
+            request.query_params.get("metric", ""),
+        )
+        return page(request, "live.html", model=summary, live=found)
+
+    async def monitoring_report(request: Request) -> Response:
+        summary = console.model(request.path_params["name"])
+        folder = reports_dir(settings, summary.name).resolve()
+        path = (folder / request.path_params["file"]).resolve()
+        if path.parent != folder or path.suffix != ".html" or not path.is_file():
+            raise NotFound(
+                f"{summary.name} has no monitoring report {request.path_params['file']!r}.",
+                [(f"Live accuracy of {summary.name}", f"/models/{summary.name}/live")],
+            )
+        return FileResponse(path, media_type="text/html")
 
     async def compare_versions(request: Request) -> Response:
         a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
@@ -211,6 +236,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/models/{name}", model),
         Route("/compare", compare_versions),
         Route("/models/{name}/aliases", move_alias, methods=["POST"]),
+        Route("/models/{name}/live", live),
+        Route("/models/{name}/monitoring/{file}", monitoring_report),
         Route("/models/{name}/{version}", version),
         Route("/models/{name}/{version}/{kind:str}.html", version_file),
         Route("/static/plotly.min.js", plotly_js),

@@ -16,6 +16,7 @@ belongs to the labelled-count window that is filling when it is requested, so a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -288,8 +289,17 @@ def live_metrics(
     series = series.sort_values(["version", "partition", "window_start"]).reset_index(drop=True)
     target = metrics_path(settings, name, spec.name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(series, preserve_index=False), target)
+    # Whole or not at all: the console reads it while a pass may be writing it.
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    pq.write_table(pa.Table.from_pandas(series, preserve_index=False), partial)
+    os.replace(partial, target)
     return series
+
+
+def stored_series(settings: Settings, name: str, window: str) -> pd.DataFrame | None:
+    """The series the last monitoring pass stored for `name` in `window`, if any."""
+    path = metrics_path(settings, name, window)
+    return pq.read_table(path).to_pandas() if path.is_file() else None
 
 
 def feature_missing(

@@ -207,6 +207,12 @@ def skew_path(settings: Settings, name: str, window: str) -> Path:
     return settings.offline_store / "monitoring" / f"{name}_skew_{window}.json"
 
 
+def stored_skew(settings: Settings, name: str, window: str) -> list[SkewWindow]:
+    """The skew windows the monitoring passes stored for `name` in `window`, oldest first."""
+    found = _load(skew_path(settings, name, window))
+    return sorted(found.values(), key=lambda w: (w.window_start, w.version))
+
+
 def _load(path: Path) -> dict[tuple[str, str], SkewWindow]:
     if not path.is_file():
         return {}
