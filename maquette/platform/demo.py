@@ -348,13 +348,11 @@ def _prepare_features(
         report.tables = load_dataset(settings, announce)
     with _stage(report, "feast apply", announce):
         report.registered = layer.apply()
-    with _stage(report, "start deployments, stream processor, service and console", announce):
+    with _stage(report, "start deployments, stream processor and service", announce):
         # The service starts now, beside the others (its start, bentoml's processes importing
         # BentoML and Feast, overlaps theirs), and loads the models once they are promoted,
         # on its own: after training it only has to be found ready.
-        started = ("deployments", "stream", "service", "console")
-        wanted: list[str] = [c for c in started if c in settings.orchestration.components]
-        report.platform = platform.up(settings, wanted, announce)
+        report.platform = platform.up(settings, ["deployments", "stream", "service"], announce)
     with _stage(report, "materialize to Redis", announce):
         # Up to where the replay starts: the replay moves the online store along its clock.
         report.materialized = layer.materialize(
@@ -475,6 +473,10 @@ def run_demo(
         # Judged at the end of the replay: the labels known by then are joined.
         runner = monitor or (lambda s, when: monitoring.run(s, None, when, announce=announce))
         report.monitoring = runner(settings, end)
+    if "console" in settings.orchestration.components:
+        # Last: nobody looks at it before the end, and its start would take CPU from the rest.
+        with _stage(report, "start console", announce):
+            platform.up(settings, ["console"], announce)
     report.platform = platform.status(settings)
     return report
 
