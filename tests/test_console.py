@@ -98,6 +98,11 @@ def test_every_page_answers_from_the_registry(
 
         page = client.get(f"/models/{name}/{version}")
         assert page.status_code == 200
+        # Training distributions: a histogram per numeric feature, top values per categorical.
+        numeric = [f for f, d in record.distributions.items() if d.get("kind") == "numeric"]
+        assert page.text.count('<svg class="spark"') == len(numeric) > 0
+        for view in {f.view for f in record.features if f.view}:
+            assert f'href="/features#view-{view}"' in page.text
         # One table row per search trial, the chosen one starred; the charts' figures inline.
         assert page.text.count('<td class="num">') >= len(record.search.trials)
         assert f"{record.search.best_trial} ★" in page.text
@@ -166,6 +171,15 @@ def test_moving_an_alias_needs_credentials_the_form_token_and_a_confirmation(
     assert (last["alias"], last["version"], last["previous"]) == (ALIAS, version, before)
     page = client.get(moved.headers["location"])
     assert f"@{ALIAS} now points to {version}" in page.text
+
+    # Moved again, the alias can be rolled back to where it pointed before (here the same
+    # version: the session has one); the button leads to the same review.
+    again = _post(client, name, {**move, "confirm": "yes"}, headers=_credentials(loaded_project))
+    assert again.status_code == 303
+    page = client.get(f"/models/{name}").text
+    assert f"Roll back @{ALIAS} to {version}" in page
+    review = _post(client, name, move, headers=_credentials(loaded_project))
+    assert review.status_code == 200 and f"Move {name}@{ALIAS}?" in review.text
 
 
 def test_moving_an_alias_to_a_version_that_does_not_exist_is_refused_with_the_reason(
@@ -266,3 +280,45 @@ def test_the_feature_catalog_lists_every_view_feature_and_who_uses_it(
     # Freshness was read from Redis (the fixture materialized up to 2014): an age per view.
     assert "Freshness unknown" not in page.text and " days" in page.text
     assert "<h2>Stream processor</h2>" in page.text
+
+
+def test_a_change_from_another_site_or_host_is_refused_and_odd_credentials_are_a_401(
+    client: httpx.Client, production: dict[str, str], loaded_project: Settings
+) -> None:
+    name, version = production["late_arrival"].split(":")
+    token = _form_token(client.get(f"/models/{name}").text)
+    move = {"version": version, "alias": ALIAS, "token": token}
+    login = _credentials(loaded_project)
+    before = registry.alias_history(loaded_project, name)
+    # A form on another site, sent with the login the browser remembers: refused.
+    for header in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused = _post(client, name, {**move, "confirm": "yes"}, headers={**login, **header})
+        assert refused.status_code == 403, header
+    # A page reached by another name (DNS rebinding): not served.
+    assert client.get("/", headers={"Host": "evil.example"}).status_code == 400
+    # Any characters in a login box: a 401, not a crash; any user name with the password works.
+    odd = {"Authorization": "Basic " + base64.b64encode("José:é".encode()).decode()}
+    assert _post(client, name, move, headers=odd).status_code == 401
+    password = prefect_auth(loaded_project)
+    named = base64.b64encode(f"José:{password}".encode()).decode()
+    review = _post(client, name, move, headers={"Authorization": f"Basic {named}"})
+    assert review.status_code == 200 and f"Move {name}@{ALIAS}?" in review.text
+    assert registry.alias_history(loaded_project, name) == before
+    # The notice after a move is the history's, never text from the address.
+    page = client.get(f"/models/{name}", params={"moved": "production:v1:evil"}).text
+    assert "evil" not in page
+
+
+def test_the_live_page_names_windows_as_the_passes_store_them(
+    production: dict[str, str], loaded_project: Settings
+) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    settings.monitoring.windows = ["1d", "hourly"]
+    del settings.models["late_arrival"]  # registered, no longer declared
+    with console_client(settings) as client:
+        live = client.get("/models/flight_delay/live")
+        assert live.status_code == 200
+        assert live.text.count("<option selected>daily</option>") == 1
+        assert "<option>1d</option>" not in live.text
+        gone = client.get("/models/late_arrival/live")
+        assert gone.status_code == 404 and 'href="/models/flight_delay/live"' in gone.text

@@ -401,6 +401,7 @@ def test_tight_threshold_alerts_once_calls_webhook_and_retrains(
             assert f'href="/alerts#{incident_id}"' in live.text
     assert report is not None and report.status_code == 200
     assert page.status_code == 200
+    _follow_a_red_point_to_the_features(settings, before)
     version = run.retrained["flight_delay"].version
     for incident_id in triggers:
         assert f'<tr id="{incident_id}">' in page.text
@@ -637,3 +638,34 @@ def test_a_window_report_compares_samples_of_the_window_and_the_training_rows(
     # Seeded samples: the same report twice.
     assert found[1].feature_drift == report.feature_drift
     assert found[1].prediction_drift == report.prediction_drift
+
+
+def _follow_a_red_point_to_the_features(settings: Settings, served: str) -> None:
+    """In a real browser: a red point on the live accuracy chart (a breaching window) opens the
+    record of the version that served it, whose feature links open the catalog with each
+    view's freshness."""
+    from playwright.sync_api import sync_playwright
+
+    from maquette.console.browser import VIEWPORT, chromium_path, serve_in_thread
+
+    name, version = served.split(":")
+    with serve_in_thread(settings) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path())
+        page = browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+        page.goto(f"{url}/models/{name}/live")
+        page.wait_for_load_state("networkidle")
+        # A red point (every window breaches the tight threshold): click it where it is drawn.
+        red = page.locator("#accuracy .scatterlayer .trace").last
+        box = red.locator(".points path").first.bounding_box()
+        assert box is not None
+        with page.expect_navigation():
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert page.url.endswith(f"/models/{name}/{version}"), page.url
+        link = page.locator("a[href^='/features#view-']").first
+        view = (link.get_attribute("href") or "").split("#view-")[1]
+        link.click()
+        page.wait_for_load_state("networkidle")
+        assert page.url.endswith(f"/features#view-{view}")
+        row = page.locator(f"tr:has(a[href='#view-{view}'])")
+        assert "days" in row.inner_text() or " h" in row.inner_text()  # its freshness
+        browser.close()

@@ -92,7 +92,9 @@ def test_usual_requests_take_the_column_path_and_get_what_the_row_path_gives() -
         rows = [_usual_row(rng) for _ in range(rng.randrange(1, 8))]
         plain = _plain_rows(rows, fields, LIMITS)
         assert plain is not None, rows
-        assert plain == _checked_one_by_one(rows, fields, LIMITS, "m:v1")
+        reference = _checked_one_by_one(rows, fields, LIMITS, "m:v1")
+        assert plain == reference
+        assert [list(r) for r in plain] == [list(r) for r in reference]  # same field order
         assert all(isinstance(r["departs"], datetime) and r["departs"].tzinfo is UTC for r in plain)
 
 
@@ -127,4 +129,12 @@ def test_odd_requests_get_the_same_rows_or_the_same_error_as_row_by_row() -> Non
 def test_a_row_the_column_path_declines_is_refused_with_its_reason(row: dict[str, Any]) -> None:
     assert _plain_rows([row], _fields(), LIMITS) is None
     with pytest.raises(InvalidEntityFrame, match="row 0"):
+        check_rows([row], REQUIRED, KEY_TYPES, TIMES, LIMITS, "m:v1")
+
+
+def test_a_z_inside_a_time_is_refused_as_request_time_refuses_it() -> None:
+    # request_time reads every "Z" as +00:00, so "…Z14:05Z" is no time: the column path too.
+    row = {"origin": "JFK", "flight_id": 1, "departs": "2024-06-01Z14:05Z", "distance": 1.0}
+    assert _plain_rows([row], _fields(), LIMITS) is None
+    with pytest.raises(InvalidEntityFrame, match="row 0 field 'departs'"):
         check_rows([row], REQUIRED, KEY_TYPES, TIMES, LIMITS, "m:v1")

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import plotly
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -39,6 +41,9 @@ from maquette.platform.flows import prefect_auth
 TEMPLATES = Path(__file__).parent / "templates"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 REALM = 'Basic realm="Maquette console", charset="UTF-8"'
+# Reports (Evidently's, the training report) run their own scripts: in a sandbox without the
+# console's origin, so nothing in them can act with the console's login.
+SANDBOXED = {"Content-Security-Policy": "sandbox allow-scripts allow-popups"}
 FAVICON = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
     '<rect width="16" height="16" rx="3" fill="#1d2330"/>'
@@ -53,12 +58,14 @@ def create_app(settings: Settings) -> Starlette:
     templates = Jinja2Templates(directory=str(TEMPLATES))
     env = templates.env
     env.filters["age"] = age
+    # Numbers only (our own SVG of counts): safe to insert as markup.
+    env.filters["histogram"] = lambda d: Markup(charts.histogram_svg(d))
     env.globals["project"] = settings.project_dir.resolve().name
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
         return templates.TemplateResponse(request, name, context, status_code=status)
 
-    async def home(request: Request) -> Response:
+    def home(request: Request) -> Response:
         return page(
             request,
             "home.html",
@@ -68,7 +75,7 @@ def create_app(settings: Settings) -> Starlette:
             links=console.links(),
         )
 
-    async def alerts(request: Request) -> Response:
+    def alerts(request: Request) -> Response:
         return page(
             request,
             "alerts.html",
@@ -77,27 +84,31 @@ def create_app(settings: Settings) -> Starlette:
             prefect=console.links().prefect,
         )
 
-    async def features(request: Request) -> Response:
+    def features(request: Request) -> Response:
         versions = [v for m in console.models() for v in m.versions]
-        found = await asyncio.to_thread(catalog.read, versions)
-        return page(request, "features.html", catalog=found)
+        return page(request, "features.html", catalog=catalog.read(versions))
 
-    async def models(request: Request) -> Response:
+    def models(request: Request) -> Response:
         return page(request, "models.html", models=console.models())
 
-    async def model(request: Request) -> Response:
+    def model(request: Request) -> Response:
         name = request.path_params["name"]
         summary = console.model(name)
+        history = console.alias_history(name)
+        # After a move: the newest move of that alias, as the history records it.
+        asked = request.query_params.get("moved")
+        moved = next((m for m in history if m["alias"] == asked), None) if asked else None
         return page(
             request,
             "model.html",
             model=summary,
-            history=console.alias_history(name),
+            history=history,
+            rollbacks=console.rollbacks(name),
             token=_form_token(settings, name),
-            moved=request.query_params.get("moved"),
+            moved=moved,
         )
 
-    async def version(request: Request) -> Response:
+    def version(request: Request) -> Response:
         name, number = request.path_params["name"], request.path_params["version"]
         found = console.version(name, number)
         record = found.record
@@ -116,10 +127,13 @@ def create_app(settings: Settings) -> Starlette:
             ],
         )
 
-    async def live(request: Request) -> Response:
+    def live(request: Request) -> Response:
         summary = console.model(request.path_params["name"])
-        found = await asyncio.to_thread(
-            live_page,
+        if summary.name not in settings.models:
+            # Registered, but maquette.yaml no longer declares it: nothing monitors it.
+            known = [(m, f"/models/{m}/live") for m in sorted(settings.models)]
+            raise NotFound(f"{summary.name} is not declared in maquette.yaml any more.", known)
+        found = live_page(
             settings,
             summary.name,
             summary.task,
@@ -128,7 +142,7 @@ def create_app(settings: Settings) -> Starlette:
         )
         return page(request, "live.html", model=summary, live=found)
 
-    async def monitoring_report(request: Request) -> Response:
+    def monitoring_report(request: Request) -> Response:
         summary = console.model(request.path_params["name"])
         folder = reports_dir(settings, summary.name).resolve()
         path = (folder / request.path_params["file"]).resolve()
@@ -137,9 +151,9 @@ def create_app(settings: Settings) -> Starlette:
                 f"{summary.name} has no monitoring report {request.path_params['file']!r}.",
                 [(f"Live accuracy of {summary.name}", f"/models/{summary.name}/live")],
             )
-        return FileResponse(path, media_type="text/html")
+        return FileResponse(path, media_type="text/html", headers=SANDBOXED)
 
-    async def compare_versions(request: Request) -> Response:
+    def compare_versions(request: Request) -> Response:
         a, b = request.query_params.get("a", ""), request.query_params.get("b", "")
         found = compare(console.tagged(a), console.tagged(b))
         records = {found.a.tag: found.a.record, found.b.tag: found.b.record}
@@ -150,7 +164,7 @@ def create_app(settings: Settings) -> Starlette:
             importance_chart=charts.importance(records),
         )
 
-    async def version_file(request: Request) -> Response:
+    def version_file(request: Request) -> Response:
         name, number = request.path_params["name"], request.path_params["version"]
         found = console.version(name, number)
         artifacts = found.record.artifacts
@@ -164,18 +178,24 @@ def create_app(settings: Settings) -> Starlette:
                 f"{found.tag} has no {kind}.html.",
                 [(f"{k}.html", f"/models/{name}/{number}/{k}.html") for k in files],
             )
-        path = found.path / files[kind]
-        if not path.is_file():
-            raise HTTPException(404, f"{found.tag} has no {path.name}.")
-        return FileResponse(path, media_type="text/html")
+        path = (found.path / files[kind]).resolve()
+        if not path.is_file() or found.path.resolve() not in path.parents:
+            raise HTTPException(404, f"{found.tag} has no {files[kind]}.")
+        return FileResponse(path, media_type="text/html", headers=SANDBOXED)
 
     async def move_alias(request: Request) -> Response:
-        name = request.path_params["name"]
-        summary = console.model(name)
+        _require_same_origin(request)
         _require_credentials(request, settings)
         form = await request.form()
-        version, alias = str(form.get("version", "")), str(form.get("alias", "")).strip()
-        if not hmac.compare_digest(str(form.get("token", "")), _form_token(settings, name)):
+        fields = {k: str(v) for k, v in form.items()}
+        # The registry and the alias file's lock are blocking: off the event loop.
+        return await asyncio.to_thread(_move_alias, request, fields)
+
+    def _move_alias(request: Request, form: dict[str, str]) -> Response:
+        name = request.path_params["name"]
+        summary = console.model(name)
+        version, alias = form.get("version", ""), form.get("alias", "").strip()
+        if not _same(form.get("token", ""), _form_token(settings, name)):
             return page(
                 request,
                 "refused.html",
@@ -208,8 +228,7 @@ def create_app(settings: Settings) -> Starlette:
             move = console.promote(name, version, alias)
         except ValueError as exc:
             return page(request, "refused.html", 422, model=summary, reason=str(exc))
-        moved = f"{alias}:{move['previous'] or '-'}:{move['version']}"
-        return RedirectResponse(f"/models/{name}?moved={moved}", status_code=303)
+        return RedirectResponse(f"/models/{name}?moved={move['alias']}", status_code=303)
 
     async def favicon(request: Request) -> Response:
         return Response(
@@ -230,6 +249,13 @@ def create_app(settings: Settings) -> Starlette:
         detail = exc.detail if isinstance(exc, HTTPException) else "Not found."
         known = [("Home", "/"), ("Models", "/models")]
         return page(request, "not_found.html", 404, message=detail, known=known)
+
+    async def cross_site(request: Request, exc: Exception) -> Response:
+        return Response(
+            "Refused: the request came from a page of another site. Move aliases from this "
+            "console's own pages.\n",
+            status_code=403,
+        )
 
     async def unauthorized(request: Request, exc: Exception) -> Response:
         return Response(
@@ -267,9 +293,18 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         lifespan=warmed,
         routes=routes,
-        exception_handlers={NotFound: not_found, 404: not_found, _Unauthorized: unauthorized},
+        exception_handlers={
+            NotFound: not_found,
+            404: not_found,
+            _Unauthorized: unauthorized,
+            _CrossSite: cross_site,
+        },
     )
     app.add_middleware(ServerTiming)
+    # Only the names this console is reached by: a DNS-rebinding page (evil.example resolving
+    # to 127.0.0.1) gets 400, not the pages.
+    hosts = sorted({"127.0.0.1", "localhost", settings.console.host})
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     return app
 
 
@@ -299,6 +334,10 @@ class _Unauthorized(Exception):
     """A change asked without the platform's credentials."""
 
 
+class _CrossSite(Exception):
+    """A change asked by a page of another site."""
+
+
 def _require_credentials(request: Request, settings: Settings) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -310,9 +349,26 @@ def _require_credentials(request: Request, settings: Settings) -> None:
     # name); a client may also send the auth string itself, as Prefect's clients do.
     expected = prefect_auth(settings)
     password = given.partition(":")[2]
-    whole = hmac.compare_digest(given, expected)
-    if not given or not (whole or hmac.compare_digest(password, expected)):
+    if not expected or not given or not (_same(given, expected) or _same(password, expected)):
         raise _Unauthorized
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of two texts, any characters (compare_digest refuses non-ASCII
+    str)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _require_same_origin(request: Request) -> None:
+    """A change comes from this console's own pages: a form on another site (which the browser
+    would send with the login it remembers) is refused, whatever it carries."""
+    site = request.headers.get("sec-fetch-site")
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "")
+    if site is not None and site not in ("same-origin", "none"):
+        raise _CrossSite
+    if origin is not None and origin.split("://", 1)[-1] != host:
+        raise _CrossSite
 
 
 def _form_token(settings: Settings, name: str) -> str:

@@ -4,6 +4,7 @@ processor's figures."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,7 @@ class CatalogReader:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._last_events: tuple[float, int] | None = None
+        self._lock = threading.Lock()  # pages are answered in several threads
 
     def read(self, versions: list[ModelVersion]) -> Catalog:
         layer = FeatureLayer(self.settings)
@@ -158,11 +160,12 @@ class CatalogReader:
             dead = stream_operations.dead_letters(self.settings, 10)
         except MaquetteError as exc:
             return StreamFigures(None, f"{exc.message} {exc.remedy}")
-        now = time.monotonic()
-        rate = None
-        if self._last_events is not None and now > self._last_events[0]:
-            rate = max(0.0, (found.events - self._last_events[1]) / (now - self._last_events[0]))
-        self._last_events = (now, found.events)
+        with self._lock:
+            now, rate = time.monotonic(), None
+            last = self._last_events
+            if last is not None and now > last[0]:
+                rate = max(0.0, (found.events - last[1]) / (now - last[0]))
+            self._last_events = (now, found.events)
         return StreamFigures(found, "", rate, dead)
 
 

@@ -71,6 +71,23 @@ def importance(records: dict[str, VersionRecord]) -> dict[str, Any]:
     }
 
 
+def histogram_svg(distribution: dict[str, Any], width: int = 140, height: int = 26) -> str:
+    """A numeric feature's training histogram as a small inline SVG (drawn without JavaScript)."""
+    counts = (distribution.get("histogram") or {}).get("counts") or []
+    if not counts or max(counts) <= 0:
+        return ""
+    top, step = max(counts), width / len(counts)
+    bars = "".join(
+        f'<rect x="{i * step:.1f}" y="{height - height * c / top:.1f}" width="{max(step - 1, 1):.1f}" '
+        f'height="{height * c / top:.1f}"/>'
+        for i, c in enumerate(counts)
+    )
+    return (
+        f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="histogram"><g fill="#6172f3">{bars}</g></svg>'
+    )
+
+
 def partial_dependence(record: VersionRecord, feature: str) -> dict[str, Any]:
     """Average prediction along one feature's grid."""
     curve = record.partial_dependence[feature]

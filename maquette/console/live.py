@@ -19,6 +19,7 @@ from maquette.config import Settings
 from maquette.monitoring import drift, incidents, skew
 from maquette.monitoring.live_metrics import metrics_path, stored_series
 from maquette.monitoring.verdicts import ABSOLUTE
+from maquette.window_spec import parse_window
 
 # The metric shown first per task (others: ?metric=...).
 HEADLINE = {"regression": "rmse", "binary": "auc"}
@@ -44,7 +45,9 @@ class LivePage:
 
 def live_page(settings: Settings, name: str, task: str, window: str, metric: str) -> LivePage:
     watch = settings.monitoring_of(name)
-    windows = list(dict.fromkeys([watch.alert_window.name, *settings.monitoring.windows]))
+    # Canonical names ("1d" is "daily"), as the passes name the files they store.
+    named = [parse_window(w).name for w in settings.monitoring.windows]
+    windows = list(dict.fromkeys([watch.alert_window.name, *named]))
     window = window if window in windows else windows[0]
     series = stored_series(settings, name, window)
     metrics = [
@@ -100,7 +103,15 @@ def _accuracy_chart(
                 "visible": True if partition == "all" else "legendonly",
             }
         )
-    # Breaching windows, per partition (an incident's subject), shown with that partition.
+    # Breaching windows, per partition (an incident's subject), shown with that partition; a
+    # red point opens the record of the version that served the window (the alert is listed
+    # under the chart).
+    served = {
+        (start.isoformat(), partition): version
+        for start, partition, version in zip(
+            series["window_start"], series["partition"], series["version"], strict=True
+        )
+    }
     marks: dict[str, list[tuple[str, float, str]]] = {}
     for incident in alerts:
         for w in incident.windows:
@@ -117,14 +128,20 @@ def _accuracy_chart(
                 "x": [m[0] for m in found],
                 "y": [m[1] for m in found],
                 "text": [m[2] for m in found],
-                "customdata": [f"/alerts#{m[2]}" for m in found],
+                "customdata": [
+                    f"/models/{name}/{served[(m[0], subject)]}"
+                    if (m[0], subject) in served
+                    else f"/alerts#{m[2]}"
+                    for m in found
+                ],
                 "visible": True if subject == "all" else "legendonly",
             }
         )
     layout: dict[str, Any] = {
         "margin": {"l": 60, "r": 20, "t": 40, "b": 50},
         "height": 380,
-        "title": {"text": f"{metric} per window (labelled predictions; click a point)"},
+        "title": {"text": f"{metric} per window (labelled predictions; a click opens the version)"},
+        "hovermode": "closest",
         "yaxis": {"title": {"text": metric}},
     }
     if threshold is not None:

@@ -164,6 +164,21 @@ class Console:
     def alias_history(self, name: str) -> list[dict[str, Any]]:
         return list(reversed(registry.alias_history(self.settings, name)))
 
+    def rollbacks(self, name: str) -> dict[str, str]:
+        """Per alias, the version it pointed to before its last move (if it still points where
+        that move put it): what "roll back" moves it to."""
+        current = registry.aliases(self.settings, name)
+        found: dict[str, str] = {}
+        seen: set[str] = set()
+        for move in self.alias_history(name):  # newest first
+            alias = move["alias"]
+            if alias in seen:
+                continue
+            seen.add(alias)
+            if move["previous"] and current.get(alias) == move["version"]:
+                found[alias] = move["previous"]
+        return found
+
     def promote(self, name: str, version: str, alias: str) -> dict[str, Any]:
         """Move NAME@alias to a version, as `maquette models promote` does (same history)."""
         try:
@@ -177,6 +192,7 @@ def versus_baseline(record: VersionRecord) -> str:
     test = record.metrics.test
     if record.task == "regression":
         model, base = test.model["rmse"], test.baseline["rmse"]
-        return f"rmse {model:.3f} vs {base:.3f} ({100 * (model - base) / base:+.1f}%)"
+        change = f"{100 * (model - base) / base:+.1f}%" if base else f"{model - base:+.3f}"
+        return f"rmse {model:.3f} vs {base:.3f} ({change})"
     model, base = test.model["auc"], test.baseline["auc"]
     return f"auc {model:.3f} vs {base:.3f} ({model - base:+.3f})"

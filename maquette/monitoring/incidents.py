@@ -143,9 +143,16 @@ def record_retraining(
 ) -> None:
     """Note on each opened incident the retraining it started for its model (an
     `alerts.Retraining`: its summary, flow run or trained version)."""
-    ids = {i.id: i.model for i in opened if i.model in retrained}
+    ids = {i.id: i.model for i in opened if i.model is not None and i.model in retrained}
     if not ids:
         return
+    with _locked(settings):
+        _note_retraining(settings, ids, retrained, when)
+
+
+def _note_retraining(
+    settings: Settings, ids: dict[str, str], retrained: dict[str, Any], when: datetime
+) -> None:
     store = _read(settings)
     for incident in store.incidents:
         if incident.id in ids:

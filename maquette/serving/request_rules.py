@@ -222,7 +222,7 @@ def _plain_rows(
             times[name] = list(map(_aware_iso, column))
             if None in times[name]:
                 return None
-    cleaned = list(map(dict, rows))
+    cleaned = [{k: row[k] for k in required} for row in rows]  # in `required` order, as below
     for name, parsed in times.items():
         for row, when in zip(cleaned, parsed, strict=True):
             row[name] = when
@@ -232,6 +232,8 @@ def _plain_rows(
 def _aware_iso(text: str) -> datetime | None:
     """An ISO 8601 time with a zone, in UTC (`request_time`'s answer for such text, without
     its fallbacks); None for anything else, which `request_time` then judges."""
+    if "Z" in text[:-1]:  # request_time reads every "Z" as +00:00: a "Z" inside is its call
+        return None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
