@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -210,6 +211,8 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
     home = httpx.get(console, timeout=30)
     assert home.status_code == 200 and "<td>deployments</td>" in home.text
     assert "drain/prediction-log" in home.text  # the schedules, read from Prefect
+    # It sees itself running (its page checks its own /healthz while answering).
+    assert re.search(r'<td>console</td>\s*<td class="ok">running</td>', home.text), home.text
     assert "PYTHONOPTIMIZE" in _environ(_pid(settings, "console"))
 
     # A second `up` leaves the running components alone.
