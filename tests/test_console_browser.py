@@ -7,7 +7,6 @@ answers with on its next request.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +19,7 @@ from maquette import registry
 from maquette.config import Settings
 from maquette.console.browser import VIEWPORT, chromium_path, main_pages, serve_in_thread
 from maquette.platform.flows import prefect_auth
-from maquette.serving.server import service_process
-from tests.conftest import free_port
-from tests.test_serving import ROW, wait_ready
+from tests.test_serving import ROW, running_service
 
 pytestmark = pytest.mark.slow
 ALIAS = "browser"
@@ -88,25 +85,12 @@ def test_every_page_opens_without_errors_and_draws_its_charts(
 
 @pytest.fixture(scope="module")
 def service(production: dict[str, str], loaded_project: Settings) -> Iterator[str]:
-    port = free_port()
-    proc = service_process(
-        loaded_project,
-        "127.0.0.1",
-        port,
-        env={
-            "MAQUETTE_PREDICTIONS_STREAM": "maquette:browser-test",
-            "MAQUETTE_SERVING_AS_OF_MAX_PAST": "1500w",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, 240)
+    env = {
+        "MAQUETTE_PREDICTIONS_STREAM": "maquette:browser-test",
+        "MAQUETTE_SERVING_AS_OF_MAX_PAST": "1500w",
+    }
+    with running_service(loaded_project, env) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def _predict(service: str, model: str) -> Any:

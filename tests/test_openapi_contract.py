@@ -8,7 +8,6 @@ Predictions go to Redis database 2 of the session's Redis.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -26,9 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from maquette.config import Settings
-from maquette.serving.server import service_process
-from tests.conftest import free_port
-from tests.test_serving import wait_ready
+from tests.test_serving import running_service
 
 CASES_PER_MODE = 600  # positive and negative: 1,200 generated requests in all
 BUDGET_S = 600  # the whole run, bounded (a healthy run takes ~1-2 minutes)
@@ -42,23 +39,10 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def contract_service(production, loaded_project: Settings) -> Iterator[str]:
-    port = free_port()
     redis_url = str(loaded_project.redis.url).rsplit("/", 1)[0] + "/2"
-    proc = service_process(
-        loaded_project,
-        "127.0.0.1",
-        port,
-        env={"MAQUETTE_REDIS_URL": redis_url, "MAQUETTE_PREDICTIONS_STREAM": "maquette:contract"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, 240)
+    env = {"MAQUETTE_REDIS_URL": redis_url, "MAQUETTE_PREDICTIONS_STREAM": "maquette:contract"}
+    with running_service(loaded_project, env) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import threading
@@ -40,6 +41,26 @@ def start_service(settings: Settings, port: int) -> subprocess.Popen[bytes]:
     return service_process(
         settings, "127.0.0.1", port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+@contextlib.contextmanager
+def running_service(settings: Settings, env: dict[str, str], timeout: float = 240) -> Iterator[str]:
+    """`bentoml serve` of the project on a free loopback port, ready; yields its URL."""
+    proc = service_process(
+        settings,
+        "127.0.0.1",
+        port := free_port(),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def wait_ready(url: str, timeout: float = 90) -> None:
