@@ -9,7 +9,6 @@ of the session's Redis.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,7 +32,7 @@ from maquette.serving.request_rules import RequestLimits, check_rows
 from maquette.serving.scoring import Answers
 from maquette.serving.server import service_command, service_process
 from tests.conftest import free_port, make_project
-from tests.test_serving import ROW, wait_ready
+from tests.test_serving import ROW, running_service
 
 STARTUP_S = 240
 MB = 1 << 20
@@ -53,27 +52,14 @@ def _db2(settings: Settings, **serving: object) -> Settings:
 
 @pytest.fixture(scope="module")
 def service(production, loaded_project: Settings) -> Iterator[str]:
-    port = free_port()
     db2 = _db2(loaded_project)
-    proc = service_process(
-        loaded_project,
-        "127.0.0.1",
-        port,
-        env={
-            "MAQUETTE_REDIS_URL": str(db2.redis.url),
-            "MAQUETTE_PREDICTIONS_STREAM": db2.predictions.stream,
-            "MAQUETTE_SERVING_AS_OF_MAX_PAST": "1500w",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, STARTUP_S)
+    env = {
+        "MAQUETTE_REDIS_URL": str(db2.redis.url),
+        "MAQUETTE_PREDICTIONS_STREAM": db2.predictions.stream,
+        "MAQUETTE_SERVING_AS_OF_MAX_PAST": "1500w",
+    }
+    with running_service(loaded_project, env, STARTUP_S) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def _logged(settings: Settings) -> list[dict]:
