@@ -120,7 +120,9 @@ def split_windows(
     start = pd.to_datetime(long["wkey"], utc=True)
     ends = {s: pd.Timestamp(spec.end_of(s.to_pydatetime())) for s in start.unique()}
     long = long.assign(version=version, window_start=start, window_end=start.map(ends))
-    return long[long["window_end"] <= hi][HISTORY_COLUMNS].reset_index(drop=True)
+    kept = long[long["window_end"] <= hi][HISTORY_COLUMNS]
+    # In a fixed order: a GROUP BY's rows come in whatever order DuckDB's threads finish.
+    return kept.sort_values(["version", "feature", "window_start"], ignore_index=True)
 
 
 def split_history(settings: Settings, name: str, missing: pd.DataFrame) -> pd.DataFrame:
