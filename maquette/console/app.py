@@ -34,7 +34,7 @@ from maquette.console import charts
 from maquette.console.catalog import CatalogReader, age
 from maquette.console.compare import compare
 from maquette.console.live import live_page
-from maquette.console.views import Console, NotFound, versus_baseline
+from maquette.console.views import Console, NotFound
 from maquette.monitoring.evidently_runs import reports_dir
 from maquette.platform.flows import prefect_auth
 
@@ -109,17 +109,16 @@ def create_app(settings: Settings) -> Starlette:
         )
 
     def version(request: Request) -> Response:
-        name, number = request.path_params["name"], request.path_params["version"]
-        found = console.version(name, number)
+        summary = console.model(request.path_params["name"])  # one read of the registry
+        found = summary.version(request.path_params["version"])
         record = found.record
         return page(
             request,
             "version.html",
             version=found,
             record=record,
-            aliases=[a for a, v in console.model(name).aliases.items() if v == number],
-            others=[v for v in console.model(name).versions if v.version != number],
-            versus=versus_baseline(record),
+            aliases=[a for a, v in summary.aliases.items() if v == found.version],
+            others=[v for v in summary.versions if v.version != found.version],
             trials_chart=charts.search_trials(record),
             importance_chart=charts.importance({found.tag: record}),
             dependence_charts=[

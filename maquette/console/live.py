@@ -23,7 +23,6 @@ from maquette.window_spec import parse_window
 
 # The metric shown first per task (others: ?metric=...).
 HEADLINE = {"regression": "rmse", "binary": "auc"}
-NOT_METRICS = {"predictions", "labelled", "label_coverage", "missing_feature_rate", "bias"}
 
 
 @dataclass

@@ -20,7 +20,6 @@ from maquette.monitoring import incidents
 from maquette.platform import components, schedules
 from maquette.platform.flows import prefect_api_url
 from maquette.registry import ModelVersion
-from maquette.version_record import VersionRecord
 
 T = TypeVar("T")
 SCHEDULES_TTL_S = 10.0
@@ -71,10 +70,15 @@ class ModelSummary:
     task: str
     versions: list[ModelVersion]
     aliases: dict[str, str]
-    latest: ModelVersion
-    headline: str
-    versus_baseline: str
-    beats_baseline: bool
+    latest: ModelVersion  # the served version (the default alias's), else the newest
+
+    def version(self, number: str) -> ModelVersion:
+        """One of its versions, or NotFound listing them."""
+        for candidate in self.versions:
+            if candidate.version == number:
+                return candidate
+        known = [(v.tag, f"/models/{self.name}/{v.version}") for v in self.versions]
+        raise NotFound(f"Model {self.name!r} has no version {number!r}.", known)
 
 
 @dataclass
@@ -122,35 +126,19 @@ class Console:
             aliases = table.get(name, {})
             served = aliases.get(self.settings.serving.default_alias)
             latest = next((v for v in versions if v.version == served), versions[-1])
-            record = latest.record
-            out.append(
-                ModelSummary(
-                    name,
-                    record.task,
-                    versions,
-                    aliases,
-                    latest,
-                    record.headline(),
-                    versus_baseline(record),
-                    record.baseline.beats_baseline,
-                )
-            )
+            out.append(ModelSummary(name, latest.record.task, versions, aliases, latest))
         return out
 
     def model(self, name: str) -> ModelSummary:
-        for summary in self.models():
+        found = self.models()
+        for summary in found:
             if summary.name == name:
                 return summary
-        known = [(m.name, f"/models/{m.name}") for m in self.models()]
+        known = [(m.name, f"/models/{m.name}") for m in found]
         raise NotFound(f"No model named {name!r} is registered.", known)
 
     def version(self, name: str, version: str) -> ModelVersion:
-        summary = self.model(name)
-        for candidate in summary.versions:
-            if candidate.version == version:
-                return candidate
-        known = [(v.tag, f"/models/{name}/{v.version}") for v in summary.versions]
-        raise NotFound(f"Model {name!r} has no version {version!r}.", known)
+        return self.model(name).version(version)
 
     def tagged(self, tag: str) -> ModelVersion:
         """NAME:VERSION as a version, or NotFound listing what exists."""
@@ -185,14 +173,3 @@ class Console:
             return registry.promote(self.settings, f"{name}:{version}", alias)
         except ModelVersionNotFound as exc:
             raise ValueError(f"{exc.message} {exc.remedy}") from exc
-
-
-def versus_baseline(record: VersionRecord) -> str:
-    """The headline metric against the baseline's, on the test split."""
-    test = record.metrics.test
-    if record.task == "regression":
-        model, base = test.model["rmse"], test.baseline["rmse"]
-        change = f"{100 * (model - base) / base:+.1f}%" if base else f"{model - base:+.3f}"
-        return f"rmse {model:.3f} vs {base:.3f} ({change})"
-    model, base = test.model["auc"], test.baseline["auc"]
-    return f"auc {model:.3f} vs {base:.3f} ({model - base:+.3f})"

@@ -319,7 +319,7 @@ class _Keys:
     def __init__(self, project: str) -> None:
         self.project = project
         self.commands: list[bytes] = []
-        self.position: dict[tuple[bytes, ...], dict[bytes, int]] = {}
+        self.position: dict[bytes, int] = {}  # by HMGET command (its fields included)
 
     def queue(self, plan: ReadPlan, rows: Sequence[dict[str, Any]]) -> list[list[int]]:
         """Per key group, the reply position of each row (InvalidEntityFrame for a row that
@@ -331,7 +331,7 @@ class _Keys:
             # renames or retypes a key, a long-lived process encodes rows afresh.
             types = tuple(str(group.key_types.get(k)) for k in group.join_keys)
             encoded = self._encoded.setdefault((fields, group.join_keys, types, self.project), {})
-            positions = self.position.setdefault(fields, {})
+            positions = self.position
             plain = _plain_classes(group)
             names = group.join_keys
             get = operator.itemgetter(*names) if names else lambda row: ()
