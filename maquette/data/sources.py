@@ -175,7 +175,7 @@ def load_tables(
         path = source_path(settings, name)
         _write_checked(settings, f"source {name!r}", table, path, "the source")
         con.execute(
-            f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet({_sql_str(path)})'
+            f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM read_parquet({_sql_str(path)})'
         )
         summaries.append(_summary(con, name, "source", path))
     for name, sql in feature_sql.items():

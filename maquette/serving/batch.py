@@ -111,7 +111,7 @@ def query_entities(settings: Settings, sql: str) -> pa.Table:
 
 
 def _query_reader(settings: Settings, sql: str, rows: int) -> pa.RecordBatchReader:
-    con = duckdb_connection()
+    con = duckdb_connection(private=True)  # it locks its configuration below
     select = single_select(con, sql)
     tables = {p.stem: p for p in datasets.sources_dir(settings).glob("*.parquet")}
     tables |= {p.stem: p for p in settings.offline_store.glob("*.parquet")}

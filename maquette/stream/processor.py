@@ -404,7 +404,7 @@ class StreamProcessor:
             rows = todo.rows.get(target.agg.view)
             if rows:
                 if con is None:
-                    con = duckdb_connection(quiet=True)
+                    con = duckdb_connection(quiet=True, private=True)
                     con.execute("SET threads = 1")  # leave the other core to reads and Redis
                 merge_rows(con, target, rows)
                 self.result.offline_rows += len(rows)
