@@ -4,6 +4,7 @@ runner, the BentoML service and the stream processor."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import signal
@@ -474,7 +475,8 @@ def test_a_stream_processor_that_does_not_keep_up_is_reported_in_the_demo_summar
 
     from maquette.cli.render_demo import demo_summary
     from maquette.features.layer import FeatureLayer
-    from maquette.platform.demo import DemoReport, TrafficReport, publish_events
+    from maquette.platform.demo import DemoReport
+    from maquette.platform.traffic import TrafficReport, publish_events
 
     # Its own Redis database: no stream processor reads the stream there, and the online
     # store is empty, so the events published are never applied.
@@ -496,3 +498,23 @@ def test_a_stream_processor_that_does_not_keep_up_is_reported_in_the_demo_summar
     demo_summary(console, DemoReport(traffic=traffic))
     shown = console.export_text()
     assert "WARNING the stream processor had not applied the events within 30 s at 1 of" in shown
+
+
+def test_the_replay_publishes_each_slots_events_once_as_a_query_per_slot_would(
+    loaded_project: Settings,
+) -> None:
+    from maquette.features.layer import FeatureLayer
+    from maquette.platform.traffic import StreamFollower, TrafficReport, historical_events
+
+    start = datetime(2013, 12, 2, 10, tzinfo=UTC)
+    end = start + timedelta(hours=6)
+    follower = StreamFollower(
+        loaded_project, FeatureLayer(loaded_project), (start, end), TrafficReport(start, end)
+    )
+    clocks = [start + timedelta(minutes=m) for m in (0, 60, 90, 90, 200, 360)]
+    published = 0
+    for before, clock in itertools.pairwise(clocks):
+        due = follower.due(clock)
+        assert due.equals(historical_events(loaded_project, before, clock)), clock
+        published += due.num_rows
+    assert published == historical_events(loaded_project, start, end).num_rows > 0

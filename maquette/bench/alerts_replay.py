@@ -34,7 +34,7 @@ from maquette.features.layer import FeatureLayer
 from maquette.features.read_plan import view_source
 from maquette.monitoring import monitor
 from maquette.platform import replay as history
-from maquette.platform.demo import request_fields
+from maquette.platform.traffic import request_fields
 from maquette.serving.predictor import PredictCall, Predictor
 from maquette.stream.aggregations import stream_definition
 from maquette.stream.events import publish

@@ -42,8 +42,9 @@ from maquette.errors import ConfigError, StoreUnavailable
 from maquette.features.layer import FeatureLayer
 from maquette.platform import components as platform
 from maquette.platform import replay, supervisor
-from maquette.platform.demo import replay_period, request_fields
+from maquette.platform.demo import replay_period
 from maquette.platform.flows import platform_prefect, platform_prefect_url
+from maquette.platform.traffic import request_fields
 from maquette.stream.events import publish
 from maquette.stream.history import events_sql
 from maquette.stream.operations import status as stream_status

@@ -73,7 +73,7 @@ def _traffic_summary(console: Console, report: DemoReport) -> None:
     # Lazy, as the imports above: numpy and the demo module (Feast) cost start-up time.
     import numpy as np
 
-    from maquette.platform.demo import STREAM_WAIT_S
+    from maquette.platform.traffic import STREAM_WAIT_S
 
     t = report.traffic
     assert t is not None

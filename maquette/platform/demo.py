@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pyarrow as pa
 
 from maquette import registry
@@ -30,20 +29,16 @@ from maquette.data.redis_server import redis_url
 from maquette.data.secrets import redact
 from maquette.data.sql import duckdb_connection
 from maquette.errors import ComponentFailed, ConfigError, DataNotLoaded
-from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
 from maquette.features.materialize import MaterializeResult
 from maquette.features.online import OnlineFeatures
 from maquette.monitoring import monitor as monitoring
 from maquette.platform import components as platform
-from maquette.platform import replay
 from maquette.platform.components import prefect_api
 from maquette.platform.flows import project_flow
+from maquette.platform.traffic import TrafficReport, replay_traffic
 from maquette.serving import prediction_log as predictions
-from maquette.stream.aggregations import stream_definition
 from maquette.stream.backfill import load_dataset
-from maquette.stream.events import publish
-from maquette.stream.history import events_sql
 from maquette.stream.operations import reset
 from maquette.training import pipeline as training
 
@@ -56,8 +51,6 @@ Monitor = Callable[[Settings, datetime], Any]
 # materialization would load the replay period into Redis ahead of the replay's clock (and a
 # monitoring pass would judge a half-replayed period).
 HELD_SCHEDULES = ["materialize/incremental", "monitor/models"]
-# Seconds the replay waits, at each slot, for the stream processor to apply the slot's events.
-STREAM_WAIT_S = 30.0
 
 
 def train_plain(settings: Settings, name: str, trials: int | None) -> str:
@@ -133,192 +126,6 @@ def replay_period(settings: Settings, quick: bool = False) -> tuple[datetime, da
     return demo.replay_start, min(
         demo.replay_end, demo.replay_start + timedelta(days=demo.quick_days)
     )
-
-
-def request_fields(settings: Settings, layer: FeatureLayer, name: str) -> list[str]:
-    """What a prediction request of model `name` carries: entity keys, partition key, request
-    fields (in the service's own terms)."""
-    spec = settings.model_spec(name)
-    return layer.request_keys(spec.feature_service, spec.partition_by)
-
-
-@dataclass
-class TrafficReport:
-    """What the replayed traffic did."""
-
-    start: datetime
-    end: datetime
-    entity_rows: int = 0
-    skipped: int = 0
-    requests: int = 0
-    failures: int = 0
-    events: int = 0
-    request_ms: list[float] = field(default_factory=list)
-    materialize_s: float = 0.0
-    stream_wait_s: float = 0.0
-    # Slots at which the stream processor had not applied the events within STREAM_WAIT_S:
-    # their predictions were served with streaming features behind the replay's clock.
-    stream_behind: int = 0
-    seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    models: int = 1
-
-    @property
-    def rows_per_request(self) -> float:
-        # Each slot's entity rows go once to every model.
-        return self.entity_rows * self.models / max(self.requests, 1)
-
-
-def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
-
-
-@dataclass(frozen=True)
-class PublishedEvents:
-    """Events published to the stream, and whether the processor applied them in time."""
-
-    events: int
-    waited_s: float
-    caught_up: bool
-
-
-def publish_events(
-    settings: Settings,
-    layer: FeatureLayer,
-    start: datetime,
-    end: datetime,
-    timeout_s: float = STREAM_WAIT_S,
-) -> PublishedEvents:
-    """Publish the historical events in [start, end) to the stream, then wait (up to
-    timeout_s) until the stream processor's value for the last of them is readable online.
-
-    The processor writes each batch online as soon as it reads it, in event order, so once the
-    last event's rows are in Redis, every earlier one is too.
-    """
-
-    definition = stream_definition(settings)
-    con = duckdb_connection()
-    events = con.sql(events_sql(settings, start, end)).to_arrow_table().to_pylist()
-    if not events:
-        return PublishedEvents(0, 0.0, True)
-    publish(settings, events)
-    last = events[-1]
-    began = time.perf_counter()
-    caught_up = True
-    for agg in definition.aggregations:
-        (group,) = layer.read_plan([f"{agg.view}:{agg.feature_names[0]}"]).groups
-        key = wire.entity_key_bytes(
-            {agg.key: last[agg.key]}, group.key_types, settings.feast.project
-        )
-        due = last[definition.event_time].timestamp()
-
-        def applied(key: bytes = key, view: str = agg.view, due: float = due) -> bool:
-            stored = wire.decode_timestamp_seconds(layer.redis.hget(key, wire.ts_field(view)))
-            return stored is not None and stored >= due
-
-        while not applied() and time.perf_counter() - began < timeout_s:
-            time.sleep(0.005)
-        caught_up = caught_up and applied()
-    return PublishedEvents(len(events), time.perf_counter() - began, caught_up)
-
-
-class _PredictionRequests:
-    """Sends a slot's entity rows to every model, one request per model, recording each answer."""
-
-    def __init__(self, settings: Settings, client: httpx.Client, report: TrafficReport) -> None:
-        self.names = list(settings.models)
-        self.alias = settings.serving.default_alias
-        self.client = client
-        self.report = report
-
-    def __call__(self, batch: list[dict[str, Any]], when: datetime) -> list[Any]:
-        body_rows = [_json_row(r) for r in batch]
-        answers = []
-        for name in self.names:
-            tick = time.perf_counter()
-            response = self.client.post(
-                "/predict",
-                json={
-                    "rows": body_rows,
-                    "model": f"{name}@{self.alias}",
-                    "as_of": when.isoformat(),
-                },
-            )
-            self.report.request_ms.append((time.perf_counter() - tick) * 1000)
-            self.report.requests += 1
-            if response.status_code != 200:
-                self.report.failures += 1
-                if len(self.report.errors) < 5:
-                    self.report.errors.append(f"{response.status_code}: {response.text[:200]}")
-                continue
-            answers.extend(response.json()["predictions"])
-        return answers
-
-
-class _StreamFollower:
-    """At each slot start, publishes the events not yet published and waits for the processor."""
-
-    def __init__(
-        self, settings: Settings, layer: FeatureLayer, start: datetime, report: TrafficReport
-    ) -> None:
-        self.settings, self.layer, self.until, self.report = settings, layer, start, report
-
-    def __call__(self, clock: datetime, _upper: datetime) -> None:
-        if clock <= self.until:
-            return
-        published = publish_events(self.settings, self.layer, self.until, clock)
-        self.report.events += published.events
-        self.report.stream_wait_s += published.waited_s
-        self.report.stream_behind += 0 if published.caught_up else 1
-        self.until = clock
-
-
-def replay_traffic(
-    settings: Settings,
-    layer: FeatureLayer,
-    service_url: str,
-    start: datetime,
-    end: datetime,
-    progress: Progress | None = None,
-    with_stream: bool = True,
-) -> TrafficReport:
-    """Replay [start, end) as live traffic through the HTTP service, slot by slot.
-
-    At each slot start T: materialize up to T, publish the events before T to the stream and
-    wait for the processor, then send the slot's entity rows to every model in one request
-    per model, as of T (a prediction made up to one slot ahead of the event).
-    """
-    names = list(settings.models)
-    report = TrafficReport(start, end, models=len(names))
-    fields = list(dict.fromkeys(f for n in names for f in request_fields(settings, layer, n)))
-    rows = replay.entity_rows(settings, names[0], start, end)
-    report.skipped = int(rows[fields].isna().any(axis=1).sum())
-    rows = rows.dropna(subset=fields)
-    report.entity_rows = len(rows)
-    key = settings.serving.api_key
-    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
-    follow = _StreamFollower(settings, layer, start, report) if with_stream else None
-    began = time.perf_counter()
-    with httpx.Client(base_url=service_url, headers=headers, timeout=30) as client:
-        result = replay.replay(
-            settings,
-            rows,
-            fields,
-            _PredictionRequests(settings, client, report),
-            start,
-            end,
-            slot=timedelta(minutes=settings.demo.slot_minutes),
-            timestamp_column=settings.model_spec(names[0]).timestamp_column,
-            on_slot=follow,
-            progress=(lambda done, total: progress("replay", done, total)) if progress else None,
-            layer=layer,
-            per_slot=True,
-        )
-    if follow is not None:
-        follow(end, end)  # the last events, so the stream has the whole period
-    report.materialize_s = result.materialize_s
-    report.seconds = time.perf_counter() - began
-    return report
 
 
 def _start_platform(
@@ -469,14 +276,18 @@ def run_demo(
     with _stage(report, "drain prediction log", announce):
         report.drained = predictions.drain(settings).entries
         report.logged = logged_predictions(settings, start, end, since=began)
+    console = "console" in settings.orchestration.components
+    if console:
+        # Nobody looks at it before the end: it loads while the monitoring pass runs (mostly
+        # on one core), rather than taking CPU from training and the replay.
+        platform.up(settings, ["console"], announce, wait=False)
     with _stage(report, "monitor", announce):
         # Judged at the end of the replay: the labels known by then are joined.
         runner = monitor or (lambda s, when: monitoring.run(s, None, when, announce=announce))
         report.monitoring = runner(settings, end)
-    if "console" in settings.orchestration.components:
-        # Last: nobody looks at it before the end, and its start would take CPU from the rest.
-        with _stage(report, "start console", announce):
-            platform.up(settings, ["console"], announce)
+    if console:
+        with _stage(report, "console ready", announce):
+            platform.wait_until_up(settings, ["console"])
     report.platform = platform.status(settings)
     return report
 
