@@ -64,3 +64,17 @@ def test_unshown_per_column_charts_are_skipped_and_the_report_is_the_same(
     # Outside the block, ValueDrift draws its chart again.
     again, _ = _report(False, tmp_path / "again.html")
     assert len(again.dumps()) > 0.9 * len(stock.dumps())
+
+
+def test_the_workspace_stores_a_snapshot_as_evidently_writes_it(tmp_path: Path) -> None:
+    from evidently.ui.storage.local.base import LocalState
+
+    snapshot, _ = _report(True, tmp_path / "report.html")
+    model = snapshot.to_snapshot_model()
+    stock = LocalState(str(tmp_path / "stock"))
+    stock.write_snapshot("project", "run", model)
+    ours = LocalState(str(tmp_path / "ours"))
+    evidently_runs.write_snapshot(ours, "project", "run", model)
+    written = [tmp_path / side / "project" / "snapshots" / "run.json" for side in ("stock", "ours")]
+    assert written[0].read_bytes() == written[1].read_bytes()
+    assert stock.read_snapshot("project", "run") == ours.read_snapshot("project", "run")

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 
@@ -41,7 +42,7 @@ _CACHE_SIZE = 16
 
 def served_inputs(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """The feature values the model received: served values, missing or stale ones as null."""
-    decoded = [json.loads(s) for s in frame["features"]]
+    decoded = [_decoded(s) for s in frame["features"]]
     hidden = [
         set(m if m is not None else ()) | set(s if s is not None else ())
         for m, s in zip(frame["missing"], frame["stale"], strict=True)
@@ -52,6 +53,15 @@ def served_inputs(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
             if name in columns:
                 columns[name][i] = None
     return pd.DataFrame(columns, columns=features, index=frame.index)
+
+
+def _decoded(text: str) -> dict[str, Any]:
+    # orjson: a quarter of json's time (a pass decodes the same served rows for each window
+    # and reference); json for what orjson refuses (NaN, written by older logs).
+    try:
+        return dict(orjson.loads(text))
+    except orjson.JSONDecodeError:
+        return dict(json.loads(text))
 
 
 def served_rows(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
