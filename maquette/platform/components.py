@@ -275,12 +275,14 @@ def up(
     settings: Settings,
     components: list[str] | None = None,
     announce: Callable[[str], None] = lambda _: None,
+    wait: bool = True,
 ) -> list[ComponentStatus]:
     """Start each component that is not running and wait until each answers; from then on the
     project's supervisor restarts any that exits.
 
     A component that fails does not stop the others; ComponentFailed at the end names every
-    failure with the end of its log.
+    failure with the end of its log. `wait=False` returns once they are started, for work to
+    go on while they load; `wait_until_up` then waits for them.
     """
     names = _names(settings, components, False)
     require_project_files(settings, names)
@@ -293,8 +295,17 @@ def up(
             settings, sorted({*_supervised(settings, names), *known}, key=COMPONENTS.index)
         )
         started = _start_programs(settings, _supervised(settings, names), announce)
-        _wait_until_up(settings, started)
+        if wait:
+            _wait_until_up(settings, started)
     return status(settings, names)
+
+
+def wait_until_up(settings: Settings, components: list[str]) -> list[ComponentStatus]:
+    """Wait (up to `orchestration.start_timeout_s`) until each of these started components
+    answers; ComponentFailed names those that stopped or did not answer, with their logs."""
+    now = time.monotonic()
+    _wait_until_up(settings, dict.fromkeys(_supervised(settings, components), now))
+    return status(settings, components)
 
 
 def _start_programs(

@@ -118,7 +118,7 @@ def test_quick_demo_runs_the_whole_lifecycle_from_a_fresh_project(quick_demo: De
         "replay 2013-12-01 to 2013-12-03",
         "drain prediction log",
         "monitor",
-        "start console",
+        "console ready",
     ):
         assert stage in out, stage
     assert "336,776 rows" in out and "327,346 with a label" in out
