@@ -31,6 +31,12 @@ class RedisSettings(Section):
     url: str | None = Field(
         None, description="Use this Redis (redis://host:port/db) instead of the embedded one."
     )
+    cluster: list[Annotated[str, Field(pattern=r"^\[?[^\s,@/]+\]?:[0-9]{1,5}$")]] = Field(
+        [],
+        description="Seed nodes (host:port) of a Redis Cluster holding the online store "
+        "(password: redis.password). So far the feature layer runs on it (Feast, materialize, "
+        "online reads); the prediction log and the streams still need one Redis (redis.url).",
+    )
     host: str = Field("127.0.0.1", description="Interface the embedded redis-server binds to.")
     # 6379 is every Redis's default; a different port keeps the user's own Redis untouched.
     port: int = Field(6399, description="Port of the embedded redis-server.")

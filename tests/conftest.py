@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 # Prefect's server tries to reach its analytics endpoint; offline that only fills the log.
@@ -63,6 +66,110 @@ def running_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10_000 < 65_536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10_000))
+                except OSError:
+                    continue
+            return port
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A real Redis Cluster of three masters on loopback, slots assigned from Python (CLUSTER
+    ADDSLOTS and MEET: no redis-cli needed), password-protected, for the whole session."""
+    password = secrets.token_urlsafe(16)
+    nodes: list[tuple[int, subprocess.Popen[bytes], Path]] = []
+    cluster: RedisClusterNodes | None = None
+    try:
+        for _ in range(3):
+            port, data_dir = free_cluster_port(), tmp_path_factory.mktemp("cluster")
+            binary, conf = server_command(
+                redis_server_binary(),
+                port,
+                "127.0.0.1",
+                data_dir,
+                daemonize=False,
+                password=password,
+            )
+            with open(conf, "a") as f:
+                f.write("cluster-enabled yes\ncluster-config-file nodes.conf\n")
+                f.write("cluster-node-timeout 2000\n")
+            proc = subprocess.Popen(
+                [binary, conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            nodes.append((port, proc, data_dir))
+        clients = []
+        for port, _, data_dir in nodes:
+            url = f"redis://:{password}@127.0.0.1:{port}/0"
+            wait_until_ready(url, 10, data_dir / "redis.log")
+            clients.append(redis.Redis.from_url(url))
+        third = 16384 // 3
+        bounds = [(0, third), (third, 2 * third), (2 * third, 16384)]
+        for client, (lo, hi) in zip(clients, bounds, strict=True):
+            client.execute_command("CLUSTER ADDSLOTS", *range(lo, hi))
+        for port, _, _ in nodes[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
+        deadline = time.monotonic() + 30
+        while not all(_cluster_ok(c) for c in clients):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.2)
+        cluster = RedisClusterNodes(
+            [f"127.0.0.1:{port}" for port, _, _ in nodes],
+            password,
+            [proc for _, proc, _ in nodes],
+            [[str(binary), str(d / "redis.conf")] for _, _, d in nodes],
+        )
+        yield cluster
+    finally:
+        # A restarted node's process replaced its first one in the cluster's list.
+        for proc in cluster.processes if cluster else [p for _, p, _ in nodes]:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _cluster_ok(client: redis.Redis[bytes]) -> bool:
+    state = client.execute_command("CLUSTER INFO").get("cluster_state")  # parsed into a dict
+    return state in ("ok", b"ok")
+
+
+@dataclass
+class RedisClusterNodes:
+    """The test cluster: its nodes (host:port), password and server processes (in order)."""
+
+    nodes: list[str]
+    password: str
+    processes: list[subprocess.Popen[bytes]]
+    commands: list[list[str]]
+
+    def restart(self, index: int) -> None:
+        """Start node `index` again from its own config, data and nodes.conf; wait until the
+        cluster answers for every slot."""
+        self.processes[index] = subprocess.Popen(
+            self.commands[index], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        clients = [
+            redis.Redis(host=h, port=int(p), password=self.password)
+            for h, p in (n.split(":") for n in self.nodes)
+        ]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if all(_cluster_ok(c) for c in clients):
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {self.nodes[index]} did not rejoin the cluster")
+            time.sleep(0.2)
 
 
 def make_project(folder: Path, redis_url: str | None, **overrides: object) -> Path:

@@ -20,6 +20,7 @@ from maquette.config import Settings, load_settings
 from maquette.data import redis_server
 from maquette.data.secrets import secrets_dir
 from maquette.errors import ConfigError, StoreUnavailable
+from maquette.features import online_store
 from maquette.features.layer import repo_config
 from tests.conftest import free_port
 
@@ -116,10 +117,10 @@ def test_feast_gets_passwords_it_would_misread_quoted_and_a_comma_refused() -> N
     parse = RedisOnlineStore._parse_connection_string
     for password in ("123", "true", "null", 'a"b', "p w"):
         url = f"redis://:{quote(password, safe='')}@h:7/0"
-        _, params = parse(redis_server.feast_connection_string(url))
+        _, params = parse(online_store.feast_connection_string(url))
         assert params["password"] == password
     with pytest.raises(ConfigError, match="comma"):
-        redis_server.feast_connection_string("redis://:a%2Cb@h:7/0")
+        online_store.feast_connection_string("redis://:a%2Cb@h:7/0")
 
 
 def test_a_non_loopback_bind_needs_a_password_of_the_users_own(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from maquette.config import load_settings
 from maquette.data import redis_server
 from maquette.data.secrets import redact
 from maquette.errors import StoreUnavailable
+from maquette.features import online_store
 from tests.conftest import free_port
 
 
@@ -84,8 +85,8 @@ def test_no_binary_anywhere_says_how_to_install(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_feast_connection_string_carries_db_and_password() -> None:
-    assert redis_server.feast_connection_string("redis://:pw@h:7/3") == "h:7,db=3,password=pw"
-    assert redis_server.feast_connection_string("redis://127.0.0.1:6399/0") == "127.0.0.1:6399"
+    assert online_store.feast_connection_string("redis://:pw@h:7/3") == "h:7,db=3,password=pw"
+    assert online_store.feast_connection_string("redis://127.0.0.1:6399/0") == "127.0.0.1:6399"
 
 
 def test_appendfsync_always_is_a_setting_the_embedded_server_runs_with(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote
 
 import psutil
 import redis
@@ -112,41 +111,17 @@ def _unauthenticated_url(settings: Settings) -> str:
 
 def redis_url(settings: Settings) -> str:
     """The Redis URL Maquette uses: the configured one as it is, else the embedded server's
-    (with its password). Show it only through `secrets.redact`."""
-    return settings.redis.url or embedded_url(settings)
+    (with its password). Show it only through `secrets.redact`.
 
-
-def _feast_value(value: str, what: str) -> str:
-    # Feast splits the string on commas, then JSON-decodes each value when it can: a password
-    # `123` or `true` would arrive as a number or a bool, so those go JSON-quoted.
-    if "," in value:
+    With `redis.cluster`, the features are on the cluster and this Redis holds the rest (the
+    prediction log, the streams): it must then be given as redis.url."""
+    if settings.redis.cluster and not settings.redis.url:
         raise ConfigError(
-            f"the Redis {what} contains a comma, which Feast's connection string cannot carry.",
-            "Choose a Redis password (redis.password or the one in redis.url) without commas.",
+            "redis.cluster holds the online features; the prediction log, the event streams "
+            "and the stream processor's state need one Redis as well, and none is configured.",
+            "Set redis.url (MAQUETTE_REDIS_URL) to a Redis for them, next to redis.cluster.",
         )
-    try:
-        json.loads(value)
-    except ValueError:
-        return value
-    return json.dumps(value)
-
-
-def feast_connection_string(url: str) -> str:
-    """Feast's `host:port,db=N,password=...` form of a redis:// URL (it holds the password:
-    give it to Feast in memory, never write it into feature_store.yaml)."""
-    parsed = urlparse(url)
-    parts = [f"{parsed.hostname or 'localhost'}:{parsed.port or 6379}"]
-    db = (parsed.path or "/0").lstrip("/") or "0"
-    if db != "0":
-        parts.append(f"db={db}")
-    # redis-py percent-decodes the URL's credentials; Feast gets them decoded.
-    if parsed.password:
-        parts.append(f"password={_feast_value(unquote(parsed.password), 'password')}")
-    if parsed.username:
-        parts.append(f"username={_feast_value(unquote(parsed.username), 'user name')}")
-    if parsed.scheme == "rediss":
-        parts.append("ssl=true")
-    return ",".join(parts)
+    return settings.redis.url or embedded_url(settings)
 
 
 def _client(url: str, timeout: float = 2.0) -> redis.Redis[bytes]:
@@ -155,6 +130,11 @@ def _client(url: str, timeout: float = 2.0) -> redis.Redis[bytes]:
 
 def unreachable(settings: Settings, exc: Exception) -> StoreUnavailable:
     """The error every Redis call raises when the server does not answer, with the remedy."""
+    if settings.redis.cluster:
+        return StoreUnavailable(
+            f"the Redis Cluster at {', '.join(settings.redis.cluster)} is unreachable: {exc}",
+            "Check that its nodes run and redis.cluster in maquette.yaml.",
+        )
     return StoreUnavailable(
         redact(f"Redis at {redis_url(settings)} is unreachable: {exc}"),
         "Start it with `maquette redis start` or fix MAQUETTE_REDIS_URL.",

@@ -23,7 +23,6 @@ from feast import FeatureStore, FeatureView, OnDemandFeatureView
 from feast.types import FeastType
 
 from maquette.config import Settings
-from maquette.data.redis_server import redis_url
 from maquette.data.sql import duckdb_connection
 from maquette.errors import InvalidEntityFrame
 from maquette.features import redis_layout as wire
@@ -37,6 +36,7 @@ from maquette.features.point_in_time import (
     table_span,
 )
 from maquette.features.read_plan import join_key_types, view_source
+from maquette.features.redis_cluster import RoutedPipe, raw_pipe
 
 # Called as progress(view name, rows read so far, rows to read).
 Progress = Callable[[str, int, int], None]
@@ -82,7 +82,7 @@ def materialize_views(
     result = MaterializeResult(start, end)
     began = time.perf_counter()
     # Two connections: one reads stored timestamps, the other writes, each in its own thread.
-    reader, writer = wire.RespWriter(redis_url(settings)), wire.RespWriter(redis_url(settings))
+    reader, writer = raw_pipe(settings), raw_pipe(settings)
     try:
         for view in views:
             if isinstance(view, OnDemandFeatureView):
@@ -167,8 +167,8 @@ class MaterializationAlongClock:
         # Where each view stands: its first run starts there, as an incremental run would.
         self._first = {v.name: _last_end(v) for v in self.views}
         self._reached: dict[str, datetime] = {}
-        self._reader = wire.RespWriter(redis_url(settings))
-        self._writer = wire.RespWriter(redis_url(settings))
+        self._reader = raw_pipe(settings)
+        self._writer = raw_pipe(settings)
 
     def __enter__(self) -> MaterializationAlongClock:
         return self
@@ -365,8 +365,8 @@ class _ViewWrites:
 
 
 def _materialize_view(
-    reader: wire.RespWriter,
-    writer: wire.RespWriter,
+    reader: wire.RespWriter | RoutedPipe,
+    writer: wire.RespWriter | RoutedPipe,
     writes: _ViewWrites,
     start: datetime,
     end: datetime,
@@ -384,8 +384,8 @@ def _materialize_view(
 
 
 def _write_newer(
-    reader: wire.RespWriter,
-    writer: wire.RespWriter,
+    reader: wire.RespWriter | RoutedPipe,
+    writer: wire.RespWriter | RoutedPipe,
     writes: _ViewWrites,
     batches: Iterable[pa.RecordBatch],
     total: int,

@@ -33,6 +33,7 @@ from maquette.data.redis_server import redis_url, unreachable
 from maquette.errors import InvalidEntityFrame, StoreUnavailable
 from maquette.features import redis_layout as wire
 from maquette.features.read_plan import KeyGroup, OnDemandRead, ReadPlan
+from maquette.features.redis_cluster import RoutedPipe, is_cluster, raw_pipe
 
 # A value's status, in Feast's names.
 PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"
@@ -110,9 +111,10 @@ class HashReads:
 
     def __init__(self, settings: Settings, client: redis.Redis[bytes]) -> None:
         self.settings, self.client = settings, client
-        self.url = redis_url(settings)
-        self.raw = urlparse(self.url).scheme == "redis"
-        self._conn: wire.RespWriter | None = None
+        # A cluster's masters each get the commands of their keys (`RoutedPipe`).
+        cluster = is_cluster(settings)
+        self.raw = cluster or urlparse(redis_url(settings)).scheme == "redis"
+        self._conn: wire.RespWriter | RoutedPipe | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -145,7 +147,7 @@ class HashReads:
             return self._through_redis_py(commands)
         if self._conn is None:
             timeout_s = min(READ_TIMEOUT_S, 0.6 * self.settings.serving.timeout_s)
-            self._conn = wire.RespWriter(self.url, timeout_s=timeout_s)
+            self._conn = raw_pipe(self.settings, timeout_s=timeout_s)
         try:
             self._conn.send(b"".join(commands))
             return self._conn.replies(len(commands))

@@ -319,6 +319,16 @@ class RespWriter:
 
     def replies(self, count: int) -> list[Any]:
         """Read `count` replies; an error reply raises StoreUnavailable with Redis's message."""
+        out = self.raw_replies(count)
+        if errors := [r for r in out if isinstance(r, hiredis.ReplyError)]:
+            raise StoreUnavailable(
+                f"Redis refused {len(errors)} commands: {errors[0]}",
+                "Check the server's memory and configuration.",
+            )
+        return out
+
+    def raw_replies(self, count: int) -> list[Any]:
+        """Read `count` replies, error replies among them (`hiredis.ReplyError`)."""
         out: list[Any] = []
         while len(out) < count:
             reply = self._parser.gets()
@@ -332,11 +342,6 @@ class RespWriter:
                 self._parser.feed(chunk)
                 continue
             out.append(reply)
-        if errors := [r for r in out if isinstance(r, hiredis.ReplyError)]:
-            raise StoreUnavailable(
-                f"Redis refused {len(errors)} commands: {errors[0]}",
-                "Check the server's memory and configuration.",
-            )
         return out
 
     def close(self) -> None:

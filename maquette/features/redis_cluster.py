@@ -1,0 +1,197 @@
+"""The online store on a Redis Cluster: `redis.cluster: [host:port, ...]` in maquette.yaml.
+
+Feast's key layout does not change on a cluster (one hash per entity key and project), so
+`get_online_features` reads what Maquette writes; each key's hash slot decides the master that
+holds it. Maquette's raw pipelines (the online reader, the materialize writer) keep their
+packed commands and send each master the ones whose keys it holds, then put the replies back in
+command order (`RoutedPipe`); a MOVED or ASK reply (slots resharded under way) reloads the slot
+map and sends those commands again. Feast gets `redis_type: redis_cluster` with the same nodes.
+
+So far the feature layer runs on a cluster; the prediction log, the event streams and the
+stream processor's state need one Redis, and `redis_url` says so when it is asked for one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import hiredis
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+
+from maquette.config import Settings
+from maquette.data.redis_server import redis_url
+from maquette.errors import StoreUnavailable
+from maquette.features import redis_layout as wire
+
+SLOTS = 16384
+
+
+def is_cluster(settings: Settings) -> bool:
+    return bool(settings.redis.cluster)
+
+
+def cluster_nodes(settings: Settings) -> list[tuple[str, int]]:
+    """The configured seed nodes as (host, port)."""
+    nodes = []
+    for text in settings.redis.cluster:
+        host, _, port = text.rpartition(":")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
+def _password(settings: Settings) -> str | None:
+    secret = settings.redis.password
+    return secret.get_secret_value() if secret is not None else None
+
+
+def node_url(settings: Settings, host: str, port: int) -> str:
+    """A redis:// URL of one node (it holds the password: show it only redacted)."""
+    password = _password(settings)
+    auth = f":{quote(password, safe='')}@" if password else ""
+    address = f"[{host}]" if ":" in host else host  # an IPv6 address
+    return f"redis://{auth}{address}:{port}/0"
+
+
+def cluster_client(settings: Settings, timeout_s: float = 5.0) -> RedisCluster[bytes]:
+    """redis-py's cluster client over the configured nodes (routes each command by slot)."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(settings)],
+        password=_password(settings),
+        socket_timeout=timeout_s,
+        socket_connect_timeout=min(timeout_s, 2.0),
+    )
+
+
+def raw_pipe(settings: Settings, timeout_s: float = 60.0) -> wire.RespWriter | RoutedPipe:
+    """A raw pipelined connection to the online store: one Redis, or every master of the
+    cluster (the same send/replies either way)."""
+    if is_cluster(settings):
+        return RoutedPipe(settings, timeout_s)
+    return wire.RespWriter(redis_url(settings), timeout_s)
+
+
+def split_commands(payload: bytes) -> list[bytes]:
+    """Packed commands (`*N` then N `$len` arguments each) cut apart again."""
+    out, at = [], 0
+    while at < len(payload):
+        start = at
+        end = payload.index(b"\r\n", at)
+        count = int(payload[at + 1 : end])
+        at = end + 2
+        for _ in range(count):
+            end = payload.index(b"\r\n", at)
+            at = end + 2 + int(payload[at + 1 : end]) + 2
+        out.append(payload[start:at])
+    return out
+
+
+def command_key(command: bytes) -> bytes:
+    """The key of a packed command (`*N $len NAME $len KEY ...`): its second argument."""
+    at = command.index(b"\r\n") + 2  # past *N
+    end = command.index(b"\r\n", at)
+    at = end + 2 + int(command[at + 1 : end]) + 2  # past the command's name
+    end = command.index(b"\r\n", at)
+    return command[end + 2 : end + 2 + int(command[at + 1 : end])]
+
+
+class RoutedPipe:
+    """Pipelined commands on a cluster: each master gets the commands whose keys it holds, on
+    a raw connection of its own; replies come back in command order."""
+
+    def __init__(self, settings: Settings, timeout_s: float = 60.0) -> None:
+        self.settings, self.timeout_s = settings, timeout_s
+        self.owner: list[tuple[str, int]] = []
+        self.conns: dict[tuple[str, int], wire.RespWriter] = {}
+        self.pending: list[bytes] = []
+        self.reload()
+
+    def reload(self) -> None:
+        """Read which master holds each slot (CLUSTER SLOTS from the first node answering)."""
+        failures = []
+        for host, port in [*self.conns, *cluster_nodes(self.settings)]:
+            try:
+                client = redis.Redis.from_url(
+                    node_url(self.settings, host, port), socket_timeout=self.timeout_s
+                )
+                ranges = client.execute_command("CLUSTER SLOTS")
+            except redis.RedisError as exc:
+                failures.append(f"{host}:{port}: {exc}")
+                continue
+            owner: list[tuple[str, int] | None] = [None] * SLOTS
+            for first, last, master, *_ in ranges:
+                address = (_text(master[0]) or host, int(master[1]))
+                owner[first : last + 1] = [address] * (last - first + 1)
+            if any(o is None for o in owner):
+                missing = sum(o is None for o in owner)
+                raise StoreUnavailable(
+                    f"the Redis Cluster at {host}:{port} serves no master for {missing:,} of "
+                    f"its {SLOTS:,} hash slots: the keys there can be neither read nor written.",
+                    "Check `redis-cli cluster info` on a node: a master is down or slots are "
+                    "unassigned; Maquette serves again once every slot has a master.",
+                )
+            self.owner = [o for o in owner if o is not None]
+            return
+        raise StoreUnavailable(
+            "no node of the Redis Cluster answered: " + "; ".join(failures),
+            "Check redis.cluster in maquette.yaml and that the cluster's nodes run.",
+        )
+
+    def send(self, payload: bytes) -> None:
+        """Queue packed commands (a RespWriter's `send`); `replies` sends and answers them."""
+        self.pending += split_commands(payload)
+
+    def replies(self, count: int) -> list[Any]:
+        """The replies of the next `count` queued commands, in order."""
+        commands, self.pending = self.pending[:count], self.pending[count:]
+        return self.round_trip(commands)
+
+    def round_trip(self, commands: Sequence[bytes]) -> list[Any]:
+        """Each command's reply, in order; error replies raise StoreUnavailable."""
+        replies = self._send(commands, range(len(commands)))
+        for _attempt in range(3):
+            moved = [i for i, r in enumerate(replies) if _redirected(r)]
+            if not moved:
+                break
+            self.reload()  # slots moved (a reshard or a failover): ask the cluster again
+            for i, reply in zip(moved, self._send(commands, moved), strict=True):
+                replies[i] = reply
+        if errors := [r for r in replies if isinstance(r, hiredis.ReplyError)]:
+            raise StoreUnavailable(
+                f"Redis refused {len(errors)} of {len(commands)} commands: {errors[0]}",
+                "Check the cluster's memory and state (`redis-cli cluster info`).",
+            )
+        return replies
+
+    def _send(self, commands: Sequence[bytes], which: Sequence[int]) -> list[Any]:
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for i in which:
+            groups[self.owner[key_slot(command_key(commands[i]))]].append(i)
+        for node, members in groups.items():  # every node works while the next is sent to
+            self._conn(node).send(b"".join(commands[i] for i in members))
+        out: dict[int, Any] = {}
+        for node, members in groups.items():
+            out.update(zip(members, self._conn(node).raw_replies(len(members)), strict=True))
+        return [out[i] for i in which]
+
+    def _conn(self, node: tuple[str, int]) -> wire.RespWriter:
+        if node not in self.conns:
+            self.conns[node] = wire.RespWriter(node_url(self.settings, *node), self.timeout_s)
+        return self.conns[node]
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+
+def _redirected(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK"))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,188 @@
+"""The feature layer on a real Redis Cluster (three masters on loopback): Feast and Maquette
+read and write the same keys, every master holds some, and moved slots are followed."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from maquette.config import Settings, load_settings
+from maquette.errors import ConfigError, StoreUnavailable
+from maquette.features.layer import FeatureLayer
+from maquette.features.redis_cluster import RoutedPipe, command_key, split_commands
+from maquette.features.redis_layout import RespWriter
+from tests.conftest import RedisClusterNodes, copy_feature_tables, make_project
+
+pytestmark = pytest.mark.cluster
+
+PERIOD = (datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 2, tzinfo=UTC))
+
+
+@pytest.fixture(scope="module")
+def cluster_project(
+    tmp_path_factory: pytest.TempPathFactory,
+    loaded_project: Settings,
+    running_redis: str,
+    redis_cluster: RedisClusterNodes,
+) -> Settings:
+    """The loaded project with its online store on the cluster (the log stays on one Redis)."""
+    folder = make_project(
+        tmp_path_factory.mktemp("cluster-project"),
+        running_redis,
+        redis={"cluster": redis_cluster.nodes, "password": redis_cluster.password},
+    )
+    settings = load_settings(folder)
+    copy_feature_tables(loaded_project, settings)
+    FeatureLayer(settings).apply()
+    return settings
+
+
+def _client(cluster: RedisClusterNodes) -> RedisCluster[bytes]:
+    nodes = [ClusterNode(n.split(":")[0], int(n.split(":")[1])) for n in cluster.nodes]
+    return RedisCluster(startup_nodes=nodes, password=cluster.password)
+
+
+def _dump(client: Any) -> dict[bytes, dict[bytes, bytes]]:
+    return {key: client.hgetall(key) for key in client.scan_iter(count=10_000)}
+
+
+def test_maquette_writes_on_the_cluster_what_feast_writes_there_and_on_one_redis(
+    cluster_project: Settings, loaded_project: Settings, redis_cluster: RedisClusterNodes
+) -> None:
+    layer, client = FeatureLayer(cluster_project), _client(redis_cluster)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    layer.store.materialize(*PERIOD)  # stock Feast, redis_type: redis_cluster
+    stock = _dump(client)
+    assert layer.clear_online() == len(stock) > 3_000
+    assert _dump(client) == {}
+    result = layer.materialize(*PERIOD)  # Maquette's writer, routed per master
+    assert _dump(client) == stock
+    assert sum(result.rows_written.values()) == 3_587
+    # Feast's key layout does not depend on the store: the single Redis holds the same keys.
+    single = redis.Redis.from_url(str(loaded_project.redis.url))
+    assert {
+        k for k in single.scan_iter(match=b"*" + cluster_project.feast.project.encode())
+    } >= set(stock)
+    # Every master holds a share of the entity keys.
+    for node in redis_cluster.nodes:
+        host, port = node.split(":")
+        master = redis.Redis(host=host, port=int(port), password=redis_cluster.password)
+        assert master.dbsize() > 500, node
+
+
+def test_online_features_on_the_cluster_equal_feasts_read_and_the_single_redis(
+    cluster_project: Settings, feature_layer: FeatureLayer
+) -> None:
+    layer = FeatureLayer(cluster_project)
+    layer.materialize(*PERIOD)
+    rows = [
+        {
+            "origin": o,
+            "route": r,
+            "carrier": c,
+            "tailnum": t,
+            "flight_id": i,
+            "scheduled_departure": datetime(2013, 12, 30, 12, tzinfo=UTC),
+        }
+        for i, (o, r, c, t) in enumerate(
+            itertools.product(
+                ["JFK", "LGA", "EWR"],
+                ["JFK-LAX", "LGA-ORD", "EWR-SFO"],
+                ["AA", "UA", "B6"],
+                ["N14228", "N24211"],
+            )
+        )
+    ]
+    service = layer.feature_service("flight_delay")
+    ours = layer.online_features(rows, "flight_delay").to_dict()
+    feast = layer.store.get_online_features(features=service, entity_rows=rows).to_dict()
+    assert {name: feast[name] for name in ours} == ours
+    assert ours == feature_layer.online_features(rows, "flight_delay").to_dict()
+    assert any(v is not None for v in ours["route_arr_delay_28d"])
+
+
+def _rows() -> list[dict[str, Any]]:
+    products = itertools.product(
+        ["JFK", "LGA", "EWR"], ["JFK-LAX", "LGA-ORD", "EWR-SFO"], ["AA", "UA", "B6"], ["N14228"]
+    )
+    when = datetime(2013, 12, 30, 12, tzinfo=UTC)
+    return [
+        {
+            "origin": o,
+            "route": r,
+            "carrier": c,
+            "tailnum": t,
+            "flight_id": i,
+            "scheduled_departure": when,
+        }
+        for i, (o, r, c, t) in enumerate(products)
+    ]
+
+
+def test_a_killed_master_fails_reads_clearly_then_serves_its_data_again(
+    cluster_project: Settings, redis_cluster: RedisClusterNodes
+) -> None:
+    layer = FeatureLayer(cluster_project)
+    layer.materialize(*PERIOD)
+    before = layer.online_features(_rows(), "flight_delay").to_dict()
+    time.sleep(1.5)  # appendfsync everysec: what was acknowledged a second ago is on disk
+    victim = redis_cluster.processes[0]
+    victim.kill()  # SIGKILL: no shutdown save; its slots have no master (no replicas here)
+    victim.wait()
+    with pytest.raises(StoreUnavailable) as down:
+        FeatureLayer(cluster_project).online_features(_rows(), "flight_delay")
+    assert "Redis Cluster" in down.value.message and redis_cluster.nodes[0] in str(down.value)
+    redis_cluster.restart(0)  # from its append-only file and nodes.conf
+    again = FeatureLayer(cluster_project).online_features(_rows(), "flight_delay").to_dict()
+    assert again == before
+
+
+def test_commands_are_cut_apart_and_keyed_as_packed() -> None:
+    commands = [
+        RespWriter.pack(["HMGET", b"key\r\n1", "a", "b"]),
+        RespWriter.pack(["HSET", "{tag}k", "f", b"\x00\r\n"]),
+    ]
+    assert split_commands(b"".join(commands)) == commands
+    assert [command_key(c) for c in commands] == [b"key\r\n1", b"{tag}k"]
+
+
+def test_moved_slots_are_followed_to_their_new_master(
+    cluster_project: Settings, redis_cluster: RedisClusterNodes
+) -> None:
+    client = _client(redis_cluster)
+    keys = [f"moved-{i}".encode() for i in range(300)]
+    for key in keys:
+        client.set(key, key)
+    pipe = RoutedPipe(cluster_project)
+    try:
+        # Every slot sent to the wrong master: each answers MOVED, the pipe reloads the map.
+        pipe.owner = pipe.owner[5461:] + pipe.owner[:5461]
+        replies = pipe.round_trip([RespWriter.pack(["GET", k]) for k in keys])
+    finally:
+        pipe.close()
+        client.delete(*keys)
+    assert replies == keys
+
+
+def test_the_log_and_streams_need_one_redis_beside_the_cluster(
+    tmp_path: Path, redis_cluster: RedisClusterNodes
+) -> None:
+    from maquette.data.redis_server import redis_url
+
+    folder = make_project(tmp_path, None, redis={"cluster": redis_cluster.nodes})
+    with pytest.raises(ConfigError) as refused:
+        redis_url(load_settings(folder))
+    assert "redis.url" in refused.value.remedy
+
+
+def test_a_cluster_node_that_is_not_host_and_port_is_refused(tmp_path: Path) -> None:
+    folder = make_project(tmp_path, None, redis={"cluster": ["redis://a:1"]})
+    with pytest.raises(ConfigError, match="cluster"):
+        load_settings(folder)
