@@ -9,14 +9,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import redis
 import yaml
 
 # Prefect's server tries to reach its analytics endpoint; offline that only fills the log.
@@ -26,6 +23,7 @@ for name in [n for n in os.environ if n.startswith("MAQUETTE_")]:
 # BentoML fixes its model store on first use: one throwaway home for the whole session.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="maquette-bentoml-")
 
+from maquette.bench.local_cluster import LocalCluster  # noqa: E402
 from maquette.config import Settings, load_settings  # noqa: E402
 from maquette.data.redis_server import (  # noqa: E402
     DISABLED_COMMANDS,
@@ -68,108 +66,13 @@ def running_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(10)
 
 
-def free_cluster_port() -> int:
-    """A free port whose cluster-bus port (port + 10000) is free too."""
-    while True:
-        port = free_port()
-        if port + 10_000 < 65_536:
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port + 10_000))
-                except OSError:
-                    continue
-            return port
-
-
 @pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    """A real Redis Cluster of three masters on loopback, slots assigned from Python (CLUSTER
-    ADDSLOTS and MEET: no redis-cli needed), password-protected, for the whole session."""
-    password = secrets.token_urlsafe(16)
-    nodes: list[tuple[int, subprocess.Popen[bytes], Path]] = []
-    cluster: RedisClusterNodes | None = None
-    try:
-        for _ in range(3):
-            port, data_dir = free_cluster_port(), tmp_path_factory.mktemp("cluster")
-            binary, conf = server_command(
-                redis_server_binary(),
-                port,
-                "127.0.0.1",
-                data_dir,
-                daemonize=False,
-                password=password,
-            )
-            with open(conf, "a") as f:
-                f.write("cluster-enabled yes\ncluster-config-file nodes.conf\n")
-                f.write("cluster-node-timeout 2000\n")
-            proc = subprocess.Popen(
-                [binary, conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            nodes.append((port, proc, data_dir))
-        clients = []
-        for port, _, data_dir in nodes:
-            url = f"redis://:{password}@127.0.0.1:{port}/0"
-            wait_until_ready(url, 10, data_dir / "redis.log")
-            clients.append(redis.Redis.from_url(url))
-        third = 16384 // 3
-        bounds = [(0, third), (third, 2 * third), (2 * third, 16384)]
-        for client, (lo, hi) in zip(clients, bounds, strict=True):
-            client.execute_command("CLUSTER ADDSLOTS", *range(lo, hi))
-        for port, _, _ in nodes[1:]:
-            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
-        deadline = time.monotonic() + 30
-        while not all(_cluster_ok(c) for c in clients):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test Redis Cluster did not reach cluster_state:ok")
-            time.sleep(0.2)
-        cluster = RedisClusterNodes(
-            [f"127.0.0.1:{port}" for port, _, _ in nodes],
-            password,
-            [proc for _, proc, _ in nodes],
-            [[str(binary), str(d / "redis.conf")] for _, _, d in nodes],
-        )
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real Redis Cluster of three masters on loopback (password, AOF), for the session."""
+    from maquette.bench.local_cluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
         yield cluster
-    finally:
-        # A restarted node's process replaced its first one in the cluster's list.
-        for proc in cluster.processes if cluster else [p for _, p, _ in nodes]:
-            proc.terminate()
-            proc.wait(10)
-
-
-def _cluster_ok(client: redis.Redis[bytes]) -> bool:
-    state = client.execute_command("CLUSTER INFO").get("cluster_state")  # parsed into a dict
-    return state in ("ok", b"ok")
-
-
-@dataclass
-class RedisClusterNodes:
-    """The test cluster: its nodes (host:port), password and server processes (in order)."""
-
-    nodes: list[str]
-    password: str
-    processes: list[subprocess.Popen[bytes]]
-    commands: list[list[str]]
-
-    def restart(self, index: int) -> None:
-        """Start node `index` again from its own config, data and nodes.conf; wait until the
-        cluster answers for every slot."""
-        self.processes[index] = subprocess.Popen(
-            self.commands[index], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        clients = [
-            redis.Redis(host=h, port=int(p), password=self.password)
-            for h, p in (n.split(":") for n in self.nodes)
-        ]
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if all(_cluster_ok(c) for c in clients):
-                    return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"node {self.nodes[index]} did not rejoin the cluster")
-            time.sleep(0.2)
 
 
 def make_project(folder: Path, redis_url: str | None, **overrides: object) -> Path:
@@ -234,6 +137,42 @@ def feature_layer(loaded_project: Settings):  # type: ignore[no-untyped-def]
     from maquette.features.layer import FeatureLayer
 
     return FeatureLayer(loaded_project)
+
+
+@pytest.fixture(scope="session")
+def cluster_project(
+    tmp_path_factory: pytest.TempPathFactory,
+    loaded_project: Settings,
+    running_redis: str,
+    redis_cluster: LocalCluster,
+) -> Settings:
+    """The loaded project with its online store on the Redis Cluster, materialized (the
+    prediction log and streams stay on the single Redis)."""
+    from maquette.features.layer import FeatureLayer
+
+    folder = make_project(
+        tmp_path_factory.mktemp("cluster-project"),
+        running_redis,
+        redis={"cluster": redis_cluster.nodes, "password": redis_cluster.password},
+    )
+    settings = load_settings(folder)
+    copy_feature_tables(loaded_project, settings)
+    layer = FeatureLayer(settings)
+    layer.apply()
+    layer.materialize(datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 2, tzinfo=UTC))
+    return settings
+
+
+@pytest.fixture(
+    scope="session", params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)]
+)
+def online_layer(request: pytest.FixtureRequest, loaded_project: Settings):  # type: ignore[no-untyped-def]
+    """The feature layer over one Redis, then over a Redis Cluster: online tests run on both."""
+    from maquette.features.layer import FeatureLayer
+
+    if request.param == "redis":
+        return FeatureLayer(loaded_project)
+    return FeatureLayer(request.getfixturevalue("cluster_project"))
 
 
 @pytest.fixture(scope="session")

@@ -119,12 +119,12 @@ def _rows(settings: Settings, n: int, offset: int = 300_000) -> list[dict[str, o
 
 
 def test_online_features_equal_feasts_online_read(
-    feature_layer: FeatureLayer, loaded_project: Settings
+    online_layer: FeatureLayer, loaded_project: Settings
 ) -> None:
     rows = _rows(loaded_project, 40)
-    ours = feature_layer.online_features(rows).to_dict()
-    feast = feature_layer.store.get_online_features(
-        features=feature_layer.feature_service("flight_delay"), entity_rows=rows
+    ours = online_layer.online_features(rows).to_dict()
+    feast = online_layer.store.get_online_features(
+        features=online_layer.feature_service("flight_delay"), entity_rows=rows
     ).to_dict()
     assert {name: feast[name] for name in ours} == ours
     assert all(v is not None for v in ours["route_arr_delay_28d"])
@@ -148,18 +148,16 @@ def test_maquette_materialize_writes_what_stock_feast_writes(loaded_project: Set
     assert len(stock) == 3_565  # origins and carriers carry several views in one hash
 
 
-def test_materialize_never_overwrites_a_newer_value(feature_layer: FeatureLayer) -> None:
-    again = feature_layer.materialize(
+def test_materialize_never_overwrites_a_newer_value(online_layer: FeatureLayer) -> None:
+    again = online_layer.materialize(
         datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 2, tzinfo=UTC)
     )
     assert set(again.rows_written.values()) == {0}
-    older = feature_layer.materialize(
+    older = online_layer.materialize(
         datetime(2013, 1, 1, tzinfo=UTC), datetime(2013, 6, 1, tzinfo=UTC)
     )
     assert sum(older.rows_read.values()) > 0 and set(older.rows_written.values()) == {0}
-    values = feature_layer.online_features(
-        [{"route": "JFK-LAX"}], ["route_daily:route_flights_28d"]
-    )
+    values = online_layer.online_features([{"route": "JFK-LAX"}], ["route_daily:route_flights_28d"])
     assert values.values[0]["route_flights_28d"] > 0
 
 
@@ -173,7 +171,7 @@ def test_materialize_incremental_resumes_where_the_last_run_ended(
 
 
 def test_online_read_flags_stale_values_that_feast_calls_present(
-    feature_layer: FeatureLayer,
+    online_layer: FeatureLayer,
 ) -> None:
     row = {
         "origin": "JFK",
@@ -182,19 +180,19 @@ def test_online_read_flags_stale_values_that_feast_calls_present(
         "route": "EWR-IAH",
         "scheduled_departure": datetime(2013, 12, 31, 15, tzinfo=UTC),
     }
-    ours = feature_layer.online_features([row], as_of=datetime(2014, 1, 1, tzinfo=UTC))
+    ours = online_layer.online_features([row], as_of=datetime(2014, 1, 1, tzinfo=UTC))
     assert ours.statuses[0]["temp"] == OUTSIDE_MAX_AGE
     assert ours.stale(0)[:1] == ["temp"]
     assert ours.statuses[0]["seats"] == PRESENT  # plane facts never expire
-    feast = feature_layer.store.get_online_features(
+    feast = online_layer.store.get_online_features(
         features=["weather_hourly:temp"], entity_rows=[row]
     )
     assert feast.proto.results[0].statuses[0] == 1  # PRESENT, although the value is a day old
-    fresh = feature_layer.online_features([row], as_of=datetime(2013, 12, 31, 0, tzinfo=UTC))
+    fresh = online_layer.online_features([row], as_of=datetime(2013, 12, 31, 0, tzinfo=UTC))
     assert fresh.statuses[0]["temp"] == PRESENT
 
 
-def test_unknown_entities_are_not_found_and_still_answered(feature_layer: FeatureLayer) -> None:
+def test_unknown_entities_are_not_found_and_still_answered(online_layer: FeatureLayer) -> None:
     row = {
         "origin": "XXX",
         "tailnum": "NOPE",
@@ -202,7 +200,7 @@ def test_unknown_entities_are_not_found_and_still_answered(feature_layer: Featur
         "route": "XXX-YYY",
         "scheduled_departure": datetime(2013, 12, 31, 15, tzinfo=UTC),
     }
-    result = feature_layer.online_features([row])
+    result = online_layer.online_features([row])
     assert result.values[0]["temp"] is None and result.statuses[0]["temp"] == NOT_FOUND
     assert set(result.missing(0)) >= {"temp", "seats", "route_flights_28d"}
     assert result.statuses[0]["dep_hour_local"] == PRESENT

@@ -13,38 +13,20 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from maquette.bench.local_cluster import LocalCluster
 from maquette.config import Settings, load_settings
 from maquette.errors import ConfigError, StoreUnavailable
 from maquette.features.layer import FeatureLayer
 from maquette.features.redis_cluster import RoutedPipe, command_key, split_commands
 from maquette.features.redis_layout import RespWriter
-from tests.conftest import RedisClusterNodes, copy_feature_tables, make_project
+from tests.conftest import make_project
 
 pytestmark = pytest.mark.cluster
 
 PERIOD = (datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 2, tzinfo=UTC))
 
 
-@pytest.fixture(scope="module")
-def cluster_project(
-    tmp_path_factory: pytest.TempPathFactory,
-    loaded_project: Settings,
-    running_redis: str,
-    redis_cluster: RedisClusterNodes,
-) -> Settings:
-    """The loaded project with its online store on the cluster (the log stays on one Redis)."""
-    folder = make_project(
-        tmp_path_factory.mktemp("cluster-project"),
-        running_redis,
-        redis={"cluster": redis_cluster.nodes, "password": redis_cluster.password},
-    )
-    settings = load_settings(folder)
-    copy_feature_tables(loaded_project, settings)
-    FeatureLayer(settings).apply()
-    return settings
-
-
-def _client(cluster: RedisClusterNodes) -> RedisCluster[bytes]:
+def _client(cluster: LocalCluster) -> RedisCluster[bytes]:
     nodes = [ClusterNode(n.split(":")[0], int(n.split(":")[1])) for n in cluster.nodes]
     return RedisCluster(startup_nodes=nodes, password=cluster.password)
 
@@ -54,7 +36,7 @@ def _dump(client: Any) -> dict[bytes, dict[bytes, bytes]]:
 
 
 def test_maquette_writes_on_the_cluster_what_feast_writes_there_and_on_one_redis(
-    cluster_project: Settings, loaded_project: Settings, redis_cluster: RedisClusterNodes
+    cluster_project: Settings, loaded_project: Settings, redis_cluster: LocalCluster
 ) -> None:
     layer, client = FeatureLayer(cluster_project), _client(redis_cluster)
     client.flushall(target_nodes=RedisCluster.PRIMARIES)
@@ -127,7 +109,7 @@ def _rows() -> list[dict[str, Any]]:
 
 
 def test_a_killed_master_fails_reads_clearly_then_serves_its_data_again(
-    cluster_project: Settings, redis_cluster: RedisClusterNodes
+    cluster_project: Settings, redis_cluster: LocalCluster
 ) -> None:
     layer = FeatureLayer(cluster_project)
     layer.materialize(*PERIOD)
@@ -139,7 +121,8 @@ def test_a_killed_master_fails_reads_clearly_then_serves_its_data_again(
     with pytest.raises(StoreUnavailable) as down:
         FeatureLayer(cluster_project).online_features(_rows(), "flight_delay")
     assert "Redis Cluster" in down.value.message and redis_cluster.nodes[0] in str(down.value)
-    redis_cluster.restart(0)  # from its append-only file and nodes.conf
+    redis_cluster.start(0)  # from its append-only file and nodes.conf
+    redis_cluster.wait_until_ok()
     again = FeatureLayer(cluster_project).online_features(_rows(), "flight_delay").to_dict()
     assert again == before
 
@@ -154,7 +137,7 @@ def test_commands_are_cut_apart_and_keyed_as_packed() -> None:
 
 
 def test_moved_slots_are_followed_to_their_new_master(
-    cluster_project: Settings, redis_cluster: RedisClusterNodes
+    cluster_project: Settings, redis_cluster: LocalCluster
 ) -> None:
     client = _client(redis_cluster)
     keys = [f"moved-{i}".encode() for i in range(300)]
@@ -172,7 +155,7 @@ def test_moved_slots_are_followed_to_their_new_master(
 
 
 def test_the_log_and_streams_need_one_redis_beside_the_cluster(
-    tmp_path: Path, redis_cluster: RedisClusterNodes
+    tmp_path: Path, redis_cluster: LocalCluster
 ) -> None:
     from maquette.data.redis_server import redis_url
 
@@ -186,3 +169,15 @@ def test_a_cluster_node_that_is_not_host_and_port_is_refused(tmp_path: Path) -> 
     folder = make_project(tmp_path, None, redis={"cluster": ["redis://a:1"]})
     with pytest.raises(ConfigError, match="cluster"):
         load_settings(folder)
+
+
+def test_freshness_scans_every_master(cluster_project: Settings, loaded_project: Settings) -> None:
+    from maquette.monitoring.freshness import freshness, is_streamed
+
+    when = datetime(2014, 1, 1, tzinfo=UTC)
+    layer = FeatureLayer(cluster_project)
+    layer.materialize(*PERIOD)
+    batch = {v.name for v in layer.feature_views() if not is_streamed(v)}
+    on_cluster = {f.view: f.newest for f in freshness(cluster_project, when) if f.view in batch}
+    on_one = {f.view: f.newest for f in freshness(loaded_project, when) if f.view in batch}
+    assert on_cluster == on_one and all(on_cluster.values()) and len(on_cluster) >= 4
