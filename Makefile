@@ -65,6 +65,7 @@ bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, servin
 	@command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk) \
 		|| (sudo apt-get update && sudo apt-get install -y wrk)
 	$(BIN)/maquette bench features
+	$(BIN)/maquette bench cluster
 	$(BIN)/maquette bench training
 	$(BIN)/maquette bench serving
 	$(BIN)/maquette bench startup

@@ -43,6 +43,24 @@ def bench_features(
         out.write_text(markdown)
 
 
+@bench_app.command("cluster")
+def bench_cluster(
+    rows: Annotated[int, typer.Option(help="Entities to materialize.")] = 1_000_000,
+    repeats: Annotated[int, typer.Option(help="Online reads per case.")] = 1000,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """One Redis next to a local three-master Redis Cluster: materialize, online reads.
+
+    Example: maquette bench cluster --rows 200000
+    """
+    from maquette.bench.cluster import run_cluster_benchmarks
+
+    markdown = run_cluster_benchmarks(project_settings(project), rows, repeats, console)
+    if out:
+        out.write_text(markdown)
+
+
 @bench_app.command("monitoring")
 def bench_monitoring(
     name: ModelArg = None,

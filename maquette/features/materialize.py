@@ -16,11 +16,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from feast import FeatureStore, FeatureView, OnDemandFeatureView
 from feast.types import FeastType
+from redis.crc import key_slot
 
 from maquette.config import Settings
 from maquette.data.sql import duckdb_connection
@@ -383,6 +385,16 @@ def _materialize_view(
     return _write_newer(reader, writer, writes, batches, total, progress)
 
 
+def _stored_timestamps(
+    reader: wire.RespWriter | RoutedPipe, keys: pa.Array, field: bytes, slots: list[int] | None
+) -> list[Any]:
+    """Each key's stored `_ts` of the view (None where there is none)."""
+    if isinstance(reader, RoutedPipe):
+        return reader.round_trip(wire.hget_command_array(keys, field).to_pylist(), slots)
+    reader.send(wire.hget_commands(keys, field))
+    return reader.replies(len(keys))
+
+
 def _write_newer(
     reader: wire.RespWriter | RoutedPipe,
     writer: wire.RespWriter | RoutedPipe,
@@ -394,11 +406,15 @@ def _write_newer(
     """(rows read, rows written) of batches holding one row per entity (keys, features, __ts):
     each row is written where it is newer than what Redis holds."""
     read = written = 0
+    routed = isinstance(writer, RoutedPipe)  # a cluster: each command goes to its key's master
 
-    def write(payload: bytes, rows: int) -> int:
-        writer.send(payload)
-        writer.replies(rows)
-        return rows
+    def write(commands: pa.BinaryArray, slots: list[int] | None) -> int:
+        if isinstance(writer, RoutedPipe):
+            writer.round_trip(commands.to_pylist(), slots)
+        else:
+            writer.send(wire.concat(commands))
+            writer.replies(len(commands))
+        return len(commands)
 
     # Keys are unique within a run (newest row per entity), so batch k+1's timestamps can be
     # read while batch k is written: Redis works on one core, encoding on the other.
@@ -408,18 +424,18 @@ def _write_newer(
             # Encode every row's HSET first (while Redis writes the previous batch); the
             # stored timestamps then only decide which rows to keep.
             keys, commands, seconds, nanos = writes.encoded(batch)
-            reader.send(wire.hget_commands(keys, writes.ts_field))
-            newer = wire.newer_than_stored(reader.replies(batch.num_rows), seconds, nanos)
+            slots = [key_slot(k) for k in keys.to_pylist()] if routed else None
+            stored = _stored_timestamps(reader, keys, writes.ts_field, slots)
+            newer = wire.newer_than_stored(stored, seconds, nanos)
             read += batch.num_rows
             if progress:
                 progress(writes.name, read, total)
             if not newer.all():
                 commands = commands.filter(pa.array(newer))
+                slots = [s for s, keep in zip(slots, newer, strict=True) if keep] if slots else None
             if pending:
                 written += pending.result()
-            pending = (
-                pool.submit(write, wire.concat(commands), len(commands)) if len(commands) else None
-            )
+            pending = pool.submit(write, commands, slots) if len(commands) else None
         if pending:
             written += pending.result()
     return read, written

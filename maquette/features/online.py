@@ -147,8 +147,10 @@ class HashReads:
             return self._through_redis_py(commands)
         if self._conn is None:
             timeout_s = min(READ_TIMEOUT_S, 0.6 * self.settings.serving.timeout_s)
-            self._conn = raw_pipe(self.settings, timeout_s=timeout_s)
+            self._conn = raw_pipe(self.settings, timeout_s=timeout_s, remember=True)
         try:
+            if isinstance(self._conn, RoutedPipe):  # a cluster: no need to join, then cut
+                return self._conn.round_trip(commands)
             self._conn.send(b"".join(commands))
             return self._conn.replies(len(commands))
         except wire.ConnectionLost:

@@ -29,6 +29,8 @@ from maquette.errors import StoreUnavailable
 from maquette.features import redis_layout as wire
 
 SLOTS = 16384
+# Commands whose slot an online reader remembers (~100 bytes each), before starting over.
+REMEMBERED_COMMANDS = 100_000
 
 
 def is_cluster(settings: Settings) -> bool:
@@ -67,11 +69,13 @@ def cluster_client(settings: Settings, timeout_s: float = 5.0) -> RedisCluster[b
     )
 
 
-def raw_pipe(settings: Settings, timeout_s: float = 60.0) -> wire.RespWriter | RoutedPipe:
+def raw_pipe(
+    settings: Settings, timeout_s: float = 60.0, remember: bool = False
+) -> wire.RespWriter | RoutedPipe:
     """A raw pipelined connection to the online store: one Redis, or every master of the
-    cluster (the same send/replies either way)."""
+    cluster (the same send/replies either way; `remember`: see `RoutedPipe.slot`)."""
     if is_cluster(settings):
-        return RoutedPipe(settings, timeout_s)
+        return RoutedPipe(settings, timeout_s, remember)
     return wire.RespWriter(redis_url(settings), timeout_s)
 
 
@@ -103,8 +107,9 @@ class RoutedPipe:
     """Pipelined commands on a cluster: each master gets the commands whose keys it holds, on
     a raw connection of its own; replies come back in command order."""
 
-    def __init__(self, settings: Settings, timeout_s: float = 60.0) -> None:
-        self.settings, self.timeout_s = settings, timeout_s
+    def __init__(self, settings: Settings, timeout_s: float = 60.0, remember: bool = False) -> None:
+        self.settings, self.timeout_s, self.remember = settings, timeout_s, remember
+        self.slots: dict[bytes, int] = {}
         self.owner: list[tuple[str, int]] = []
         self.conns: dict[tuple[str, int], wire.RespWriter] = {}
         self.pending: list[bytes] = []
@@ -150,15 +155,19 @@ class RoutedPipe:
         commands, self.pending = self.pending[:count], self.pending[count:]
         return self.round_trip(commands)
 
-    def round_trip(self, commands: Sequence[bytes]) -> list[Any]:
-        """Each command's reply, in order; error replies raise StoreUnavailable."""
-        replies = self._send(commands, range(len(commands)))
+    def round_trip(
+        self, commands: Sequence[bytes], slots: Sequence[int] | None = None
+    ) -> list[Any]:
+        """Each command's reply, in order; error replies raise StoreUnavailable. `slots`: each
+        command's hash slot when the caller knows it (else read from the command's key)."""
+        slots = slots if slots is not None else [self.slot(c) for c in commands]
+        replies = self._send(commands, slots, range(len(commands)))
         for _attempt in range(3):
             moved = [i for i, r in enumerate(replies) if _redirected(r)]
             if not moved:
                 break
             self.reload()  # slots moved (a reshard or a failover): ask the cluster again
-            for i, reply in zip(moved, self._send(commands, moved), strict=True):
+            for i, reply in zip(moved, self._send(commands, slots, moved), strict=True):
                 replies[i] = reply
         if errors := [r for r in replies if isinstance(r, hiredis.ReplyError)]:
             raise StoreUnavailable(
@@ -167,12 +176,27 @@ class RoutedPipe:
             )
         return replies
 
-    def _send(self, commands: Sequence[bytes], which: Sequence[int]) -> list[Any]:
+    def slot(self, command: bytes) -> int:
+        """The hash slot of a command's key; remembered per command when `remember` (online
+        reads send the same HMGETs again and again)."""
+        if not self.remember:
+            return int(key_slot(command_key(command)))
+        found = self.slots.get(command)
+        if found is None:
+            if len(self.slots) >= REMEMBERED_COMMANDS:
+                self.slots.clear()
+            found = self.slots[command] = int(key_slot(command_key(command)))
+        return found
+
+    def _send(
+        self, commands: Sequence[bytes], slots: Sequence[int], which: Sequence[int]
+    ) -> list[Any]:
         groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        owner = self.owner
         for i in which:
-            groups[self.owner[key_slot(command_key(commands[i]))]].append(i)
+            groups[owner[slots[i]]].append(i)
         for node, members in groups.items():  # every node works while the next is sent to
-            self._conn(node).send(b"".join(commands[i] for i in members))
+            self._conn(node).send(b"".join([commands[i] for i in members]))
         out: dict[int, Any] = {}
         for node, members in groups.items():
             out.update(zip(members, self._conn(node).raw_replies(len(members)), strict=True))

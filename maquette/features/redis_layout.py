@@ -226,9 +226,12 @@ def _const(value: bytes) -> bytes:
 
 def hget_commands(keys: pa.Array, field: bytes) -> bytes:
     """Pipelined `HGET key field` for every key."""
-    return concat(
-        pc.binary_join_element_wise(b"*3\r\n$4\r\nHGET\r\n", *_bulk(keys), _const(field), b"")
-    )
+    return concat(hget_command_array(keys, field))
+
+
+def hget_command_array(keys: pa.Array, field: bytes) -> pa.BinaryArray:
+    """One `HGET key field` command per key."""
+    return pc.binary_join_element_wise(b"*3\r\n$4\r\nHGET\r\n", *_bulk(keys), _const(field), b"")
 
 
 def hset_commands(
