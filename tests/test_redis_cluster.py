@@ -181,3 +181,50 @@ def test_freshness_scans_every_master(cluster_project: Settings, loaded_project:
     on_cluster = {f.view: f.newest for f in freshness(cluster_project, when) if f.view in batch}
     on_one = {f.view: f.newest for f in freshness(loaded_project, when) if f.view in batch}
     assert on_cluster == on_one and all(on_cluster.values()) and len(on_cluster) >= 4
+
+
+def test_the_service_reads_features_from_the_cluster_and_logs_beside_it(
+    production: dict[str, str],
+    loaded_project: Settings,
+    cluster_project: Settings,
+    redis_cluster: LocalCluster,
+) -> None:
+    import json
+
+    import httpx
+    from pydantic import SecretStr
+
+    from maquette.serving.library import load_model
+    from tests.test_serving import running_service
+
+    FeatureLayer(cluster_project).materialize(*PERIOD)
+    on_cluster = loaded_project.model_copy(deep=True)  # the trained project's models, aliases
+    on_cluster.redis.cluster = redis_cluster.nodes
+    on_cluster.redis.password = SecretStr(redis_cluster.password)
+    library = load_model("flight_delay@production", on_cluster)
+    env = {
+        "MAQUETTE_REDIS_CLUSTER": json.dumps(redis_cluster.nodes),
+        "MAQUETTE_REDIS_PASSWORD": redis_cluster.password,
+    }
+    when = datetime(2013, 12, 30, 12, tzinfo=UTC)
+    rows = [{k: v for k, v in r.items() if k != "flight_id"} for r in _rows()[:6]]
+    with running_service(loaded_project, env) as url:
+        body = {
+            "rows": [{**r, "scheduled_departure": when.isoformat()} for r in rows],
+            "model": "flight_delay@production",
+            "as_of": when.isoformat(),
+        }
+        reply = httpx.post(f"{url}/predict", json=body, timeout=10)
+        # The features come from the cluster, not the single Redis beside it (which still
+        # holds them): emptied there, they are served as missing.
+        cleared = FeatureLayer(cluster_project).clear_online()
+        try:
+            empty = httpx.post(f"{url}/predict", json=body, timeout=10).json()["predictions"]
+        finally:
+            FeatureLayer(cluster_project).materialize(*PERIOD)
+    assert reply.status_code == 200, reply.text
+    served = reply.json()["predictions"]
+    expected = library.predict(rows, as_of=when)
+    assert [p["prediction"] for p in served] == pytest.approx([a.prediction for a in expected])
+    assert all(not p["missing_features"] for p in served)
+    assert cleared > 0 and all("temp" in p["missing_features"] for p in empty)
