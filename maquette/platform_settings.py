@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 
 from maquette.model_spec import Section
 from maquette.window_spec import DurationText
@@ -31,9 +31,10 @@ class RedisSettings(Section):
     url: str | None = Field(
         None, description="Use this Redis (redis://host:port/db) instead of the embedded one."
     )
-    cluster: list[Annotated[str, Field(pattern=r"^\[?[^\s,@/]+\]?:[0-9]{1,5}$")]] = Field(
+    cluster: list[Annotated[str, Field(pattern=r"^[^\s,@/\[\]:]+:[0-9]{1,5}$")]] = Field(
         [],
-        description="Seed nodes (host:port) of a Redis Cluster holding the online store "
+        description="Seed nodes (host:port; a name or IPv4 address) of a Redis Cluster holding "
+        "the online store "
         "(password: redis.password). So far the feature layer runs on it (Feast, materialize, "
         "online reads); the prediction log and the streams still need one Redis (redis.url).",
     )
@@ -58,6 +59,16 @@ class RedisSettings(Section):
         description="Memory limit of the embedded Redis (noeviction: a write beyond it is refused "
         "with an OOM error, nothing is dropped); 0 means no limit.",
     )
+
+    @model_validator(mode="after")
+    def _cluster_beside_one_redis(self) -> RedisSettings:
+        if self.cluster and self.url is None:
+            raise ValueError(
+                "redis.cluster holds the online features; the prediction log, the event streams "
+                "and the stream processor's state need one Redis beside it: set redis.url "
+                "(MAQUETTE_REDIS_URL) too"
+            )
+        return self
 
 
 class ServingSettings(Section):

@@ -157,18 +157,18 @@ def test_moved_slots_are_followed_to_their_new_master(
 def test_the_log_and_streams_need_one_redis_beside_the_cluster(
     tmp_path: Path, redis_cluster: LocalCluster
 ) -> None:
-    from maquette.data.redis_server import redis_url
-
     folder = make_project(tmp_path, None, redis={"cluster": redis_cluster.nodes})
-    with pytest.raises(ConfigError) as refused:
-        redis_url(load_settings(folder))
-    assert "redis.url" in refused.value.remedy
+    with pytest.raises(ConfigError, match=r"redis\.url"):
+        load_settings(folder)
 
 
 def test_a_cluster_node_that_is_not_host_and_port_is_refused(tmp_path: Path) -> None:
-    folder = make_project(tmp_path, None, redis={"cluster": ["redis://a:1"]})
-    with pytest.raises(ConfigError, match="cluster"):
-        load_settings(folder)
+    for node in ("redis://a:1", "[::1]:7000", "a:b"):
+        folder = make_project(
+            tmp_path / node.replace("/", "_"), "redis://h:1/0", redis={"cluster": [node]}
+        )
+        with pytest.raises(ConfigError, match="cluster"):
+            load_settings(folder)
 
 
 def test_freshness_scans_every_master(cluster_project: Settings, loaded_project: Settings) -> None:
@@ -228,3 +228,44 @@ def test_the_service_reads_features_from_the_cluster_and_logs_beside_it(
     assert [p["prediction"] for p in served] == pytest.approx([a.prediction for a in expected])
     assert all(not p["missing_features"] for p in served)
     assert cleared > 0 and all("temp" in p["missing_features"] for p in empty)
+
+
+def test_a_slot_being_migrated_is_read_on_its_target_after_asking(
+    cluster_project: Settings, redis_cluster: LocalCluster
+) -> None:
+    from redis.crc import key_slot
+
+    source, target = redis_cluster.clients()[:2]
+    key = next(
+        k
+        for i in range(10_000)
+        if (k := f"ask-{i}".encode()) and _owner(redis_cluster, key_slot(k)) == 0
+    )
+    slot = key_slot(key)
+    source_id, target_id = (c.execute_command("CLUSTER MYID") for c in (source, target))
+    target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+    pipe = RoutedPipe(cluster_project)
+    try:
+        moved_in = target.pipeline(transaction=False)  # one connection: ASKING, then SET
+        moved_in.execute_command("ASKING")
+        moved_in.set(key, b"on the target")
+        moved_in.execute()
+        # The source no longer has the key: it answers ASK, the pipe asks the target.
+        assert pipe.round_trip([RespWriter.pack(["GET", key])]) == [b"on the target"]
+    finally:
+        pipe.close()
+        cleanup = target.pipeline(transaction=False)
+        cleanup.execute_command("ASKING")
+        cleanup.delete(key)
+        cleanup.execute()
+        for client in (source, target):
+            client.execute_command("CLUSTER SETSLOT", slot, "STABLE")
+
+
+def _owner(cluster: LocalCluster, slot: int) -> int:
+    """Which of the cluster's nodes (by index) serves `slot`."""
+    for first, last, master, *_ in cluster.clients()[0].execute_command("CLUSTER SLOTS"):
+        if first <= slot <= last:
+            return cluster.nodes.index(f"127.0.0.1:{int(master[1])}")
+    raise AssertionError(f"slot {slot} has no master")

@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import redis
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from maquette.cli import app
@@ -155,7 +156,27 @@ def test_window_rows_match_a_hand_checked_stream(hand_checked: Settings) -> None
     )
 
 
-def test_online_value_is_the_newest_window_and_feast_reads_it(hand_checked: Settings) -> None:
+@pytest.fixture(
+    scope="module", params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)]
+)
+def online_hand_checked(request: pytest.FixtureRequest, hand_checked: Settings) -> Settings:
+    """The hand-checked stream processed with online rows on one Redis, then on the cluster
+    (the stream and its state stay on redis.url)."""
+    if request.param == "redis":
+        return hand_checked
+    cluster = request.getfixturevalue("redis_cluster")
+    settings = fresh(hand_checked, "hand-cluster")
+    settings.redis.cluster = cluster.nodes
+    settings.redis.password = SecretStr(cluster.password)
+    publish(settings, HAND_CHECKED)
+    process(settings)
+    return settings
+
+
+def test_online_value_is_the_newest_window_and_feast_reads_it(
+    online_hand_checked: Settings,
+) -> None:
+    hand_checked = online_hand_checked
     layer = FeatureLayer(hand_checked)
     ours = layer.online_features([{"origin": "HC1"}], ORIGIN_FEATURES, as_of=at("12:31"))
     assert ours.values[0] == {"origin_dep_delay_60m": 5.0, "origin_departures_60m": 1}

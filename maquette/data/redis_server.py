@@ -111,16 +111,8 @@ def _unauthenticated_url(settings: Settings) -> str:
 
 def redis_url(settings: Settings) -> str:
     """The Redis URL Maquette uses: the configured one as it is, else the embedded server's
-    (with its password). Show it only through `secrets.redact`.
-
-    With `redis.cluster`, the features are on the cluster and this Redis holds the rest (the
-    prediction log, the streams): it must then be given as redis.url."""
-    if settings.redis.cluster and not settings.redis.url:
-        raise ConfigError(
-            "redis.cluster holds the online features; the prediction log, the event streams "
-            "and the stream processor's state need one Redis as well, and none is configured.",
-            "Set redis.url (MAQUETTE_REDIS_URL) to a Redis for them, next to redis.cluster.",
-        )
+    (with its password). Show it only through `secrets.redact`. With `redis.cluster`, this
+    Redis holds the prediction log and the streams (the settings require redis.url then)."""
     return settings.redis.url or embedded_url(settings)
 
 

@@ -40,7 +40,7 @@ from maquette.features.materialize import (
 from maquette.features.online import HashReads, OnlineFeatures, read_online
 from maquette.features.online_store import feast_online_store
 from maquette.features.read_plan import Features, ReadPlan, SelectedViews, read_plan_of
-from maquette.features.redis_cluster import cluster_client, is_cluster
+from maquette.features.redis_cluster import CLUSTER_DOWN, cluster_client, is_cluster
 from maquette.features.training_frame import point_in_time_frame
 
 # One online request: entity rows, features (None: the configured service), as-of time.
@@ -305,7 +305,7 @@ class FeatureLayer:
                     batch.clear()
             if batch:
                 deleted += int(self.redis.delete(*batch))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN) as exc:
             raise unreachable(self.settings, exc) from exc
         return deleted
 
@@ -332,5 +332,7 @@ class FeatureLayer:
             for rows, f, as_of in requests
         ]
         if self._reads is None:
-            self._reads = HashReads(self.settings, self.redis)
+            # On a cluster the reads go through raw pipes only: no redis-py client to build.
+            client = None if is_cluster(self.settings) else self.redis
+            self._reads = HashReads(self.settings, client)
         return read_online(self.settings, self._reads, planned)

@@ -109,7 +109,7 @@ class HashReads:
     request); any other URL (TLS, a unix socket) goes through redis-py's connection.
     """
 
-    def __init__(self, settings: Settings, client: redis.Redis[bytes]) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis[bytes] | None) -> None:
         self.settings, self.client = settings, client
         # A cluster's masters each get the commands of their keys (`RoutedPipe`).
         cluster = is_cluster(settings)
@@ -172,6 +172,7 @@ class HashReads:
             self._conn = None
 
     def _through_redis_py(self, commands: list[bytes]) -> list[list[bytes | None]]:
+        assert self.client is not None  # only a single Redis's non-redis:// URL comes here
         pool = self.client.connection_pool
         conn = pool.get_connection()
         replies: list[Any] = []

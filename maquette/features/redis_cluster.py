@@ -22,6 +22,7 @@ import hiredis
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ClusterError, RedisClusterException
 
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url
@@ -29,6 +30,8 @@ from maquette.errors import StoreUnavailable
 from maquette.features import redis_layout as wire
 
 SLOTS = 16384
+# What redis-py's cluster client raises when the cluster (or a slot's master) is down.
+CLUSTER_DOWN = (RedisClusterException, ClusterError)
 # Commands whose slot an online reader remembers (~100 bytes each), before starting over.
 REMEMBERED_COMMANDS = 100_000
 
@@ -42,7 +45,7 @@ def cluster_nodes(settings: Settings) -> list[tuple[str, int]]:
     nodes = []
     for text in settings.redis.cluster:
         host, _, port = text.rpartition(":")
-        nodes.append((host.strip("[]"), int(port)))
+        nodes.append((host, int(port)))
     return nodes
 
 
@@ -55,8 +58,7 @@ def node_url(settings: Settings, host: str, port: int) -> str:
     """A redis:// URL of one node (it holds the password: show it only redacted)."""
     password = _password(settings)
     auth = f":{quote(password, safe='')}@" if password else ""
-    address = f"[{host}]" if ":" in host else host  # an IPv6 address
-    return f"redis://{auth}{address}:{port}/0"
+    return f"redis://{auth}{host}:{port}/0"
 
 
 def cluster_client(settings: Settings, timeout_s: float = 5.0) -> RedisCluster[bytes]:
@@ -117,30 +119,36 @@ class RoutedPipe:
 
     def reload(self) -> None:
         """Read which master holds each slot (CLUSTER SLOTS from the first node answering)."""
-        failures = []
-        for host, port in [*self.conns, *cluster_nodes(self.settings)]:
+        failures, uncovered = [], 0
+        for host, port in dict.fromkeys([*self.conns, *cluster_nodes(self.settings)]):
+            client = redis.Redis.from_url(
+                node_url(self.settings, host, port),
+                socket_timeout=min(self.timeout_s, 5.0),
+                socket_connect_timeout=2.0,
+            )
             try:
-                client = redis.Redis.from_url(
-                    node_url(self.settings, host, port), socket_timeout=self.timeout_s
-                )
                 ranges = client.execute_command("CLUSTER SLOTS")
             except redis.RedisError as exc:
                 failures.append(f"{host}:{port}: {exc}")
                 continue
+            finally:
+                client.close()
             owner: list[tuple[str, int] | None] = [None] * SLOTS
             for first, last, master, *_ in ranges:
                 address = (_text(master[0]) or host, int(master[1]))
                 owner[first : last + 1] = [address] * (last - first + 1)
-            if any(o is None for o in owner):
-                missing = sum(o is None for o in owner)
-                raise StoreUnavailable(
-                    f"the Redis Cluster at {host}:{port} serves no master for {missing:,} of "
-                    f"its {SLOTS:,} hash slots: the keys there can be neither read nor written.",
-                    "Check `redis-cli cluster info` on a node: a master is down or slots are "
-                    "unassigned; Maquette serves again once every slot has a master.",
-                )
+            if any(o is None for o in owner):  # this node's view may be behind: ask the next
+                uncovered = max(uncovered, sum(o is None for o in owner))
+                continue
             self.owner = [o for o in owner if o is not None]
             return
+        if uncovered:
+            raise StoreUnavailable(
+                f"the Redis Cluster serves no master for {uncovered:,} of its {SLOTS:,} hash "
+                "slots: the keys there can be neither read nor written.",
+                "Check `redis-cli cluster info` on a node: a master is down or slots are "
+                "unassigned; Maquette serves again once every slot has a master.",
+            )
         raise StoreUnavailable(
             "no node of the Redis Cluster answered: " + "; ".join(failures),
             "Check redis.cluster in maquette.yaml and that the cluster's nodes run.",
@@ -161,20 +169,41 @@ class RoutedPipe:
         """Each command's reply, in order; error replies raise StoreUnavailable. `slots`: each
         command's hash slot when the caller knows it (else read from the command's key)."""
         slots = slots if slots is not None else [self.slot(c) for c in commands]
-        replies = self._send(commands, slots, range(len(commands)))
-        for _attempt in range(3):
-            moved = [i for i, r in enumerate(replies) if _redirected(r)]
-            if not moved:
-                break
-            self.reload()  # slots moved (a reshard or a failover): ask the cluster again
-            for i, reply in zip(moved, self._send(commands, slots, moved), strict=True):
-                replies[i] = reply
+        try:
+            replies = self._send(commands, slots, range(len(commands)))
+            reloaded = False
+            for _attempt in range(3):
+                redirected = [i for i, r in enumerate(replies) if _redirected(r)]
+                if not redirected:
+                    break
+                asked = [i for i in redirected if str(replies[i]).startswith("ASK")]
+                for i in asked:  # a slot being migrated: this key is asked for on its target
+                    replies[i] = self._asking(commands[i], str(replies[i]))
+                moved = [i for i in redirected if i not in set(asked)]
+                if moved:
+                    for i in moved:  # "MOVED slot host:port": that slot's master now
+                        self.owner[slots[i]] = _address(str(replies[i]))
+                    if not reloaded:  # a failover or reshard moves many slots: one reload
+                        self.reload()
+                        reloaded = True
+                    for i, reply in zip(moved, self._send(commands, slots, moved), strict=True):
+                        replies[i] = reply
+        except BaseException:
+            # Replies may be left unread on some master's connection: none is reused.
+            self.close()
+            raise
         if errors := [r for r in replies if isinstance(r, hiredis.ReplyError)]:
             raise StoreUnavailable(
                 f"Redis refused {len(errors)} of {len(commands)} commands: {errors[0]}",
-                "Check the cluster's memory and state (`redis-cli cluster info`).",
+                "Check the cluster's state (`redis-cli cluster info`) and memory.",
             )
         return replies
+
+    def _asking(self, command: bytes, reply: str) -> Any:
+        """ASKING, then the command, on the node an ASK reply names; the command's reply."""
+        conn = self._conn(_address(reply))
+        conn.send(b"*1\r\n$6\r\nASKING\r\n" + command)
+        return conn.raw_replies(2)[1]
 
     def slot(self, command: bytes) -> int:
         """The hash slot of a command's key; remembered per command when `remember` (online
@@ -211,10 +240,17 @@ class RoutedPipe:
         for conn in self.conns.values():
             conn.close()
         self.conns.clear()
+        self.pending.clear()
 
 
 def _redirected(reply: Any) -> bool:
     return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK"))
+
+
+def _address(reply: str) -> tuple[str, int]:
+    """The node of a MOVED or ASK reply (`MOVED 3999 127.0.0.1:6381`)."""
+    host, _, port = reply.split()[2].rpartition(":")
+    return host, int(port)
 
 
 def _text(value: Any) -> str:

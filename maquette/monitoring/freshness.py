@@ -17,6 +17,7 @@ from maquette.config import Settings
 from maquette.data.redis_server import unreachable
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
+from maquette.features.redis_cluster import CLUSTER_DOWN
 
 
 @dataclass
@@ -85,9 +86,9 @@ def _newest_seconds(
     """Per view, the newest event time (epoch seconds) over every entity hash in Redis."""
     fields = [wire.ts_field(v.name) for v in views]
     newest: list[float | None] = [None] * len(views)
-    client = layer.redis
     pattern = b"*" + settings.feast.project.encode()
     try:
+        client = layer.redis
         keys = list(client.scan_iter(match=pattern, count=5000, _type="HASH"))
         for start in range(0, len(keys), 5000):
             pipe = client.pipeline(transaction=False)
@@ -99,6 +100,6 @@ def _newest_seconds(
                     best = newest[i]
                     if seconds is not None and (best is None or seconds > best):
                         newest[i] = seconds
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN) as exc:
         raise unreachable(settings, exc) from exc
     return newest

@@ -184,7 +184,7 @@ class StreamFollower:
         self.events = historical_events(settings, *period)
         times = self.events[stream_definition(settings).event_time]
         # Event times as UTC microseconds, to find each slot's events by binary search.
-        self.micros = times.cast(pa.timestamp("us", "UTC")).cast(pa.int64()).to_numpy()
+        self.micros = times.cast(pa.timestamp("us", "UTC"), safe=False).cast(pa.int64()).to_numpy()
         self.taken = 0
 
     def __call__(self, clock: datetime, _upper: datetime) -> None:

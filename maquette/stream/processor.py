@@ -59,6 +59,7 @@ from maquette.data.sql import duckdb_connection
 from maquette.faults import crash_point
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
+from maquette.features.redis_cluster import is_cluster
 from maquette.stream.aggregations import (
     STAMP_OFFSET_US,
     feast_type,
@@ -143,6 +144,9 @@ class StreamProcessor:
         self.client = stream_client(settings)
         without_retries(self.client)
         self.layer: FeatureLayer = FeatureLayer(settings)
+        # Online rows go where the features are read: the Redis Cluster when there is one
+        # (the stream, its state and commits stay on redis.url).
+        self.online = self.layer.redis if is_cluster(settings) else self.client
         self.feast_push = feast_push
         self.lateness_us = int(self.conf.allowed_lateness_s * 1e6)
         self.targets = resolve_targets(self.layer, self.definition)
@@ -298,7 +302,7 @@ class StreamProcessor:
         """Feast's Redis layout, in bulk: each key's newest row, unless Redis holds a newer one."""
         project = self.settings.feast.project
         plans = []
-        reads = self.client.pipeline(transaction=False)
+        reads = self.online.pipeline(transaction=False)
         for target in self.targets:
             view_rows = rows.get(target.agg.view)
             if not view_rows:
@@ -333,7 +337,7 @@ class StreamProcessor:
             else raw
             for raw in reads.execute()
         ]
-        writes = self.client.pipeline(transaction=False)
+        writes = self.online.pipeline(transaction=False)
         written = pos = 0
         for keys, ts_name, ts_proto, seconds, nanos, columns in plans:
             # Feast skips a row whose timestamp equals the stored one; here an equal timestamp
