@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from maquette.cli import bench, data, models, monitoring, platform, project, stream
+from maquette.cli import bench, data, deploy, models, monitoring, platform, project, stream
 from maquette.cli.options import err
 from maquette.errors import MaquetteError
 
@@ -63,6 +63,7 @@ app.add_typer(monitoring.labels_app, name="labels")
 app.add_typer(monitoring.monitor_app, name="monitor")
 app.add_typer(monitoring.predictions_app, name="predictions")
 app.add_typer(stream.stream_app, name="stream")
+app.add_typer(deploy.deploy_app, name="deploy")
 
 
 def main() -> None:
