@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -80,6 +80,13 @@ class RegistrySettings(Section):
     )
     aliases: Path = Field(
         Path(".maquette/registry/aliases.json"), description="Alias table and its history."
+    )
+    alias_store: Literal["file", "redis"] = Field(
+        "file",
+        description="Where the alias table and its history live: file (registry.aliases, one "
+        "machine), or redis (the project's Redis, redis.url or the embedded one, under "
+        "maquette:{feast project}:aliases): every replica of the service then reads the same "
+        "table and follows a move within a second.",
     )
 
 

@@ -4,7 +4,8 @@ A version is a BentoML model tagged `NAME:vN` (so `bentoml models list` shows it
 pack it). Its folder holds the learned models (parent and partitions), `record.json` (who,
 when, code, configuration, search, data, distributions, importance, metrics), `report.html`
 and `evidently.html`. BentoML has no aliases, so `NAME@alias` lives in a small JSON table
-(with the history of every move: who, when, from which version) beside the state folder.
+(with the history of every move: who, when, from which version) beside the state folder, or,
+with `registry.alias_store: redis`, in the project's Redis where every service replica reads it.
 
 References accepted everywhere: `NAME` (latest), `NAME:VERSION`, `NAME@ALIAS`.
 """
@@ -16,19 +17,22 @@ import getpass
 import json
 import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
+
+import redis
 
 from maquette.config import Settings
+from maquette.data.redis_server import redis_url, unreachable
 from maquette.errors import ModelVersionNotFound
 from maquette.version_record import Artifacts, VersionRecord
 
 LABEL_KEY = "maquette"  # BentoML label marking Maquette's models
+T = TypeVar("T")
 
 
 def bentoml_module(settings: Settings) -> Any:
@@ -133,25 +137,76 @@ def _aliases_path(settings: Settings) -> Path:
     return settings.path(settings.registry.aliases)
 
 
+def _empty() -> dict[str, Any]:
+    return {"aliases": {}, "history": []}
+
+
+def _alias_key(settings: Settings) -> str:
+    # A hash tag: the table and its serial stay in one slot (one MULTI) on a cluster too.
+    return f"maquette:{{{settings.feast.project}}}:aliases"
+
+
+def _alias_redis(settings: Settings) -> redis.Redis[bytes]:
+    return redis.Redis.from_url(redis_url(settings), socket_timeout=5, socket_connect_timeout=2)
+
+
 def _read_aliases(settings: Settings) -> dict[str, Any]:
+    if settings.registry.alias_store == "redis":
+        try:
+            raw = _alias_redis(settings).get(_alias_key(settings))
+        except redis.RedisError as exc:
+            raise unreachable(settings, exc) from exc
+        return cast(dict[str, Any], json.loads(raw)) if raw else _empty()
     path = _aliases_path(settings)
     if not path.is_file():
-        return {"aliases": {}, "history": []}
+        return _empty()
     return cast(dict[str, Any], json.loads(path.read_text()))
 
 
-@contextmanager
-def _locked_aliases(settings: Settings) -> Iterator[dict[str, Any]]:
-    """Read-modify-write the alias table under a file lock; replace it atomically."""
+def alias_stamp(settings: Settings) -> int | None:
+    """Changes whenever the alias table does (the file's mtime, or the table's serial in
+    Redis), so a reader re-reads the table only then."""
+    if settings.registry.alias_store == "redis":
+        raw = _alias_redis(settings).get(_alias_key(settings) + ":serial")
+        return int(raw) if raw else None
+    try:
+        return os.stat(_aliases_path(settings)).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def _update_aliases(settings: Settings, change: Callable[[dict[str, Any]], T]) -> T:
+    """Read-modify-write the alias table: under a file lock (replaced atomically), or in Redis
+    with WATCH/MULTI (a concurrent move makes this one start over), the serial bumped."""
+    if settings.registry.alias_store == "redis":
+        key = _alias_key(settings)
+        try:
+            with _alias_redis(settings).pipeline() as pipe:
+                while True:
+                    try:
+                        pipe.watch(key)
+                        raw = cast("bytes | None", pipe.get(key))  # immediate while watching
+                        table = json.loads(raw) if raw else _empty()
+                        result = change(table)
+                        pipe.multi()
+                        pipe.set(key, json.dumps(table))
+                        pipe.incr(key + ":serial")
+                        pipe.execute()
+                        return result
+                    except redis.WatchError:
+                        continue
+        except redis.ConnectionError as exc:
+            raise unreachable(settings, exc) from exc
     path = _aliases_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         table = _read_aliases(settings)
-        yield table
+        result = change(table)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(table, indent=2))
         os.replace(tmp, path)
+    return result
 
 
 def promote(settings: Settings, ref: str, alias: str = "production") -> dict[str, Any]:
@@ -161,9 +216,10 @@ def promote(settings: Settings, ref: str, alias: str = "production") -> dict[str
             f"alias {alias!r} is not a valid name.", "Use letters, digits, - or _."
         )
     version = resolve(settings, ref)
-    with _locked_aliases(settings) as table:
+
+    def move(table: dict[str, Any]) -> dict[str, Any]:
         current = table["aliases"].setdefault(version.name, {})
-        move = {
+        made = {
             "name": version.name,
             "alias": alias,
             "version": version.version,
@@ -172,8 +228,15 @@ def promote(settings: Settings, ref: str, alias: str = "production") -> dict[str
             "at": datetime.now(UTC).isoformat(),
         }
         current[alias] = version.version
-        table["history"].append(move)
-    return move
+        table["history"].append(made)
+        return made
+
+    return _update_aliases(settings, move)
+
+
+def alias_snapshot(settings: Settings) -> str:
+    """The alias table and its history as JSON (what a bento carries)."""
+    return json.dumps(_read_aliases(settings), indent=2)
 
 
 def alias_table(settings: Settings) -> dict[str, dict[str, str]]:

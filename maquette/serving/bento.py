@@ -69,7 +69,7 @@ def build_context(settings: Settings, spec: dict[str, Any]) -> Path:
     _drop_secrets(context / "maquette.yaml")
     snapshot = context / _inside_project(settings, settings.path(settings.paths.bentos))
     snapshot.mkdir(parents=True, exist_ok=True)
-    (snapshot / ALIAS_SNAPSHOT).write_text(settings.path(settings.registry.aliases).read_text())
+    (snapshot / ALIAS_SNAPSHOT).write_text(registry.alias_snapshot(settings))
     return context
 
 

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import redis
 
 from maquette import registry
 from maquette.config import Settings
@@ -54,6 +55,9 @@ log = logging.getLogger("maquette.serving.predictor")
 
 # How long a version that failed to load answers with that failure before it is tried again.
 MISS_TTL_S = 5.0
+# How often a service whose aliases are in Redis asks whether they moved (a move reaches every
+# replica within this, plus the request that notices it).
+ALIAS_POLL_S = 0.25
 
 
 @dataclass
@@ -84,16 +88,32 @@ class Predictor:
         self._aliases: dict[str, dict[str, str]] = {}
         self._aliases_stamp: float | None = -1.0
         self._aliases_file = str(settings.path(settings.registry.aliases))
+        self._aliases_in_redis = settings.registry.alias_store == "redis"
+        self._aliases_checked = -ALIAS_POLL_S
 
     # ---------------------------------------------------------------- which version
 
     def _alias_table(self) -> dict[str, dict[str, str]]:
-        # Re-read only when the file changes: an alias moves without a restart. One stat() per
-        # request; the path is resolved once (resolving it was a tenth of a request's time).
-        try:
-            stamp: float | None = os.stat(self._aliases_file).st_mtime_ns
-        except FileNotFoundError:
-            stamp = None
+        # Re-read only when the table changes: an alias moves without a restart. In a file:
+        # one stat() per request (the path resolved once: resolving it was a tenth of a
+        # request's time). In Redis (shared by replicas): its serial, at most every
+        # ALIAS_POLL_S; Redis not answering keeps the table this process has.
+        stamp: float | None
+        if self._aliases_in_redis:
+            now = time.monotonic()
+            if now - self._aliases_checked < ALIAS_POLL_S:
+                return self._aliases
+            self._aliases_checked = now
+            try:
+                stamp = registry.alias_stamp(self.settings)
+            except redis.RedisError:
+                log.warning("the alias table's serial could not be read; serving the last one")
+                return self._aliases
+        else:
+            try:
+                stamp = os.stat(self._aliases_file).st_mtime_ns
+            except FileNotFoundError:
+                stamp = None
         if stamp != self._aliases_stamp:
             self._aliases = registry.alias_table(self.settings)
             self._aliases_stamp = stamp
