@@ -13,6 +13,7 @@ References accepted everywhere: `NAME` (latest), `NAME:VERSION`, `NAME@ALIAS`.
 from __future__ import annotations
 
 import fcntl
+import functools
 import getpass
 import json
 import os
@@ -147,7 +148,13 @@ def _alias_key(settings: Settings) -> str:
 
 
 def _alias_redis(settings: Settings) -> redis.Redis[bytes]:
-    return redis.Redis.from_url(redis_url(settings), socket_timeout=5, socket_connect_timeout=2)
+    return _alias_client(redis_url(settings))
+
+
+@functools.lru_cache(maxsize=8)
+def _alias_client(url: str) -> redis.Redis[bytes]:
+    # One client (and connection pool) per Redis: a service polls the serial 4 times a second.
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
 
 
 def _read_aliases(settings: Settings) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from maquette.bench.local_cluster import LocalCluster
 from maquette.config import Settings, load_settings
 from maquette.errors import ConfigError, StoreUnavailable
 from maquette.features.layer import FeatureLayer
-from maquette.features.redis_cluster import RoutedPipe, command_key, split_commands
+from maquette.features.redis_cluster import RoutedPipe, command_key
 from maquette.features.redis_layout import RespWriter
 from tests.conftest import make_project
 
@@ -127,12 +127,11 @@ def test_a_killed_master_fails_reads_clearly_then_serves_its_data_again(
     assert again == before
 
 
-def test_commands_are_cut_apart_and_keyed_as_packed() -> None:
+def test_a_packed_commands_key_is_found_whatever_its_bytes() -> None:
     commands = [
         RespWriter.pack(["HMGET", b"key\r\n1", "a", "b"]),
         RespWriter.pack(["HSET", "{tag}k", "f", b"\x00\r\n"]),
     ]
-    assert split_commands(b"".join(commands)) == commands
     assert [command_key(c) for c in commands] == [b"key\r\n1", b"{tag}k"]
 
 

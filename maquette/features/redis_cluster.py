@@ -75,25 +75,10 @@ def raw_pipe(
     settings: Settings, timeout_s: float = 60.0, remember: bool = False
 ) -> wire.RespWriter | RoutedPipe:
     """A raw pipelined connection to the online store: one Redis, or every master of the
-    cluster (the same send/replies either way; `remember`: see `RoutedPipe.slot`)."""
+    cluster (`RoutedPipe.round_trip`; `remember`: see `RoutedPipe.slot`)."""
     if is_cluster(settings):
         return RoutedPipe(settings, timeout_s, remember)
     return wire.RespWriter(redis_url(settings), timeout_s)
-
-
-def split_commands(payload: bytes) -> list[bytes]:
-    """Packed commands (`*N` then N `$len` arguments each) cut apart again."""
-    out, at = [], 0
-    while at < len(payload):
-        start = at
-        end = payload.index(b"\r\n", at)
-        count = int(payload[at + 1 : end])
-        at = end + 2
-        for _ in range(count):
-            end = payload.index(b"\r\n", at)
-            at = end + 2 + int(payload[at + 1 : end]) + 2
-        out.append(payload[start:at])
-    return out
 
 
 def command_key(command: bytes) -> bytes:
@@ -114,7 +99,6 @@ class RoutedPipe:
         self.slots: dict[bytes, int] = {}
         self.owner: list[tuple[str, int]] = []
         self.conns: dict[tuple[str, int], wire.RespWriter] = {}
-        self.pending: list[bytes] = []
         self.reload()
 
     def reload(self) -> None:
@@ -153,15 +137,6 @@ class RoutedPipe:
             "no node of the Redis Cluster answered: " + "; ".join(failures),
             "Check redis.cluster in maquette.yaml and that the cluster's nodes run.",
         )
-
-    def send(self, payload: bytes) -> None:
-        """Queue packed commands (a RespWriter's `send`); `replies` sends and answers them."""
-        self.pending += split_commands(payload)
-
-    def replies(self, count: int) -> list[Any]:
-        """The replies of the next `count` queued commands, in order."""
-        commands, self.pending = self.pending[:count], self.pending[count:]
-        return self.round_trip(commands)
 
     def round_trip(
         self, commands: Sequence[bytes], slots: Sequence[int] | None = None
@@ -240,7 +215,6 @@ class RoutedPipe:
         for conn in self.conns.values():
             conn.close()
         self.conns.clear()
-        self.pending.clear()
 
 
 def _redirected(reply: Any) -> bool:
