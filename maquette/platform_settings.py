@@ -166,6 +166,14 @@ class PredictionLogSettings(Section):
     """Where served predictions go: a Redis Stream, drained into Parquet."""
 
     stream: str = Field("maquette:predictions", description="Redis Stream of logged predictions.")
+    shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Streams the log is spread over (each request's entry goes to one; on a "
+        "Redis Cluster their slots spread over the masters), each drained by its own consumer. "
+        "Before lowering it, drain the log: a shard no longer configured is no longer drained.",
+    )
     sample_rate: float = Field(1.0, ge=0, le=1, description="Share of predictions logged.")
     folder: Path = Field(
         Path(".maquette/offline/predictions"), description="Drained Parquet files."

@@ -34,6 +34,7 @@ from maquette.data.redis_server import (
 from maquette.errors import InvalidEntityFrame, StoreUnavailable
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
+from maquette.features.redis_cluster import shared_client
 from maquette.monitoring import labels
 from maquette.monitoring.drift import windows_of
 from maquette.monitoring.skew import typed_entities
@@ -153,10 +154,32 @@ def _python(code: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.fixture(
+    params=["one stream", "three shards", pytest.param("cluster", marks=pytest.mark.cluster)]
+)
+def log_store(request: pytest.FixtureRequest, running_redis: str) -> dict[str, Any]:
+    """Where a test's prediction log lives: one stream, three shards on one Redis, or three
+    shards on the session's Redis Cluster (each master holding one)."""
+    if request.param == "one stream":
+        return {"redis": {"url": _db15(running_redis)}, "predictions": {}}
+    sharded = {"redis": {"url": _db15(running_redis)}, "predictions": {"shards": 3}}
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        sharded["redis"] |= {"cluster": cluster.nodes, "password": cluster.password}
+    return sharded
+
+
 def test_two_drains_at_once_under_a_writer_put_every_entry_in_exactly_one_parquet_file(
-    tmp_path: Path, running_redis: str
+    tmp_path: Path, log_store: dict[str, Any]
 ) -> None:
-    settings = _project(tmp_path / "p", _db15(running_redis), drain_batch=30)
+    settings = _project(
+        tmp_path / "p", log_store["redis"]["url"], drain_batch=30, **log_store["predictions"]
+    )
+    if log_store["redis"].get("cluster"):
+        config = yaml.safe_load((settings.project_dir / "maquette.yaml").read_text())
+        config["redis"] = log_store["redis"]
+        (settings.project_dir / "maquette.yaml").write_text(yaml.safe_dump(config))
+        settings = load_settings(settings.project_dir)
     project = str(settings.project_dir)
     writer = _python(_WRITER, project, "6")
     drains = [_python(_DRAINER, project, "6") for _ in range(2)]
@@ -172,10 +195,41 @@ def test_two_drains_at_once_under_a_writer_put_every_entry_in_exactly_one_parque
     assert sorted(on_disk) == sorted(f"w-{i}" for i in range(written))
     assert moved == written
     assert predictions.pending(settings) == 0
-    client = redis.Redis.from_url(_db15(running_redis))
-    assert client.xpending(settings.predictions.stream, predictions.GROUP)["pending"] == 0
+    client = shared_client(settings)
+    streams = predictions.shard_streams(settings)
+    for stream in streams:
+        assert client.xpending(stream, predictions.GROUP)["pending"] == 0
     folder = settings.path(settings.predictions.folder)
     assert not list(folder.glob("**/*.tmp")), "a temporary file was left behind"
+    if len(streams) > 1:  # every shard was written to and drained into files of its own
+        names = {f.name for f in folder.glob("date=*/model=*/*.parquet")}
+        assert {n.split("-")[1] for n in names} == {"s0", "s1", "s2"}, names
+
+
+@pytest.mark.cluster
+def test_a_sharded_log_puts_one_shard_on_each_master_and_drains_what_was_logged_unsharded(
+    tmp_path: Path, running_redis: str, redis_cluster: Any
+) -> None:
+    settings = _project(tmp_path / "p", _db15(running_redis))
+    config = yaml.safe_load((settings.project_dir / "maquette.yaml").read_text())
+    config["redis"] |= {"cluster": redis_cluster.nodes, "password": redis_cluster.password}
+    (settings.project_dir / "maquette.yaml").write_text(yaml.safe_dump(config))
+    unsharded = load_settings(settings.project_dir)
+    predictions.PredictionLog(unsharded).append([_entry("before", T10)])
+    config["predictions"]["shards"] = 3
+    (settings.project_dir / "maquette.yaml").write_text(yaml.safe_dump(config))
+    sharded = load_settings(settings.project_dir)
+    log = predictions.PredictionLog(sharded)
+    for i in range(6):
+        log.append([_entry(f"after-{i}", T10)])
+    client = shared_client(sharded)
+    masters = {client.get_node_from_key(s).name for s in predictions.shard_streams(sharded)}
+    assert len(masters) == 3, "two shards share a master"
+    assert [client.xlen(s) for s in predictions.shard_streams(sharded)] == [2, 2, 2]
+    assert predictions.pending(sharded) == 7
+    assert predictions.drain(sharded).entries == 7
+    assert sorted(_ids_on_disk(sharded)) == sorted(["before", *(f"after-{i}" for i in range(6))])
+    assert predictions.pending(sharded) == 0
 
 
 def test_drain_while_another_holds_the_lock_past_the_wait_moves_nothing_and_says_why(

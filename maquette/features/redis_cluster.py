@@ -7,8 +7,9 @@ packed commands and send each master the ones whose keys it holds, then put the 
 command order (`RoutedPipe`); a MOVED or ASK reply (slots resharded under way) reloads the slot
 map and sends those commands again. Feast gets `redis_type: redis_cluster` with the same nodes.
 
-So far the feature layer runs on a cluster; the prediction log, the event streams and the
-stream processor's state need one Redis, and `redis_url` says so when it is asked for one.
+The project's other Redis data (the prediction log, the event streams and the processor's
+state, the alias table) goes through `shared_client`: redis-py's cluster client when a cluster
+is configured, one Redis otherwise. Keys that one transaction touches share a hash tag.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from redis.exceptions import ClusterError, RedisClusterException
 
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url
+from maquette.data.secrets import redact
 from maquette.errors import StoreUnavailable
 from maquette.features import redis_layout as wire
 
@@ -69,6 +71,24 @@ def cluster_client(settings: Settings, timeout_s: float = 5.0) -> RedisCluster[b
         socket_timeout=timeout_s,
         socket_connect_timeout=min(timeout_s, 2.0),
     )
+
+
+def shared_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis[bytes]:
+    """The client of the prediction log, the event streams, the processor's state and the
+    alias table: the cluster's (routes each command by its key's slot) or the one Redis's.
+    Typed as redis.Redis: the commands Maquette sends are the same on both."""
+    if is_cluster(settings):
+        return cluster_client(settings, timeout_s)  # type: ignore[return-value]
+    return redis.Redis.from_url(
+        redis_url(settings), socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 2.0)
+    )
+
+
+def shared_store(settings: Settings) -> str:
+    """Where `shared_client` connects, for messages (credentials redacted)."""
+    if is_cluster(settings):
+        return f"the Redis Cluster at {', '.join(settings.redis.cluster)}"
+    return f"Redis at {redact(redis_url(settings))}"
 
 
 def raw_pipe(

@@ -17,79 +17,94 @@ moves what is left. Each file is written to a temporary file of its own in the t
 fsynced, renamed and the folder fsynced: a drain never truncates a file another one wrote.
 A batch is at most `drain_batch` entries and about `drain_max_bytes` of them. The stream has
 no MAXLEN: trimming would drop predictions not yet drained.
+
+Sharded (`predictions.shards` > 1), the log is that many streams, named so their hash slots
+spread evenly over a Redis Cluster's (each master takes a share of the writes); each request's
+entry goes to one of them in turn, and each shard is drained by a consumer and lock of its own,
+all at once, into files named after the shard. On a cluster (`redis.cluster`) the streams live
+there; else in the one Redis.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import itertools
 import os
 import random
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
+from redis.crc import key_slot
 
 from maquette.config import Settings
-from maquette.data.redis_server import redis_url
-from maquette.data.secrets import redact
 from maquette.data.shared_files import exclusive, lock_path
 from maquette.data.sql import duckdb_connection, sql_literal
 from maquette.errors import DataNotLoaded, StoreUnavailable
 from maquette.faults import crash_point
+from maquette.features.redis_cluster import CLUSTER_DOWN, SLOTS, shared_client, shared_store
+
+# UNREADABLE, expand and predictions_in: callers of the log find them here, as they always did.
+from maquette.serving.log_entries import FIELD, SCHEMA, encode
+from maquette.serving.log_entries import UNREADABLE as UNREADABLE
+from maquette.serving.log_entries import expand as expand
+from maquette.serving.log_entries import predictions_in as predictions_in
+from maquette.serving.log_entries import rows as rows_of
 
 GROUP = "drain"
-FIELD = b"p"
 # How long a request waits for Redis to confirm its log entries before it gets a 503 saying
 # why: at most 5 s, and well within serving.timeout_s (3 s of the default 5 s). At 5 s BentoML's
 # bare 504 ("Not able to process the request in 5.0 seconds") answered first on its API path.
 WRITE_TIMEOUT_S = 5.0
 WRITE_SHARE_OF_REQUEST_TIMEOUT = 0.6
 
-SCHEMA = pa.schema(
-    [
-        ("prediction_id", pa.string()),
-        ("logged_at", pa.timestamp("us", tz="UTC")),
-        ("request_time", pa.timestamp("us", tz="UTC")),
-        # The server's clock when the request came (request_time is the client's as_of):
-        # absent from entries logged before it existed, and from their files.
-        ("received_at", pa.timestamp("us", tz="UTC")),
-        ("model", pa.string()),
-        ("version", pa.string()),
-        ("partition", pa.string()),
-        ("shadow", pa.bool_()),
-        ("prediction", pa.float64()),
-        ("decision", pa.bool_()),
-        ("latency_ms", pa.float64()),
-        ("entity", pa.string()),
-        ("request", pa.string()),
-        ("features", pa.string()),
-        ("missing", pa.list_(pa.string())),
-        ("stale", pa.list_(pa.string())),
-        ("stream_id", pa.string()),
-    ]
-)
+
+def shard_streams(settings: Settings) -> list[str]:
+    """The streams the log is written to: `predictions.stream` alone, or one per shard. Shard
+    i is `<stream>:<i>` (or `<stream>:<i>-<j>`, the first j whose hash slot falls in the i-th
+    of `shards` equal slot ranges), so a cluster's masters, which hold equal ranges, each take
+    a share. The same names on one Redis: a project moves to a cluster unchanged."""
+    stream, shards = settings.predictions.stream, settings.predictions.shards
+    if shards == 1:
+        return [stream]
+    names = []
+    for i in range(shards):
+        low, high = i * SLOTS // shards, (i + 1) * SLOTS // shards
+        for j in itertools.count():
+            name = f"{stream}:{i}" if j == 0 else f"{stream}:{i}-{j}"
+            if low <= key_slot(name.encode()) < high:
+                names.append(name)
+                break
+    return names
+
+
+def drained_streams(settings: Settings) -> list[str]:
+    """The streams a drain empties: the shards, and the unsharded stream when the log is
+    sharded (entries logged before `shards` was raised)."""
+    names = shard_streams(settings)
+    return names if len(names) == 1 else [*names, settings.predictions.stream]
 
 
 class PredictionLog:
-    """Appends prediction entries to the Redis Stream (sampled)."""
+    """Appends prediction entries to the Redis Stream (sampled); sharded, each call to the
+    next shard in turn."""
 
     def __init__(self, settings: Settings, client: redis.Redis[bytes] | None = None) -> None:
         self.settings = settings
-        self.stream = settings.predictions.stream
+        self.streams = shard_streams(settings)
+        self.stream = self.streams[0]
+        self._turn = itertools.count()  # next() is atomic: request threads share it
         self.timeout_s = min(
             WRITE_TIMEOUT_S, WRITE_SHARE_OF_REQUEST_TIMEOUT * settings.serving.timeout_s
         )
-        self.client = client or redis.Redis.from_url(
-            redis_url(settings), socket_timeout=self.timeout_s, socket_connect_timeout=2
-        )
+        self.client = client or shared_client(settings, self.timeout_s)
 
     def sampled(self) -> bool:
         rate = self.settings.predictions.sample_rate
@@ -99,20 +114,21 @@ class PredictionLog:
         """XADD every entry in one round trip; returns their stream ids."""
         if not entries:
             return []
+        stream = self.streams[next(self._turn) % len(self.streams)]
         pipe = self.client.pipeline(transaction=False)
         for entry in entries:
             # orjson: a tenth of json.dumps' time on the request path; times as ISO 8601 and
             # NaN as null, which the drain's json.loads reads back.
-            pipe.xadd(self.stream, {FIELD: _encode(entry)})
+            pipe.xadd(stream, {FIELD: encode(entry)})
         try:
             return list(pipe.execute())
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_DOWN) as exc:
             # Whatever the failure, it is a 503 that says why: nothing unlogged is answered.
             raise _not_logged(self.settings, exc, self.timeout_s) from exc
 
 
-def _not_logged(settings: Settings, exc: redis.RedisError, timeout_s: float) -> StoreUnavailable:
-    where = f"Redis at {redact(redis_url(settings))}"
+def _not_logged(settings: Settings, exc: Exception, timeout_s: float) -> StoreUnavailable:
+    where = shared_store(settings)
     unanswered = "so the predictions were not answered"
     if isinstance(exc, redis.TimeoutError):  # e.g. CLIENT PAUSE, a stalled disk, a full host
         return StoreUnavailable(
@@ -136,17 +152,16 @@ def _not_logged(settings: Settings, exc: redis.RedisError, timeout_s: float) -> 
         return StoreUnavailable(
             f"{where} refused the prediction log write ({exc}), {unanswered}.", remedy
         )
+    if settings.redis.cluster:  # a master down and no replica took its slots over
+        return StoreUnavailable(
+            f"cannot write the prediction log to {where} ({exc}), {unanswered}.",
+            "Check the cluster (`redis-cli cluster info` on a node): every slot needs a "
+            "master; the service writes again by itself once it has one.",
+        )
     return StoreUnavailable(
         f"cannot write the prediction log to {where} ({exc}), {unanswered}.",
         "Start Redis (`maquette redis start`); the service retries by itself.",
     )
-
-
-def _encode(entry: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(entry, default=str)
-    except TypeError:  # e.g. an integer past 64 bits in a request field: json.dumps takes it
-        return json.dumps(entry, default=str).encode()
 
 
 @dataclass
@@ -185,126 +200,12 @@ def _write_durably(table: pa.Table, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-# Model name of entries the drain cannot read (not JSON, not an object): kept, never dropped.
-UNREADABLE = "_unreadable"
-
-
-def _time(value: Any) -> datetime | None:
-    """A logged time, or None when the entry holds none or something that is not one."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-def _entry(stream_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    raw = fields.get(FIELD, b"")
-    try:
-        entry = json.loads(raw)
-    except ValueError:
-        entry = None
-    if not isinstance(entry, dict):
-        # One bad entry must not stop every later drain: it is kept under a model of its own.
-        return _unreadable(stream_id, raw)
-    return {str(k): v for k, v in entry.items()}
-
-
-def _unreadable(stream_id: bytes, raw: bytes) -> dict[str, Any]:
-    return {
-        "prediction_id": stream_id.decode(),
-        "model": UNREADABLE,
-        "request": raw.decode(errors="replace"),
-    }
-
-
-# The fields of a request's entry that hold one value per prediction (the rest are shared),
-# and those that hold one such column per name.
-PER_PREDICTION = ("prediction_id", "partition", "prediction", "decision", "missing", "stale")
-PER_PREDICTION_BY_NAME = ("entity", "request", "features")
-
-
-def expand(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """One dict per prediction of a logged entry: a request's entry (its `prediction_id` a
-    list) gives one per prediction, each with the shared fields; a single prediction's entry
-    (the layout before per-request entries) is returned as it is. ValueError when a column's
-    length differs from the number of predictions."""
-    ids = entry.get("prediction_id")
-    if not isinstance(ids, list):
-        return [entry]
-    count = len(ids)
-    shared = {k: v for k, v in entry.items() if k not in PER_PREDICTION + PER_PREDICTION_BY_NAME}
-    columns = {k: _column(entry.get(k), count, k) for k in PER_PREDICTION}
-    by_name = {
-        k: {name: _column(v, count, f"{k}.{name}") for name, v in _mapping(entry.get(k), k).items()}
-        for k in PER_PREDICTION_BY_NAME
-    }
-    return [
-        {
-            **shared,
-            **{k: v[i] for k, v in columns.items()},
-            **{k: {name: v[i] for name, v in named.items()} for k, named in by_name.items()},
-        }
-        for i in range(count)
-    ]
-
-
-def _column(value: Any, count: int, name: str) -> list[Any]:
-    if value is None:
-        return [None] * count
-    if not isinstance(value, list) or len(value) != count:
-        raise ValueError(f"{name} is not a list of {count} values")
-    return value
-
-
-def _mapping(value: Any, name: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} is not an object")
-    return value
-
-
-def predictions_in(stream_id: bytes, fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
-    """The predictions of one stream entry; an entry that is not one is kept, unreadable."""
-    entry = _entry(stream_id, fields)
-    try:
-        return expand(entry)
-    except ValueError:
-        return [_unreadable(stream_id, fields.get(FIELD, b""))]
-
-
-def _rows(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[dict[str, Any]]:
-    return [_row(i, entry) for i, fields in entries for entry in predictions_in(i, fields)]
-
-
-def _row(stream_id: bytes, entry: dict[str, Any]) -> dict[str, Any]:
-    entry["stream_id"] = stream_id.decode()
-    for key in ("entity", "request", "features"):
-        entry[key] = json.dumps(entry.get(key) or {}, default=str, sort_keys=True)
-    for key in ("logged_at", "request_time", "received_at"):
-        entry[key] = _time(entry.get(key))
-    if entry["logged_at"] is None:  # the stream id is the time Redis took the entry
-        millis = int(stream_id.split(b"-")[0])
-        entry["logged_at"] = datetime.fromtimestamp(millis / 1000, UTC)
-    entry["model"] = _folder_safe(str(entry.get("model") or UNREADABLE))
-    return entry
-
-
-def _folder_safe(model: str) -> str:
-    """A model name usable as a folder name (`model=NAME`): no separators, never `..`."""
-    safe = model.replace("/", "_").replace("\\", "_").replace("\0", "_")
-    return safe if safe.strip(".") else UNREADABLE
-
-
 def _write_batch(
-    settings: Settings, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    settings: Settings, entries: list[tuple[bytes, dict[bytes, bytes]]], shard: str = ""
 ) -> tuple[list[Path], int]:
     """Parquet files for a batch, one per (date, model), and the predictions in them; names
-    come from the batch's stream ids."""
-    rows = _rows(entries)
+    come from the shard and the batch's stream ids (two shards' ids may be equal)."""
+    rows = rows_of(entries)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         day = row["logged_at"].astimezone(UTC).strftime("%Y-%m-%d")
@@ -314,7 +215,8 @@ def _write_batch(
     first, last = rows[0]["stream_id"], rows[-1]["stream_id"]
     for (day, model), group in sorted(groups.items()):
         table = pa.Table.from_pylist(group, schema=SCHEMA)
-        path = folder / f"date={day}" / f"model={model}" / f"part-{first}-{last}.parquet"
+        name = f"part-{shard}{first}-{last}.parquet"
+        path = folder / f"date={day}" / f"model={model}" / name
         _write_durably(table, path)
         written.append(path)
     return written, len(rows)
@@ -328,14 +230,19 @@ def ensure_group(client: redis.Redis[bytes], stream: str) -> None:
             raise
 
 
-def drain_lock_path(settings: Settings) -> Path:
-    """The lock file every drain of this project holds while it runs."""
-    return lock_path(settings, "prediction-log-drain")
+def drain_lock_path(settings: Settings, stream: str | None = None) -> Path:
+    """The lock file a drain of this project holds while it moves `stream` (default: the
+    unsharded stream); each shard has its own."""
+    if stream is None or stream == settings.predictions.stream:
+        return lock_path(settings, "prediction-log-drain")
+    return lock_path(settings, f"prediction-log-drain-{_shard_label(settings, stream)}")
 
 
-def _drain_lock(settings: Settings, wait_s: float) -> contextlib.AbstractContextManager[bool]:
-    """Holds the drain lock (True), or yields False if another drain kept it past `wait_s`."""
-    return exclusive(drain_lock_path(settings), wait_s)
+def _shard_label(settings: Settings, stream: str) -> str:
+    """`s<i>` for shard i (its files and lock carry it); empty for the unsharded stream."""
+    if stream == settings.predictions.stream:
+        return ""
+    return f"s{shard_streams(settings).index(stream)}"
 
 
 # Entries read per XREADGROUP when Redis does not say how large they are (MEMORY USAGE).
@@ -360,28 +267,63 @@ def drain(
 ) -> DrainResult:
     """Move logged predictions into Parquet; acknowledge only what is durably written.
 
-    One drain at a time per project: another one waits up to `drain_lock_wait_s` for the lock,
-    then moves what is left, or moves nothing and says why in `busy`.
+    One drain at a time per stream: another one waits up to `drain_lock_wait_s` for its lock,
+    then moves what is left, or moves nothing and says why in `busy`. Sharded, every shard is
+    drained at once, each by its own consumer (`<consumer>-s<i>`).
     """
+    streams = drained_streams(settings)
+    if len(streams) == 1:
+        return _drain_stream(settings, streams[0], consumer, max_batches)
+    with ThreadPoolExecutor(len(streams), thread_name_prefix="drain") as pool:
+        parts = list(
+            pool.map(
+                lambda s: _drain_stream(settings, s, _consumer(settings, s, consumer), max_batches),
+                streams,
+            )
+        )
+    result = DrainResult()
+    for part in parts:
+        result.entries += part.entries
+        result.files += part.files
+        result.redelivered += part.redelivered
+        result.busy = result.busy or part.busy
+    return result
+
+
+def _consumer(settings: Settings, stream: str, consumer: str) -> str:
+    """A shard's consumer: `<consumer>-s<i>`; the unsharded stream keeps `consumer`, so what
+    it read before the log was sharded is delivered to it again."""
+    label = _shard_label(settings, stream)
+    return f"{consumer}-{label}" if label else consumer
+
+
+def _drain_stream(
+    settings: Settings, stream: str, consumer: str, max_batches: int | None
+) -> DrainResult:
     conf = settings.predictions
-    with _drain_lock(settings, conf.drain_lock_wait_s) as held:
+    path = drain_lock_path(settings, stream)
+    with exclusive(path, conf.drain_lock_wait_s) as held:
         if not held:
             return DrainResult(
-                busy=f"another drain held {drain_lock_path(settings)} for more than "
+                busy=f"another drain held {path} for more than "
                 f"{conf.drain_lock_wait_s:g} s; it moves the entries, this drain moved none"
             )
         try:
-            return _drain_locked(settings, consumer, max_batches)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            return _drain_locked(settings, stream, consumer, max_batches)
+        except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN) as exc:
             raise StoreUnavailable(
-                f"cannot drain predictions from Redis at {redact(redis_url(settings))}: {exc}",
-                "Start Redis (`maquette redis start`) and run the drain again.",
+                f"cannot drain predictions from {shared_store(settings)}: {exc}",
+                "Start Redis (`maquette redis start`; on a cluster, every slot needs a "
+                "master) and run the drain again.",
             ) from exc
 
 
-def _drain_locked(settings: Settings, consumer: str, max_batches: int | None) -> DrainResult:
-    client = redis.Redis.from_url(redis_url(settings), socket_timeout=30)
-    stream, batch = settings.predictions.stream, settings.predictions.drain_batch
+def _drain_locked(
+    settings: Settings, stream: str, consumer: str, max_batches: int | None
+) -> DrainResult:
+    client = shared_client(settings, 30.0)
+    batch, shard = settings.predictions.drain_batch, _shard_label(settings, stream)
+    shard = f"{shard}-" if shard else ""
     result = DrainResult()
     ensure_group(client, stream)
     max_bytes = settings.predictions.drain_max_bytes
@@ -399,7 +341,7 @@ def _drain_locked(settings: Settings, consumer: str, max_batches: int | None) ->
             size = sum(len(v) for _, fields in entries for v in fields.values())
             moved = 0
             if entries:
-                files, moved = _write_batch(settings, entries)
+                files, moved = _write_batch(settings, entries, shard)
                 result.files += files
                 # Written and fsynced, not yet acknowledged: tests/e2e/test_durability.py kills here.
                 crash_point("drain.written")
@@ -418,9 +360,9 @@ def _drain_locked(settings: Settings, consumer: str, max_batches: int | None) ->
 
 
 def pending(settings: Settings) -> int:
-    """Entries in the stream not yet drained (one per request: XLEN, not a read of them)."""
-    client = redis.Redis.from_url(redis_url(settings), socket_timeout=5)
-    return int(client.xlen(settings.predictions.stream))
+    """Entries in the log not yet drained (one per request: XLEN, not a read of them)."""
+    client = shared_client(settings, 5.0)
+    return sum(int(client.xlen(stream)) for stream in drained_streams(settings))
 
 
 def any_drained(settings: Settings) -> bool:
