@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from redis.crc import key_slot
 
 from maquette.data_settings import DatasetSettings, StreamSettings
 from maquette.errors import ConfigError
@@ -226,6 +227,29 @@ class Settings(BaseSettings):
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="Model specs by name.")
+
+    @model_validator(mode="after")
+    def _stream_keys_in_one_slot(self) -> Settings:
+        """On a Redis Cluster, the stream processor's commit (one MULTI) touches the stream,
+        its state, its counters and the dead letters: they must hash to one slot."""
+        if not self.redis.cluster:
+            return self
+        conf = self.stream
+        if "{" not in conf.stream and conf.dead_letter.startswith(conf.stream):
+            # `events` and `events:dead` become `{events}` and `{events}:dead`: the hash tag a
+            # cluster needs, with nothing to rename by hand. Other names are checked below.
+            rest = conf.dead_letter[len(conf.stream) :]
+            conf.stream = f"{{{conf.stream}}}"
+            conf.dead_letter = conf.stream + rest
+        keys = [conf.stream, f"{conf.stream}:state", f"{conf.stream}:stats", conf.dead_letter]
+        if len({key_slot(k.encode()) for k in keys}) > 1:
+            raise ValueError(
+                f"on a Redis Cluster the event stream {conf.stream!r} and its dead letters "
+                f"{conf.dead_letter!r} must share a hash tag (one transaction commits both): "
+                f"name them like '{{{conf.stream.strip('{}')}}}' and "
+                f"'{{{conf.stream.strip('{}')}}}:dead'"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -152,9 +152,15 @@ class StreamSettings(Section):
         default_factory=dict,
         description="Window aggregates by Feast feature view name (with events; no definition).",
     )
-    stream: str = Field("maquette:events", description="Redis Stream of the events.")
+    stream: str = Field(
+        "maquette:events",
+        description="Redis Stream of the events. On a Redis Cluster a name without a hash tag "
+        "gets one ({maquette:events}), shared with its state and dead letters.",
+    )
     dead_letter: str = Field(
-        "maquette:events:dead", description="Stream of rejected events, each with its reason."
+        "maquette:events:dead",
+        description="Stream of rejected events, each with its reason. On a cluster it must "
+        "hash like the stream: <stream>:dead gets the stream's tag ({maquette:events}:dead).",
     )
     group: str = Field("speed-layer", description="Consumer group of the stream processor.")
     consumer: str = Field("processor-1", description="Consumer name (pending entries are its own).")

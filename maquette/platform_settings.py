@@ -28,15 +28,17 @@ Credential = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
 class RedisSettings(Section):
     """The online store. Without `url`, Maquette runs its own redis-server."""
 
-    url: str | None = Field(
-        None, description="Use this Redis (redis://host:port/db) instead of the embedded one."
+    url: Annotated[str | None, BeforeValidator(_empty_is_unset)] = Field(
+        None,
+        description="Use this Redis (redis://host:port/db) instead of the embedded one; empty "
+        "(MAQUETTE_REDIS_URL=) unsets it, e.g. where the environment gives redis.cluster.",
     )
     cluster: list[Annotated[str, Field(pattern=r"^[^\s,@/\[\]:]+:[0-9]{1,5}$")]] = Field(
         [],
         description="Seed nodes (host:port; a name or IPv4 address) of a Redis Cluster holding "
-        "the online store "
-        "(password: redis.password). So far the feature layer runs on it (Feast, materialize, "
-        "online reads); the prediction log and the streams still need one Redis (redis.url).",
+        "everything Maquette keeps in Redis: the online features, the prediction log, the event "
+        "streams and the processor's state, the alias table (password: redis.password). "
+        "Instead of redis.url; no Redis is started then.",
     )
     host: str = Field("127.0.0.1", description="Interface the embedded redis-server binds to.")
     # 6379 is every Redis's default; a different port keeps the user's own Redis untouched.
@@ -61,12 +63,12 @@ class RedisSettings(Section):
     )
 
     @model_validator(mode="after")
-    def _cluster_beside_one_redis(self) -> RedisSettings:
-        if self.cluster and self.url is None:
+    def _one_redis_or_a_cluster(self) -> RedisSettings:
+        if self.cluster and self.url is not None:
             raise ValueError(
-                "redis.cluster holds the online features; the prediction log, the event streams "
-                "and the stream processor's state need one Redis beside it: set redis.url "
-                "(MAQUETTE_REDIS_URL) too"
+                "redis.url and redis.cluster are both set: everything Maquette keeps in Redis "
+                "goes to one of them; keep redis.cluster (a Redis Cluster) or redis.url (one "
+                "Redis), not both"
             )
         return self
 

@@ -13,7 +13,6 @@ References accepted everywhere: `NAME` (latest), `NAME:VERSION`, `NAME@ALIAS`.
 from __future__ import annotations
 
 import fcntl
-import functools
 import getpass
 import json
 import os
@@ -30,6 +29,7 @@ import redis
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url, unreachable
 from maquette.errors import ModelVersionNotFound
+from maquette.features.redis_cluster import CLUSTER_DOWN, shared_client
 from maquette.version_record import Artifacts, VersionRecord
 
 LABEL_KEY = "maquette"  # BentoML label marking Maquette's models
@@ -148,20 +148,24 @@ def _alias_key(settings: Settings) -> str:
 
 
 def _alias_redis(settings: Settings) -> redis.Redis[bytes]:
-    return _alias_client(redis_url(settings))
-
-
-@functools.lru_cache(maxsize=8)
-def _alias_client(url: str) -> redis.Redis[bytes]:
     # One client (and connection pool) per Redis: a service polls the serial 4 times a second.
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    cluster = tuple(settings.redis.cluster)
+    where = (cluster, settings.redis.password) if cluster else (redis_url(settings),)
+    client = _alias_clients.get(where)
+    if client is None:
+        client = _alias_clients[where] = shared_client(settings, 5.0)
+    return client
+
+
+# The alias store's clients, by where they connect (a few per process at most).
+_alias_clients: dict[tuple[object, ...], redis.Redis[bytes]] = {}
 
 
 def _read_aliases(settings: Settings) -> dict[str, Any]:
     if settings.registry.alias_store == "redis":
         try:
             raw = _alias_redis(settings).get(_alias_key(settings))
-        except redis.RedisError as exc:
+        except (redis.RedisError, *CLUSTER_DOWN) as exc:
             raise unreachable(settings, exc) from exc
         return cast(dict[str, Any], json.loads(raw)) if raw else _empty()
     path = _aliases_path(settings)
@@ -188,7 +192,8 @@ def _update_aliases(settings: Settings, change: Callable[[dict[str, Any]], T]) -
     if settings.registry.alias_store == "redis":
         key = _alias_key(settings)
         try:
-            with _alias_redis(settings).pipeline() as pipe:
+            # transaction=True: a cluster's pipeline only WATCHes in a transaction.
+            with _alias_redis(settings).pipeline(transaction=True) as pipe:
                 while True:
                     try:
                         pipe.watch(key)
@@ -202,7 +207,7 @@ def _update_aliases(settings: Settings, change: Callable[[dict[str, Any]], T]) -
                         return result
                     except redis.WatchError:
                         continue
-        except redis.ConnectionError as exc:
+        except (redis.ConnectionError, *CLUSTER_DOWN) as exc:
             raise unreachable(settings, exc) from exc
     path = _aliases_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -146,13 +146,12 @@ def cluster_project(
     running_redis: str,
     redis_cluster: LocalCluster,
 ) -> Settings:
-    """The loaded project with its online store on the Redis Cluster, materialized (the
-    prediction log and streams stay on the single Redis)."""
+    """The loaded project on the Redis Cluster (features, log, streams), materialized."""
     from maquette.features.layer import FeatureLayer
 
     folder = make_project(
         tmp_path_factory.mktemp("cluster-project"),
-        running_redis,
+        None,
         redis={"cluster": redis_cluster.nodes, "password": redis_cluster.password},
     )
     settings = load_settings(folder)
@@ -161,6 +160,14 @@ def cluster_project(
     layer.apply()
     layer.materialize(datetime(2013, 1, 1, tzinfo=UTC), datetime(2014, 1, 2, tzinfo=UTC))
     return settings
+
+
+def moved_to_cluster(settings: Settings, cluster: LocalCluster) -> Settings:
+    """`settings` with everything Redis holds on `cluster` (redis.url unset), validated again:
+    the stream's keys gain the hash tag a cluster needs, as in a project's maquette.yaml."""
+    values = settings.model_dump()
+    values["redis"] |= {"url": None, "cluster": cluster.nodes, "password": cluster.password}
+    return Settings.model_validate(values)
 
 
 @pytest.fixture(

@@ -21,7 +21,7 @@ KUBERNETES = "1.30"
 def test_the_manifests_are_valid_kubernetes_and_carry_no_secret(tmp_path: Path) -> None:
     folder = make_project(
         tmp_path / "project",
-        "redis://:log-password@redis-log:6379/0",
+        None,
         redis={"cluster": ["10.0.0.1:7000", "10.0.0.2:7000"], "password": "cluster-password"},
         serving={"api_key": "the-api-key"},
     )
@@ -50,7 +50,7 @@ def test_the_manifests_are_valid_kubernetes_and_carry_no_secret(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert "kubectl create secret generic maquette-secrets" in done.stdout
     text = out.read_text()
-    for secret in ("log-password", "cluster-password", "the-api-key"):
+    for secret in ("cluster-password", "the-api-key"):
         assert secret not in text and secret not in done.stdout
     docs = list(yaml.safe_load_all(text))
     for doc in docs:
@@ -72,15 +72,12 @@ def test_the_manifests_are_valid_kubernetes_and_carry_no_secret(tmp_path: Path) 
     config = by_name[("ConfigMap", "maquette-settings")]["data"]
     assert json.loads(config["MAQUETTE_REDIS_CLUSTER"]) == ["10.0.0.1:7000", "10.0.0.2:7000"]
     secret_env = {e["name"] for e in container["env"]}
-    assert secret_env == {
-        "MAQUETTE_REDIS_URL",
-        "MAQUETTE_REDIS_PASSWORD",
-        "MAQUETTE_SERVING_API_KEY",
-    }
-    # What the pods' environment makes of the project's settings: the cluster, on 0.0.0.0.
-    environment = {**config, "MAQUETTE_REDIS_URL": "redis://redis-log:6379/0"}
-    settings = _settings_with(folder, environment)
+    assert secret_env == {"MAQUETTE_REDIS_PASSWORD", "MAQUETTE_SERVING_API_KEY"}
+    # What the pods' environment makes of the project's settings: the cluster, on 0.0.0.0,
+    # its streams under the hash tag a cluster needs.
+    settings = _settings_with(folder, {**config, "MAQUETTE_REDIS_PASSWORD": "from-the-secret"})
     assert settings.redis.cluster == ["10.0.0.1:7000", "10.0.0.2:7000"]
+    assert settings.stream.stream == "{maquette:departures}"
     assert settings.serving.host == "0.0.0.0"
 
 

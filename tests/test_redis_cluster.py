@@ -153,19 +153,45 @@ def test_moved_slots_are_followed_to_their_new_master(
     assert replies == keys
 
 
-def test_the_log_and_streams_need_one_redis_beside_the_cluster(
+def test_a_cluster_takes_the_place_of_redis_url_and_its_stream_keys_share_a_hash_tag(
     tmp_path: Path, redis_cluster: LocalCluster
 ) -> None:
-    folder = make_project(tmp_path, None, redis={"cluster": redis_cluster.nodes})
-    with pytest.raises(ConfigError, match=r"redis\.url"):
-        load_settings(folder)
+    both = make_project(tmp_path / "both", "redis://h:1/0", redis={"cluster": redis_cluster.nodes})
+    with pytest.raises(ConfigError, match=r"redis\.url and redis\.cluster are both set"):
+        load_settings(both)
+    alone = load_settings(make_project(tmp_path / "alone", None, redis={"cluster": ["a:1"]}))
+    # One commit (MULTI) touches the stream, its state and dead letters: one slot.
+    assert (alone.stream.stream, alone.stream.dead_letter) == (
+        "{maquette:departures}",  # maquette.yaml's maquette:departures, tagged
+        "{maquette:departures}:dead",
+    )
+    derived = make_project(
+        tmp_path / "derived",
+        None,
+        redis={"cluster": ["a:1"]},
+        stream={"stream": "clicks", "dead_letter": "clicks:rejected"},
+    )
+    assert load_settings(derived).stream.dead_letter == "{clicks}:rejected"
+    apart = make_project(
+        tmp_path / "apart",
+        None,
+        redis={"cluster": ["a:1"]},
+        stream={"stream": "clicks", "dead_letter": "rejected-clicks"},
+    )
+    with pytest.raises(ConfigError, match=r"share a hash tag.*'\{clicks\}'"):
+        load_settings(apart)
+    tagged = make_project(
+        tmp_path / "tagged",
+        None,
+        redis={"cluster": ["a:1"]},
+        stream={"stream": "{clicks}", "dead_letter": "{clicks}:rejected"},
+    )
+    assert load_settings(tagged).stream.stream == "{clicks}"
 
 
 def test_a_cluster_node_that_is_not_host_and_port_is_refused(tmp_path: Path) -> None:
     for node in ("redis://a:1", "[::1]:7000", "a:b"):
-        folder = make_project(
-            tmp_path / node.replace("/", "_"), "redis://h:1/0", redis={"cluster": [node]}
-        )
+        folder = make_project(tmp_path / node.replace("/", "_"), None, redis={"cluster": [node]})
         with pytest.raises(ConfigError, match="cluster"):
             load_settings(folder)
 
@@ -182,7 +208,7 @@ def test_freshness_scans_every_master(cluster_project: Settings, loaded_project:
     assert on_cluster == on_one and all(on_cluster.values()) and len(on_cluster) >= 4
 
 
-def test_the_service_reads_features_from_the_cluster_and_logs_beside_it(
+def test_the_service_reads_features_from_the_cluster_and_logs_there(
     production: dict[str, str],
     loaded_project: Settings,
     cluster_project: Settings,
@@ -194,6 +220,7 @@ def test_the_service_reads_features_from_the_cluster_and_logs_beside_it(
     from pydantic import SecretStr
 
     from maquette.serving.library import load_model
+    from maquette.serving.prediction_log import pending
     from tests.test_serving import running_service
 
     FeatureLayer(cluster_project).materialize(*PERIOD)
@@ -204,7 +231,10 @@ def test_the_service_reads_features_from_the_cluster_and_logs_beside_it(
     env = {
         "MAQUETTE_REDIS_CLUSTER": json.dumps(redis_cluster.nodes),
         "MAQUETTE_REDIS_PASSWORD": redis_cluster.password,
+        "MAQUETTE_REDIS_URL": "",  # the project's own Redis: unset, everything on the cluster
     }
+    on_cluster.redis.url = None
+    logged_before = pending(on_cluster)
     when = datetime(2013, 12, 30, 12, tzinfo=UTC)
     rows = [{k: v for k, v in r.items() if k != "flight_id"} for r in _rows()[:6]]
     with running_service(loaded_project, env) as url:
@@ -214,7 +244,7 @@ def test_the_service_reads_features_from_the_cluster_and_logs_beside_it(
             "as_of": when.isoformat(),
         }
         reply = httpx.post(f"{url}/predict", json=body, timeout=10)
-        # The features come from the cluster, not the single Redis beside it (which still
+        # The features come from the cluster, not the project's single Redis (which still
         # holds them): emptied there, they are served as missing.
         cleared = FeatureLayer(cluster_project).clear_online()
         try:
@@ -227,6 +257,7 @@ def test_the_service_reads_features_from_the_cluster_and_logs_beside_it(
     assert [p["prediction"] for p in served] == pytest.approx([a.prediction for a in expected])
     assert all(not p["missing_features"] for p in served)
     assert cleared > 0 and all("temp" in p["missing_features"] for p in empty)
+    assert pending(on_cluster) == logged_before + 2  # one entry per request, on the cluster
 
 
 def test_a_slot_being_migrated_is_read_on_its_target_after_asking(

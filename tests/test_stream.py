@@ -13,7 +13,6 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import redis
-from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from maquette.cli import app
@@ -26,7 +25,7 @@ from maquette.stream import history, operations
 from maquette.stream.aggregations import StreamDefinition, WindowAggregation, stream_definition
 from maquette.stream.events import publish
 from maquette.stream.processor import RunResult, StreamProcessor
-from tests.conftest import make_project
+from tests.conftest import make_project, moved_to_cluster
 
 DAY = datetime(2013, 12, 1, tzinfo=UTC)
 ORIGIN_FEATURES = [f"origin_last_hour:{n}" for n in ORIGIN_LAST_HOUR.feature_names]
@@ -160,14 +159,15 @@ def test_window_rows_match_a_hand_checked_stream(hand_checked: Settings) -> None
     scope="module", params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)]
 )
 def online_hand_checked(request: pytest.FixtureRequest, hand_checked: Settings) -> Settings:
-    """The hand-checked stream processed with online rows on one Redis, then on the cluster
-    (the stream and its state stay on redis.url)."""
+    """The hand-checked stream processed on one Redis, then on the cluster (the stream, its
+    state, its dead letters and the online rows)."""
     if request.param == "redis":
         return hand_checked
-    cluster = request.getfixturevalue("redis_cluster")
-    settings = fresh(hand_checked, "hand-cluster")
-    settings.redis.cluster = cluster.nodes
-    settings.redis.password = SecretStr(cluster.password)
+    settings = moved_to_cluster(
+        fresh(hand_checked, "hand-cluster"), request.getfixturevalue("redis_cluster")
+    )
+    assert settings.stream.stream == "{test:hand-cluster}"
+    operations.reset(settings)
     publish(settings, HAND_CHECKED)
     process(settings)
     return settings

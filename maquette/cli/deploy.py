@@ -27,7 +27,8 @@ def deploy_kubernetes(
     """
     from maquette.platform.kubernetes import manifests, secret_command
 
-    docs = manifests(project_settings(project), image, replicas, max_replicas)
+    settings = project_settings(project)
+    docs = manifests(settings, image, replicas, max_replicas)
     out.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     console.print(f"wrote {len(docs)} manifests to {out}; create their Secret first:")
-    console.print(secret_command(), markup=False, soft_wrap=True)
+    console.print(secret_command(settings), markup=False, soft_wrap=True)

@@ -66,7 +66,7 @@ def url(
     urls = {
         "service": f"http://{settings.serving.host}:{settings.serving.port}",
         "prefect": settings.orchestration.prefect_url,
-        "redis": redis_server.redis_url(settings),
+        "redis": redis_server.store_url(settings),
         "console": f"http://{settings.console.host}:{settings.console.port}",
     }
     shown = urls[component] if reveal else redact(urls[component])

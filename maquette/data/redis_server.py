@@ -111,9 +111,47 @@ def _unauthenticated_url(settings: Settings) -> str:
 
 def redis_url(settings: Settings) -> str:
     """The Redis URL Maquette uses: the configured one as it is, else the embedded server's
-    (with its password). Show it only through `secrets.redact`. With `redis.cluster`, this
-    Redis holds the prediction log and the streams (the settings require redis.url then)."""
+    (with its password). Show it only through `secrets.redact`. With `redis.cluster` there is
+    none: callers go through `features.redis_cluster`."""
     return settings.redis.url or embedded_url(settings)
+
+
+def is_embedded(settings: Settings) -> bool:
+    """True when Maquette runs its own redis-server: neither redis.url nor redis.cluster."""
+    return settings.redis.url is None and not settings.redis.cluster
+
+
+def cluster_node_url(settings: Settings, host: str, port: int) -> str:
+    """A redis:// URL of one node of the cluster (it holds the password: show it redacted)."""
+    secret = settings.redis.password
+    auth = f":{quote(secret.get_secret_value(), safe='')}@" if secret is not None else ""
+    return f"redis://{auth}{host}:{port}/0"
+
+
+def cluster_answers(settings: Settings) -> bool:
+    """True when a node of the configured cluster says every slot has a master."""
+    for text in settings.redis.cluster:
+        host, _, port = text.rpartition(":")
+        try:
+            info = _client(cluster_node_url(settings, host, int(port)), 0.5).cluster("info")
+        except (redis.RedisError, OSError):
+            continue
+        state = info.get("cluster_state") if isinstance(info, dict) else None
+        return state == "ok" or (isinstance(state, bytes) and state == b"ok")
+    return False
+
+
+def store_url(settings: Settings) -> str:
+    """A URL of the Redis in use: `redis_url`, or on a cluster its first seed node's."""
+    if settings.redis.cluster:
+        host, _, port = settings.redis.cluster[0].rpartition(":")
+        return cluster_node_url(settings, host, int(port))
+    return redis_url(settings)
+
+
+def answers(settings: Settings) -> bool:
+    """True when the project's Redis answers: PING, or on a cluster every slot served."""
+    return cluster_answers(settings) if settings.redis.cluster else ping(redis_url(settings))
 
 
 def _client(url: str, timeout: float = 2.0) -> redis.Redis[bytes]:
@@ -152,7 +190,7 @@ SUPERVISED = "supervised"
 
 def is_supervised(settings: Settings) -> bool:
     """True when the embedded server is kept running by the platform's process supervisor."""
-    return settings.redis.url is None and (_data_dir(settings) / SUPERVISED).is_file()
+    return is_embedded(settings) and (_data_dir(settings) / SUPERVISED).is_file()
 
 
 def mark_supervised(settings: Settings, supervised: bool) -> None:
@@ -304,6 +342,15 @@ def ensure_redis(settings: Settings) -> str:
     """Return a reachable Redis URL (with its password: for clients, not for showing),
     starting the embedded server when none is configured. Makes the state folder private."""
     private_state(settings)
+    if settings.redis.cluster:
+        if not cluster_answers(settings):
+            raise StoreUnavailable(
+                f"the Redis Cluster at {', '.join(settings.redis.cluster)} (redis.cluster) does "
+                "not answer, or some of its slots have no master.",
+                "Check its nodes (`redis-cli -c -p PORT cluster info`); Maquette does not "
+                "start a cluster.",
+            )
+        return store_url(settings)
     if settings.redis.url:
         if not ping(settings.redis.url):
             raise StoreUnavailable(
@@ -403,7 +450,7 @@ def is_ours(settings: Settings) -> bool:
     """True when the Redis answering on the embedded port is this project's (its pid file):
     with our password, or without one when an older Maquette started it."""
     pid = _pid(settings)
-    if settings.redis.url is not None or pid is None:
+    if not is_embedded(settings) or pid is None:
         return False
     for url in (embedded_url(settings), _unauthenticated_url(settings)):
         try:
@@ -417,9 +464,11 @@ def is_ours(settings: Settings) -> bool:
 
 def status(settings: Settings) -> RedisStatus:
     """Whether the Redis in use answers, with its version, memory, key count and AOF state."""
-    url = redis_url(settings)
+    url = store_url(settings)
     shown = redact(url)  # RedisStatus is printed (`maquette redis status`, --json)
-    embedded = settings.redis.url is None
+    if settings.redis.cluster:
+        shown = "cluster " + ", ".join(settings.redis.cluster) + " (first node shown)"
+    embedded = is_embedded(settings)
     try:
         info = _client(url, timeout=0.5).info()
     except (redis.RedisError, OSError):
@@ -452,10 +501,11 @@ def status(settings: Settings) -> RedisStatus:
 
 def stop(settings: Settings, timeout_s: float = 10.0) -> bool:
     """Stop the embedded server (its AOF keeps the data); False when it was not running."""
-    if settings.redis.url:
+    if not is_embedded(settings):
+        where = settings.redis.url or ", ".join(settings.redis.cluster)
         raise StoreUnavailable(
-            redact(f"Redis at {settings.redis.url} is not Maquette's to stop."),
-            "Stop it the way it was started, or unset redis.url.",
+            redact(f"Redis at {where} is not Maquette's to stop."),
+            "Stop it the way it was started, or unset redis.url / redis.cluster.",
         )
     if is_supervised(settings):
         raise StoreUnavailable(

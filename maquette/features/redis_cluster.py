@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 import hiredis
 import redis
@@ -26,7 +25,7 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterError, RedisClusterException
 
 from maquette.config import Settings
-from maquette.data.redis_server import redis_url
+from maquette.data.redis_server import cluster_node_url, redis_url
 from maquette.data.secrets import redact
 from maquette.errors import StoreUnavailable
 from maquette.features import redis_layout as wire
@@ -56,11 +55,8 @@ def _password(settings: Settings) -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
-def node_url(settings: Settings, host: str, port: int) -> str:
-    """A redis:// URL of one node (it holds the password: show it only redacted)."""
-    password = _password(settings)
-    auth = f":{quote(password, safe='')}@" if password else ""
-    return f"redis://{auth}{host}:{port}/0"
+# A redis:// URL of one node (it holds the password: show it only redacted).
+node_url = cluster_node_url
 
 
 def cluster_client(settings: Settings, timeout_s: float = 5.0) -> RedisCluster[bytes]:

@@ -88,7 +88,7 @@ def _address(settings: Settings, name: str) -> str | None:
     """The URL clients of the component use (the Redis one holds its password)."""
     o = settings.orchestration
     return {
-        "redis": redis_server.redis_url(settings),
+        "redis": redis_server.store_url(settings),
         "prefect": o.prefect_url,
         "deployments": f"http://{o.host}:{o.runner_port}",
         "service": f"http://{settings.serving.host}:{settings.serving.port}",
@@ -157,9 +157,10 @@ def _component_status(
     settings: Settings, name: str, program: supervisor.ProgramInfo | None
 ) -> ComponentStatus:
     url, log = _url(settings, name), _log(settings, name)
-    if name == "redis" and settings.redis.url is not None:
-        answering = redis_server.ping(settings.redis.url)
-        detail = "external (redis.url)" + ("" if answering else ": does not answer")
+    if name == "redis" and not redis_server.is_embedded(settings):
+        answering = redis_server.answers(settings)
+        given = "redis.cluster" if settings.redis.cluster else "redis.url"
+        detail = f"external ({given})" + ("" if answering else ": does not answer")
         return ComponentStatus(name, "running" if answering else "stopped", url, None, None, detail)
     if program is None:
         return _unsupervised_status(settings, name, url, log)
@@ -267,8 +268,8 @@ def require_project_files(settings: Settings, components: list[str]) -> None:
 
 
 def _supervised(settings: Settings, names: list[str]) -> list[str]:
-    """The components the supervisor runs: all but an external Redis."""
-    return [n for n in names if not (n == "redis" and settings.redis.url is not None)]
+    """The components the supervisor runs: all but an external Redis (or cluster)."""
+    return [n for n in names if not (n == "redis" and not redis_server.is_embedded(settings))]
 
 
 def up(
@@ -287,7 +288,7 @@ def up(
     names = _names(settings, components, False)
     require_project_files(settings, names)
     with _exclusive(settings):
-        if settings.redis.url is not None and "redis" in names:
+        if not redis_server.is_embedded(settings) and "redis" in names:
             redis_server.ensure_redis(settings)  # external: it must answer, it is not ours
         # Every component the supervisor already knows stays in its config.
         known = [n for n in supervisor.programs(settings) if n not in names]

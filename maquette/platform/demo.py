@@ -25,7 +25,7 @@ import pyarrow as pa
 from maquette import registry
 from maquette.config import Settings
 from maquette.data import sources as datasets
-from maquette.data.redis_server import redis_url
+from maquette.data.redis_server import store_url
 from maquette.data.secrets import redact
 from maquette.data.sql import duckdb_connection
 from maquette.errors import ComponentFailed, ConfigError, DataNotLoaded
@@ -134,7 +134,7 @@ def _start_platform(
     """Redis and the Prefect server, with an empty online store and stream."""
     with _stage(report, "start Redis and Prefect", announce):
         report.platform = platform.up(settings, ["redis", "prefect"], announce)
-        report.redis_url = redact(redis_url(settings))  # the summary is shown and saved
+        report.redis_url = redact(store_url(settings))  # the summary is shown and saved
         # A rerun replays the same history: start from an empty online store and stream.
         platform.down(settings, ["stream"])
         reset(settings)

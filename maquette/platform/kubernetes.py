@@ -3,7 +3,7 @@
 `maquette deploy kubernetes --image IMAGE` writes them; IMAGE is the bento containerized
 (`maquette build`, then `bentoml containerize maquette_service:latest`). Settings reach the
 pods as MAQUETTE_* environment variables, which override the bento's maquette.yaml: the Redis
-Cluster's nodes in a ConfigMap; the prediction log's Redis URL, the cluster's password and the
+Cluster's nodes in a ConfigMap; the cluster's password (or, on one Redis, its URL) and the
 service's API key from a Secret the operator creates (`secret_command`), never written into a
 manifest. The service listens on all interfaces in its pod, so it
 requires the API key (the same check as on a machine).
@@ -22,14 +22,18 @@ from maquette.config import Settings
 APP = "maquette"
 SECRET = "maquette-secrets"
 SETTINGS = "maquette-settings"
-# Secret keys -> the environment variable each one sets.
-# redis-url: the prediction log's and streams' Redis (its URL carries its password);
-# redis-password: the Redis Cluster's; api-key: what every client of the service sends.
-SECRET_KEYS = {
-    "redis-url": "MAQUETTE_REDIS_URL",
-    "redis-password": "MAQUETTE_REDIS_PASSWORD",
-    "api-key": "MAQUETTE_SERVING_API_KEY",
-}
+
+
+def secret_keys(settings: Settings) -> dict[str, str]:
+    """The Secret's keys -> the environment variable each one sets: the Redis Cluster's
+    password (or the one Redis's URL, which carries its password) and the service's API key,
+    which every client of the service sends."""
+    redis = (
+        {"redis-password": "MAQUETTE_REDIS_PASSWORD"}
+        if settings.redis.cluster
+        else {"redis-url": "MAQUETTE_REDIS_URL"}
+    )
+    return {**redis, "api-key": "MAQUETTE_SERVING_API_KEY"}
 
 
 def manifests(
@@ -46,8 +50,11 @@ def manifests(
     }
     if settings.redis.cluster:
         config["MAQUETTE_REDIS_CLUSTER"] = json.dumps(settings.redis.cluster)
+        config["MAQUETTE_REDIS_URL"] = ""  # a redis.url the bento's maquette.yaml may hold
+    secrets = secret_keys(settings)
     service = _deployment(
         "maquette-service",
+        secrets,
         image,
         replicas,
         ports=[{"name": "http", "containerPort": port}],
@@ -61,6 +68,7 @@ def manifests(
     )
     stream = _deployment(
         "maquette-stream",
+        secrets,
         image,
         1,  # one processor per stream: its windows are the whole stream's
         command=["python", "-m", "maquette", "stream", "run"],
@@ -110,9 +118,10 @@ def manifests(
     ]
 
 
-def secret_command() -> str:
+def secret_command(settings: Settings) -> str:
     """The kubectl command that creates the Secret the pods read (values from your shell)."""
-    literals = " ".join(f'--from-literal={key}="${env}"' for key, env in SECRET_KEYS.items())
+    keys = secret_keys(settings).items()
+    literals = " ".join(f'--from-literal={key}="${env}"' for key, env in keys)
     return f"kubectl create secret generic {SECRET} {literals}"
 
 
@@ -131,6 +140,7 @@ def _probe(path: str, port: int, period_s: int, failures: int) -> dict[str, Any]
 
 def _deployment(
     name: str,
+    secrets: dict[str, str],
     image: str,
     replicas: int,
     ports: list[dict[str, Any]] | None = None,
@@ -140,7 +150,7 @@ def _deployment(
 ) -> dict[str, Any]:
     env = [
         {"name": variable, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": key}}}
-        for key, variable in SECRET_KEYS.items()
+        for key, variable in secrets.items()
     ]
     container: dict[str, Any] = {
         "name": name,

@@ -151,7 +151,7 @@ def stop_leftovers(settings: Settings, name: str, timeout_s: float = 5.0) -> int
 def answers(settings: Settings, name: str) -> bool:
     """True when a dependency answers: Redis PING, Prefect's /api/health."""
     if name == "redis":
-        return redis_server.ping(redis_server.redis_url(settings))
+        return redis_server.answers(settings)
     try:
         url = f"{prefect_api_url(settings)}/health"
         return httpx.get(url, timeout=2).status_code == 200

@@ -39,6 +39,7 @@ from maquette.errors import (
 )
 from maquette.features.layer import FeatureLayer
 from maquette.features.online import OnlineFeatures
+from maquette.features.redis_cluster import CLUSTER_DOWN
 from maquette.serving import scoring
 from maquette.serving.prediction_log import PredictionLog
 from maquette.serving.request_rules import RequestLimits, check_as_of, check_rows, check_size
@@ -106,7 +107,7 @@ class Predictor:
             self._aliases_checked = now
             try:
                 stamp = registry.alias_stamp(self.settings)
-            except redis.RedisError:
+            except (redis.RedisError, *CLUSTER_DOWN):
                 log.warning("the alias table's serial could not be read; serving the last one")
                 return self._aliases
         else:

@@ -18,8 +18,9 @@ from typing import Any
 import redis
 
 from maquette.config import Settings
-from maquette.data.redis_server import redis_url, unreachable
+from maquette.data.redis_server import unreachable
 from maquette.errors import DataError, StoreUnavailable
+from maquette.features.redis_cluster import shared_client
 from maquette.stream.aggregations import StreamDefinition, int_key, stream_definition
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -195,8 +196,9 @@ def _line_event(line: str, definition: StreamDefinition) -> dict[str, str] | str
 
 
 def stream_client(settings: Settings) -> redis.Redis[bytes]:
-    """A client of the Redis holding the stream, with timeouts suited to a long-running reader."""
-    return redis.Redis.from_url(redis_url(settings), socket_timeout=30, socket_connect_timeout=5)
+    """A client of the Redis (or Redis Cluster) holding the stream, with timeouts suited to a
+    long-running reader."""
+    return shared_client(settings, 30.0)
 
 
 def stream_unavailable(settings: Settings, exc: Exception) -> StoreUnavailable:

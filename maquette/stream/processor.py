@@ -53,13 +53,12 @@ import redis
 from feast.data_source import PushMode
 
 from maquette.config import Settings
-from maquette.data.redis_server import redis_url
 from maquette.data.sources import TIMESTAMP_TYPE
 from maquette.data.sql import duckdb_connection
 from maquette.faults import crash_point
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
-from maquette.features.redis_cluster import is_cluster
+from maquette.features.redis_cluster import is_cluster, shared_store
 from maquette.stream.aggregations import (
     STAMP_OFFSET_US,
     feast_type,
@@ -144,8 +143,8 @@ class StreamProcessor:
         self.client = stream_client(settings)
         without_retries(self.client)
         self.layer: FeatureLayer = FeatureLayer(settings)
-        # Online rows go where the features are read: the Redis Cluster when there is one
-        # (the stream, its state and commits stay on redis.url).
+        # Online rows go where the features are read (the feature layer's cluster client when
+        # there is one); the stream, its state and commits are keys of one hash tag there.
         self.online = self.layer.redis if is_cluster(settings) else self.client
         self.feast_push = feast_push
         self.lateness_us = int(self.conf.allowed_lateness_s * 1e6)
@@ -489,7 +488,7 @@ class StreamProcessor:
         """
         with contextlib.suppress(*REDIS_DOWN):
             self._finish_commit()  # the commit in flight went through whole or not at all
-        return wait_for_redis(redis_url(self.settings), error, self._restart, stop)
+        return wait_for_redis(shared_store(self.settings), error, self._restart, stop)
 
     def _restart(self) -> None:
         """What a new processor does at start: the group, the committed state, own PEL first."""

@@ -17,11 +17,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from maquette.features.redis_cluster import CLUSTER_DOWN
+
 log = logging.getLogger("maquette.stream")
 
 # Redis is away: refused, reset, timed out, or still replaying its AOF (BusyLoadingError is a
-# ConnectionError).
-REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+# ConnectionError); on a cluster, also a slot without a master (CLUSTERDOWN and the like).
+REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def without_retries(client: redis.Redis[bytes]) -> None:
 
 
 def wait_for_redis(
-    url: str,
+    where: str,
     error: Exception,
     resume: Callable[[], None],
     stop: threading.Event | None = None,
@@ -57,14 +59,15 @@ def wait_for_redis(
 ) -> bool:
     """Call `resume` until Redis lets it finish; False when `stop` is set first.
 
-    `resume` must start over each time: an attempt may fail half-way.
+    `resume` must start over each time: an attempt may fail half-way. `where` names the
+    Redis in the log (`shared_store`: credentials redacted).
     """
     began = time.monotonic()
-    log.warning("Redis at %s unreachable, retrying (%s)", url, error)
+    log.warning("%s unreachable, retrying (%s)", where, error)
     for delay in backoff.delays():
         if stop is not None:
             if stop.wait(delay):
-                log.warning("stopped while Redis at %s was unreachable", url)
+                log.warning("stopped while %s was unreachable", where)
                 return False
         else:
             time.sleep(delay)
