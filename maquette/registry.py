@@ -246,6 +246,48 @@ def promote(settings: Settings, ref: str, alias: str = "production") -> dict[str
     return _update_aliases(settings, move)
 
 
+def route(
+    settings: Settings,
+    name: str,
+    traffic: dict[str, float] | None = None,
+    shadow: str | None = None,
+) -> dict[str, Any]:
+    """Set how requests for NAME (no alias, no version) are routed, in the alias table every
+    replica reads: `traffic` {version: weight} (empty: no split), `shadow` a version scored and
+    logged beside the live one ("": none). None leaves that part as it is; what is set here
+    replaces serving.traffic / serving.shadow of maquette.yaml for NAME. Kept in a history."""
+    if traffic is not None and any(w <= 0 for w in traffic.values()):
+        raise ModelVersionNotFound(
+            f"a traffic weight of {name} is not positive: {traffic}.",
+            "Give each version a weight above 0 (e.g. v3=0.9 v4=0.1); leave a version out "
+            "to send it nothing.",
+        )
+    for version in [*(traffic or {}), *([shadow] if shadow else [])]:
+        resolve(settings, f"{name}:{version}")  # each version exists, or a clear error
+
+    def change(table: dict[str, Any]) -> dict[str, Any]:
+        current = table.setdefault("routing", {}).setdefault(name, {})
+        if traffic is not None:
+            current["traffic"] = dict(traffic)
+        if shadow is not None:
+            current["shadow"] = shadow or None
+        made = {
+            "name": name,
+            **current,
+            "by": f"{getpass.getuser()}@{socket.gethostname()}",
+            "at": datetime.now(UTC).isoformat(),
+        }
+        table.setdefault("routing_history", []).append(made)
+        return made
+
+    return _update_aliases(settings, change)
+
+
+def routing_table(settings: Settings) -> dict[str, dict[str, Any]]:
+    """What `route` set, per model: {"traffic": {version: weight}, "shadow": version|None}."""
+    return dict(_read_aliases(settings).get("routing", {}))
+
+
 def alias_snapshot(settings: Settings) -> str:
     """The alias table and its history as JSON (what a bento carries)."""
     return json.dumps(_read_aliases(settings), indent=2)

@@ -165,7 +165,7 @@ def log_store(request: pytest.FixtureRequest, running_redis: str) -> dict[str, A
     sharded = {"redis": {"url": _db15(running_redis)}, "predictions": {"shards": 3}}
     if request.param == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
-        sharded["redis"] |= {"cluster": cluster.nodes, "password": cluster.password}
+        sharded["redis"] = {"url": None, "cluster": cluster.nodes, "password": cluster.password}
     return sharded
 
 
@@ -173,7 +173,10 @@ def test_two_drains_at_once_under_a_writer_put_every_entry_in_exactly_one_parque
     tmp_path: Path, log_store: dict[str, Any]
 ) -> None:
     settings = _project(
-        tmp_path / "p", log_store["redis"]["url"], drain_batch=30, **log_store["predictions"]
+        tmp_path / "p",
+        log_store["redis"]["url"] or "redis://unused:1/0",
+        drain_batch=30,
+        **log_store["predictions"],
     )
     if log_store["redis"].get("cluster"):
         config = yaml.safe_load((settings.project_dir / "maquette.yaml").read_text())
@@ -212,7 +215,7 @@ def test_a_sharded_log_puts_one_shard_on_each_master_and_drains_what_was_logged_
 ) -> None:
     settings = _project(tmp_path / "p", _db15(running_redis))
     config = yaml.safe_load((settings.project_dir / "maquette.yaml").read_text())
-    config["redis"] |= {"cluster": redis_cluster.nodes, "password": redis_cluster.password}
+    config["redis"] = {"cluster": redis_cluster.nodes, "password": redis_cluster.password}
     (settings.project_dir / "maquette.yaml").write_text(yaml.safe_dump(config))
     unsharded = load_settings(settings.project_dir)
     predictions.PredictionLog(unsharded).append([_entry("before", T10)])

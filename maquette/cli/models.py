@@ -142,6 +142,45 @@ def models_promote(
     )
 
 
+@models_app.command("route")
+def models_route(
+    name: Annotated[str, typer.Argument(help="The model whose requests are routed.")],
+    traffic: Annotated[
+        list[str] | None,
+        typer.Option(help="VERSION=WEIGHT, once per version of the split (none: no split)."),
+    ] = None,
+    no_split: Annotated[bool, typer.Option(help="End the traffic split.")] = False,
+    shadow: Annotated[
+        str | None, typer.Option(help="A version scored beside, never returned.")
+    ] = None,
+    no_shadow: Annotated[bool, typer.Option(help="End the shadow.")] = False,
+    project: ProjectOpt = None,
+) -> None:
+    """Split NAME's requests over versions or shadow one, on every replica within a second.
+
+    Example: maquette models route MODEL --traffic v3=0.9 --traffic v4=0.1 --shadow v5
+    """
+    from maquette import registry
+
+    weights = parse_weights(traffic or []) if traffic or no_split else None
+    made = registry.route(project_settings(project), name, weights, "" if no_shadow else shadow)
+    split = made.get("traffic", "as in maquette.yaml") or "none"
+    shadowed = made.get("shadow", "as in maquette.yaml") or "none"
+    console.print(f"{name}: traffic {split}, shadow {shadowed}, by {made['by']} at {made['at']}")
+
+
+def parse_weights(pairs: list[str]) -> dict[str, float]:
+    """{version: weight} of VERSION=WEIGHT pairs; a clear error for anything else."""
+    weights = {}
+    for pair in pairs:
+        version, _, weight = pair.partition("=")
+        try:
+            weights[version] = float(weight)
+        except ValueError:
+            raise typer.BadParameter(f"{pair!r} is not VERSION=WEIGHT (e.g. v3=0.9)") from None
+    return weights
+
+
 @models_app.command("report")
 def models_report(ref: RefArg, project: ProjectOpt = None) -> None:
     """Print the path of a version's HTML report (open it in a browser).

@@ -33,7 +33,7 @@ from maquette.data.redis_server import redis_url, unreachable
 from maquette.errors import InvalidEntityFrame, StoreUnavailable
 from maquette.features import redis_layout as wire
 from maquette.features.read_plan import KeyGroup, OnDemandRead, ReadPlan
-from maquette.features.redis_cluster import RoutedPipe, is_cluster, raw_pipe
+from maquette.features.redis_cluster import ClusterDown, RoutedPipe, is_cluster, raw_pipe
 
 # A value's status, in Feast's names.
 PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "OUTSIDE_MAX_AGE"
@@ -153,7 +153,7 @@ class HashReads:
                 return self._conn.round_trip(commands)
             self._conn.send(b"".join(commands))
             return self._conn.replies(len(commands))
-        except wire.ConnectionLost:
+        except (wire.ConnectionLost, ClusterDown):
             raise
         except StoreUnavailable as exc:  # error replies: all were read, the connection is fine
             raise StoreUnavailable(

@@ -184,6 +184,8 @@ class RoutedPipe:
             self.close()
             raise
         if errors := [r for r in replies if isinstance(r, hiredis.ReplyError)]:
+            if down := [e for e in errors if str(e).startswith(("CLUSTERDOWN", "TRYAGAIN"))]:
+                raise ClusterDown(self.settings, str(down[0]))
             raise StoreUnavailable(
                 f"Redis refused {len(errors)} of {len(commands)} commands: {errors[0]}",
                 "Check the cluster's state (`redis-cli cluster info`) and memory.",
@@ -231,6 +233,20 @@ class RoutedPipe:
         for conn in self.conns.values():
             conn.close()
         self.conns.clear()
+
+
+class ClusterDown(StoreUnavailable):
+    """The cluster refuses every key (CLUSTERDOWN): a master is gone and no replica took over
+    its slots (Redis's default, cluster-require-full-coverage yes, stops the whole cluster)."""
+
+    def __init__(self, settings: Settings, reply: str) -> None:
+        super().__init__(
+            f"the Redis Cluster at {', '.join(settings.redis.cluster)} is down ({reply}): a "
+            "master is unreachable and no replica took over its slots, so no key can be read "
+            "or written until it is back.",
+            "Restart the master that stopped (its log says why) or give each master a "
+            "replica to take over; Maquette serves again by itself once every slot has a master.",
+        )
 
 
 def _redirected(reply: Any) -> bool:

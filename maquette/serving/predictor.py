@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -87,6 +87,7 @@ class Predictor:
         self._misses: dict[str, tuple[float, MaquetteError]] = {}
         self._lock = threading.Lock()
         self._aliases: dict[str, dict[str, str]] = {}
+        self._routing: dict[str, dict[str, Any]] = {}  # `maquette models route`, per model
         self._aliases_stamp: float | None = -1.0
         self._aliases_file = str(settings.path(settings.registry.aliases))
         self._aliases_in_redis = settings.registry.alias_store == "redis"
@@ -117,10 +118,27 @@ class Predictor:
                 stamp = None
         if stamp != self._aliases_stamp:
             self._aliases = registry.alias_table(self.settings)
+            self._routing = registry.routing_table(self.settings)
             self._aliases_stamp = stamp
             if not self.any_version:
                 self._forget_unserved()
         return self._aliases
+
+    def traffic(self, name: str) -> dict[str, float]:
+        """NAME's traffic split: what `maquette models route` set, else serving.traffic."""
+        self._alias_table()  # the routing is re-read with the aliases
+        routed = self._routing.get(name, {})
+        if "traffic" in routed:
+            return cast(dict[str, float], routed["traffic"])
+        return self.settings.serving.traffic.get(name, {})
+
+    def shadow(self, name: str) -> str | None:
+        """NAME's shadow version: what `maquette models route` set, else serving.shadow."""
+        self._alias_table()
+        routed = self._routing.get(name, {})
+        if "shadow" in routed:
+            return cast("str | None", routed["shadow"])
+        return self.settings.serving.shadow.get(name)
 
     def served_versions(self, name: str) -> dict[str, str]:
         """The versions of `name` requests may reach: {version: why} (alias, split, shadow)."""
@@ -130,9 +148,11 @@ class Predictor:
         why: dict[str, str] = {}
         for alias, version in sorted(table.get(name, {}).items()):
             why.setdefault(version, f"@{alias}")
-        for version in self.settings.serving.traffic.get(name, {}):
+        routed = self._routing.get(name, {})
+        traffic = routed.get("traffic", self.settings.serving.traffic.get(name, {}))
+        for version in traffic:
             why.setdefault(version, "traffic split")
-        shadow = self.settings.serving.shadow.get(name)
+        shadow = routed.get("shadow", self.settings.serving.shadow.get(name))
         if shadow:
             why.setdefault(shadow, "shadow")
         return why
@@ -166,8 +186,8 @@ class Predictor:
                 )
             return selector
         name, _, alias = selector.partition("@")
-        if not alias and name in self.settings.serving.traffic:
-            weights = self.settings.serving.traffic[name]
+        weights = self.traffic(name) if not alias else {}
+        if weights:
             version = random.choices(list(weights), weights=list(weights.values()))[0]
             return f"{name}:{version}"
         alias = alias or self.settings.serving.default_alias
@@ -198,7 +218,7 @@ class Predictor:
         none when it cannot be resolved (the request gets its own error when answered)."""
         name = (selector or next(iter(self.settings.models), "")).partition("@")[0]
         if selector is None or ("@" not in selector and ":" not in selector):
-            weights = self.settings.serving.traffic.get(name)
+            weights = self.traffic(name)
             if weights:
                 return [f"{name}:{v}" for v in weights]
         try:
@@ -211,7 +231,7 @@ class Predictor:
         tags = {t for c in calls for t in self.routes(c.selector)}
         for tag in list(tags):  # the shadow scored beside it
             name = tag.partition(":")[0]
-            if shadow := self.settings.serving.shadow.get(name):
+            if shadow := self.shadow(name):
                 tags.add(f"{name}:{shadow}")
         now = time.monotonic()
         fresh = {t for t, (when, _) in self._misses.items() if now - when < MISS_TTL_S}
@@ -339,7 +359,7 @@ class Predictor:
                     served, request.rows, request.features, answered, request.times, latency, False
                 )
             )
-        shadow = self.settings.serving.shadow.get(served.name)
+        shadow = self.shadow(served.name)
         if not sampled or not shadow or f"{served.name}:{shadow}" == served.tag:
             return entries
         try:
