@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -27,7 +27,7 @@ from feast import FeatureService, FeatureStore, FeatureView, OnDemandFeatureView
 
 from maquette.config import Settings
 from maquette.data.column_names import refuse_view_case_mismatches, write_declared_columns
-from maquette.data.redis_server import redis_url, unreachable
+from maquette.data.redis_server import unreachable
 from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame
 from maquette.features.materialize import (
     MaterializationAlongClock,
@@ -40,7 +40,7 @@ from maquette.features.materialize import (
 from maquette.features.online import HashReads, OnlineFeatures, read_online
 from maquette.features.online_store import feast_online_store
 from maquette.features.read_plan import Features, ReadPlan, SelectedViews, read_plan_of
-from maquette.features.redis_cluster import CLUSTER_DOWN, cluster_client, is_cluster
+from maquette.features.redis_cluster import CLUSTER_DOWN, is_cluster, shared_client
 from maquette.features.training_frame import point_in_time_frame
 
 # One online request: entity rows, features (None: the configured service), as-of time.
@@ -279,13 +279,8 @@ class FeatureLayer:
     def redis(self) -> redis.Redis[bytes]:
         """A client of the online store's Redis or Redis Cluster (connects on first command)."""
         if self._redis is None:
-            if is_cluster(self.settings):
-                # The cluster client answers the same commands, routed by key (SCAN: per node).
-                self._redis = cast("redis.Redis[bytes]", cluster_client(self.settings))
-            else:
-                self._redis = redis.Redis.from_url(
-                    redis_url(self.settings), socket_timeout=5, socket_connect_timeout=2
-                )
+            # On a cluster it answers the same commands, routed by key (SCAN: per node).
+            self._redis = shared_client(self.settings, 5.0)
         return self._redis
 
     def clear_online(self) -> int:
