@@ -82,10 +82,17 @@ class RegistrySettings(Section):
     aliases: Path = Field(
         Path(".maquette/registry/aliases.json"), description="Alias table and its history."
     )
+    shared_store: str | None = Field(
+        None,
+        description="A folder every machine mounts, or an FS URL (BentoML's export_model: "
+        "s3://bucket/models, ...), holding the versions aliases, splits and shadows point at: "
+        "promote and route publish them there, and a service missing one imports it from "
+        "there. Null: each machine's own store only.",
+    )
     alias_store: Literal["file", "redis"] = Field(
         "file",
         description="Where the alias table and its history live: file (registry.aliases, one "
-        "machine), or redis (the project's Redis, redis.url or the embedded one, under "
+        "machine), or redis (the project's Redis or Redis Cluster, under "
         "maquette:{feast project}:aliases): every replica of the service then reads the same "
         "table and follows a move within a second.",
     )

@@ -28,7 +28,8 @@ import redis
 
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url, unreachable
-from maquette.errors import ModelVersionNotFound
+from maquette.data.secrets import redact
+from maquette.errors import ModelVersionNotFound, StoreUnavailable
 from maquette.features.redis_cluster import CLUSTER_DOWN, shared_client
 from maquette.version_record import Artifacts, VersionRecord
 
@@ -103,6 +104,12 @@ def resolve(settings: Settings, ref: str) -> ModelVersion:
     elif ":" in ref:
         name, version = ref.split(":", 1)
     versions = list_versions(settings, name)
+    if alias is not None:
+        version = _aliased(settings, name, alias)
+    missing = version is not None and version not in {v.version for v in versions}
+    # Trained on another machine: this process's store imports it from the shared one.
+    if missing and version is not None and _import_shared(settings, name, version):
+        versions = list_versions(settings, name)
     if not versions:
         names = sorted({v.name for v in list_versions(settings)})
         raise ModelVersionNotFound(
@@ -110,25 +117,96 @@ def resolve(settings: Settings, ref: str) -> ModelVersion:
             f"Registered models: {', '.join(names) or 'none'}; train one with "
             f"`maquette train {name}`.",
         )
-    if alias is not None:
-        aliases = _read_aliases(settings)["aliases"].get(name, {})
-        if alias not in aliases:
-            known = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none yet"
-            raise ModelVersionNotFound(
-                f"model {name!r} has no alias {alias!r}.",
-                f"Aliases of {name}: {known}. Set one with "
-                f"`maquette models promote {name}:VERSION --alias {alias}`.",
-            )
-        version = aliases[alias]
     if version is None:
         return versions[-1]
     for candidate in versions:
         if candidate.version == version:
             return candidate
+    shared = settings.registry.shared_store
     raise ModelVersionNotFound(
-        f"model {name!r} has no version {version!r}.",
-        f"Versions: {', '.join(v.version for v in versions)}.",
+        f"model {name!r} has no version {version!r}"
+        + (f" here or in the shared store {redact(shared)}." if shared else "."),
+        f"Versions: {', '.join(v.version for v in versions)}."
+        + (" Promote it on the machine that trained it: that publishes it." if shared else ""),
     )
+
+
+def _aliased(settings: Settings, name: str, alias: str) -> str:
+    aliases = _read_aliases(settings)["aliases"].get(name, {})
+    if alias not in aliases:
+        if not list_versions(settings, name) and not aliases:
+            names = sorted({v.name for v in list_versions(settings)})
+            raise ModelVersionNotFound(
+                f"no model named {name!r} is registered.",
+                f"Registered models: {', '.join(names) or 'none'}; train one with "
+                f"`maquette train {name}`.",
+            )
+        known = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none yet"
+        raise ModelVersionNotFound(
+            f"model {name!r} has no alias {alias!r}.",
+            f"Aliases of {name}: {known}. Set one with "
+            f"`maquette models promote {name}:VERSION --alias {alias}`.",
+        )
+    return str(aliases[alias])
+
+
+# --------------------------------------------------------------------- the shared model store
+
+
+def shared_location(settings: Settings, name: str, version: str) -> str:
+    """Where a version lives in `registry.shared_store`: `<store>/<name>-<version>.bentomodel`."""
+    return f"{str(settings.registry.shared_store).rstrip('/')}/{name}-{version}.bentomodel"
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def publish(settings: Settings, ref: str) -> str | None:
+    """Export a version to `registry.shared_store` with BentoML's export_model (a folder, or an
+    FS URL such as s3://bucket/models), where every replica can import it; None without one.
+    In a folder the file appears whole (written aside, then renamed): a replica importing it
+    never reads half of it."""
+    if not settings.registry.shared_store:
+        return None
+    found = resolve(settings, ref)
+    bentoml = bentoml_module(settings)
+    target = shared_location(settings, found.name, found.version)
+    try:
+        if _is_url(target):
+            return str(bentoml.models.export_model(found.tag, target))
+        path = Path(target.removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        bentoml.models.export_model(found.tag, str(aside), "gz")
+        os.replace(aside, path)
+        return str(path)
+    except (OSError, bentoml.exceptions.BentoMLException) as exc:
+        raise StoreUnavailable(
+            f"cannot publish {found.tag} to the shared model store "
+            f"{redact(str(settings.registry.shared_store))}: {exc}",
+            "Check registry.shared_store (a folder every machine mounts, or an FS URL with "
+            "its credentials) and run the command again.",
+        ) from exc
+
+
+def _import_shared(settings: Settings, name: str, version: str) -> bool:
+    """Import NAME:VERSION from the shared store into this process's store; False when the
+    store has none (or no shared store is set)."""
+    if not settings.registry.shared_store:
+        return False
+    source = shared_location(settings, name, version)
+    if not _is_url(source) and not Path(source.removeprefix("file://")).is_file():
+        return False
+    bentoml = bentoml_module(settings)
+    try:
+        bentoml.models.import_model(source.removeprefix("file://"), "gz")
+    except bentoml.exceptions.BentoMLException as exc:
+        # Another process of this machine imported it first: it is there all the same.
+        return "exist" in str(exc).lower()
+    except OSError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------------------- aliases
@@ -228,6 +306,7 @@ def promote(settings: Settings, ref: str, alias: str = "production") -> dict[str
             f"alias {alias!r} is not a valid name.", "Use letters, digits, - or _."
         )
     version = resolve(settings, ref)
+    publish(settings, version.tag)  # before the alias moves: replicas find what it points at
 
     def move(table: dict[str, Any]) -> dict[str, Any]:
         current = table["aliases"].setdefault(version.name, {})
@@ -263,7 +342,8 @@ def route(
             "to send it nothing.",
         )
     for version in [*(traffic or {}), *([shadow] if shadow else [])]:
-        resolve(settings, f"{name}:{version}")  # each version exists, or a clear error
+        publish(settings, f"{name}:{version}")  # each version exists, or a clear error
+        resolve(settings, f"{name}:{version}")
 
     def change(table: dict[str, Any]) -> dict[str, Any]:
         current = table.setdefault("routing", {}).setdefault(name, {})

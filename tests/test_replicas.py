@@ -38,6 +38,7 @@ def _replicated(
     redis_url: str | None,
     loaded_project: Settings,
     production: dict[str, str],
+    registry_settings: dict[str, Any] | None = None,
     **redis: Any,
 ) -> Settings:
     """The loaded project with its aliases in Redis and a sharded prediction log of its own."""
@@ -45,7 +46,7 @@ def _replicated(
         folder,
         redis_url,
         redis=redis,
-        registry={"alias_store": "redis"},
+        registry={"alias_store": "redis", **(registry_settings or {})},
         predictions={"stream": "test:replicas:predictions", "shards": 3},
     )
     settings = load_settings(folder)
@@ -271,3 +272,56 @@ def test_a_master_killed_under_load_fails_its_share_with_503s_and_loses_nothing_
     assert {a["url"] for a in after} == set(urls)
     # Nothing answered is lost: every answer is in the drained log, once.
     _logged_once(settings, load.answers)
+
+
+def test_a_replica_with_an_empty_model_store_serves_what_is_promoted_elsewhere(
+    tmp_path: Path,
+    loaded_project: Settings,
+    running_redis: str,
+    production: dict[str, str],
+) -> None:
+    """Two machines, as far as one can show it: the trainer's project and a replica whose own
+    BentoML store starts empty, sharing only Redis and `registry.shared_store` (a folder)."""
+    shared = tmp_path / "shared-models"
+    trainer = _replicated(
+        tmp_path / "trainer",
+        running_redis,
+        loaded_project,
+        production,
+        {"shared_store": str(shared)},
+    )
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        f"{t.replace(':', '-')}.bentomodel" for t in production.values()
+    )  # promoting published each version an alias points at
+    home = tmp_path / "replica-bentoml"
+    replica = _replicated(
+        tmp_path / "replica",
+        running_redis,
+        loaded_project,
+        {},  # nothing registered there: its aliases are the trainer's, in Redis
+        {"shared_store": str(shared), "bentoml_home": str(home)},
+    )
+    before = production["flight_delay"]
+    after = training.train(loaded_project, "flight_delay", 2).tag
+    with running_service(replica, {}) as url:
+        # Ready means every served alias resolved: imported from the shared store.
+        imported = {f"{m.parent.name}:{m.name}" for m in home.glob("models/*/v*")}
+        assert set(production.values()) <= imported
+        assert after not in imported
+        with Load([url]) as load:
+            time.sleep(1)
+            registry.promote(trainer, after)  # published, then the alias moves
+            promoted_at = time.monotonic()
+            deadline = promoted_at + 30
+            while not any(a["model"] == after for a in load.answers[-3:]):
+                assert time.monotonic() < deadline, "the replica never served the promoted version"
+                time.sleep(0.05)
+            reached_s = time.monotonic() - promoted_at
+            time.sleep(1)
+    registry.promote(trainer, before)
+    assert not load.failures, load.failures[:3]
+    assert any(a["model"] == before for a in load.answers)
+    assert after in {f"{m.parent.name}:{m.name}" for m in home.glob("models/*/v*")}
+    # An alias move reaches a replica within a second; one whose version must be imported
+    # first (a few MB here) takes that long too.
+    assert reached_s < 10, reached_s
