@@ -3,10 +3,11 @@ its log, `maquette up`'s Prefect server and components. Part of `maquette.config
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from maquette.model_spec import Section
 from maquette.window_spec import DurationText
@@ -157,6 +158,18 @@ class ServingSettings(Section):
         default_factory=dict,
         description="Per model: a version scored and logged but never returned.",
     )
+
+    @field_validator("traffic")
+    @classmethod
+    def _weights_are_positive(cls, value: dict[str, dict[str, float]]) -> Any:
+        for model, weights in value.items():
+            if not all(math.isfinite(w) and w > 0 for w in weights.values()):
+                raise ValueError(
+                    f"serving.traffic.{model}: every weight must be a positive number, got "
+                    f"{weights} (leave a version out to send it nothing)"
+                )
+        return value
+
     example_row: dict[str, Any] | None = Field(
         None,
         description="A request row (entity keys and request fields) shown as the example of "
@@ -198,6 +211,15 @@ class PredictionLogSettings(Section):
         description="How long a drain waits for another one (the lock in the state folder) "
         "before it gives up with a message and moves nothing.",
     )
+
+    @model_validator(mode="after")
+    def _shards_spread(self) -> PredictionLogSettings:
+        if self.shards > 1 and "{" in self.stream:
+            raise ValueError(
+                f"predictions.stream {self.stream!r} holds a hash tag, which would put every "
+                "one of predictions.shards in one slot: choose a name without {...}"
+            )
+        return self
 
 
 Component = Literal["redis", "prefect", "deployments", "service", "stream", "console"]

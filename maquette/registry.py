@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import getpass
 import json
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -332,12 +333,13 @@ def route(
     shadow: str | None = None,
 ) -> dict[str, Any]:
     """Set how requests for NAME (no alias, no version) are routed, in the alias table every
-    replica reads: `traffic` {version: weight} (empty: no split), `shadow` a version scored and
-    logged beside the live one ("": none). None leaves that part as it is; what is set here
-    replaces serving.traffic / serving.shadow of maquette.yaml for NAME. Kept in a history."""
-    if traffic is not None and any(w <= 0 for w in traffic.values()):
+    replica reads: `traffic` {version: weight}, `shadow` a version scored and logged beside the
+    live one. What is set replaces serving.traffic / serving.shadow of maquette.yaml for NAME;
+    an empty split or "" gives that part back to maquette.yaml; None leaves it as it is.
+    Every change is kept in a history."""
+    if traffic is not None and not all(math.isfinite(w) and w > 0 for w in traffic.values()):
         raise ModelVersionNotFound(
-            f"a traffic weight of {name} is not positive: {traffic}.",
+            f"a traffic weight of {name} is not a positive number: {traffic}.",
             "Give each version a weight above 0 (e.g. v3=0.9 v4=0.1); leave a version out "
             "to send it nothing.",
         )
@@ -349,8 +351,12 @@ def route(
         current = table.setdefault("routing", {}).setdefault(name, {})
         if traffic is not None:
             current["traffic"] = dict(traffic)
+            if not traffic:  # maquette.yaml's split, if any, applies again
+                del current["traffic"]
         if shadow is not None:
-            current["shadow"] = shadow or None
+            current["shadow"] = shadow
+            if not shadow:
+                del current["shadow"]
         made = {
             "name": name,
             **current,

@@ -31,7 +31,7 @@ from maquette.data.redis_server import (
     server_command,
     wait_until_ready,
 )
-from maquette.errors import InvalidEntityFrame, StoreUnavailable
+from maquette.errors import ConfigError, InvalidEntityFrame, StoreUnavailable
 from maquette.features import redis_layout as wire
 from maquette.features.layer import FeatureLayer
 from maquette.features.redis_cluster import shared_client
@@ -216,6 +216,8 @@ def test_a_sharded_log_puts_one_shard_on_each_master_and_drains_what_was_logged_
     settings = _project(tmp_path / "p", _db15(running_redis))
     config = yaml.safe_load((settings.project_dir / "maquette.yaml").read_text())
     config["redis"] = {"cluster": redis_cluster.nodes, "password": redis_cluster.password}
+    # A name whose shards are :0, :1, :2-1 with three and :0 ... :3 with four.
+    config["predictions"]["stream"] = "test-hostile:reshard"
     (settings.project_dir / "maquette.yaml").write_text(yaml.safe_dump(config))
     unsharded = load_settings(settings.project_dir)
     predictions.PredictionLog(unsharded).append([_entry("before", T10)])
@@ -230,9 +232,27 @@ def test_a_sharded_log_puts_one_shard_on_each_master_and_drains_what_was_logged_
     assert len(masters) == 3, "two shards share a master"
     assert [client.xlen(s) for s in predictions.shard_streams(sharded)] == [2, 2, 2]
     assert predictions.pending(sharded) == 7
-    assert predictions.drain(sharded).entries == 7
-    assert sorted(_ids_on_disk(sharded)) == sorted(["before", *(f"after-{i}" for i in range(6))])
-    assert predictions.pending(sharded) == 0
+    # Raised again before a drain: the three shards' entries wait in streams four shards do not
+    # write to; the drain still empties them (every stream ever written is remembered).
+    config["predictions"]["shards"] = 4
+    (settings.project_dir / "maquette.yaml").write_text(yaml.safe_dump(config))
+    four = load_settings(settings.project_dir)
+    assert "test-hostile:reshard:2-1" not in predictions.shard_streams(four)
+    assert client.xlen("test-hostile:reshard:2-1") == 2
+    predictions.PredictionLog(four).append([_entry("four", T10)])
+    assert predictions.pending(four) == 8
+    assert predictions.drain(four).entries == 8
+    expected = ["before", "four", *(f"after-{i}" for i in range(6))]
+    assert sorted(_ids_on_disk(four)) == sorted(expected)
+    assert predictions.pending(four) == 0
+
+
+def test_a_sharded_log_refuses_a_hash_tagged_stream_name(tmp_path: Path) -> None:
+    folder = make_project(
+        tmp_path, "redis://h:1/0", predictions={"stream": "{preds}", "shards": 2}
+    )
+    with pytest.raises(ConfigError, match=r"hash tag.*predictions\.shards"):
+        load_settings(folder)
 
 
 def test_drain_while_another_holds_the_lock_past_the_wait_moves_nothing_and_says_why(

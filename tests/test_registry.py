@@ -166,3 +166,29 @@ def test_models_commands_show_list_compare_and_report(trained, loaded_project: S
     assert report.output.strip().endswith("report.html")
     missing = runner.invoke(app, ["models", "show", "flight_delay@nightly", *project])
     assert missing.exit_code == 7 and "no alias 'nightly'" in missing.output
+
+
+def test_route_sets_and_gives_back_a_split_and_refuses_bad_weights_and_versions(
+    trained, loaded_project: Settings
+) -> None:
+    version = trained["late_arrival"].version
+    for weight in ("nan", "inf", "0", "-1"):
+        result = runner.invoke(
+            app,
+            ["models", "route", "late_arrival", "--traffic", f"{version}={weight}"]
+            + ["--project", str(loaded_project.project_dir)],
+        )
+        assert result.exit_code != 0 and "positive number" in result.output, result.output
+    with pytest.raises(ModelVersionNotFound, match="no version 'v999'"):
+        registry.route(loaded_project, "late_arrival", {"v999": 1.0})
+    assert "late_arrival" not in registry.routing_table(loaded_project)
+    try:
+        made = registry.route(loaded_project, "late_arrival", {version: 1.0}, version)
+        assert made["traffic"] == {version: 1.0} and made["shadow"] == version
+        assert registry.routing_table(loaded_project)["late_arrival"] == {
+            "traffic": {version: 1.0},
+            "shadow": version,
+        }
+    finally:
+        registry.route(loaded_project, "late_arrival", {}, "")  # maquette.yaml's again
+    assert registry.routing_table(loaded_project)["late_arrival"] == {}

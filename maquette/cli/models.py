@@ -149,11 +149,15 @@ def models_route(
         list[str] | None,
         typer.Option(help="VERSION=WEIGHT, once per version of the split (none: no split)."),
     ] = None,
-    no_split: Annotated[bool, typer.Option(help="End the traffic split.")] = False,
+    no_split: Annotated[
+        bool, typer.Option(help="End the split set here (maquette.yaml's applies again).")
+    ] = False,
     shadow: Annotated[
         str | None, typer.Option(help="A version scored beside, never returned.")
     ] = None,
-    no_shadow: Annotated[bool, typer.Option(help="End the shadow.")] = False,
+    no_shadow: Annotated[
+        bool, typer.Option(help="End the shadow set here (maquette.yaml's applies again).")
+    ] = False,
     project: ProjectOpt = None,
 ) -> None:
     """Split NAME's requests over versions or shadow one, on every replica within a second.
@@ -164,8 +168,8 @@ def models_route(
 
     weights = parse_weights(traffic or []) if traffic or no_split else None
     made = registry.route(project_settings(project), name, weights, "" if no_shadow else shadow)
-    split = made.get("traffic", "as in maquette.yaml") or "none"
-    shadowed = made.get("shadow", "as in maquette.yaml") or "none"
+    split = made.get("traffic", "as in maquette.yaml")
+    shadowed = made.get("shadow", "as in maquette.yaml")
     console.print(f"{name}: traffic {split}, shadow {shadowed}, by {made['by']} at {made['at']}")
 
 

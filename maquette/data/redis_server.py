@@ -16,7 +16,6 @@ in /proc. A non-loopback `redis.host` needs a password the user chose.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import re
@@ -24,10 +23,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -36,6 +33,9 @@ import psutil
 import redis
 
 from maquette.config import Settings
+from maquette.data.redis_conf import CONFIG_FILE as CONFIG_FILE
+from maquette.data.redis_conf import is_loopback as is_loopback
+from maquette.data.redis_conf import server_command as server_command
 from maquette.data.secrets import generated_secret, redact
 from maquette.data.shared_files import private_state
 from maquette.errors import ConfigError, StoreUnavailable
@@ -46,7 +46,6 @@ INSTALL_HINT = (
 )
 log = logging.getLogger("maquette.redis")
 PASSWORD_SECRET = "redis_password"  # <state>/secrets/redis_password
-CONFIG_FILE = "redis.conf"
 # CONFIG SET dir/dbfilename writes files anywhere the server's user may (a cron entry, an
 # authorized_keys); MODULE LOAD runs a shared object; DEBUG can crash or stall the server.
 DISABLED_COMMANDS = ("CONFIG", "MODULE", "DEBUG")
@@ -205,16 +204,6 @@ def mark_supervised(settings: Settings, supervised: bool) -> None:
         marker.unlink(missing_ok=True)
 
 
-def is_loopback(host: str) -> bool:
-    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
 def embedded_command(settings: Settings, daemonize: bool = False) -> list[str]:
     """The embedded server's command line: in the foreground for a process supervisor, or as a
     daemon for `maquette redis start`. Writes its private `redis.conf` (password, disabled
@@ -251,76 +240,6 @@ def _pid(settings: Settings) -> int | None:
         return None
     port = re.search(rf":{settings.redis.port}(\s|$)", title)
     return pid if "redis-server" in title and port else None
-
-
-def server_command(
-    binary: Path,
-    port: int,
-    host: str,
-    data_dir: Path,
-    *,
-    daemonize: bool,
-    appendfsync: str = "everysec",
-    password: str | None = None,
-    maxmemory: str | None = None,
-    disabled_commands: Sequence[str] = (),
-) -> list[str]:
-    """The command line of a redis-server persisting under `data_dir`: `[binary, redis.conf]`.
-
-    Every setting goes into `<data_dir>/redis.conf`, written private (0600, in a 0700 folder)
-    before the server starts: the password must not be in argv, which any local user can read.
-    Without `password` the server takes anyone who can reach it (tests' throwaway servers);
-    `maxmemory` comes with `noeviction` (writes beyond it fail, nothing is dropped);
-    `disabled_commands` are renamed to nothing (the embedded server disables CONFIG, MODULE and
-    DEBUG). The file is rewritten on every call: it always says what the settings say now."""
-    if password is None and not is_loopback(host):
-        raise ConfigError(
-            f"a Redis bound to {host} without a password would take anyone on the network.",
-            "Give it a password, or bind it to 127.0.0.1.",
-        )
-    lines = [
-        ("port", str(port)),
-        ("bind", host),
-        ("protected-mode", "yes"),
-        ("dir", str(data_dir)),
-        ("appendonly", "yes"),
-        ("appendfsync", appendfsync),
-        ("daemonize", "yes" if daemonize else "no"),
-        ("pidfile", str(data_dir / "redis.pid")),
-        ("logfile", str(data_dir / "redis.log")),
-        ("save", ""),
-    ]
-    if password is not None:
-        lines.append(("requirepass", password))
-    if maxmemory is not None:
-        lines += [("maxmemory", maxmemory), ("maxmemory-policy", "noeviction")]
-    text = "".join(f"{key} {_quoted(value)}\n" for key, value in lines)
-    text += "".join(f'rename-command {name} ""\n' for name in disabled_commands)
-    config = _write_private(data_dir, CONFIG_FILE, text)
-    return [str(binary), str(config)]
-
-
-def _quoted(value: str) -> str:
-    """A value as redis.conf reads it: double-quoted, with backslash escapes."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{escaped}"'
-
-
-def _write_private(folder: Path, name: str, text: str) -> Path:
-    """`folder/name` holding `text`, mode 0600 in a 0700 folder, replaced atomically (a server
-    starting meanwhile reads the old file or the new one, never half of one)."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)  # the AOF holds every prediction and feature: the owner's only
-    fd, temp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")  # mkstemp: 0600, O_EXCL
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(temp, folder / name)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return folder / name
 
 
 def wait_until_ready(url: str, timeout_s: float, log: Path | None = None) -> None:

@@ -20,12 +20,21 @@ from typing import Any
 
 import hiredis
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ClusterError, RedisClusterException
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.retry import Retry
 
 from maquette.config import Settings
-from maquette.data.redis_server import cluster_node_url, redis_url
+from maquette.data.redis_server import cluster_node_url, redis_url, unreachable
 from maquette.data.secrets import redact
 from maquette.errors import StoreUnavailable
 from maquette.features import redis_layout as wire
@@ -33,6 +42,9 @@ from maquette.features import redis_layout as wire
 SLOTS = 16384
 # What redis-py's cluster client raises when the cluster (or a slot's master) is down.
 CLUSTER_DOWN = (RedisClusterException, ClusterError)
+# Of those, the ones that pass by themselves (a slot without a master, a failover, a reshard):
+# worth waiting out, unlike a cluster client misused (CROSSSLOT and the like).
+CLUSTER_UNAVAILABLE = (ClusterDownError, MasterDownError, SlotNotCoveredError, TryAgainError)
 # Commands whose slot an online reader remembers (~100 bytes each), before starting over.
 REMEMBERED_COMMANDS = 100_000
 
@@ -60,13 +72,19 @@ node_url = cluster_node_url
 
 
 def cluster_client(settings: Settings, timeout_s: float = 5.0) -> RedisCluster[bytes]:
-    """redis-py's cluster client over the configured nodes (routes each command by slot)."""
-    return RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(settings)],
-        password=_password(settings),
-        socket_timeout=timeout_s,
-        socket_connect_timeout=min(timeout_s, 2.0),
-    )
+    """redis-py's cluster client over the configured nodes (routes each command by slot;
+    MOVED and ASK are followed). It does not retry a failed command: a request's budget is
+    one timeout, and the callers say what failed (StoreUnavailable when no node answers)."""
+    try:
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(settings)],
+            password=_password(settings),
+            socket_timeout=timeout_s,
+            socket_connect_timeout=min(timeout_s, 2.0),
+            retry=Retry(NoBackoff(), 0),
+        )
+    except CLUSTER_DOWN as exc:  # it reads the slot map when made
+        raise unreachable(settings, exc) from exc
 
 
 def shared_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis[bytes]:
@@ -184,7 +202,7 @@ class RoutedPipe:
             self.close()
             raise
         if errors := [r for r in replies if isinstance(r, hiredis.ReplyError)]:
-            if down := [e for e in errors if str(e).startswith(("CLUSTERDOWN", "TRYAGAIN"))]:
+            if down := [e for e in errors if str(e).startswith("CLUSTERDOWN")]:
                 raise ClusterDown(self.settings, str(down[0]))
             raise StoreUnavailable(
                 f"Redis refused {len(errors)} of {len(commands)} commands: {errors[0]}",

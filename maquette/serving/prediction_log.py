@@ -47,7 +47,7 @@ from redis.crc import key_slot
 from maquette.config import Settings
 from maquette.data.shared_files import exclusive, lock_path
 from maquette.data.sql import duckdb_connection, sql_literal
-from maquette.errors import DataNotLoaded, StoreUnavailable
+from maquette.errors import ConfigError, DataNotLoaded, StoreUnavailable
 from maquette.faults import crash_point
 from maquette.features.redis_cluster import CLUSTER_DOWN, SLOTS, shared_client, shared_store
 
@@ -70,26 +70,39 @@ def shard_streams(settings: Settings) -> list[str]:
     """The streams the log is written to: `predictions.stream` alone, or one per shard. Shard
     i is `<stream>:<i>` (or `<stream>:<i>-<j>`, the first j whose hash slot falls in the i-th
     of `shards` equal slot ranges), so a cluster's masters, which hold equal ranges, each take
-    a share. The same names on one Redis: a project moves to a cluster unchanged."""
+    a share. The same names on one Redis: a project moves to a cluster unchanged. (A hash tag
+    in the name would put every shard in one slot: the settings refuse it.)"""
     stream, shards = settings.predictions.stream, settings.predictions.shards
     if shards == 1:
         return [stream]
     names = []
     for i in range(shards):
         low, high = i * SLOTS // shards, (i + 1) * SLOTS // shards
-        for j in itertools.count():
+        for j in range(SLOTS * 64):  # ~shards tries on average; bounded all the same
             name = f"{stream}:{i}" if j == 0 else f"{stream}:{i}-{j}"
             if low <= key_slot(name.encode()) < high:
                 names.append(name)
                 break
+        else:
+            raise ConfigError(
+                f"no name for shard {i} of {stream!r} hashes into its slot range.",
+                "Choose a predictions.stream without a hash tag ({...}).",
+            )
     return names
 
 
-def drained_streams(settings: Settings) -> list[str]:
-    """The streams a drain empties: the shards, and the unsharded stream when the log is
-    sharded (entries logged before `shards` was raised)."""
+def shards_key(settings: Settings) -> str:
+    """The Redis set of every stream the log was ever written to: a drain empties them all,
+    so changing predictions.shards strands nothing."""
+    return f"{settings.predictions.stream}:shards"
+
+
+def drained_streams(settings: Settings, client: redis.Redis[bytes]) -> list[str]:
+    """The streams a drain empties: today's shards, those any earlier `shards` wrote to, and
+    the unsharded stream (entries logged before the log was sharded)."""
     names = shard_streams(settings)
-    return names if len(names) == 1 else [*names, settings.predictions.stream]
+    written = sorted(m.decode() for m in client.smembers(shards_key(settings)))
+    return list(dict.fromkeys([*names, *written, settings.predictions.stream]))
 
 
 class PredictionLog:
@@ -104,7 +117,14 @@ class PredictionLog:
         self.timeout_s = min(
             WRITE_TIMEOUT_S, WRITE_SHARE_OF_REQUEST_TIMEOUT * settings.serving.timeout_s
         )
-        self.client = client or shared_client(settings, self.timeout_s)
+        self._client = client  # made on first use: a cluster client connects when made
+        self._announced = len(self.streams) == 1  # the shards are in shards_key once written
+
+    @property
+    def client(self) -> redis.Redis[bytes]:
+        if self._client is None:
+            self._client = shared_client(self.settings, self.timeout_s)
+        return self._client
 
     def sampled(self) -> bool:
         rate = self.settings.predictions.sample_rate
@@ -115,21 +135,38 @@ class PredictionLog:
         if not entries:
             return []
         stream = self.streams[next(self._turn) % len(self.streams)]
-        pipe = self.client.pipeline(transaction=False)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+        except StoreUnavailable as exc:  # the cluster did not answer when its client was made
+            raise _not_logged(self.settings, exc, self.timeout_s) from exc
+        if not self._announced:  # before the first entry: every drain finds this shard
+            pipe.sadd(shards_key(self.settings), *self.streams)
         for entry in entries:
             # orjson: a tenth of json.dumps' time on the request path; times as ISO 8601 and
             # NaN as null, which the drain's json.loads reads back.
             pipe.xadd(stream, {FIELD: encode(entry)})
         try:
-            return list(pipe.execute())
+            replies = list(pipe.execute())
         except (redis.RedisError, *CLUSTER_DOWN) as exc:
             # Whatever the failure, it is a 503 that says why: nothing unlogged is answered.
             raise _not_logged(self.settings, exc, self.timeout_s) from exc
+        if not self._announced:
+            self._announced = True
+            return replies[1:]
+        return replies
 
 
 def _not_logged(settings: Settings, exc: Exception, timeout_s: float) -> StoreUnavailable:
     where = shared_store(settings)
     unanswered = "so the predictions were not answered"
+    if isinstance(exc, StoreUnavailable):
+        return StoreUnavailable(f"{exc.message}; {unanswered}.", exc.remedy)
+    if isinstance(exc, CLUSTER_DOWN):  # a master down and no replica took its slots over
+        return StoreUnavailable(
+            f"cannot write the prediction log to {where} ({exc}), {unanswered}.",
+            "Check the cluster (`redis-cli cluster info` on a node): every slot needs a "
+            "master; the service writes again by itself once it has one.",
+        )
     if isinstance(exc, redis.TimeoutError):  # e.g. CLIENT PAUSE, a stalled disk, a full host
         return StoreUnavailable(
             f"{where} did not confirm the prediction log write within {timeout_s:g} s "
@@ -152,7 +189,7 @@ def _not_logged(settings: Settings, exc: Exception, timeout_s: float) -> StoreUn
         return StoreUnavailable(
             f"{where} refused the prediction log write ({exc}), {unanswered}.", remedy
         )
-    if settings.redis.cluster:  # a master down and no replica took its slots over
+    if settings.redis.cluster:  # a node unreachable
         return StoreUnavailable(
             f"cannot write the prediction log to {where} ({exc}), {unanswered}.",
             "Check the cluster (`redis-cli cluster info` on a node): every slot needs a "
@@ -239,10 +276,11 @@ def drain_lock_path(settings: Settings, stream: str | None = None) -> Path:
 
 
 def _shard_label(settings: Settings, stream: str) -> str:
-    """`s<i>` for shard i (its files and lock carry it); empty for the unsharded stream."""
+    """`s<suffix>` for a shard stream (`<stream>:<suffix>`; its files, lock and consumer carry
+    it, the same whatever `shards` is now); empty for the unsharded stream."""
     if stream == settings.predictions.stream:
         return ""
-    return f"s{shard_streams(settings).index(stream)}"
+    return f"s{stream[len(settings.predictions.stream) + 1 :]}"
 
 
 # Entries read per XREADGROUP when Redis does not say how large they are (MEMORY USAGE).
@@ -271,7 +309,14 @@ def drain(
     then moves what is left, or moves nothing and says why in `busy`. Sharded, every shard is
     drained at once, each by its own consumer (`<consumer>-s<i>`).
     """
-    streams = drained_streams(settings)
+    try:
+        streams = drained_streams(settings, shared_client(settings, 30.0))
+    except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN) as exc:
+        raise StoreUnavailable(
+            f"cannot drain predictions from {shared_store(settings)}: {exc}",
+            "Start Redis (`maquette redis start`; on a cluster, every slot needs a master) and "
+            "run the drain again.",
+        ) from exc
     if len(streams) == 1:
         return _drain_stream(settings, streams[0], consumer, max_batches)
     with ThreadPoolExecutor(len(streams), thread_name_prefix="drain") as pool:
@@ -361,8 +406,14 @@ def _drain_locked(
 
 def pending(settings: Settings) -> int:
     """Entries in the log not yet drained (one per request: XLEN, not a read of them)."""
-    client = shared_client(settings, 5.0)
-    return sum(int(client.xlen(stream)) for stream in drained_streams(settings))
+    try:
+        client = shared_client(settings, 5.0)
+        return sum(int(client.xlen(s)) for s in drained_streams(settings, client))
+    except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN) as exc:
+        raise StoreUnavailable(
+            f"cannot count the logged predictions in {shared_store(settings)}: {exc}",
+            "Start Redis (`maquette redis start`; on a cluster, every slot needs a master).",
+        ) from exc
 
 
 def any_drained(settings: Settings) -> bool:

@@ -22,6 +22,7 @@ from maquette.data.redis_server import unreachable
 from maquette.errors import DataError, StoreUnavailable
 from maquette.features.redis_cluster import shared_client
 from maquette.stream.aggregations import StreamDefinition, int_key, stream_definition
+from maquette.stream.reconnect import REDIS_DOWN
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -125,7 +126,7 @@ def publish(
         )
     try:
         return [i.decode() for i in pipe.execute()]
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except REDIS_DOWN as exc:
         raise stream_unavailable(settings, exc) from exc
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
-
 from maquette.config import Settings
 from maquette.stream.events import stream_client, stream_unavailable
+from maquette.stream.reconnect import REDIS_DOWN
 from maquette.stream.windows import state_key, stats_key
 
 
@@ -30,15 +29,16 @@ class StreamStatus:
 
 def status(settings: Settings) -> StreamStatus:
     """Where the speed layer stands (what `maquette stream status` prints)."""
-    conf, client = settings.stream, stream_client(settings)
+    conf = settings.stream
     try:
+        client = stream_client(settings)
         length = int(client.xlen(conf.stream))
         # types-redis leaves xinfo_groups unannotated.
         groups = client.xinfo_groups(conf.stream) if length or client.exists(conf.stream) else []  # type: ignore[no-untyped-call]
         group = next((g for g in groups if g["name"].decode() == conf.group), None)
         stats = {k.decode(): v.decode() for k, v in client.hgetall(stats_key(settings)).items()}
         dead = int(client.xlen(conf.dead_letter))
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except REDIS_DOWN as exc:
         raise stream_unavailable(settings, exc) from exc
     lag = group.get("lag") if group else length
     if group and lag is None:  # Redis < 7 has no lag field: count what follows the last delivery
@@ -61,7 +61,10 @@ def status(settings: Settings) -> StreamStatus:
 
 def dead_letters(settings: Settings, count: int = 20) -> list[dict[str, str]]:
     """The newest rejected events, each with its reason and source id."""
-    entries = stream_client(settings).xrevrange(settings.stream.dead_letter, count=count)
+    try:
+        entries = stream_client(settings).xrevrange(settings.stream.dead_letter, count=count)
+    except REDIS_DOWN as exc:
+        raise stream_unavailable(settings, exc) from exc
     return [
         {"id": i.decode(), **{k.decode(): v.decode(errors="replace") for k, v in f.items()}}
         for i, f in entries
@@ -74,6 +77,9 @@ def reset(settings: Settings) -> None:
     Feature values already pushed stay in Feast's stores.
     """
     conf = settings.stream
-    stream_client(settings).delete(
-        conf.stream, conf.dead_letter, state_key(settings), stats_key(settings)
-    )
+    try:
+        stream_client(settings).delete(
+            conf.stream, conf.dead_letter, state_key(settings), stats_key(settings)
+        )
+    except REDIS_DOWN as exc:
+        raise stream_unavailable(settings, exc) from exc

@@ -17,13 +17,17 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from maquette.features.redis_cluster import CLUSTER_DOWN
+from maquette.features.redis_cluster import CLUSTER_UNAVAILABLE
 
 log = logging.getLogger("maquette.stream")
 
 # Redis is away: refused, reset, timed out, or still replaying its AOF (BusyLoadingError is a
 # ConnectionError); on a cluster, also a slot without a master (CLUSTERDOWN and the like).
-REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN)
+REDIS_DOWN: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    *CLUSTER_UNAVAILABLE,
+)
 
 
 @dataclass(frozen=True)
