@@ -68,6 +68,7 @@ bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, servin
 	$(BIN)/maquette bench cluster
 	$(BIN)/maquette bench training
 	$(BIN)/maquette bench serving
+	$(BIN)/maquette bench replicas
 	$(BIN)/maquette bench startup
 	$(BIN)/maquette bench batch
 	$(BIN)/maquette bench stream

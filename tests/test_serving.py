@@ -26,7 +26,7 @@ from maquette.serving.library import load_model
 from maquette.serving.predictor import Predictor
 from maquette.serving.server import service_process
 from maquette.training import pipeline as training
-from tests.conftest import free_port
+from tests.conftest import free_port, moved_to_cluster
 
 ROW = {
     "origin": "JFK",
@@ -35,12 +35,6 @@ ROW = {
     "route": "JFK-LAX",
     "scheduled_departure": "2013-12-31T15:00:00Z",
 }
-
-
-def start_service(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    return service_process(
-        settings, "127.0.0.1", port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
 
 
 @contextlib.contextmanager
@@ -105,17 +99,31 @@ def two_versions(trained, loaded_project: Settings) -> dict[str, list[str]]:
     return found
 
 
+@pytest.fixture(
+    scope="module", params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)]
+)
+def served(
+    request: pytest.FixtureRequest, production, loaded_project: Settings
+) -> Iterator[tuple[str, Settings]]:
+    """The service of the loaded project on one Redis, then with everything on the Redis
+    Cluster (features, log): its URL, and the settings it runs with."""
+    settings, env = loaded_project, {}
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        request.getfixturevalue("cluster_project")  # the online values, materialized there
+        settings = moved_to_cluster(loaded_project, cluster)
+        env = {
+            "MAQUETTE_REDIS_CLUSTER": json.dumps(cluster.nodes),
+            "MAQUETTE_REDIS_PASSWORD": cluster.password,
+            "MAQUETTE_REDIS_URL": "",  # unset: everything on the cluster
+        }
+    with running_service(loaded_project, env) as url:
+        yield url, settings
+
+
 @pytest.fixture(scope="module")
-def service(production, loaded_project: Settings) -> Iterator[str]:
-    port = free_port()
-    proc = start_service(loaded_project, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
+def service(served: tuple[str, Settings]) -> str:
+    return served[0]
 
 
 def test_predict_answers_with_version_partition_and_feature_flags(service: str, production) -> None:
@@ -211,7 +219,8 @@ def test_health_readiness_and_metrics(service: str) -> None:
     assert "maquette_predictions_total" in metrics and "maquette_predict_seconds_bucket" in metrics
 
 
-def test_every_answer_is_in_the_prediction_log(service: str, loaded_project: Settings) -> None:
+def test_every_answer_is_in_the_prediction_log(served: tuple[str, Settings]) -> None:
+    service, settings = served
     ids = []
     for _ in range(5):
         ids += [
@@ -220,8 +229,8 @@ def test_every_answer_is_in_the_prediction_log(service: str, loaded_project: Set
                 "predictions"
             ]
         ]
-    predictions.drain(loaded_project)
-    logged = predictions.read_predictions(loaded_project)
+    predictions.drain(settings)
+    logged = predictions.read_predictions(settings)
     assert set(ids) <= set(logged["prediction_id"].to_pylist())
     row = logged.filter(np.isin(logged["prediction_id"].to_numpy(zero_copy_only=False), ids[:1]))
     assert row["entity"][0].as_py().startswith("{") and row["features"][0].as_py().count(":") > 20

@@ -178,6 +178,26 @@ def bench_soak(
         out.write_text(markdown)
 
 
+@bench_app.command("replicas")
+def bench_replicas(
+    seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """The service's c=8 figures with one replica and with two side by side (same run, wrk).
+
+    Example: maquette bench replicas --seconds 10
+    """
+    from maquette.bench.replicas import run_replicas_benchmark
+    from maquette.data import redis_server
+
+    settings = project_settings(project)
+    redis_server.ensure_redis(settings)
+    markdown = run_replicas_benchmark(settings, seconds, console)
+    if out:
+        out.write_text(markdown)
+
+
 @bench_app.command("startup")
 def bench_startup(
     runs: Annotated[int, typer.Option(help="Starts of each server (and of `maquette up`).")] = 3,
