@@ -248,9 +248,7 @@ def test_a_sharded_log_puts_one_shard_on_each_master_and_drains_what_was_logged_
 
 
 def test_a_sharded_log_refuses_a_hash_tagged_stream_name(tmp_path: Path) -> None:
-    folder = make_project(
-        tmp_path, "redis://h:1/0", predictions={"stream": "{preds}", "shards": 2}
-    )
+    folder = make_project(tmp_path, "redis://h:1/0", predictions={"stream": "{preds}", "shards": 2})
     with pytest.raises(ConfigError, match=r"hash tag.*predictions\.shards"):
         load_settings(folder)
 

@@ -23,6 +23,7 @@ def test_the_manifests_are_valid_kubernetes_and_carry_no_secret(tmp_path: Path) 
         tmp_path / "project",
         None,
         redis={"cluster": ["10.0.0.1:7000", "10.0.0.2:7000"], "password": "cluster-password"},
+        registry={"shared_store": "s3://models-bucket/maquette", "alias_store": "redis"},
         serving={"api_key": "the-api-key"},
     )
     out = tmp_path / "k8s.yaml"
@@ -71,6 +72,7 @@ def test_the_manifests_are_valid_kubernetes_and_carry_no_secret(tmp_path: Path) 
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     config = by_name[("ConfigMap", "maquette-settings")]["data"]
     assert json.loads(config["MAQUETTE_REDIS_CLUSTER"]) == ["10.0.0.1:7000", "10.0.0.2:7000"]
+    assert config["MAQUETTE_REGISTRY_SHARED_STORE"] == "s3://models-bucket/maquette"
     secret_env = {e["name"] for e in container["env"]}
     assert secret_env == {"MAQUETTE_REDIS_PASSWORD", "MAQUETTE_SERVING_API_KEY"}
     # What the pods' environment makes of the project's settings: the cluster, on 0.0.0.0,
@@ -78,6 +80,7 @@ def test_the_manifests_are_valid_kubernetes_and_carry_no_secret(tmp_path: Path) 
     settings = _settings_with(folder, {**config, "MAQUETTE_REDIS_PASSWORD": "from-the-secret"})
     assert settings.redis.cluster == ["10.0.0.1:7000", "10.0.0.2:7000"]
     assert settings.stream.stream == "{maquette:departures}"
+    assert settings.registry.shared_store == "s3://models-bucket/maquette"
     assert settings.serving.host == "0.0.0.0"
 
 

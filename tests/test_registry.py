@@ -175,8 +175,10 @@ def test_route_sets_and_gives_back_a_split_and_refuses_bad_weights_and_versions(
     for weight in ("nan", "inf", "0", "-1"):
         result = runner.invoke(
             app,
-            ["models", "route", "late_arrival", "--traffic", f"{version}={weight}"]
-            + ["--project", str(loaded_project.project_dir)],
+            [
+                *("models", "route", "late_arrival", "--traffic", f"{version}={weight}"),
+                *("--project", str(loaded_project.project_dir)),
+            ],
         )
         assert result.exit_code != 0 and "positive number" in result.output, result.output
     with pytest.raises(ModelVersionNotFound, match="no version 'v999'"):

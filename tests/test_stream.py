@@ -31,6 +31,10 @@ DAY = datetime(2013, 12, 1, tzinfo=UTC)
 ORIGIN_FEATURES = [f"origin_last_hour:{n}" for n in ORIGIN_LAST_HOUR.feature_names]
 
 
+# A stream project without history: no backfill, no warm start.
+STREAM_SETTINGS = {"events_source": None, "backfill_before": None, "allowed_lateness_s": 3600}
+
+
 @pytest.fixture(scope="module")
 def stream_project(tmp_path_factory: pytest.TempPathFactory, running_redis: str) -> Settings:
     """A Feast project with the stream views applied, no history (no backfill, no warm start)."""
@@ -38,7 +42,32 @@ def stream_project(tmp_path_factory: pytest.TempPathFactory, running_redis: str)
         tmp_path_factory.mktemp("stream"),
         running_redis,
         feast={"project": "stream_tests"},
-        stream={"events_source": None, "backfill_before": None, "allowed_lateness_s": 3600},
+        stream=STREAM_SETTINGS,
+    )
+    settings = load_settings(folder)
+    apply_own_repo(settings)
+    return settings
+
+
+@pytest.fixture(
+    scope="module", params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)]
+)
+def stream_store(
+    request: pytest.FixtureRequest,
+    stream_project: Settings,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    """The stream project on one Redis, then a twin with everything on the Redis Cluster
+    (stream, consumer group, state, dead letters, online rows; offline files of its own)."""
+    if request.param == "redis":
+        return stream_project
+    cluster = request.getfixturevalue("redis_cluster")
+    folder = make_project(
+        tmp_path_factory.mktemp("stream-cluster"),
+        None,
+        redis={"cluster": cluster.nodes, "password": cluster.password},
+        feast={"project": "stream_tests"},
+        stream=STREAM_SETTINGS,
     )
     settings = load_settings(folder)
     apply_own_repo(settings)
@@ -66,8 +95,9 @@ def apply_own_repo(settings: Settings) -> None:
 def fresh(settings: Settings, name: str, **stream_settings: Any) -> Settings:
     """The settings with a stream of their own (and its group, state, dead letters) reset."""
     copy = settings.model_copy(deep=True)
-    copy.stream.stream = f"test:{name}"
-    copy.stream.dead_letter = f"test:{name}:dead"
+    # On a cluster the stream's keys share a hash tag, as the settings give them.
+    stream = f"{{test:{name}}}" if settings.redis.cluster else f"test:{name}"
+    copy.stream.stream, copy.stream.dead_letter = stream, f"{stream}:dead"
     for key, value in stream_settings.items():
         setattr(copy.stream, key, value)
     operations.reset(copy)
@@ -250,8 +280,8 @@ def test_stock_feast_offline_push_appends_to_the_file_the_processor_writes(
 # ---------------------------------------------------------------- event time, bad events
 
 
-def test_late_event_within_allowed_lateness_corrects_its_windows(stream_project: Settings) -> None:
-    settings = fresh(stream_project, "late-ok")
+def test_late_event_within_allowed_lateness_corrects_its_windows(stream_store: Settings) -> None:
+    settings = fresh(stream_store, "late-ok")
     first = [departure(t, d, "LT1", "L1") for t, d in (("10:00", 10), ("10:40", 20), ("11:05", 30))]
     publish(settings, first)
     process(settings)
@@ -273,9 +303,9 @@ def test_late_event_within_allowed_lateness_corrects_its_windows(stream_project:
 
 
 def test_event_later_than_allowed_lateness_is_counted_and_dead_lettered(
-    stream_project: Settings,
+    stream_store: Settings,
 ) -> None:
-    settings = fresh(stream_project, "late-out", allowed_lateness_s=600)
+    settings = fresh(stream_store, "late-out", allowed_lateness_s=600)
     publish(settings, [departure("12:00", 10, "LT2", "L2")])
     publish(settings, [departure("11:45", 99, "LT2", "L2")])  # 15 min behind, 10 allowed
     result = process(settings)
@@ -300,9 +330,9 @@ def test_event_later_than_allowed_lateness_is_counted_and_dead_lettered(
     ],
 )
 def test_malformed_event_goes_to_the_dead_letter_stream_with_its_reason(
-    stream_project: Settings, event: dict[str, str], reason: str
+    stream_store: Settings, event: dict[str, str], reason: str
 ) -> None:
-    settings = fresh(stream_project, "malformed")
+    settings = fresh(stream_store, "malformed")
     good = {"origin": "MF1", "carrier": "M1", "departed_at": "2013-12-01T10:00:00Z", "dep_delay": 5}
     bad = event if "origin" in event else {**good, **event}
     publish(settings, [bad, good])
@@ -317,9 +347,9 @@ def test_malformed_event_goes_to_the_dead_letter_stream_with_its_reason(
 
 
 def test_restart_after_an_unacknowledged_batch_counts_nothing_twice(
-    stream_project: Settings,
+    stream_store: Settings,
 ) -> None:
-    settings = fresh(stream_project, "restart", batch=7, commit_interval_s=3600)
+    settings = fresh(stream_store, "restart", batch=7, commit_interval_s=3600)
     events = [
         departure(f"{8 + i // 12}:{(i * 5) % 60:02d}", i % 13, "RS1", "R1") for i in range(40)
     ]

@@ -18,6 +18,8 @@ import json
 from typing import Any
 
 from maquette.config import Settings
+from maquette.data.secrets import redact, without_credentials
+from maquette.errors import ConfigError
 
 APP = "maquette"
 SECRET = "maquette-secrets"
@@ -48,6 +50,16 @@ def manifests(
         "MAQUETTE_SERVING_HOST": "0.0.0.0",  # in its pod; the Service is what others reach
         "MAQUETTE_SERVING_PORT": str(port),
     }
+    if shared := settings.registry.shared_store:
+        if without_credentials(shared) != shared:
+            raise ConfigError(
+                f"registry.shared_store {redact(shared)} holds credentials, which would be "
+                "written into the ConfigMap.",
+                "Give the store's credentials to the pods through their environment (e.g. "
+                "AWS_ACCESS_KEY_ID in a Secret) and keep them out of the URL.",
+            )
+        # Where replicas import the versions promoted after the image was built.
+        config["MAQUETTE_REGISTRY_SHARED_STORE"] = shared
     if settings.redis.cluster:
         config["MAQUETTE_REDIS_CLUSTER"] = json.dumps(settings.redis.cluster)
         config["MAQUETTE_REDIS_URL"] = ""  # a redis.url the bento's maquette.yaml may hold
