@@ -67,6 +67,7 @@ bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, servin
 	$(BIN)/maquette bench features
 	$(BIN)/maquette bench cluster
 	$(BIN)/maquette bench training
+	$(BIN)/maquette bench search --trials 6 --trials 20
 	$(BIN)/maquette bench serving
 	$(BIN)/maquette bench replicas
 	$(BIN)/maquette bench startup

@@ -57,7 +57,14 @@ class SplitSettings(Section):
 
 
 class SearchSettings(Section):
-    """Hyperparameter search: random sampling of `space` for `trials` fits."""
+    """Hyperparameter search: `trials` fits of parameter sets drawn from `space`."""
+
+    method: Literal["random", "optuna"] = Field(
+        "random",
+        description="random: independent draws from the space; optuna: Optuna's TPE sampler "
+        "learns from earlier trials and successive halving stops LightGBM trials that fall "
+        "behind (same budget of trials).",
+    )
 
     space: dict[str, str] = Field(
         default_factory=dict,

@@ -54,12 +54,14 @@ class SearchTrial(RecordPart):
     score: float
     best_iteration: int | None = None
     seconds: float
+    pruned: bool = False  # stopped early (tuned search): its score is where it stopped
 
 
 class Search(RecordPart):
     """The hyperparameter search: the metric, the winning trial and every trial."""
 
     metric: str
+    method: str = "random"  # random, or optuna (the tuned search)
     best_trial: int
     trials: list[SearchTrial]
 

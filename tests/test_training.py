@@ -208,3 +208,52 @@ def test_scikit_learn_algorithms_train_and_reload(
     )
     again = TrainedModel.load(tmp_path, record)
     assert np.allclose(again.predict(data.frames["test"])[0], model.predict(data.frames["test"])[0])
+
+
+@pytest.fixture(scope="module")
+def tuned(loaded_project: Settings) -> registry.ModelVersion:
+    """flight_delay trained with the tuned search: eight trials, pruning on, no partitions."""
+    settings = loaded_project.model_copy(deep=True)
+    spec = settings.models["flight_delay"]
+    spec.search.method, spec.search.trials, spec.partition_by = "optuna", 8, None
+    # Rungs at 30, 90, 270 rounds; slow learning rates, so trials reach them.
+    spec.search.early_stopping_rounds = 10
+    spec.search.space["learning_rate"] = "loguniform(0.01, 0.1)"
+    spec.params = {"n_estimators": 300}
+    return training.train(settings, "flight_delay")
+
+
+def test_the_tuned_search_prunes_trials_that_fall_behind_and_never_picks_one(
+    tuned: registry.ModelVersion, loaded_project: Settings
+) -> None:
+    search = tuned.record.search
+    assert search.method == "optuna" and len(search.trials) == 8
+    pruned = [t for t in search.trials if t.pruned]
+    done = [t for t in search.trials if not t.pruned]
+    assert pruned and done, [(t.number, t.score, t.pruned) for t in search.trials]
+    # A pruned trial stopped at a rung (a multiple of early stopping's rounds), short of the end.
+    assert all(t.best_iteration is not None and t.best_iteration < 300 for t in pruned)
+    assert search.best_trial in {t.number for t in done}
+    assert min(t.score for t in done) == next(
+        t.score for t in done if t.number == search.best_trial
+    )
+    # The model report shows the trials: scored, pruned apart, the best so far.
+    page = tuned.report.read_text()
+    assert "Search trials (optuna)" in page and "pruned (score where it stopped)" in page
+
+
+def test_the_tuned_search_is_reproducible_for_a_seed(
+    tuned: registry.ModelVersion, loaded_project: Settings
+) -> None:
+    from maquette.training.tuned_search import run_tuned_search
+
+    settings = loaded_project.model_copy(deep=True)
+    spec = settings.models["flight_delay"]
+    spec.search.method, spec.search.trials, spec.partition_by = "optuna", 8, None
+    spec.search.early_stopping_rounds = 10
+    spec.search.space["learning_rate"] = "loguniform(0.01, 0.1)"
+    spec.params = {"n_estimators": 300}
+    again = run_tuned_search(prepare(settings, "flight_delay"), lambda _: None)
+    first = tuned.record.search.trials
+    assert [(t.params, t.pruned) for t in again] == [(t.params, t.pruned) for t in first]
+    assert [t.score for t in again] == pytest.approx([t.score for t in first], rel=1e-9)

@@ -178,6 +178,27 @@ def bench_soak(
         out.write_text(markdown)
 
 
+@bench_app.command("search")
+def bench_search(
+    name: ModelArg = None,
+    trials: Annotated[
+        list[int] | None,
+        typer.Option(help="Budget of trials (repeat for several; default: the spec's)."),
+    ] = None,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Random search vs the tuned search (Optuna, pruning): same data, budget and seed.
+
+    Example: maquette bench search MODEL --trials 6 --trials 20
+    """
+    from maquette.bench.search import run_search_benchmark
+
+    markdown = run_search_benchmark(project_settings(project), name, trials or [], console)
+    if out:
+        out.write_text(markdown)
+
+
 @bench_app.command("replicas")
 def bench_replicas(
     seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,

@@ -36,6 +36,7 @@ class Learner(Protocol):
         x_val: pd.DataFrame,
         y_val: np.ndarray,
         params: dict[str, Any],
+        callbacks: list[Any] | None = None,
     ) -> Fitted: ...
     def predict(self, model: Any, x: pd.DataFrame) -> np.ndarray: ...
     def save(self, model: Any, path: Path) -> str: ...
@@ -60,7 +61,9 @@ class LightGBMLearner:
         x_val: pd.DataFrame,
         y_val: np.ndarray,
         params: dict[str, Any],
+        callbacks: list[Any] | None = None,
     ) -> Fitted:
+        """`callbacks`: LightGBM's, called after each boosting round (after early stopping's)."""
         params = dict(params)
         n_estimators = int(params.pop("n_estimators", 500))
         base = {
@@ -73,7 +76,7 @@ class LightGBMLearner:
         }
         train = lgb.Dataset(x, y, free_raw_data=False)
         valid = lgb.Dataset(x_val, y_val, reference=train) if len(x_val) else None
-        callbacks: list[Any] = (
+        stopping: list[Any] = (
             [lgb.early_stopping(self.rounds, verbose=False)] if valid is not None else []
         )
         booster = lgb.train(
@@ -81,7 +84,7 @@ class LightGBMLearner:
             train,
             num_boost_round=n_estimators,
             valid_sets=[valid] if valid is not None else None,
-            callbacks=callbacks,
+            callbacks=stopping + list(callbacks or []),
         )
         return Fitted(booster, booster.best_iteration or n_estimators)
 
@@ -157,6 +160,7 @@ class SklearnLearner:
         x_val: pd.DataFrame,
         y_val: np.ndarray,
         params: dict[str, Any],
+        callbacks: list[Any] | None = None,  # boosting callbacks: LightGBM's only
     ) -> Fitted:
         params = {
             k: v for k, v in params.items() if k != "n_estimators" or "hist" in self.algorithm

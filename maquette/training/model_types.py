@@ -55,6 +55,7 @@ class Trial:
     best_iteration: int | None
     seconds: float
     fitted: Fitted | None = None
+    pruned: bool = False  # stopped early by the tuned search: never the best, no model kept
 
 
 def partition_keys(values: list[Any]) -> np.ndarray:

@@ -24,6 +24,7 @@ from maquette.training.prepare import prepare_and_store
 from maquette.training.records import build_record
 from maquette.training.report import write_model_report
 from maquette.training.search import best_trial, ensure_trainable, run_search
+from maquette.training.tuned_search import run_tuned_search
 
 # `ensure_trainable` is part of this module's API: the CLI checks a spec before starting a run.
 __all__ = ["direct", "ensure_trainable", "train"]
@@ -52,7 +53,8 @@ def train(
     data = step("prepare", prepare_and_store, settings, name)
     # One task for the whole search: on two cores trials cannot run side by side, and each
     # task costs API round trips and server work that compete with the fits for CPU.
-    results = step("search", run_search, data, announce)
+    search = run_tuned_search if spec.search.method == "optuna" else run_search
+    results = step("search", search, data, announce)
     best = best_trial(spec, results)
     announce("partition models" if spec.partition_by else "final model")
     model, decisions = step("fit-partitions", fit_partitions, data, best)

@@ -116,6 +116,7 @@ def build_record(
         "params": {**best.params, "best_iteration": best.best_iteration},
         "search": {
             "metric": spec.search.metric or ("rmse" if spec.task == "regression" else "auc"),
+            "method": spec.search.method,
             "best_trial": best.number,
             "trials": [
                 {
@@ -124,6 +125,7 @@ def build_record(
                     "score": t.score,
                     "best_iteration": t.best_iteration,
                     "seconds": t.seconds,
+                    "pruned": t.pruned,
                 }
                 for t in trials
             ],

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from plotly.io import to_html
 from sklearn import metrics as skm
 
+from maquette.training.metrics import HIGHER_IS_BETTER
 from maquette.training.model_types import LABEL, TrainedModel, TrainingData
 from maquette.version_record import VersionRecord
 
@@ -43,16 +44,55 @@ def _figures(record: VersionRecord, data: TrainingData, model: TrainedModel) -> 
     y = test[LABEL].to_numpy(dtype=float)
     top = list(record.importance.items())[:20]
     figures = [
+        _trials_figure(record),
         go.Figure(
             go.Bar(x=[v for _, v in top][::-1], y=[k for k, _ in top][::-1], orientation="h"),
             layout={"title": "Feature importance (share of gain)", "height": 520},
-        )
+        ),
     ]
     if model.task == "regression":
         figures += _regression_figures(y, pred)
     else:
         figures += _binary_figures(record, model, y, pred)
     return figures + _partial_dependence_figures(record)
+
+
+def _trials_figure(record: VersionRecord) -> go.Figure:
+    """Each trial's validation score in the order tried, pruned ones apart, and the best so
+    far: how the search converged (a tuned search should find its best sooner)."""
+    search = record.search
+    done = [t for t in search.trials if not t.pruned]
+    pruned = [t for t in search.trials if t.pruned]
+    higher = HIGHER_IS_BETTER.get(search.metric, False)
+    best_so_far, best = [], None
+    for t in done:
+        best = t.score if best is None or (t.score > best if higher else t.score < best) else best
+        best_so_far.append(best)
+    traces = [
+        go.Scatter(
+            x=[t.number for t in done], y=[t.score for t in done], mode="markers", name="trial"
+        ),
+        go.Scatter(x=[t.number for t in done], y=best_so_far, mode="lines", name="best so far"),
+    ]
+    if pruned:
+        traces.append(
+            go.Scatter(
+                x=[t.number for t in pruned],
+                y=[t.score for t in pruned],
+                mode="markers",
+                marker={"symbol": "x", "color": "#999"},
+                name="pruned (score where it stopped)",
+            )
+        )
+    return go.Figure(
+        traces,
+        layout={
+            "title": f"Search trials ({search.method}): {search.metric} on validation",
+            "xaxis_title": "trial",
+            "yaxis_title": search.metric,
+            "height": 360,
+        },
+    )
 
 
 def _regression_figures(y: np.ndarray, pred: np.ndarray) -> list[go.Figure]:
@@ -185,7 +225,13 @@ def _report_body(record: VersionRecord, charts: str) -> str:
     ]
     partitions = _partition_rows(record)
     trials = [
-        [t.number, t.score, t.best_iteration, json.dumps(t.params, default=str)]
+        [
+            t.number,
+            t.score,
+            t.best_iteration,
+            "pruned" if t.pruned else "",
+            json.dumps(t.params, default=str),
+        ]
         for t in record.search.trials
     ]
     who = record.trained_by
@@ -211,8 +257,10 @@ from {html.escape(record.started_at)} to {html.escape(record.ended_at)}; code
         if partitions
         else "<p>No partitioning.</p>"
     }
-<h2>Search ({html.escape(record.search.metric)} on validation)</h2>
-{_table(trials, ["trial", "score", "best iteration", "params"])}
+<h2>Search ({html.escape(record.search.method)}, {
+        html.escape(record.search.metric)
+    } on validation)</h2>
+{_table(trials, ["trial", "score", "best iteration", "stopped", "params"])}
 <h2>Charts</h2>{charts}
 """
 

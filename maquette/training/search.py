@@ -7,6 +7,7 @@ import random
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,17 +22,50 @@ from maquette.training.model_types import TrainingData, Trial
 _SPACE = re.compile(r"^\s*(uniform|loguniform|int|choice)\((.*)\)\s*$")
 
 
+@dataclass(frozen=True)
+class Dimension:
+    """One parameter's range: `uniform`, `loguniform`, `int` (low..high) or `choice` (values)."""
+
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    values: tuple[Any, ...] = ()
+
+    def draw(self, rng: random.Random) -> Any:
+        """A random value (the random search's draw)."""
+        if self.kind == "choice":
+            return rng.choice(self.values)
+        if self.kind == "int":
+            return rng.randint(int(self.low), int(self.high))
+        if self.kind == "loguniform":
+            return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        return rng.uniform(self.low, self.high)
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """The value an Optuna trial suggests for this range."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, list(self.values))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high))
+        return trial.suggest_float(name, self.low, self.high, log=self.kind == "loguniform")
+
+
+def dimensions(spec: ModelSpec) -> dict[str, Dimension]:
+    """The spec's search space, parsed (InvalidModelSpec naming what does not parse)."""
+    return {name: _parse_dimension(name, text) for name, text in spec.search.space.items()}
+
+
 def search_space(spec: ModelSpec) -> list[dict[str, Any]]:
     """`spec.search.trials` parameter sets: the fixed params plus random draws from the space."""
     rng = random.Random(spec.search.seed)
-    parsed = {name: _parse_dimension(name, text) for name, text in spec.search.space.items()}
+    parsed = dimensions(spec)
     sets = []
     for _ in range(spec.search.trials):
-        sets.append({**spec.params, **{name: draw(rng) for name, draw in parsed.items()}})
+        sets.append({**spec.params, **{name: dim.draw(rng) for name, dim in parsed.items()}})
     return sets
 
 
-def _parse_dimension(name: str, text: str) -> Any:
+def _parse_dimension(name: str, text: str) -> Dimension:
     match = _SPACE.match(text)
     if not match:
         raise InvalidModelSpec(
@@ -40,8 +74,7 @@ def _parse_dimension(name: str, text: str) -> Any:
         )
     kind, raw = match.group(1), [a.strip() for a in match.group(2).split(",") if a.strip()]
     if kind == "choice":
-        values = [_scalar(v) for v in raw]
-        return lambda rng: rng.choice(values)
+        return Dimension(kind, values=tuple(_scalar(v) for v in raw))
     try:
         low, high = (float(v) for v in raw)
     except ValueError:
@@ -54,11 +87,7 @@ def _parse_dimension(name: str, text: str) -> Any:
             f"search space for {name!r} has an empty or invalid range: {text!r}.",
             "Give low < high (and low > 0 for loguniform).",
         )
-    if kind == "int":
-        return lambda rng: rng.randint(int(low), int(high))
-    if kind == "loguniform":
-        return lambda rng: float(math.exp(rng.uniform(math.log(low), math.log(high))))
-    return lambda rng: rng.uniform(low, high)
+    return Dimension(kind, low, high)
 
 
 def _scalar(text: str) -> Any:
@@ -83,15 +112,26 @@ def score(spec: ModelSpec, y: np.ndarray, pred: np.ndarray, shift: float) -> dic
     return binary_metrics(y, pred, threshold)
 
 
-def run_trial(data: TrainingData, params: dict[str, Any], number: int) -> Trial:
-    """Fit one parameter set on train, score it on validation."""
+def run_trial(
+    data: TrainingData,
+    params: dict[str, Any],
+    number: int,
+    callbacks: list[Callable[[Any], None]] | None = None,
+) -> Trial:
+    """Fit one parameter set on train, score it on validation. `callbacks` see each boosting
+    iteration (LightGBM's; the tuned search prunes through one)."""
     spec = data.spec
     learner = learner_for(
         spec.algorithm, spec.task, spec.search.seed, spec.search.early_stopping_rounds
     )
     began = time.perf_counter()
     fitted = learner.fit(
-        data.x("train"), data.y("train"), data.x("validation"), data.y("validation"), params
+        data.x("train"),
+        data.y("train"),
+        data.x("validation"),
+        data.y("validation"),
+        params,
+        callbacks,
     )
     pred = learner.predict(fitted.model, data.x("validation"))
     value = score(spec, data.y("validation"), pred, data.label_shift)[search_metric(spec)]
@@ -101,17 +141,20 @@ def run_trial(data: TrainingData, params: dict[str, Any], number: int) -> Trial:
 
 
 def best_trial(spec: ModelSpec, trials: list[Trial]) -> Trial:
-    """The trial with the best search metric (the first one on a tie)."""
+    """The completed trial with the best search metric (the first one on a tie); a pruned
+    trial never wins (it was stopped before its best iteration)."""
     metric = search_metric(spec)
-    best = trials[0]
-    for trial in trials[1:]:
+    completed = [t for t in trials if not t.pruned]
+    best = completed[0]
+    for trial in completed[1:]:
         if better(metric, trial.score, best.score):
             best = trial
     return best
 
 
 def run_search(data: TrainingData, announce: Callable[[str], None]) -> list[Trial]:
-    """Every trial of the spec's search, in order (one after the other: fits use every core)."""
+    """Every trial of the random search, in order (one after the other: fits use every core).
+    `search.method: optuna` runs `training/tuned_search.py` instead."""
     spec = data.spec
     results = []
     for number, params in enumerate(search_space(spec)):
@@ -123,5 +166,5 @@ def run_search(data: TrainingData, announce: Callable[[str], None]) -> list[Tria
 def ensure_trainable(settings: Settings, name: str) -> ModelSpec:
     """The spec, checked before any work: known model, search space that parses."""
     spec = settings.model_spec(name)
-    search_space(spec)
+    dimensions(spec)
     return spec
