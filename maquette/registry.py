@@ -15,9 +15,11 @@ from __future__ import annotations
 import fcntl
 import getpass
 import json
+import logging
 import math
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,10 +32,12 @@ import redis
 from maquette.config import Settings
 from maquette.data.redis_server import redis_url, unreachable
 from maquette.data.secrets import redact
+from maquette.data.shared_files import exclusive, lock_path
 from maquette.errors import ModelVersionNotFound, StoreUnavailable
 from maquette.features.redis_cluster import CLUSTER_DOWN, shared_client
 from maquette.version_record import Artifacts, VersionRecord
 
+log = logging.getLogger("maquette.registry")
 LABEL_KEY = "maquette"  # BentoML label marking Maquette's models
 T = TypeVar("T")
 
@@ -93,7 +97,10 @@ def list_versions(settings: Settings, name: str | None = None) -> list[ModelVers
 
 
 def next_version(settings: Settings, name: str) -> str:
+    """The next free number: past every version here and in a shared folder (another
+    machine's trainings), so two machines never publish different models as one tag."""
     numbers = [_number(v.version) for v in list_versions(settings, name)]
+    numbers += _shared_numbers(settings, name)
     return f"v{max(numbers, default=0) + 1}"
 
 
@@ -113,8 +120,10 @@ def resolve(settings: Settings, ref: str) -> ModelVersion:
         versions = list_versions(settings, name)
     if not versions:
         names = sorted({v.name for v in list_versions(settings)})
+        shared = settings.registry.shared_store
         raise ModelVersionNotFound(
-            f"no model named {name!r} is registered.",
+            f"no model named {name!r} is registered"
+            + (f" here or in the shared store {redact(shared)}." if shared else "."),
             f"Registered models: {', '.join(names) or 'none'}; train one with "
             f"`maquette train {name}`.",
         )
@@ -155,58 +164,86 @@ def _aliased(settings: Settings, name: str, alias: str) -> str:
 
 
 def shared_location(settings: Settings, name: str, version: str) -> str:
-    """Where a version lives in `registry.shared_store`: `<store>/<name>-<version>.bentomodel`."""
-    return f"{str(settings.registry.shared_store).rstrip('/')}/{name}-{version}.bentomodel"
+    """Where a version lives in `registry.shared_store`: `<store>/<name>-<version>.bentomodel`
+    (a folder relative to the project, or an FS URL)."""
+    store = str(settings.registry.shared_store).rstrip("/")
+    if not _is_url(store):
+        store = str(settings.path(Path(store.removeprefix("file://"))))
+    return f"{store}/{name}-{version}.bentomodel"
 
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+def _shared_numbers(settings: Settings, name: str) -> list[int]:
+    """Version numbers of NAME already in a shared folder (another machine's trainings)."""
+    if not settings.registry.shared_store or _is_url(settings.registry.shared_store):
+        return []
+    folder = Path(shared_location(settings, name, "v0")).parent
+    return [
+        _number(p.name[len(name) + 1 :].removesuffix(".bentomodel"))
+        for p in folder.glob(f"{name}-v*.bentomodel")
+    ]
+
+
 def publish(settings: Settings, ref: str) -> str | None:
     """Export a version to `registry.shared_store` with BentoML's export_model (a folder, or an
-    FS URL such as s3://bucket/models), where every replica can import it; None without one.
-    In a folder the file appears whole (written aside, then renamed): a replica importing it
-    never reads half of it."""
+    FS URL such as s3://bucket/models: its fsspec package, e.g. s3fs, installed), where every
+    replica can import it; None without one. In a folder the file appears whole (written to a
+    file of its own, fsynced, renamed): a replica importing it never reads half of it."""
     if not settings.registry.shared_store:
         return None
     found = resolve(settings, ref)
     bentoml = bentoml_module(settings)
     target = shared_location(settings, found.name, found.version)
+    aside: str | None = None
     try:
         if _is_url(target):
-            return str(bentoml.models.export_model(found.tag, target))
-        path = Path(target.removeprefix("file://"))
+            return str(bentoml.models.export_model(found.tag, target, "gz"))
+        path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
-        aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        bentoml.models.export_model(found.tag, str(aside), "gz")
+        fd, aside = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        bentoml.models.export_model(found.tag, aside, "gz")
+        with open(aside, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(aside, path)
+        aside = None
         return str(path)
-    except (OSError, bentoml.exceptions.BentoMLException) as exc:
+    except Exception as exc:  # fsspec's errors vary by protocol (ImportError: s3fs missing)
         raise StoreUnavailable(
-            f"cannot publish {found.tag} to the shared model store "
-            f"{redact(str(settings.registry.shared_store))}: {exc}",
-            "Check registry.shared_store (a folder every machine mounts, or an FS URL with "
-            "its credentials) and run the command again.",
+            redact(
+                f"cannot publish {found.tag} to the shared model store "
+                f"{settings.registry.shared_store}: {type(exc).__name__}: {exc}"
+            ),
+            "Check registry.shared_store (a folder every machine mounts, or an FS URL whose "
+            "fsspec package is installed and whose credentials are in the environment), then "
+            "run the command again.",
         ) from exc
+    finally:
+        if aside is not None:
+            Path(aside).unlink(missing_ok=True)
 
 
 def _import_shared(settings: Settings, name: str, version: str) -> bool:
     """Import NAME:VERSION from the shared store into this process's store; False when the
-    store has none (or no shared store is set)."""
+    store has none (or no shared store is set). One import per version at a time on this
+    machine (a lock in the state folder): BentoML's store is not safe for two at once."""
     if not settings.registry.shared_store:
         return False
     source = shared_location(settings, name, version)
-    if not _is_url(source) and not Path(source.removeprefix("file://")).is_file():
+    if not _is_url(source) and not Path(source).is_file():
         return False
     bentoml = bentoml_module(settings)
-    try:
-        bentoml.models.import_model(source.removeprefix("file://"), "gz")
-    except bentoml.exceptions.BentoMLException as exc:
-        # Another process of this machine imported it first: it is there all the same.
-        return "exist" in str(exc).lower()
-    except OSError:
-        return False
+    with exclusive(lock_path(settings, f"model-import-{name}-{version}"), 300):
+        if any(v.version == version for v in list_versions(settings, name)):
+            return True  # another process imported it while this one waited
+        try:
+            bentoml.models.import_model(source, "gz")
+        except Exception as exc:  # a missing object, a torn archive, a missing fsspec package
+            log.warning("could not import %s:%s from %s: %s", name, version, redact(source), exc)
+            return False
     return True
 
 

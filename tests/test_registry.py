@@ -194,3 +194,23 @@ def test_route_sets_and_gives_back_a_split_and_refuses_bad_weights_and_versions(
     finally:
         registry.route(loaded_project, "late_arrival", {}, "")  # maquette.yaml's again
     assert registry.routing_table(loaded_project)["late_arrival"] == {}
+
+
+def test_version_numbers_continue_past_a_shared_folders_and_a_relative_one_is_the_projects(
+    loaded_project: Settings,
+) -> None:
+    settings = loaded_project.model_copy(deep=True)
+    settings.registry.shared_store = "shared-models-test"  # relative: inside the project
+    folder = settings.project_dir / "shared-models-test"
+    folder.mkdir(exist_ok=True)
+    try:
+        (folder / "elsewhere-v7.bentomodel").write_bytes(b"trained on another machine")
+        assert registry.shared_location(settings, "elsewhere", "v8") == str(
+            folder.resolve() / "elsewhere-v8.bentomodel"
+        )
+        # No version of it here, v7 in the shared folder: the next one trained is v8.
+        assert registry.next_version(settings, "elsewhere") == "v8"
+    finally:
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()

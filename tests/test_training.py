@@ -257,3 +257,13 @@ def test_the_tuned_search_is_reproducible_for_a_seed(
     first = tuned.record.search.trials
     assert [(t.params, t.pruned) for t in again] == [(t.params, t.pruned) for t in first]
     assert [t.score for t in again] == pytest.approx([t.score for t in first], rel=1e-9)
+
+
+def test_a_search_whose_every_trial_was_pruned_says_why(loaded_project: Settings) -> None:
+    from maquette.training.model_types import Trial
+    from maquette.training.search import best_trial
+
+    spec = loaded_project.models["flight_delay"]
+    pruned = [Trial(n, {}, float("nan"), 1, 0.1, None, True) for n in range(3)]
+    with pytest.raises(InvalidModelSpec, match="every one of the 3 search trials was stopped"):
+        best_trial(spec, pruned)

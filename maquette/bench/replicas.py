@@ -9,6 +9,7 @@ and the p50/p95/p99 shown are the higher of the two.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,7 +68,8 @@ def _measure(
             results[case] = _combined(parts)
     finally:
         for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # one that died already
+                os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             proc.wait(30)
         _bench_log_length_and_clear(settings)

@@ -42,9 +42,17 @@ from maquette.features import redis_layout as wire
 SLOTS = 16384
 # What redis-py's cluster client raises when the cluster (or a slot's master) is down.
 CLUSTER_DOWN = (RedisClusterException, ClusterError)
-# Of those, the ones that pass by themselves (a slot without a master, a failover, a reshard):
-# worth waiting out, unlike a cluster client misused (CROSSSLOT and the like).
-CLUSTER_UNAVAILABLE = (ClusterDownError, MasterDownError, SlotNotCoveredError, TryAgainError)
+# Of those, the ones that pass by themselves: a slot without a master, a failover, a reshard,
+# and no node answering (redis-py re-reads the slot map after a connection error, and raises
+# RedisClusterException "cannot be connected" when every node refuses). Keys sharing a hash
+# tag, checked in the settings, keep CROSSSLOT (the other RedisClusterException) away.
+CLUSTER_UNAVAILABLE = (
+    ClusterDownError,
+    MasterDownError,
+    SlotNotCoveredError,
+    TryAgainError,
+    RedisClusterException,
+)
 # Commands whose slot an online reader remembers (~100 bytes each), before starting over.
 REMEMBERED_COMMANDS = 100_000
 

@@ -101,6 +101,8 @@ def drained_streams(settings: Settings, client: redis.Redis[bytes]) -> list[str]
     """The streams a drain empties: today's shards, those any earlier `shards` wrote to, and
     the unsharded stream (entries logged before the log was sharded)."""
     names = shard_streams(settings)
+    if len(names) > 1:  # today's shards, for a drain under other settings after this one
+        client.sadd(shards_key(settings), *names)
     written = sorted(m.decode() for m in client.smembers(shards_key(settings)))
     return list(dict.fromkeys([*names, *written, settings.predictions.stream]))
 
@@ -139,8 +141,6 @@ class PredictionLog:
             pipe = self.client.pipeline(transaction=False)
         except StoreUnavailable as exc:  # the cluster did not answer when its client was made
             raise _not_logged(self.settings, exc, self.timeout_s) from exc
-        if not self._announced:  # before the first entry: every drain finds this shard
-            pipe.sadd(shards_key(self.settings), *self.streams)
         for entry in entries:
             # orjson: a tenth of json.dumps' time on the request path; times as ISO 8601 and
             # NaN as null, which the drain's json.loads reads back.
@@ -151,9 +151,18 @@ class PredictionLog:
             # Whatever the failure, it is a 503 that says why: nothing unlogged is answered.
             raise _not_logged(self.settings, exc, self.timeout_s) from exc
         if not self._announced:
-            self._announced = True
-            return replies[1:]
+            self._announce()
         return replies
+
+    def _announce(self) -> None:
+        """Remember this process's shards in Redis, so a drain under other settings finds
+        them. Best effort: the entries are logged already, and a drain always reads the shards
+        its own settings name; the next append tries again."""
+        try:
+            self.client.sadd(shards_key(self.settings), *self.streams)
+        except (redis.RedisError, *CLUSTER_DOWN):
+            return
+        self._announced = True
 
 
 def _not_logged(settings: Settings, exc: Exception, timeout_s: float) -> StoreUnavailable:

@@ -145,6 +145,13 @@ def best_trial(spec: ModelSpec, trials: list[Trial]) -> Trial:
     trial never wins (it was stopped before its best iteration)."""
     metric = search_metric(spec)
     completed = [t for t in trials if not t.pruned]
+    if not completed:  # Optuna prunes a NaN score: every trial scored NaN
+        raise InvalidModelSpec(
+            f"every one of the {len(trials)} search trials was stopped early: their validation "
+            f"{metric} was not a number.",
+            "Check the label and the validation window (rows, values), or use search.method: "
+            "random to see each trial's score.",
+        )
     best = completed[0]
     for trial in completed[1:]:
         if better(metric, trial.score, best.score):

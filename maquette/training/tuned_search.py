@@ -61,7 +61,9 @@ def run_tuned_search(data: TrainingData, announce: Callable[[str], None]) -> lis
         seen: list[tuple[int, float]] = []
         began = time.perf_counter()
         try:
-            result = run_trial(data, params, number, [_reporter(trial, seen)] if prunable else None)
+            result = run_trial(
+                data, params, number, [_reporter(trial, metric, seen)] if prunable else None
+            )
         except _Pruned:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             step, value = seen[-1]
@@ -74,14 +76,16 @@ def run_tuned_search(data: TrainingData, announce: Callable[[str], None]) -> lis
     return results
 
 
-def _reporter(trial: Any, seen: list[tuple[int, float]]) -> Callable[[Any], None]:
+def _reporter(trial: Any, metric: str, seen: list[tuple[int, float]]) -> Callable[[Any], None]:
     """A LightGBM callback reporting each round's validation score; raises _Pruned when the
     pruner says so (LightGBM lets an exception from a callback end training)."""
 
     def report(env: Any) -> None:
-        if not env.evaluation_result_list:
+        # The search metric by name: a spec's own LightGBM `metric` param may list others.
+        found = [e for e in env.evaluation_result_list if e[1] == metric]
+        if not found:
             return
-        value = float(env.evaluation_result_list[0][2])
+        value = float(found[0][2])
         seen.append((env.iteration, value))
         trial.report(value, env.iteration)
         if trial.should_prune():
