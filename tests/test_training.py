@@ -210,9 +210,8 @@ def test_scikit_learn_algorithms_train_and_reload(
     assert np.allclose(again.predict(data.frames["test"])[0], model.predict(data.frames["test"])[0])
 
 
-@pytest.fixture(scope="module")
-def tuned(loaded_project: Settings) -> registry.ModelVersion:
-    """flight_delay trained with the tuned search: eight trials, pruning on, no partitions."""
+def _tuned_settings(loaded_project: Settings) -> Settings:
+    """flight_delay with the tuned search: eight trials, pruning on, no partitions."""
     settings = loaded_project.model_copy(deep=True)
     spec = settings.models["flight_delay"]
     spec.search.method, spec.search.trials, spec.partition_by = "optuna", 8, None
@@ -220,7 +219,12 @@ def tuned(loaded_project: Settings) -> registry.ModelVersion:
     spec.search.early_stopping_rounds = 10
     spec.search.space["learning_rate"] = "loguniform(0.01, 0.1)"
     spec.params = {"n_estimators": 300}
-    return training.train(settings, "flight_delay")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def tuned(loaded_project: Settings) -> registry.ModelVersion:
+    return training.train(_tuned_settings(loaded_project), "flight_delay")
 
 
 def test_the_tuned_search_prunes_trials_that_fall_behind_and_never_picks_one(
@@ -247,12 +251,7 @@ def test_the_tuned_search_is_reproducible_for_a_seed(
 ) -> None:
     from maquette.training.tuned_search import run_tuned_search
 
-    settings = loaded_project.model_copy(deep=True)
-    spec = settings.models["flight_delay"]
-    spec.search.method, spec.search.trials, spec.partition_by = "optuna", 8, None
-    spec.search.early_stopping_rounds = 10
-    spec.search.space["learning_rate"] = "loguniform(0.01, 0.1)"
-    spec.params = {"n_estimators": 300}
+    settings = _tuned_settings(loaded_project)
     again = run_tuned_search(prepare(settings, "flight_delay"), lambda _: None)
     first = tuned.record.search.trials
     assert [(t.params, t.pruned) for t in again] == [(t.params, t.pruned) for t in first]

@@ -320,12 +320,8 @@ def drain(
     """
     try:
         streams = drained_streams(settings, shared_client(settings, 30.0))
-    except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN) as exc:
-        raise StoreUnavailable(
-            f"cannot drain predictions from {shared_store(settings)}: {exc}",
-            "Start Redis (`maquette redis start`; on a cluster, every slot needs a master) and "
-            "run the drain again.",
-        ) from exc
+    except REDIS_AWAY as exc:
+        raise _drain_unavailable(settings, exc) from exc
     if len(streams) == 1:
         return _drain_stream(settings, streams[0], consumer, max_batches)
     with ThreadPoolExecutor(len(streams), thread_name_prefix="drain") as pool:
@@ -364,12 +360,20 @@ def _drain_stream(
             )
         try:
             return _drain_locked(settings, stream, consumer, max_batches)
-        except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN) as exc:
-            raise StoreUnavailable(
-                f"cannot drain predictions from {shared_store(settings)}: {exc}",
-                "Start Redis (`maquette redis start`; on a cluster, every slot needs a "
-                "master) and run the drain again.",
-            ) from exc
+        except REDIS_AWAY as exc:
+            raise _drain_unavailable(settings, exc) from exc
+
+
+# Redis (or the cluster) not answering: what a drain or a count turns into StoreUnavailable.
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN)
+
+
+def _drain_unavailable(settings: Settings, exc: Exception) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"cannot drain predictions from {shared_store(settings)}: {exc}",
+        "Start Redis (`maquette redis start`; on a cluster, every slot needs a master) and "
+        "run the drain again.",
+    )
 
 
 def _drain_locked(
@@ -418,7 +422,7 @@ def pending(settings: Settings) -> int:
     try:
         client = shared_client(settings, 5.0)
         return sum(int(client.xlen(s)) for s in drained_streams(settings, client))
-    except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_DOWN) as exc:
+    except REDIS_AWAY as exc:
         raise StoreUnavailable(
             f"cannot count the logged predictions in {shared_store(settings)}: {exc}",
             "Start Redis (`maquette redis start`; on a cluster, every slot needs a master).",
