@@ -27,7 +27,7 @@ Credential = Annotated[SecretStr | None, BeforeValidator(_empty_is_unset)]
 
 
 class RedisSettings(Section):
-    """The online store. Without `url`, Maquette runs its own redis-server."""
+    """The online store. Without `url` or `cluster`, Maquette runs its own redis-server."""
 
     url: Annotated[str | None, BeforeValidator(_empty_is_unset)] = Field(
         None,
@@ -47,7 +47,8 @@ class RedisSettings(Section):
     appendfsync: Literal["always", "everysec", "no"] = Field(
         "everysec",
         description="AOF fsync policy of the embedded Redis: everysec loses up to ~1 s of "
-        "acknowledged writes if the machine (not the process) crashes; always loses none.",
+        "acknowledged writes if the machine crashes (up to 2 s, also on a crash of Redis "
+        "alone, while a slow disk holds an fsync); always loses none.",
     )
     start_timeout_s: float = Field(10.0, description="How long to wait for the server to answer.")
     password: Credential = Field(

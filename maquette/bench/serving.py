@@ -22,9 +22,9 @@ from rich.console import Console
 from maquette.bench.dataset import bench_dataset, entity_rows
 from maquette.bench.harness import default_model, free_port, results_table, wait_http
 from maquette.config import Settings
-from maquette.data.redis_server import redis_url
 from maquette.features.layer import FeatureLayer
-from maquette.serving.prediction_log import predictions_in
+from maquette.features.redis_cluster import shared_client
+from maquette.serving.prediction_log import drained_streams, predictions_in, shards_key
 from maquette.serving.server import bentoml_home, service_process
 
 BENCH_PREDICTIONS = "maquette:bench:predictions"
@@ -147,12 +147,18 @@ def run_serving_benchmark(settings: Settings, seconds: int, console: Console) ->
 
 
 def _bench_log_length_and_clear(settings: Settings) -> int:
-    import redis
-
-    client = redis.Redis.from_url(redis_url(settings))
-    logged, start = 0, "-"
-    while entries := client.xrange(BENCH_PREDICTIONS, start, "+", count=1000):
-        logged += sum(len(predictions_in(i, fields)) for i, fields in entries)
-        start = "(" + entries[-1][0].decode()
-    client.delete(BENCH_PREDICTIONS)
+    """Predictions the bench's servers logged, counted and deleted: every shard of the bench
+    stream (predictions.shards) on the project's Redis or cluster, and its shard set."""
+    bench = settings.model_copy(deep=True)
+    bench.predictions.stream = BENCH_PREDICTIONS
+    client = shared_client(bench)
+    streams = drained_streams(bench, client)
+    logged = 0
+    for stream in streams:
+        start = "-"
+        while entries := client.xrange(stream, start, "+", count=1000):
+            logged += sum(len(predictions_in(i, fields)) for i, fields in entries)
+            start = "(" + entries[-1][0].decode()
+        client.delete(stream)
+    client.delete(shards_key(bench))
     return logged

@@ -10,9 +10,18 @@ import pytest
 from rich.console import Console
 
 from maquette.bench.harness import peak_rss_mb, results_table, run_child
-from maquette.bench.serving import FLOOR, MAQUETTE, STOCK
+from maquette.bench.serving import (
+    BENCH_PREDICTIONS,
+    FLOOR,
+    MAQUETTE,
+    STOCK,
+    _bench_log_length_and_clear,
+)
 from maquette.bench.startup import ready_seconds
-from maquette.config import Settings
+from maquette.config import Settings, load_settings
+from maquette.features.redis_cluster import shared_client
+from maquette.serving.prediction_log import PredictionLog, shard_streams, shards_key
+from tests.conftest import make_project
 
 
 def test_peak_rss_is_this_process_high_water_mark_in_mb() -> None:
@@ -30,6 +39,25 @@ def test_results_table_prints_and_returns_the_same_rows_as_markdown() -> None:
     markdown = results_table(console, "title", ("case", "stock", "Maquette"), [("a", "1", "2")])
     assert markdown == "| case | stock | Maquette |\n|---|---|---|\n| a | 1 | 2 |"
     assert "title" in console.export_text()
+
+
+def test_the_serving_bench_counts_and_deletes_every_shard_of_its_stream(
+    tmp_path: Path, running_redis: str
+) -> None:
+    # The bench's servers log into a stream of their own, sharded as the project's log is:
+    # counting one stream left the other shards' entries in the project's Redis.
+    folder = make_project(tmp_path, running_redis, predictions={"shards": 3})
+    bench = load_settings(folder)
+    bench.predictions.stream = BENCH_PREDICTIONS
+    log = PredictionLog(bench)
+    for i in range(3):
+        log.append([{"prediction_id": [f"a{i}", f"b{i}"], "prediction": [1.0, 2.0]}])
+    streams = shard_streams(bench)
+    client = shared_client(bench)
+    assert len(streams) == 3 and all(client.xlen(s) == 1 for s in streams)
+
+    assert _bench_log_length_and_clear(load_settings(folder)) == 6
+    assert not client.exists(*streams, shards_key(bench))
 
 
 def test_wrk_script_and_comparison_servers_ship_with_the_package() -> None:
