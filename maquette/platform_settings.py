@@ -223,7 +223,9 @@ class PredictionLogSettings(Section):
         return self
 
 
-Component = Literal["redis", "prefect", "deployments", "service", "stream", "console"]
+Component = Literal["redis", "postgres", "prefect", "deployments", "service", "stream", "console"]
+# The drivers Prefect's server takes a PostgreSQL URL with: asyncpg only.
+_POSTGRES_SCHEMES = ("postgresql+asyncpg://", "postgresql://", "postgres://")
 
 
 class ScheduleSettings(Section):
@@ -268,7 +270,38 @@ class OrchestrationSettings(Section):
     )
     components: list[Component] = Field(
         default_factory=lambda: list(get_args(Component)),
-        description="What `maquette up` starts (dependencies first; `down` stops in reverse).",
+        description="What `maquette up` starts (dependencies first; `down` stops in reverse). "
+        "postgres only runs with orchestration.database.engine postgresql and no url, and "
+        "then comes with prefect.",
+    )
+    database: Literal["sqlite", "postgresql"] = Field(
+        "sqlite",
+        description="Where the Prefect server keeps flow runs, schedules and logs. sqlite: a "
+        "file under the state folder (one server; SQLite locks under concurrent load); "
+        "postgresql: database_url, or, without one, a PostgreSQL Maquette runs itself (the "
+        "component `postgres`).",
+    )
+    database_url: Credential = Field(
+        None,
+        description="postgresql+asyncpg://user:password@host:port/database of a PostgreSQL you "
+        "run, the database created (MAQUETTE_ORCHESTRATION_DATABASE_URL). Unset with database "
+        "postgresql: Maquette runs its own.",
+    )
+    postgres_port: int = Field(4213, description="Port of the embedded PostgreSQL (loopback).")
+    postgres_data: Path | None = Field(
+        None,
+        description="Data folder of the embedded PostgreSQL; null: <state>/postgres. Run as "
+        "root, PostgreSQL runs as postgres_os_user, who must be able to reach this folder.",
+    )
+    postgres_os_user: str = Field(
+        "postgres",
+        description="The system user the embedded PostgreSQL runs as when Maquette runs as "
+        "root (PostgreSQL refuses root); Debian's postgresql package creates it.",
+    )
+    postgres_password: Credential = Field(
+        None,
+        description="Password of the embedded PostgreSQL's user `maquette`; null: generated "
+        "once into <state>/secrets/postgres_password.",
     )
     schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
     timezone: str = Field("UTC", description="Time zone of the cron schedules.")
@@ -283,7 +316,21 @@ class OrchestrationSettings(Section):
         description="Daily batch predictions go to <folder>/<model>/<first>_<last>.parquet, "
         "named by the UTC dates of the scored entities' earliest and latest event time.",
     )
-    run_limit: int = Field(4, ge=1, description="Flow runs the runner executes at the same time.")
+    run_limit: int = Field(
+        4, ge=1, description="Flow runs the runner (or a worker) executes at the same time."
+    )
+    work_pool: str | None = Field(
+        None,
+        description="null: the `deployments` component serves the deployments and runs their "
+        "flows itself (Prefect's serve). A name: it puts them on this Prefect process work pool "
+        "(created if missing), whose workers run them, here and on other machines "
+        "(`maquette worker`); entrypoints are relative to the project folder.",
+    )
+    local_worker: bool = Field(
+        True,
+        description="With work_pool: the `deployments` component also runs a worker of the "
+        "pool on this machine; false: only workers started elsewhere run the flows.",
+    )
     # Measured (BENCHMARKS.md, issue 18): a flow run is a fresh Python importing Prefect, ~4 s
     # of CPU for the per-minute drain alone; on two cores that lands on the service's latency.
     # Measured (BENCHMARKS.md, issue 18): Feast checks its definition classes with typeguard,
@@ -322,6 +369,30 @@ class OrchestrationSettings(Section):
         description="Failed starts in a row before a crash-looping component is given up "
         "(`maquette status` says so; `maquette up` tries again).",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is None:
+            return None
+        text = url.get_secret_value()
+        scheme = next((s for s in _POSTGRES_SCHEMES if text.startswith(s)), None)
+        if scheme is None:
+            raise ValueError(
+                "orchestration.database_url must be a PostgreSQL URL: "
+                "postgresql+asyncpg://user:password@host:port/database"
+            )
+        # Prefect's server speaks to PostgreSQL through asyncpg: a plain URL gets that driver.
+        return SecretStr("postgresql+asyncpg://" + text[len(scheme) :])
+
+    @model_validator(mode="after")
+    def _url_needs_postgresql(self) -> OrchestrationSettings:
+        if self.database_url is not None and self.database != "postgresql":
+            raise ValueError(
+                "orchestration.database_url is set but orchestration.database is "
+                f"{self.database!r}: set database: postgresql (or unset the URL)"
+            )
+        return self
 
     @property
     def prefect_url(self) -> str:

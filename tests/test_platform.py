@@ -276,13 +276,14 @@ def test_up_starts_everything_and_a_killed_component_is_reported_and_restarted(
 def test_status_of_a_project_never_started_says_stopped(tmp_path: Path) -> None:
     folder = make_project(tmp_path / "project", None, redis={"port": free_port()})
     states = _states(load_settings(folder))
-    assert states == dict.fromkeys(platform.COMPONENTS, "stopped")
+    # postgres only with orchestration.database: postgresql (SQLite here, the default)
+    assert states == {n: "stopped" for n in platform.COMPONENTS if n != "postgres"}
 
 
 def test_an_unknown_component_is_a_config_error_listing_the_known_ones(tmp_path: Path) -> None:
     folder = make_project(tmp_path / "project", None)
     result = runner.invoke(app, ["status", "--component", "kafka", "--project", str(folder)])
-    assert result.exit_code == 2 and "redis, prefect, deployments" in result.output
+    assert result.exit_code == 2 and "redis, postgres, prefect, deployments" in result.output
 
 
 def test_deployments_follow_the_settings_and_skip_missing_flows(

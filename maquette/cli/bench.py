@@ -219,6 +219,24 @@ def bench_replicas(
         out.write_text(markdown)
 
 
+@bench_app.command("prefect-database")
+def bench_prefect_database(
+    tasks: Annotated[int, typer.Option(help="Task runs in the flow.")] = 200,
+    runs: Annotated[int, typer.Option(help="Flows per database (the median is shown).")] = 3,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """The Prefect server's state in SQLite vs PostgreSQL: one flow of N task runs, same run.
+
+    Example: maquette bench prefect-database --tasks 200
+    """
+    from maquette.bench.prefect_database import run_prefect_database_benchmark
+
+    markdown = run_prefect_database_benchmark(project_settings(project), tasks, runs, console)
+    if out:
+        out.write_text(markdown)
+
+
 @bench_app.command("startup")
 def bench_startup(
     runs: Annotated[int, typer.Option(help="Starts of each server (and of `maquette up`).")] = 3,

@@ -2,6 +2,7 @@
 
     component     process                                          health check
     redis         redis-server (the embedded one; AOF on)          PING
+    postgres      PostgreSQL for Prefect (database: postgresql)    a query as Prefect's user
     prefect       prefect server start, PREFECT_HOME in the state   GET /api/health
     deployments   <paths.flows>/deployments.py: Prefect `serve`     GET /health of the runner
     service       bentoml serve of <paths.bentos>/service.py        GET /readyz (/healthz: unready)
@@ -30,7 +31,7 @@ import psutil
 import redis
 
 from maquette.config import Settings
-from maquette.data import redis_server
+from maquette.data import postgres_server, redis_server
 from maquette.data.secrets import redact
 from maquette.errors import ComponentFailed, ConfigError
 from maquette.platform import schedules, supervisor
@@ -89,6 +90,9 @@ def _address(settings: Settings, name: str) -> str | None:
     o = settings.orchestration
     return {
         "redis": redis_server.store_url(settings),
+        "postgres": postgres_server.connection_url(settings)
+        if postgres_server.uses_postgres(settings)
+        else None,
         "prefect": o.prefect_url,
         "deployments": f"http://{o.host}:{o.runner_port}",
         "service": f"http://{settings.serving.host}:{settings.serving.port}",
@@ -120,6 +124,8 @@ def _health(settings: Settings, name: str, age_s: float) -> str:
     url = _address(settings, name)
     if name == "redis":
         return "running" if redis_server.ping(str(url)) else "starting"
+    if name == "postgres":
+        return "running" if postgres_server.answers(settings) else "starting"
     if name == "prefect":
         return "running" if _answers(f"{url}/api/health") else "starting"
     if name == "deployments":
@@ -136,8 +142,12 @@ def _health(settings: Settings, name: str, age_s: float) -> str:
 def _detail(settings: Settings, name: str, state: str) -> str:
     if name == "redis":
         return f"embedded, AOF appendfsync {settings.redis.appendfsync}"
+    if name == "postgres":
+        where = postgres_server.data_dir(settings)
+        return f"embedded PostgreSQL {postgres_server.version() or ''}, data in {where}"
     if name == "prefect":
-        return "UI at /, API at /api"
+        kept = "PostgreSQL" if postgres_server.uses_postgres(settings) else "SQLite"
+        return f"UI at /, API at /api; state in {kept}"
     if name == "deployments" and state == "running":
         count = deployment_count(settings)  # authenticated, with a CSRF token
         if count is not None:
@@ -161,6 +171,12 @@ def _component_status(
         answering = redis_server.answers(settings)
         given = "redis.cluster" if settings.redis.cluster else "redis.url"
         detail = f"external ({given})" + ("" if answering else ": does not answer")
+        return ComponentStatus(name, "running" if answering else "stopped", url, None, None, detail)
+    if name == "postgres" and not postgres_server.is_embedded(settings):
+        answering = postgres_server.answers(settings)
+        detail = "external (orchestration.database_url)" + (
+            "" if answering else ": does not answer"
+        )
         return ComponentStatus(name, "running" if answering else "stopped", url, None, None, detail)
     if program is None:
         return _unsupervised_status(settings, name, url, log)
@@ -232,6 +248,16 @@ def _names(settings: Settings, components: list[str] | None, known: bool) -> lis
         raise ConfigError(
             f"unknown component(s): {', '.join(unknown)}.", f"Choose from {', '.join(COMPONENTS)}."
         )
+    if not postgres_server.uses_postgres(settings):
+        if components is not None and "postgres" in components:
+            raise ConfigError(
+                "the component postgres runs the Prefect server's PostgreSQL, and "
+                "orchestration.database is sqlite.",
+                "Set orchestration.database: postgresql to keep Prefect's state in PostgreSQL.",
+            )
+        names = [n for n in names if n != "postgres"]
+    elif "prefect" in names and "postgres" not in names:
+        names.append("postgres")  # the Prefect server's own database comes with it
     if known and components is None:  # also whatever the supervisor runs from an earlier setting
         names += [n for n in supervisor.programs(settings) if n not in names]
     return sorted(names, key=COMPONENTS.index)
@@ -268,8 +294,13 @@ def require_project_files(settings: Settings, components: list[str]) -> None:
 
 
 def _supervised(settings: Settings, names: list[str]) -> list[str]:
-    """The components the supervisor runs: all but an external Redis (or cluster)."""
-    return [n for n in names if not (n == "redis" and not redis_server.is_embedded(settings))]
+    """The components the supervisor runs: all but an external Redis (or cluster) and an
+    external PostgreSQL."""
+    external = {
+        "redis": not redis_server.is_embedded(settings),
+        "postgres": not postgres_server.is_embedded(settings),
+    }
+    return [n for n in names if not external.get(n, False)]
 
 
 def up(
@@ -290,6 +321,8 @@ def up(
     with _exclusive(settings):
         if not redis_server.is_embedded(settings) and "redis" in names:
             redis_server.ensure_redis(settings)  # external: it must answer, it is not ours
+        if "postgres" in names and not postgres_server.is_embedded(settings):
+            _external_postgres_answers(settings)
         # Every component the supervisor already knows stays in its config.
         known = [n for n in supervisor.programs(settings) if n not in names]
         supervisor.start(
@@ -299,6 +332,16 @@ def up(
         if wait:
             _wait_until_up(settings, started)
     return status(settings, names)
+
+
+def _external_postgres_answers(settings: Settings) -> None:
+    if not postgres_server.answers(settings, timeout_s=5.0):
+        raise ComponentFailed(
+            f"the PostgreSQL of orchestration.database_url ({_url(settings, 'postgres')}) does "
+            "not answer a query as its user.",
+            "Check that it runs, that the URL's user, password and database are right (the "
+            "database must exist), then run `maquette up` again.",
+        )
 
 
 def wait_until_up(settings: Settings, components: list[str]) -> list[ComponentStatus]:

@@ -31,20 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, cast
 
 from maquette.config import Settings
 from maquette.errors import ConfigError
 from maquette.platform.flows import FLOW_NAMES, flow_file, project_flow
+from maquette.platform.runner_health import health_server, lower_priority
 from maquette.platform.schedules import held_schedules
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments.runner import RunnerDeployment
-    from prefect.runner import Runner
 
 log = logging.getLogger("maquette.deployments")
 
@@ -147,9 +145,17 @@ def _closed(deployment: RunnerDeployment) -> RunnerDeployment:
 
 def serve_deployments(settings: Settings) -> None:
     """Create or update the deployments on the Prefect server and run their flow runs (blocks),
-    answering GET /health on the runner port meanwhile."""
+    answering GET /health on the runner port meanwhile. With `orchestration.work_pool`, they
+    go to that work pool instead, whose workers run them (`platform.work_pool`)."""
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
+    from prefect.runner.server import perform_health_check
+
+    if settings.orchestration.work_pool is not None:
+        from maquette.platform.work_pool import serve_on_work_pool
+
+        serve_on_work_pool(settings, flow_deployments(settings))
+        return
 
     # Flow runs are child processes: they inherit the runner's niceness.
     lower_priority(settings.orchestration.flow_run_niceness)
@@ -157,7 +163,8 @@ def serve_deployments(settings: Settings) -> None:
     runner = Runner(limit=settings.orchestration.run_limit, pause_on_shutdown=False)
     for deployment in flow_deployments(settings):
         runner.add_deployment(deployment)
-    health = runner_health_server(settings, runner)
+    check = perform_health_check(runner)
+    health = health_server(settings, lambda: check().status_code == 200)
     threading.Thread(target=health.serve_forever, name="runner-health", daemon=True).start()
     try:
         asyncio.run(runner.start(webserver=False))
@@ -166,44 +173,3 @@ def serve_deployments(settings: Settings) -> None:
     finally:
         health.shutdown()
         health.server_close()
-
-
-def lower_priority(niceness: int) -> None:
-    """Raise this process's niceness to `niceness` (never lowers it: that needs privileges)."""
-    current = os.nice(0)
-    if niceness > current:
-        os.nice(niceness - current)
-
-
-def runner_health_server(settings: Settings, runner: Runner) -> ThreadingHTTPServer:
-    """An HTTP server on `orchestration.host:runner_port` answering GET /health only: 200 while
-    the runner polls the Prefect server on time, else 503 (Prefect's own health rule)."""
-    from prefect.runner.server import perform_health_check
-
-    check = perform_health_check(runner)
-
-    class Health(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != "/health":
-                self._answer(404, b'{"detail": "only GET /health is served here"}')
-                return
-            healthy = check().status_code == 200
-            self._answer(200 if healthy else 503, b'{"message": "OK"}' if healthy else b"{}")
-
-        def do_POST(self) -> None:
-            self._answer(405, b'{"detail": "only GET /health is served here"}')
-
-        do_PUT = do_DELETE = do_PATCH = do_POST
-
-        def _answer(self, code: int, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # `maquette status` polls it: no line per check in the runner's log
-
-    o = settings.orchestration
-    return ThreadingHTTPServer((o.host, o.runner_port), Health)

@@ -22,7 +22,7 @@ import httpx
 import psutil
 
 from maquette.config import Settings, load_settings
-from maquette.data import redis_server
+from maquette.data import postgres_server, redis_server
 from maquette.data.secrets import write_private
 from maquette.platform.flows import prefect_api_url, prefect_auth, runner_file
 from maquette.platform.supervisor import (
@@ -35,8 +35,9 @@ from maquette.serving.server import bentoml_home, optimized_python, service_comm
 
 # Environment variable carrying component_mark(): inherited by every child of a component.
 MARK = "MAQUETTE_COMPONENT"
-COMPONENTS = ("redis", "prefect", "deployments", "service", "stream", "console")
-# What each component needs answering before it starts (when the platform runs it).
+COMPONENTS = ("redis", "postgres", "prefect", "deployments", "service", "stream", "console")
+# What each component needs answering before it starts (when the platform runs it); the
+# Prefect server also needs its PostgreSQL, when it keeps its state there (`needs`).
 NEEDS = {"deployments": ("prefect",), "service": ("redis",), "stream": ("redis",)}
 # Starts counted for crash loops: more than `orchestration.start_retries` restarts in this
 # window and the component is given up (until the next `maquette up`).
@@ -68,12 +69,18 @@ def prefect_client_env(settings: Settings) -> dict[str, str]:
 
 def prefect_server_env(settings: Settings) -> dict[str, str]:
     """The Prefect server's locks: the auth string on every API call but the health check,
-    a CSRF token on every change, and browsers allowed only from the server's own origin."""
+    a CSRF token on every change, and browsers allowed only from the server's own origin;
+    and its database, when that is PostgreSQL (the URL holds a password: environment only)."""
     o = settings.orchestration
     origins = [o.prefect_url]
     if o.host == "127.0.0.1":  # the UI opened as localhost calls the API at 127.0.0.1
         origins.append(f"http://localhost:{o.prefect_port}")
+    database = {}
+    if postgres_server.uses_postgres(settings):
+        url = postgres_server.connection_url(settings)
+        database = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": url}
     return {
+        **database,
         **prefect_client_env(settings),
         "PREFECT_SERVER_API_AUTH_STRING": prefect_auth(settings),
         "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
@@ -100,6 +107,8 @@ def component_command(settings: Settings, name: str) -> tuple[list[str], dict[st
     o, project = settings.orchestration, str(settings.project_dir)
     if name == "redis":
         return redis_server.embedded_command(settings), env
+    if name == "postgres":
+        return postgres_server.server_command(settings), env
     if name == "service":
         return service_command(settings, settings.serving.host, settings.serving.port, env)
     python = [sys.executable]
@@ -136,6 +145,12 @@ def leftovers(settings: Settings, name: str) -> list[psutil.Process]:
 
 def stop_leftovers(settings: Settings, name: str, timeout_s: float = 5.0) -> int:
     """SIGTERM, then SIGKILL, to what an earlier incarnation left; returns how many there were."""
+    # PostgreSQL's processes rewrite their environment (their titles): its lock file names them.
+    stopped = int(
+        name == "postgres"
+        and postgres_server.is_embedded(settings)
+        and postgres_server.stop(settings, timeout_s)
+    )
     found = leftovers(settings, name)
     for process in found:
         with contextlib.suppress(psutil.Error):
@@ -145,13 +160,22 @@ def stop_leftovers(settings: Settings, name: str, timeout_s: float = 5.0) -> int
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(alive, timeout=timeout_s)
-    return len(found)
+    return stopped + len(found)
+
+
+def needs(settings: Settings, name: str) -> tuple[str, ...]:
+    """The components that must answer before `name` starts."""
+    if name == "prefect" and postgres_server.uses_postgres(settings):
+        return ("postgres",)
+    return NEEDS.get(name, ())
 
 
 def answers(settings: Settings, name: str) -> bool:
-    """True when a dependency answers: Redis PING, Prefect's /api/health."""
+    """True when a dependency answers: Redis PING, a query to PostgreSQL, Prefect's /api/health."""
     if name == "redis":
         return redis_server.answers(settings)
+    if name == "postgres":
+        return postgres_server.answers(settings)
     try:
         url = f"{prefect_api_url(settings)}/health"
         return httpx.get(url, timeout=2).status_code == 200
@@ -162,7 +186,7 @@ def answers(settings: Settings, name: str) -> bool:
 def wait_for_dependencies(settings: Settings, name: str) -> None:
     """Block until every dependency answers, retrying with backoff (up to 5 s apart)."""
     delay = 0.2
-    for needed in NEEDS.get(name, ()):
+    for needed in needs(settings, name):
         since = time.monotonic()
         while not answers(settings, needed):
             if delay >= 5:
@@ -240,8 +264,14 @@ def main(argv: list[str] | None = None) -> None:
         _say(f"stopped {stopped} leftover process(es) of an earlier {args.component}")
     wait_for_dependencies(settings, args.component)
     command, env = component_command(settings, args.component)
+    folder = settings.project_dir
+    if args.component == "postgres":
+        folder = postgres_server.initialize(settings).parent  # a folder its user can enter
+        env |= postgres_server.become_os_user(settings)
+    elif args.component == "prefect":
+        postgres_server.ensure_database(settings)
     sys.stdout.flush()
-    os.chdir(settings.project_dir)
+    os.chdir(folder)
     os.execvpe(command[0], command, env)
 
 

@@ -162,6 +162,8 @@ def _program(settings: Settings, name: str, digest: str) -> str:
             # The whole process group gets the signal: workers and flow runs stop with it.
             "stopasgroup=true",
             "killasgroup=true",
+            # PostgreSQL's SIGTERM waits for every client to leave; SIGINT is its fast shutdown.
+            *(["stopsignal=INT"] if name == "postgres" else []),
             f"stopwaitsecs={max(1, round(o.stop_timeout_s))}",
             "redirect_stderr=true",
             f"stdout_logfile={_escape(str(log))}",

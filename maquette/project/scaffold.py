@@ -22,8 +22,8 @@ import yaml
 from maquette.errors import ConfigError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-# Ports are drawn from this range (below Linux's ephemeral ports, 32768 and up), four in a row.
-_PORT_LOW, _PORT_SLOTS, _PER_PROJECT = 20_000, 3_000, 5
+# Ports are drawn from this range (below Linux's ephemeral ports, 32768 and up), six in a row.
+_PORT_LOW, _PORT_SLOTS, _PER_PROJECT = 20_000, 2_000, 6
 # What a user writes (or replaces) for their project; feature_store.yaml mirrors maquette.yaml.
 _USER_FILES = ("maquette.yaml", "feature_repo/*.py", "features_sql/*.sql")
 # The faults `maquette bench alerts` injects into a replay of the example's June.
@@ -32,14 +32,15 @@ EXAMPLE_ONLY = "alert_faults.yaml"
 
 @dataclass(frozen=True)
 class ProjectPorts:
-    """The loopback ports of one project's embedded Redis, service, Prefect server, runner and
-    console."""
+    """The loopback ports of one project's embedded Redis, service, Prefect server, runner,
+    console and PostgreSQL (used with orchestration.database: postgresql)."""
 
     redis: int
     serving: int
     prefect: int
     runner: int
     console: int
+    postgres: int
 
 
 @dataclass
@@ -108,7 +109,7 @@ def init_project(
 
 
 def project_ports(folder: Path) -> ProjectPorts:
-    """Five consecutive free loopback ports derived from the folder's path.
+    """Six consecutive free loopback ports derived from the folder's path.
 
     The same path asks for the same ports first, so re-running init is stable; another path
     gets others. A taken port moves the whole group on to the next slot.
@@ -129,18 +130,22 @@ def project_ports(folder: Path) -> ProjectPorts:
 
 def _ports_in_settings(folder: Path) -> ProjectPorts | None:
     """The ports an existing maquette.yaml in `folder` names, if it names the first four (one
-    written before the console had a port gets the first free one after the runner's)."""
+    written before the console or PostgreSQL had a port gets the first free one after the
+    runner's, or the console's)."""
     try:
         found = yaml.safe_load((folder / "maquette.yaml").read_text()) or {}
         orchestration = found["orchestration"]
         runner = int(orchestration["runner_port"])
         console = (found.get("console") or {}).get("port")
+        console = int(console) if console is not None else _first_free(runner + 1)
+        postgres = orchestration.get("postgres_port")
         return ProjectPorts(
             int(found["redis"]["port"]),
             int(found["serving"]["port"]),
             int(orchestration["prefect_port"]),
             runner,
-            int(console) if console is not None else _first_free(runner + 1),
+            console,
+            int(postgres) if postgres is not None else _first_free(console + 1),
         )
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
@@ -192,6 +197,7 @@ def _values(folder: Path, ports: ProjectPorts, example: bool) -> dict[str, str]:
         "prefect_port": str(ports.prefect),
         "runner_port": str(ports.runner),
         "console_port": str(ports.console),
+        "postgres_port": str(ports.postgres),
         "models": models.rstrip("\n"),
     }
 

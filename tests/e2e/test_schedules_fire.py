@@ -8,6 +8,10 @@ exits, as Feast's temporary folder is: inherited by the runner, it killed every 
 Meanwhile materialize and monitor, due every minute too, are held paused (as the demo holds
 them while it trains and replays) from before the runner starts: they get no run until released,
 then they do.
+
+Run twice: with the Prefect server's state in SQLite (the default) and in the PostgreSQL the
+platform runs for it (`orchestration.database: postgresql`), which, killed, comes back by
+itself with what the server had stored.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import psutil
 import pytest
 
 from maquette.config import Settings, load_settings
+from maquette.data import postgres_server
 from maquette.platform import components as platform
 from tests.conftest import free_port, make_project
 from tests.test_platform import drained_ids, log_predictions, wait_for
@@ -67,8 +72,11 @@ def _paused(settings: Settings, name: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # two `up`s (400 s at most), the scheduled run (240 s), status (120 s)
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_a_scheduled_drain_completes_after_up_has_exited_while_held_schedules_create_no_run(
-    tmp_path: Path,
+    tmp_path: Path, database: str
 ) -> None:
     folder = make_project(
         tmp_path / "project",
@@ -77,6 +85,8 @@ def test_a_scheduled_drain_completes_after_up_has_exited_while_held_schedules_cr
         orchestration={
             "prefect_port": free_port(),
             "runner_port": free_port(),
+            "postgres_port": free_port(),
+            "database": database,
             "components": ["redis", "prefect", "deployments"],
             "schedules": {
                 "materialize": EVERY_MINUTE,
@@ -111,6 +121,8 @@ def test_a_scheduled_drain_completes_after_up_has_exited_while_held_schedules_cr
             _held_ones_have_no_run(settings)
             _a_scheduled_drain_completes(settings)
             _held_ones_have_no_run(settings)  # not even once a run of the same cron has run
+            if database == "postgresql":
+                _a_killed_postgres_comes_back_with_the_runs(settings)
 
         # Released, they are active again and the scheduler gives them runs.
         for name in (MATERIALIZE, MONITOR):
@@ -118,6 +130,33 @@ def test_a_scheduled_drain_completes_after_up_has_exited_while_held_schedules_cr
             wait_for(lambda n=name: scheduled_runs(settings, n), 120, f"{name}'s scheduled runs")
     finally:
         platform.down(settings)
+        if database == "postgresql":
+            shutil.rmtree(postgres_server.data_dir(settings), ignore_errors=True)
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a row of `maquette status`'s table (the first and last are its borders)."""
+    return [cell.strip() for cell in line.split("│")]
+
+
+def _a_killed_postgres_comes_back_with_the_runs(settings: Settings) -> None:
+    """SIGKILL of the PostgreSQL: the supervisor starts it again, nobody asking, and the
+    Prefect server reads the runs it stored before (crash recovery from its WAL)."""
+    before = {s.name: s for s in platform.status(settings)}["postgres"]
+    assert before.state == "running" and before.pid, before
+    completed = len(scheduled_runs(settings, DRAIN, ["COMPLETED"]))
+    psutil.Process(before.pid).kill()
+
+    def back() -> bool:
+        now = {s.name: s for s in platform.status(settings)}["postgres"]
+        return now.state == "running" and now.restarts >= 1 and now.pid != before.pid
+
+    wait_for(back, 120, "the supervisor to restart the killed PostgreSQL")
+    wait_for(
+        lambda: len(scheduled_runs(settings, DRAIN, ["COMPLETED"])) >= completed,
+        120,
+        "the Prefect server to read its runs from the restarted PostgreSQL",
+    )
 
 
 def _held_ones_have_no_run(settings: Settings) -> None:
@@ -153,3 +192,10 @@ def _a_scheduled_drain_completes(settings: Settings) -> None:
     line = next(x for x in shown.stdout.splitlines() if DRAIN in x)
     assert EVERY_MINUTE in line and "Completed" in line and "scheduled" in line, shown.stdout
     assert "scheduler is failing" not in shown.stdout, shown.stdout
+    kept = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[settings.orchestration.database]
+    rows = {cells[1]: cells for x in shown.stdout.splitlines() if len(cells := _cells(x)) > 2}
+    assert f"state in {kept}" in rows["prefect"][-2], shown.stdout
+    if kept == "PostgreSQL":  # its own line: running, where its data is, its password hidden
+        assert rows["postgres"][2] == "running", shown.stdout
+        assert "embedded PostgreSQL 1" in rows["postgres"][-2], shown.stdout
+        assert postgres_server.password(settings) not in shown.stdout

@@ -1,0 +1,314 @@
+"""The Prefect server's PostgreSQL: use the configured one, or initialize and run our own.
+
+With `orchestration.database: postgresql` and no `database_url`, the platform runs a PostgreSQL
+of its own (the component `postgres`): Debian's binaries (found on PATH or under
+/usr/lib/postgresql/<version>/bin), a data folder initialized on first start with `initdb`,
+password authentication (scram-sha-256) for the user `maquette` (its password generated into
+`<state>/secrets/postgres_password`), TCP on loopback only, no unix socket. Prefect's tables go
+into the database `prefect`, created when missing before the Prefect server starts.
+
+PostgreSQL refuses to run as root. Run as root (a container, CI), Maquette runs it as
+`orchestration.postgres_os_user` (Debian's `postgres`), and its data folder cannot be under the
+state folder, which is private to root: it is then in that user's home
+(`/var/lib/postgresql/maquette/<project>`), unless `postgres_data` names another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import psutil
+
+from maquette.config import Settings
+from maquette.data.secrets import generated_secret
+from maquette.errors import ComponentFailed, ConfigError
+
+INSTALL_HINT = (
+    "Install PostgreSQL (`apt-get install postgresql`), or point "
+    "MAQUETTE_ORCHESTRATION_DATABASE_URL at a PostgreSQL you run."
+)
+PASSWORD_SECRET = "postgres_password"  # <state>/secrets/postgres_password
+USER = "maquette"
+DATABASE = "prefect"
+DEBIAN_BINARIES = Path("/usr/lib/postgresql")
+
+
+def uses_postgres(settings: Settings) -> bool:
+    """True when the Prefect server keeps its state in PostgreSQL."""
+    return settings.orchestration.database == "postgresql"
+
+
+def is_embedded(settings: Settings) -> bool:
+    """True when Maquette runs the PostgreSQL itself (postgresql, no database_url)."""
+    return uses_postgres(settings) and settings.orchestration.database_url is None
+
+
+def binary(name: str) -> Path:
+    """`postgres` or `initdb`: from PATH, else Debian's newest /usr/lib/postgresql/*/bin."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    versions = sorted(
+        (p for p in DEBIAN_BINARIES.glob("*/bin") if (p / name).is_file()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if versions:
+        return versions[-1] / name
+    raise ConfigError(f"PostgreSQL's {name} was not found (PATH, {DEBIAN_BINARIES}).", INSTALL_HINT)
+
+
+@dataclass(frozen=True)
+class OsUser:
+    """Who the embedded PostgreSQL runs as: this process's user, or os_user when that is root."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    @property
+    def is_other(self) -> bool:
+        return self.uid != os.geteuid()
+
+
+def os_user(settings: Settings) -> OsUser:
+    if os.geteuid() != 0:
+        me = pwd.getpwuid(os.geteuid())
+        return OsUser(me.pw_name, me.pw_uid, me.pw_gid, Path(me.pw_dir))
+    name = settings.orchestration.postgres_os_user
+    try:
+        found = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(
+            f"PostgreSQL refuses to run as root, and the user {name!r} it would run as "
+            "(orchestration.postgres_os_user) does not exist.",
+            "Install Debian's postgresql package (it creates `postgres`), name another user, "
+            "or run Maquette as a user other than root.",
+        ) from None
+    if found.pw_uid == 0:
+        raise ConfigError(
+            f"orchestration.postgres_os_user {name!r} is root, which PostgreSQL refuses.",
+            "Name an unprivileged user (Debian's `postgres`).",
+        )
+    return OsUser(name, found.pw_uid, found.pw_gid, Path(found.pw_dir))
+
+
+def data_dir(settings: Settings) -> Path:
+    """The embedded PostgreSQL's data folder (see the module's docstring)."""
+    o = settings.orchestration
+    if o.postgres_data is not None:
+        return settings.path(o.postgres_data)
+    user = os_user(settings)
+    if not user.is_other:
+        return settings.state_dir / "postgres"
+    project = hashlib.sha1(str(settings.state_dir.resolve()).encode()).hexdigest()[:12]
+    return user.home / "maquette" / f"{settings.project_dir.name}-{project}"
+
+
+def password(settings: Settings) -> str:
+    given = settings.orchestration.postgres_password
+    return given.get_secret_value() if given else generated_secret(settings, PASSWORD_SECRET)
+
+
+def connection_url(settings: Settings) -> str:
+    """The SQLAlchemy URL Prefect's server is given (PREFECT_SERVER_DATABASE_CONNECTION_URL):
+    it holds the password, so it goes into environments, never on a command line or a log."""
+    given = settings.orchestration.database_url
+    if given is not None:
+        return given.get_secret_value()
+    o = settings.orchestration
+    return f"postgresql+asyncpg://{USER}:{quote(password(settings), safe='')}@{o.host}:{o.postgres_port}/{DATABASE}"
+
+
+def _asyncpg_dsn(url: str, database: str | None = None) -> str:
+    """A SQLAlchemy URL as asyncpg takes it (another database, if named)."""
+    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    if database is not None:
+        parts = parts._replace(path=f"/{database}")
+    return parts.geturl()
+
+
+async def _query(dsn: str, sql: str, timeout_s: float) -> list[tuple[object, ...]]:
+    import asyncpg
+
+    connection = await asyncpg.connect(dsn, timeout=timeout_s)
+    try:
+        return [tuple(r) for r in await connection.fetch(sql, timeout=timeout_s)]
+    finally:
+        await connection.close(timeout=timeout_s)
+
+
+def query(url: str, sql: str, timeout_s: float = 10.0) -> list[tuple[object, ...]]:
+    """The rows of one SQL statement on the database of a SQLAlchemy/asyncpg URL."""
+    return asyncio.run(_query(_asyncpg_dsn(url), sql, timeout_s))
+
+
+def answers(settings: Settings, timeout_s: float = 2.0) -> bool:
+    """True when the PostgreSQL answers a query as the user Prefect connects as. For the
+    embedded one, on its `postgres` database (Prefect's may not exist yet)."""
+    url = connection_url(settings)
+    dsn = _asyncpg_dsn(url, "postgres" if is_embedded(settings) else None)
+    try:
+        return asyncio.run(_query(dsn, "SELECT 1", timeout_s)) == [(1,)]
+    except Exception:  # refused, wrong password, starting up ("the database system is starting")
+        return False
+
+
+def ensure_database(settings: Settings) -> None:
+    """Create the embedded PostgreSQL's database `prefect` when it is missing."""
+    if not is_embedded(settings):
+        return  # a PostgreSQL the user runs: its database is theirs to create
+    dsn = _asyncpg_dsn(connection_url(settings), "postgres")
+    found = asyncio.run(
+        _query(dsn, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", 10.0)
+    )
+    if not found:
+        asyncio.run(_query(dsn, f"CREATE DATABASE {DATABASE}", 30.0))
+
+
+def _reachable_by(user: OsUser, folder: Path) -> Path | None:
+    """The first folder on the way to `folder` that `user` cannot enter, if any."""
+    groups = {user.gid, *(g for g in os.getgrouplist(user.name, user.gid))}
+    for parent in [*reversed(folder.parents)]:
+        if not parent.exists():
+            return None  # created below, by us, for that user
+        st = parent.stat()
+        if st.st_uid == user.uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return parent
+    return None
+
+
+def initialize(settings: Settings) -> Path:
+    """`initdb` the data folder on first start (user `maquette`, its password, scram-sha-256,
+    UTF-8); returns the folder. A folder already initialized is left as it is."""
+    data, user = data_dir(settings), os_user(settings)
+    if (data / "PG_VERSION").is_file():
+        return data
+    if user.is_other and (blocked := _reachable_by(user, data)) is not None:
+        raise ConfigError(
+            f"PostgreSQL runs as {user.name!r} (it refuses root), who cannot enter {blocked} "
+            f"on the way to its data folder {data}.",
+            "Set orchestration.postgres_data to a folder that user can reach, or leave it "
+            f"unset (then it is under {user.home}).",
+        )
+    data.parent.mkdir(parents=True, exist_ok=True)
+    if user.is_other:
+        os.chown(data.parent, user.uid, user.gid)
+    # The password reaches initdb in a file only its user reads, never on a command line.
+    fd, pwfile = tempfile.mkstemp(dir=data.parent, prefix=".pw-")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(password(settings) + "\n")
+        if user.is_other:
+            os.chown(pwfile, user.uid, user.gid)
+        command = [
+            str(binary("initdb")),
+            "--pgdata", str(data),
+            "--username", USER,
+            "--pwfile", pwfile,
+            "--auth", "scram-sha-256",
+            "--encoding", "UTF8",
+            "--no-locale",
+        ]  # fmt: skip
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            cwd=data.parent,  # initdb wants a current folder its user can enter
+            user=user.uid if user.is_other else None,
+            group=user.gid if user.is_other else None,
+            extra_groups=[] if user.is_other else None,
+        )
+    finally:
+        Path(pwfile).unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise ComponentFailed(
+            f"initdb could not initialize {data}:\n{done.stdout}{done.stderr}",
+            "Fix what initdb says; if the folder holds a broken start, remove it and run "
+            "`maquette up` again.",
+        )
+    return data
+
+
+def server_command(settings: Settings) -> list[str]:
+    """The embedded server in the foreground, for the supervisor: TCP on loopback only."""
+    o = settings.orchestration
+    return [
+        str(binary("postgres")),
+        "-D", str(data_dir(settings)),
+        "-h", o.host,
+        "-p", str(o.postgres_port),
+        "-c", "unix_socket_directories=",
+        "-c", "logging_collector=off",
+    ]  # fmt: skip
+
+
+def become_os_user(settings: Settings) -> dict[str, str]:
+    """Drop root for the PostgreSQL user before exec (the launcher runs as the platform's
+    user); returns what its environment must say instead. Nothing to do when not root."""
+    user = os_user(settings)
+    if not user.is_other:
+        return {}
+    os.setgroups([])
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    return {"HOME": str(user.home), "USER": user.name, "LOGNAME": user.name}
+
+
+def version() -> str | None:
+    with contextlib.suppress(OSError, ConfigError, subprocess.SubprocessError):
+        done = subprocess.run(
+            [str(binary("postgres")), "--version"], capture_output=True, text=True, timeout=10
+        )
+        found = re.search(r"\(PostgreSQL\) (\S+)", done.stdout)  # postgres (PostgreSQL) 15.18 (...)
+        return found.group(1) if found else None
+    return None
+
+
+def postmaster_pid(settings: Settings) -> int | None:
+    """The pid in the data folder's postmaster.pid, if it is still that folder's postgres
+    (a pid left from a crash may be anyone's by now)."""
+    try:
+        lines = (data_dir(settings) / "postmaster.pid").read_text().splitlines()
+        pid, folder = int(lines[0]), Path(lines[1])
+        process = psutil.Process(pid)
+        if process.name() == "postgres" and folder == data_dir(settings):
+            return pid
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return None
+
+
+def stop(settings: Settings, timeout_s: float = 10.0) -> bool:
+    """Fast shutdown (SIGINT) of the embedded server, if it runs; SIGKILL after timeout_s.
+    The supervisor stops it the same way; this is for one an earlier crash left running."""
+    pid = postmaster_pid(settings)
+    if pid is None:
+        return False
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(pid)
+        os.kill(pid, signal.SIGINT)
+        try:
+            process.wait(timeout_s)
+        except psutil.TimeoutExpired:
+            process.kill()
+    return True
