@@ -1,4 +1,4 @@
-"""`maquette demo`, `up`, `status`, `down`, `ui` and `redis ...`: the running platform."""
+"""`maquette demo`, `up`, `status`, `down`, `worker`, `ui` and `redis ...`: the running platform."""
 
 from __future__ import annotations
 
@@ -110,6 +110,25 @@ def platform_down(component: ComponentOpt = None, project: ProjectOpt = None) ->
     with console.status("stopping") as progress:
         statuses = platform.down(project_settings(project), component, announce=progress.update)
     console.print(platform_table(statuses))
+
+
+@commands.command("worker")
+def platform_worker(project: ProjectOpt = None) -> None:
+    """Run a Prefect worker of orchestration.work_pool here, apart from the platform (blocks).
+
+    It runs the flows of the platform's deployments from this copy of the project, against the
+    Prefect server its settings name (orchestration.host, prefect_port, prefect_auth).
+
+    Example: maquette worker --project .  (with MAQUETTE_ORCHESTRATION_HOST=platform.example)
+    """
+    from maquette.platform.work_pool import start_worker
+
+    settings = project_settings(project)
+    console.print(
+        f"worker of the pool {settings.orchestration.work_pool!r} on "
+        f"{settings.orchestration.prefect_url}, flows from {settings.project_dir}"
+    )
+    start_worker(settings)
 
 
 @commands.command("ui")

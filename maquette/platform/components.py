@@ -150,6 +150,14 @@ def _detail(settings: Settings, name: str, state: str) -> str:
         return f"UI at /, API at /api; state in {kept}"
     if name == "deployments" and state == "running":
         count = deployment_count(settings)  # authenticated, with a CSRF token
+        pool = settings.orchestration.work_pool
+        if count is not None and pool is not None:
+            who = (
+                "a worker here (and any started elsewhere)"
+                if settings.orchestration.local_worker
+                else "workers started elsewhere (`maquette worker`)"
+            )
+            return f"{count} deployments on the work pool {pool}, run by {who}"
         if count is not None:
             return f"serving {count} deployments"
     if name == "service":
