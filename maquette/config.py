@@ -9,6 +9,7 @@ underscore between section and field: `MAQUETTE_REDIS_URL`, `MAQUETTE_PATHS_STAT
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,14 @@ from redis.crc import key_slot
 
 from maquette.data_settings import DatasetSettings, StreamSettings
 from maquette.errors import ConfigError
-from maquette.model_spec import AlertThresholds, ModelSpec, ReferenceKind, Section, as_utc
+from maquette.model_spec import (
+    AlertThresholds,
+    ModelSpec,
+    ReferenceKind,
+    Section,
+    TrainingSettings,
+    as_utc,
+)
 from maquette.platform_settings import (
     ConsoleSettings,
     OrchestrationSettings,
@@ -233,6 +241,7 @@ class Settings(BaseSettings):
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     models: dict[str, ModelSpec] = Field(default_factory=dict, description="Model specs by name.")
 
     @model_validator(mode="after")
@@ -379,6 +388,14 @@ def load_settings(project_dir: Path | str | None = None) -> Settings:
         return Settings(**{**data, "project_dir": folder})
     except ValidationError as exc:
         raise ConfigError(
-            f"invalid settings in {file} or MAQUETTE_* variables:\n{exc}",
+            f"invalid settings in {file} or MAQUETTE_* variables:\n{_without_passwords(exc)}",
             "Fix the named field (README 'Settings' lists every field).",
-        ) from exc
+        ) from None  # the original repeats each refused value, a URL's password included
+
+
+# user:password@ in a URL pydantic quotes back as the refused input (`input_value=...`).
+_URL_PASSWORD = re.compile(r"(://[^\s:/@'\"]*):[^\s@'\"]*@")
+
+
+def _without_passwords(exc: ValidationError) -> str:
+    return _URL_PASSWORD.sub(r"\1:***@", str(exc))

@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from maquette.config import Settings, load_settings
 from maquette.data import postgres_server
 from maquette.errors import ComponentFailed, ConfigError
 from maquette.platform import components as platform
+from maquette.platform import supervisor
 from tests.conftest import free_port, make_project
 
 pytestmark = pytest.mark.postgres
@@ -47,13 +49,16 @@ def test_a_database_url_is_postgresql_through_asyncpg_and_needs_database_postgre
     assert not postgres_server.is_embedded(settings)
     assert "p%40ss" not in repr(settings.orchestration)  # a secret, never printed
 
-    monkeypatch.setenv("MAQUETTE_ORCHESTRATION_DATABASE_URL", "mysql://u:p@db/prefect")
-    with pytest.raises(ConfigError, match=r"must be a PostgreSQL URL: postgresql\+asyncpg://"):
+    # Refused, and the refusal never repeats the password (pydantic quotes refused inputs).
+    monkeypatch.setenv("MAQUETTE_ORCHESTRATION_DATABASE_URL", "mysql://u:hush-hush@db/prefect")
+    with pytest.raises(ConfigError, match=r"must be a PostgreSQL URL: postgresql\+asyncpg://") as e:
         load_settings(tmp_path / "given")
-    monkeypatch.setenv("MAQUETTE_ORCHESTRATION_DATABASE_URL", "postgresql://u:p@db/prefect")
+    assert "hush-hush" not in str(e.value) and "mysql://u:***@db" in str(e.value)
+    monkeypatch.setenv("MAQUETTE_ORCHESTRATION_DATABASE_URL", "postgresql://u:hush-hush@db/p")
     monkeypatch.setenv("MAQUETTE_ORCHESTRATION_DATABASE", "sqlite")
-    with pytest.raises(ConfigError, match="set database: postgresql"):
+    with pytest.raises(ConfigError, match="set database: postgresql") as e:
         load_settings(tmp_path / "given")
+    assert "hush-hush" not in str(e.value)
 
 
 def test_the_postgres_component_is_refused_on_sqlite_and_comes_with_prefect_on_postgresql(
@@ -120,3 +125,19 @@ def test_a_prefect_server_on_a_given_postgresql_url_stores_there_and_leaves_it_r
     with pytest.raises(ComponentFailed, match="does not answer a query") as raised:
         platform.up(refused, ["prefect"])
     assert "not-the-password" not in str(raised.value)
+
+
+def test_switching_back_to_sqlite_stops_the_embedded_postgresql_at_the_next_up(
+    embedded: Settings,
+) -> None:
+    file = embedded.project_dir / "maquette.yaml"
+    config = yaml.safe_load(file.read_text())
+    config["orchestration"]["database"] = "sqlite"
+    file.write_text(yaml.safe_dump(config))
+    sqlite = load_settings(embedded.project_dir)
+    assert postgres_server.postmaster_pid(embedded) is not None
+
+    platform.up(sqlite, ["redis"])
+
+    assert postgres_server.postmaster_pid(embedded) is None
+    assert "postgres" not in supervisor.programs(sqlite)

@@ -12,12 +12,14 @@ the database writes). Repeated `runs` times per database; the median is shown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import yaml
 from rich.console import Console
@@ -37,9 +39,8 @@ def run_prefect_database_benchmark(
 ) -> str:
     """Prints the table and returns it as Markdown."""
     console.print(f"[bold]prefect database[/] ({tasks} task runs per flow, {runs} flows each)")
-    figures = {
-        database: _measure(settings, database, tasks, runs, console) for database in DATABASES
-    }
+    with _without_maquette_env():
+        figures = {d: _measure(settings, d, tasks, runs, console) for d in DATABASES}
     floor = _flow(None, tasks, plain=True)["flow_s"]
     cells = []
     for measure, key in (
@@ -58,6 +59,20 @@ def run_prefect_database_benchmark(
         )
     title = f"Prefect server state: {tasks} task runs in one flow (median of {runs})"
     return results_table(console, title, HEADERS, cells) + "\n"
+
+
+@contextlib.contextmanager
+def _without_maquette_env() -> Iterator[None]:
+    """The scratch projects read their own maquette.yaml only: a MAQUETTE_* variable of this
+    shell (a database URL, a PostgreSQL data folder) would point them at the user's own
+    database or data, which the bench then stops and deletes."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MAQUETTE_")}
+    for key in saved:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _scratch_project(settings: Settings, database: str) -> Settings:
@@ -94,8 +109,10 @@ def _measure(
             results.append(_flow(scratch, tasks))
     finally:
         platform.down(scratch)
-        if database == "postgresql" and postgres_server.is_embedded(scratch):
-            shutil.rmtree(postgres_server.data_dir(scratch), ignore_errors=True)
+        data = postgres_server.data_dir(scratch) if database == "postgresql" else None
+        # Only the scratch project's own PostgreSQL folder (derived from its state folder).
+        if data is not None and scratch.orchestration.postgres_data is None:
+            shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(scratch.project_dir, ignore_errors=True)
     return {key: statistics.median(r[key] for r in results) for key in results[0]}
 

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import psutil
 
@@ -43,6 +43,12 @@ INSTALL_HINT = (
 PASSWORD_SECRET = "postgres_password"  # <state>/secrets/postgres_password
 USER = "maquette"
 DATABASE = "prefect"
+# The embedded server serves the Prefect server beside it, never other machines (initdb's
+# pg_hba.conf admits loopback clients only): it binds here whatever orchestration.host says.
+LOOPBACK = "127.0.0.1"
+# Query options of a given URL that asyncpg takes; SQLAlchemy's own ones (e.g.
+# prepared_statement_cache_size) would reach the server as unknown settings.
+ASYNCPG_OPTIONS = ("ssl", "sslmode", "sslrootcert", "sslcert", "sslkey", "target_session_attrs")
 DEBIAN_BINARIES = Path("/usr/lib/postgresql")
 
 
@@ -129,8 +135,8 @@ def connection_url(settings: Settings) -> str:
     given = settings.orchestration.database_url
     if given is not None:
         return given.get_secret_value()
-    o = settings.orchestration
-    return f"postgresql+asyncpg://{USER}:{quote(password(settings), safe='')}@{o.host}:{o.postgres_port}/{DATABASE}"
+    secret, port = quote(password(settings), safe=""), settings.orchestration.postgres_port
+    return f"postgresql+asyncpg://{USER}:{secret}@{LOOPBACK}:{port}/{DATABASE}"
 
 
 def _asyncpg_dsn(url: str, database: str | None = None) -> str:
@@ -138,7 +144,8 @@ def _asyncpg_dsn(url: str, database: str | None = None) -> str:
     parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
     if database is not None:
         parts = parts._replace(path=f"/{database}")
-    return parts.geturl()
+    kept = [(k, v) for k, v in parse_qsl(parts.query) if k in ASYNCPG_OPTIONS]
+    return parts._replace(query=urlencode(kept)).geturl()
 
 
 async def _query(dsn: str, sql: str, timeout_s: float) -> list[tuple[object, ...]]:
@@ -172,11 +179,15 @@ def ensure_database(settings: Settings) -> None:
     if not is_embedded(settings):
         return  # a PostgreSQL the user runs: its database is theirs to create
     dsn = _asyncpg_dsn(connection_url(settings), "postgres")
+    import asyncpg
+
     found = asyncio.run(
         _query(dsn, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'", 10.0)
     )
     if not found:
-        asyncio.run(_query(dsn, f"CREATE DATABASE {DATABASE}", 30.0))
+        # Two launchers at once (a restart racing `up`): the second finds it made.
+        with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+            asyncio.run(_query(dsn, f"CREATE DATABASE {DATABASE}", 30.0))
 
 
 def _reachable_by(user: OsUser, folder: Path) -> Path | None:
@@ -203,23 +214,18 @@ def initialize(settings: Settings) -> Path:
     data, user = data_dir(settings), os_user(settings)
     if (data / "PG_VERSION").is_file():
         return data
-    if user.is_other and (blocked := _reachable_by(user, data)) is not None:
-        raise ConfigError(
-            f"PostgreSQL runs as {user.name!r} (it refuses root), who cannot enter {blocked} "
-            f"on the way to its data folder {data}.",
-            "Set orchestration.postgres_data to a folder that user can reach, or leave it "
-            f"unset (then it is under {user.home}).",
-        )
-    data.parent.mkdir(parents=True, exist_ok=True)
     if user.is_other:
-        os.chown(data.parent, user.uid, user.gid)
-    # The password reaches initdb in a file only its user reads, never on a command line.
+        _parent_for(settings, user, data)
+    else:
+        data.parent.mkdir(parents=True, exist_ok=True)
+    # The password reaches initdb in a file only its user reads, never on a command line;
+    # handed over through its descriptor (a path could be swapped for a link meanwhile).
     fd, pwfile = tempfile.mkstemp(dir=data.parent, prefix=".pw-")
     try:
+        if user.is_other:
+            os.fchown(fd, user.uid, user.gid)
         with os.fdopen(fd, "w") as out:
             out.write(password(settings) + "\n")
-        if user.is_other:
-            os.chown(pwfile, user.uid, user.gid)
         command = [
             str(binary("initdb")),
             "--pgdata", str(data),
@@ -249,29 +255,61 @@ def initialize(settings: Settings) -> Path:
     return data
 
 
+def _parent_for(settings: Settings, user: OsUser, data: Path) -> None:
+    """Run as root: the data folder's parent must be the PostgreSQL user's. The default one
+    (in that user's home) is made for it; a folder the settings name is never handed over."""
+    if (blocked := _reachable_by(user, data.parent)) is not None:
+        raise ConfigError(
+            f"PostgreSQL runs as {user.name!r} (it refuses root), who cannot enter {blocked} "
+            f"on the way to its data folder {data}.",
+            "Set orchestration.postgres_data to a folder that user can reach, or leave it "
+            f"unset (then it is under {user.home}).",
+        )
+    parent = data.parent
+    if settings.orchestration.postgres_data is None and not parent.exists():
+        # ~postgres/maquette: one level below the user's home, made here and given to it.
+        parent.mkdir(mode=0o700)
+        os.chown(parent, user.uid, user.gid, follow_symlinks=False)
+    st = parent.lstat() if parent.exists() else None
+    if st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != user.uid:
+        raise ConfigError(
+            f"the folder {parent}, which is to hold PostgreSQL's data folder, is missing, a "
+            f"link, or not owned by {user.name!r}, the user PostgreSQL runs as.",
+            f"Create it owned by that user (`install -d -o {user.name} {parent}`), or leave "
+            "orchestration.postgres_data unset.",
+        )
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """The embedded server's whole environment: it runs as another user, who may read it
+    (in /proc), so nothing of the platform's (keys, passwords) is passed on."""
+    user = os_user(settings)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+    return env | {"HOME": str(user.home), "USER": user.name, "LOGNAME": user.name}
+
+
 def server_command(settings: Settings) -> list[str]:
     """The embedded server in the foreground, for the supervisor: TCP on loopback only."""
     o = settings.orchestration
     return [
         str(binary("postgres")),
         "-D", str(data_dir(settings)),
-        "-h", o.host,
+        "-h", LOOPBACK,
         "-p", str(o.postgres_port),
         "-c", "unix_socket_directories=",
         "-c", "logging_collector=off",
     ]  # fmt: skip
 
 
-def become_os_user(settings: Settings) -> dict[str, str]:
+def become_os_user(settings: Settings) -> None:
     """Drop root for the PostgreSQL user before exec (the launcher runs as the platform's
-    user); returns what its environment must say instead. Nothing to do when not root."""
+    user). Nothing to do when not root."""
     user = os_user(settings)
     if not user.is_other:
-        return {}
+        return
     os.setgroups([])
     os.setgid(user.gid)
     os.setuid(user.uid)
-    return {"HOME": str(user.home), "USER": user.name, "LOGNAME": user.name}
 
 
 def version() -> str | None:
@@ -285,13 +323,14 @@ def version() -> str | None:
 
 
 def postmaster_pid(settings: Settings) -> int | None:
-    """The pid in the data folder's postmaster.pid, if it is still that folder's postgres
-    (a pid left from a crash may be anyone's by now)."""
+    """The pid in the data folder's postmaster.pid, if that process is still a postgres
+    working in this data folder (a pid left from a crash may be anyone's by now, another
+    project's PostgreSQL included)."""
+    data = data_dir(settings)
     try:
-        lines = (data_dir(settings) / "postmaster.pid").read_text().splitlines()
-        pid, folder = int(lines[0]), Path(lines[1])
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
         process = psutil.Process(pid)
-        if process.name() == "postgres" and folder == data_dir(settings):
+        if process.name() == "postgres" and Path(process.cwd()) == data:
             return pid
     except (OSError, ValueError, IndexError, psutil.Error):
         return None
@@ -304,9 +343,9 @@ def stop(settings: Settings, timeout_s: float = 10.0) -> bool:
     pid = postmaster_pid(settings)
     if pid is None:
         return False
-    with contextlib.suppress(psutil.Error):
+    with contextlib.suppress(psutil.Error, OSError):
         process = psutil.Process(pid)
-        os.kill(pid, signal.SIGINT)
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout_s)
         except psutil.TimeoutExpired:

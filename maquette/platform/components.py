@@ -331,8 +331,13 @@ def up(
             redis_server.ensure_redis(settings)  # external: it must answer, it is not ours
         if "postgres" in names and not postgres_server.is_embedded(settings):
             _external_postgres_answers(settings)
-        # Every component the supervisor already knows stays in its config.
+        # Every component the supervisor already knows stays in its config, but a PostgreSQL
+        # of its own that the settings no longer ask for (sqlite now, or a database_url).
         known = [n for n in supervisor.programs(settings) if n not in names]
+        if "postgres" in known and not postgres_server.is_embedded(settings):
+            announce("stopping the embedded postgres: orchestration.database no longer uses it")
+            supervisor.stop_program(settings, "postgres")
+            known.remove("postgres")
         supervisor.start(
             settings, sorted({*_supervised(settings, names), *known}, key=COMPONENTS.index)
         )

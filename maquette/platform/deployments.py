@@ -161,7 +161,9 @@ def serve_deployments(settings: Settings) -> None:
     lower_priority(settings.orchestration.flow_run_niceness)
     # A runner that stops leaves the schedules active: runs due while it is down show as late.
     runner = Runner(limit=settings.orchestration.run_limit, pause_on_shutdown=False)
-    for deployment in flow_deployments(settings):
+    deployments = flow_deployments(settings)
+    _off_work_pools(deployments)
+    for deployment in deployments:
         runner.add_deployment(deployment)
     check = perform_health_check(runner)
     health = health_server(settings, lambda: check().status_code == 200)
@@ -173,3 +175,21 @@ def serve_deployments(settings: Settings) -> None:
     finally:
         health.shutdown()
         health.server_close()
+
+
+def _off_work_pools(deployments: list[RunnerDeployment]) -> None:
+    """Delete the deployments of these names that an earlier `orchestration.work_pool` put on
+    a pool: served again, they would keep the pool (a deployment's update never clears it) and
+    that pool's workers would go on taking their runs. The runner creates them afresh."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for deployment in deployments:
+            try:
+                found = client.read_deployment_by_name(f"{deployment.flow_name}/{deployment.name}")
+            except ObjectNotFound:
+                continue
+            if found.work_pool_name:
+                log.info("%s leaves the work pool %s", found.name, found.work_pool_name)
+                client.delete_deployment(found.id)

@@ -108,7 +108,8 @@ def component_command(settings: Settings, name: str) -> tuple[list[str], dict[st
     if name == "redis":
         return redis_server.embedded_command(settings), env
     if name == "postgres":
-        return postgres_server.server_command(settings), env
+        server_env = postgres_server.server_env(settings) | {MARK: env[MARK]}
+        return postgres_server.server_command(settings), server_env
     if name == "service":
         return service_command(settings, settings.serving.host, settings.serving.port, env)
     python = [sys.executable]
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = settings.project_dir
     if args.component == "postgres":
         folder = postgres_server.initialize(settings).parent  # a folder its user can enter
-        env |= postgres_server.become_os_user(settings)
+        postgres_server.become_os_user(settings)
     elif args.component == "prefect":
         postgres_server.ensure_database(settings)
     sys.stdout.flush()

@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from maquette.config import Settings, load_settings
@@ -39,6 +39,30 @@ POOL_TYPE = "process"
 ENTER_PROJECT = {
     "prefect.deployments.steps.set_working_directory": {"directory": "{{ $MAQUETTE_PROJECT_DIR }}"}
 }
+
+
+class WorkersProjectFolder:
+    """The "storage" of a deployment on the pool: no code to pull, only the step that enters
+    the worker's own copy of the project. Given to `apply`, it makes the deployment's create
+    and update carry that step and no path in one request (without it, each redeploy sent no
+    pull step first, and a worker claiming a run meanwhile found no flow)."""
+
+    def set_base_path(self, path: Path) -> None:
+        pass
+
+    @property
+    def pull_interval(self) -> int | None:
+        return None
+
+    @property
+    def destination(self) -> Path:
+        return Path(".")
+
+    async def pull_code(self) -> None:
+        return None
+
+    def to_pull_step(self) -> dict[str, Any]:
+        return ENTER_PROJECT
 
 
 def work_pool_name(settings: Settings) -> str:
@@ -78,12 +102,12 @@ def register_on_work_pool(settings: Settings, deployments: list[RunnerDeployment
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(name=pool, type=POOL_TYPE))
         for deployment in deployments:
+            deployment.storage = WorkersProjectFolder()
             # Sync here: async_dispatch gives the id, not a coroutine, outside an event loop.
             deployment_id = cast("UUID", deployment.apply(work_pool_name=pool))
-            # apply() leaves the runner's path (this machine's folder): replaced by the step
-            # that enters the worker's own project folder.
-            update = DeploymentUpdate(path=None, pull_steps=[ENTER_PROJECT])
-            client.update_deployment(deployment_id, update)
+            # An update keeps the path a served deployment of the same name had (this
+            # machine's folder): cleared.
+            client.update_deployment(deployment_id, DeploymentUpdate(path=None))
             ids.append(deployment_id)
     log.info("%d deployments on the work pool %s", len(ids), pool)
     return ids
