@@ -78,6 +78,30 @@ class SearchSettings(Section):
     seed: int = Field(7, description="Seed of the search and of the learners.")
 
 
+class TrainingSettings(Section):
+    """Where training's independent fits run: the random search's trials and the partition
+    models (the same result either way, seed for seed)."""
+
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="local: one after the other in the training process; ray: as Ray tasks, "
+        "side by side on a Ray cluster (the `ray` extra). search.method: optuna keeps its trials "
+        "in order (each learns from the last), its partition fits still go to Ray.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="The Ray cluster: null starts one in the training process (ray_workers "
+        "CPUs, stopped after); `auto` joins the one `ray start` runs on this machine; "
+        "`ray://host:10001` a remote one (its workers need this project's Python packages).",
+    )
+    ray_workers: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs of the Ray started in the training process (null: every core); each "
+        "fit takes one.",
+    )
+
+
 class LabelSpec(Section):
     """Where a model's labels come from once they are known, and how they meet predictions."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from maquette.model_spec import ModelSpec
 
@@ -37,6 +37,14 @@ class TrainedBy(RecordPart):
 
     user: str
     host: str
+
+
+class Executor(RecordPart):
+    """Where the search's trials and the partition fits ran (`training.executor`)."""
+
+    type: str = "local"  # local, or ray
+    address: str | None = None  # the Ray cluster
+    workers: int | None = None  # its CPUs when the run began
 
 
 class CodeVersion(RecordPart):
@@ -153,6 +161,7 @@ class VersionRecord(RecordPart):
     algorithm: str
     feature_service: str
     trained_by: TrainedBy
+    executor: Executor = Field(default_factory=Executor)
     started_at: str
     ended_at: str
     seconds: float

@@ -199,6 +199,24 @@ def bench_search(
         out.write_text(markdown)
 
 
+@bench_app.command("ray")
+def bench_ray(
+    name: Annotated[str | None, typer.Argument(help="Model (default: the first).")] = None,
+    trials: Annotated[int, typer.Option(help="Search trials in each case.")] = 6,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Search trials on the local executor and on Ray with 1 and 2 workers (same run).
+
+    Example: maquette bench ray flight_delay --trials 6
+    """
+    from maquette.bench.ray_fits import run_ray_benchmark
+
+    markdown = run_ray_benchmark(project_settings(project), name, trials, console)
+    if out:
+        out.write_text(markdown)
+
+
 @bench_app.command("replicas")
 def bench_replicas(
     seconds: Annotated[int, typer.Option(help="Load duration per cell.")] = 10,

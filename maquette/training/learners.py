@@ -48,6 +48,18 @@ class Learner(Protocol):
 SINGLE_THREAD_ROWS = 1_000
 
 
+# Threads of one LightGBM fit unless the spec's params set num_threads. The thread count is part
+# of what makes a fit deterministic: a run on Ray gives each fit as many CPUs, never fewer.
+LIGHTGBM_THREADS = 2
+
+
+def fit_threads(algorithm: str, params: dict[str, Any]) -> int:
+    """The CPUs one fit of this learner keeps busy (LightGBM's threads; 1 for scikit-learn)."""
+    if algorithm != "lightgbm":
+        return 1
+    return max(1, int(params.get("num_threads", LIGHTGBM_THREADS)))
+
+
 class LightGBMLearner:
     """Gradient-boosted trees; `n_estimators` caps the rounds, early stopping picks the best."""
 
@@ -71,7 +83,7 @@ class LightGBMLearner:
             "metric": "rmse" if self.task == "regression" else "auc",
             "verbosity": -1,
             "seed": self.seed,
-            "num_threads": 2,
+            "num_threads": LIGHTGBM_THREADS,
             "deterministic": True,
         }
         train = lgb.Dataset(x, y, free_raw_data=False)

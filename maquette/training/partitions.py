@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from maquette.training.learners import learner_for
+from maquette.training.executors import LOCAL, Fits
+from maquette.training.learners import fit_threads, learner_for
 from maquette.training.metrics import better
 from maquette.training.model_types import TrainedModel, TrainingData, Trial
 from maquette.training.search import score, search_metric
 
 
-def fit_partitions(data: TrainingData, best: Trial) -> tuple[TrainedModel, list[dict[str, Any]]]:
-    """The parent (best trial) plus partition models that beat it on their validation slice."""
+def fit_partitions(
+    data: TrainingData, best: Trial, fits: Fits = LOCAL
+) -> tuple[TrainedModel, list[dict[str, Any]]]:
+    """The parent (best trial) plus partition models that beat it on their validation slice;
+    one fit per partition, in order here or side by side on Ray (`training.executor`)."""
     spec = data.spec
     learner = learner_for(
         spec.algorithm, spec.task, spec.search.seed, spec.search.early_stopping_rounds
@@ -31,12 +35,21 @@ def fit_partitions(data: TrainingData, best: Trial) -> tuple[TrainedModel, list[
     decisions: list[dict[str, Any]] = []
     if not spec.partition_by:
         return model, decisions
-    for value in sorted(data.frames["train"][spec.partition_by].dropna().unique()):
-        decision, own = _partition_decision(data, model, best, value)
+    values = sorted(data.frames["train"][spec.partition_by].dropna().unique())
+    cpus = fit_threads(spec.algorithm, best.params)
+    items = [(v,) for v in values]
+    outcomes = fits.map(_decide, (data, model, best), items, what="partition", cpus=cpus)
+    for value, (decision, own) in zip(values, outcomes, strict=True):
         if own is not None:
             model.partitions[str(value)] = own
         decisions.append(decision)
     return model, decisions
+
+
+def _decide(
+    shared: tuple[TrainingData, TrainedModel, Trial], value: Any
+) -> tuple[dict[str, Any], Any | None]:
+    return _partition_decision(*shared, value)
 
 
 def _partition_decision(

@@ -18,6 +18,7 @@ from maquette import registry
 from maquette.config import Settings
 from maquette.data.shared_files import exclusive, lock_path
 from maquette.training.evaluate import evaluate
+from maquette.training.executors import fit_executor
 from maquette.training.model_types import TrainedModel, TrainingData, Trial
 from maquette.training.partitions import fit_partitions
 from maquette.training.prepare import prepare_and_store
@@ -51,18 +52,24 @@ def train(
         spec = settings.models[name]
     announce("building the training frame")
     data = step("prepare", prepare_and_store, settings, name)
-    # One task for the whole search: on two cores trials cannot run side by side, and each
-    # task costs API round trips and server work that compete with the fits for CPU.
+    # One task for the whole search: on two cores trials cannot run side by side locally, and
+    # each task costs API round trips and server work that compete with the fits for CPU. On
+    # Ray (training.executor) the search's trials and the partition fits fan out inside it.
     search = run_tuned_search if spec.search.method == "optuna" else run_search
-    results = step("search", search, data, announce)
-    best = best_trial(spec, results)
-    announce("partition models" if spec.partition_by else "final model")
-    model, decisions = step("fit-partitions", fit_partitions, data, best)
+    with fit_executor(settings.training) as fits:
+        if fits.ray:
+            announce(f"fits on Ray: {fits.where['workers']} CPUs")
+        results = step("search", search, data, announce, fits)
+        best = best_trial(spec, results)
+        announce("partition models" if spec.partition_by else "final model")
+        model, decisions = step("fit-partitions", fit_partitions, data, best, fits)
     announce("evaluating on validation and test")
     evaluation = step("evaluate", evaluate, data, model)
 
     def register() -> registry.ModelVersion:
-        return _register(settings, data, model, results, best, decisions, evaluation, started)
+        return _register(
+            settings, data, model, results, best, decisions, evaluation, started, fits.where
+        )
 
     announce("writing the record and reports, registering")
     version: registry.ModelVersion = step("register", register)
@@ -78,6 +85,7 @@ def _register(
     decisions: list[dict[str, Any]],
     evaluation: dict[str, Any],
     started: datetime,
+    executor: dict[str, Any],
 ) -> registry.ModelVersion:
     """The new version: its record built, its models, record and reports in the model store.
 
@@ -97,6 +105,7 @@ def _register(
             started,
             datetime.now(UTC),
             settings.project_dir,
+            executor,
         )
         return registry.register(
             settings,

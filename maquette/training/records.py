@@ -95,6 +95,7 @@ def build_record(
     started: datetime,
     ended: datetime,
     project_dir: Path,
+    executor: dict[str, Any] | None = None,
 ) -> VersionRecord:
     """The full record of one version."""
     spec = data.spec
@@ -107,6 +108,7 @@ def build_record(
         "algorithm": spec.algorithm,
         "feature_service": spec.feature_service,
         "trained_by": {"user": getpass.getuser(), "host": socket.gethostname()},
+        "executor": executor or {"type": "local"},
         "started_at": started.isoformat(),
         "ended_at": ended.isoformat(),
         "seconds": (ended - started).total_seconds(),

@@ -15,7 +15,8 @@ import numpy as np
 from maquette.config import Settings
 from maquette.errors import InvalidModelSpec
 from maquette.model_spec import ModelSpec
-from maquette.training.learners import learner_for
+from maquette.training.executors import LOCAL, Fits
+from maquette.training.learners import fit_threads, learner_for
 from maquette.training.metrics import better, binary_metrics, regression_metrics
 from maquette.training.model_types import TrainingData, Trial
 
@@ -159,15 +160,15 @@ def best_trial(spec: ModelSpec, trials: list[Trial]) -> Trial:
     return best
 
 
-def run_search(data: TrainingData, announce: Callable[[str], None]) -> list[Trial]:
-    """Every trial of the random search, in order (one after the other: fits use every core).
-    `search.method: optuna` runs `training/tuned_search.py` instead."""
+def run_search(
+    data: TrainingData, announce: Callable[[str], None], fits: Fits = LOCAL
+) -> list[Trial]:
+    """Every trial of the random search, in order: one after the other here, or side by side
+    as Ray tasks (`training.executor`). `search.method: optuna` runs `tuned_search` instead."""
     spec = data.spec
-    results = []
-    for number, params in enumerate(search_space(spec)):
-        announce(f"trial {number + 1}/{spec.search.trials}")
-        results.append(run_trial(data, params, number))
-    return results
+    sets = [(params, number) for number, params in enumerate(search_space(spec))]
+    cpus = fit_threads(spec.algorithm, spec.params)
+    return fits.map(run_trial, data, sets, announce, "trial", cpus)
 
 
 def ensure_trainable(settings: Settings, name: str) -> ModelSpec:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from maquette.training.executors import LOCAL, Fits
 from maquette.training.metrics import HIGHER_IS_BETTER
 from maquette.training.model_types import TrainingData, Trial
 from maquette.training.search import dimensions, run_trial, search_metric, search_space
@@ -28,8 +29,12 @@ class _Pruned(Exception):
     """Raised inside LightGBM's loop when the pruner stops a trial."""
 
 
-def run_tuned_search(data: TrainingData, announce: Callable[[str], None]) -> list[Trial]:
-    """Every trial, in order; pruned ones have `pruned=True`, their score where they stopped."""
+def run_tuned_search(
+    data: TrainingData, announce: Callable[[str], None], fits: Fits = LOCAL
+) -> list[Trial]:
+    """Every trial, in order; pruned ones have `pruned=True`, their score where they stopped.
+    In this process whatever `fits` says: each trial is sampled from the ones before it, and
+    pruning reads its scores as LightGBM reports them."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
