@@ -287,7 +287,11 @@ class OrchestrationSettings(Section):
         "run, the database created (MAQUETTE_ORCHESTRATION_DATABASE_URL). Unset with database "
         "postgresql: Maquette runs its own.",
     )
-    postgres_port: int = Field(4213, description="Port of the embedded PostgreSQL (loopback).")
+    postgres_port: int = Field(
+        None,  # type: ignore[assignment]  # filled in below
+        description="Port of the embedded PostgreSQL (loopback); null: prefect_port + 3, the "
+        "port `maquette init` keeps for it (4213 with the default prefect_port).",
+    )
     postgres_data: Path | None = Field(
         None,
         description="Data folder of the embedded PostgreSQL; null: <state>/postgres. Run as "
@@ -384,6 +388,12 @@ class OrchestrationSettings(Section):
             )
         # Prefect's server speaks to PostgreSQL through asyncpg: a plain URL gets that driver.
         return SecretStr("postgresql+asyncpg://" + text[len(scheme) :])
+
+    @model_validator(mode="after")
+    def _postgres_port_beside_prefect(self) -> OrchestrationSettings:
+        if self.postgres_port is None:
+            self.postgres_port = self.prefect_port + 3
+        return self
 
     @model_validator(mode="after")
     def _url_needs_postgresql(self) -> OrchestrationSettings:

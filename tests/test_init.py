@@ -56,10 +56,8 @@ def test_init_example_writes_the_project_its_data_and_two_models(tmp_path: Path)
     assert settings.orchestration.prefect_port == result.ports.prefect
     assert settings.orchestration.runner_port == result.ports.runner
     assert settings.console.port == result.ports.console
-    # Shown for the switch to PostgreSQL, commented out: SQLite is the default.
-    assert (
-        f"# postgres_port: {result.ports.postgres}" in (result.folder / "maquette.yaml").read_text()
-    )
+    # Kept for a switch to PostgreSQL (database: postgresql), beside Prefect's.
+    assert settings.orchestration.postgres_port == result.ports.postgres
     store = yaml.safe_load((result.folder / "feature_repo/feature_store.yaml").read_text())
     assert store["online_store"]["connection_string"] == f"127.0.0.1:{result.ports.redis}"
     assert store["project"] == settings.feast.project == "shop"

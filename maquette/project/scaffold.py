@@ -145,7 +145,8 @@ def _ports_in_settings(folder: Path) -> ProjectPorts | None:
             int(orchestration["prefect_port"]),
             runner,
             console,
-            int(postgres) if postgres is not None else _first_free(console + 1),
+            # The settings' default: prefect_port + 3, the sixth port of the group.
+            int(postgres) if postgres is not None else int(orchestration["prefect_port"]) + 3,
         )
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
