@@ -9,7 +9,6 @@ underscore between section and field: `MAQUETTE_REDIS_URL`, `MAQUETTE_PATHS_STAT
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -388,14 +387,16 @@ def load_settings(project_dir: Path | str | None = None) -> Settings:
         return Settings(**{**data, "project_dir": folder})
     except ValidationError as exc:
         raise ConfigError(
-            f"invalid settings in {file} or MAQUETTE_* variables:\n{_without_passwords(exc)}",
+            f"invalid settings in {file} or MAQUETTE_* variables:\n{_refusals(exc)}",
             "Fix the named field (README 'Settings' lists every field).",
-        ) from None  # the original repeats each refused value, a URL's password included
+        ) from None  # pydantic's own text repeats each refused value, a URL's password too
 
 
-# user:password@ in a URL pydantic quotes back as the refused input (`input_value=...`).
-_URL_PASSWORD = re.compile(r"(://[^\s:/@'\"]*):[^\s@'\"]*@")
-
-
-def _without_passwords(exc: ValidationError) -> str:
-    return _URL_PASSWORD.sub(r"\1:***@", str(exc))
+def _refusals(exc: ValidationError) -> str:
+    """One line per refused field: where and why, never the value given (a URL may hold a
+    password, and no pattern finds every password in a URL)."""
+    lines = [f"{exc.error_count()} setting(s) refused:"]
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "(the file)"
+        lines.append(f"{where}\n  {error['msg']}")
+    return "\n".join(lines)

@@ -53,7 +53,7 @@ def test_a_database_url_is_postgresql_through_asyncpg_and_needs_database_postgre
     monkeypatch.setenv("MAQUETTE_ORCHESTRATION_DATABASE_URL", "mysql://u:hush-hush@db/prefect")
     with pytest.raises(ConfigError, match=r"must be a PostgreSQL URL: postgresql\+asyncpg://") as e:
         load_settings(tmp_path / "given")
-    assert "hush-hush" not in str(e.value) and "mysql://u:***@db" in str(e.value)
+    assert "hush-hush" not in str(e.value) and "orchestration.database_url" in str(e.value)
     monkeypatch.setenv("MAQUETTE_ORCHESTRATION_DATABASE_URL", "postgresql://u:hush-hush@db/p")
     monkeypatch.setenv("MAQUETTE_ORCHESTRATION_DATABASE", "sqlite")
     with pytest.raises(ConfigError, match="set database: postgresql") as e:

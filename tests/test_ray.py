@@ -62,3 +62,15 @@ def test_ray_without_the_package_says_how_to_install_it(monkeypatch: pytest.Monk
         fit_executor(TrainingSettings(executor="ray")),
     ):
         pass
+
+
+def test_a_ray_address_nothing_answers_is_a_config_error_saying_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with (
+        pytest.raises(ConfigError, match=r"could not start or reach Ray \(auto\)") as raised,
+        fit_executor(TrainingSettings(executor="ray", ray_address="auto")),
+    ):
+        pass
+    assert "ray start --head" in raised.value.remedy

@@ -240,6 +240,7 @@ def initialize(settings: Settings) -> Path:
             capture_output=True,
             text=True,
             cwd=data.parent,  # initdb wants a current folder its user can enter
+            env=server_env(settings),  # not root's MAQUETTE_* (its user may read /proc)
             user=user.uid if user.is_other else None,
             group=user.gid if user.is_other else None,
             extra_groups=[] if user.is_other else None,
@@ -330,7 +331,7 @@ def postmaster_pid(settings: Settings) -> int | None:
     try:
         pid = int((data / "postmaster.pid").read_text().splitlines()[0])
         process = psutil.Process(pid)
-        if process.name() == "postgres" and Path(process.cwd()) == data:
+        if process.name() == "postgres" and Path(process.cwd()) == data.resolve():
             return pid
     except (OSError, ValueError, IndexError, psutil.Error):
         return None

@@ -17,7 +17,8 @@ packages: the same image or virtualenv).
 from __future__ import annotations
 
 import contextlib
-import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -72,10 +73,32 @@ def fit_executor(settings: TrainingSettings) -> Iterator[Fits]:
         return
     ray = _import_ray()
     started_here = not ray.is_initialized()
+    # ray.init makes SIGTERM exit the process; under Prefect that turned a cancelled flow run
+    # into a crashed one. The handler in place before is put back after it and after shutdown.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if started_here:
+        _start_or_join(ray, settings)
+        _restore(on_sigterm)
+        address = settings.ray_address or "started by the training run"
+    else:
+        address = "the Ray already running in this process"
+    try:
+        workers = int(ray.cluster_resources().get("CPU", 0))
+        yield Fits({"type": "ray", "address": address, "workers": workers}, ray=True)
+    finally:
+        if started_here:
+            ray.shutdown()
+            _restore(on_sigterm)
+
+
+def _start_or_join(ray: Any, settings: TrainingSettings) -> None:
+    """A Ray of this process (`address="local"`: never one that RAY_ADDRESS or an earlier
+    `ray start` names), or the cluster at ray_address; ConfigError saying why it failed."""
+    try:
         if settings.ray_address is None:
             ray.init(
-                num_cpus=settings.ray_workers or os.cpu_count() or 1,
+                address="local",
+                num_cpus=settings.ray_workers,  # None: Ray counts the CPUs it may use
                 include_dashboard=False,
                 log_to_driver=False,
                 object_store_memory=OBJECT_STORE_BYTES,
@@ -83,13 +106,19 @@ def fit_executor(settings: TrainingSettings) -> Iterator[Fits]:
             )
         else:
             ray.init(address=settings.ray_address, log_to_driver=False)
-    try:
-        workers = int(ray.cluster_resources().get("CPU", 0))
-        address = settings.ray_address or "started by the training run"
-        yield Fits({"type": "ray", "address": address, "workers": workers}, ray=True)
-    finally:
-        if started_here:
-            ray.shutdown()
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = settings.ray_address or "in this process"
+        raise ConfigError(
+            f"could not start or reach Ray ({where}): {exc}",
+            "With training.ray_address: auto, start one first (`ray start --head`); a "
+            "ray://host:10001 address must answer from here; or leave ray_address unset to "
+            "start a Ray for the run, or set training.executor: local.",
+        ) from exc
+
+
+def _restore(handler: Any) -> None:
+    if threading.current_thread() is threading.main_thread() and handler is not None:
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _import_ray() -> Any:
@@ -120,11 +149,17 @@ def _on_ray(
     results: dict[int, T] = {}
     began = time.monotonic()
     waiting = list(pending)
-    while waiting:
-        done, waiting = ray.wait(waiting, num_returns=1)
-        for ref in done:
-            results[pending[ref]] = ray.get(ref)
-            announce(
-                f"{what} {len(results)}/{len(items)} done on Ray ({time.monotonic() - began:.0f}s)"
-            )
+    try:
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                results[pending[ref]] = ray.get(ref)
+                announce(
+                    f"{what} {len(results)}/{len(items)} done on Ray "
+                    f"({time.monotonic() - began:.0f}s)"
+                )
+    except BaseException:
+        for ref in waiting:  # one fit failed: the others stop too (a cluster is shared)
+            ray.cancel(ref)
+        raise
     return [results[i] for i in range(len(items))]

@@ -8,6 +8,7 @@ from Maquette's own model store, never from a request.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,11 +54,18 @@ SINGLE_THREAD_ROWS = 1_000
 LIGHTGBM_THREADS = 2
 
 
-def fit_threads(algorithm: str, params: dict[str, Any]) -> int:
-    """The CPUs one fit of this learner keeps busy (LightGBM's threads; 1 for scikit-learn)."""
+# LightGBM's names for its thread count.
+THREAD_PARAMS = ("num_threads", "num_thread", "nthread", "nthreads", "n_jobs")
+
+
+def fit_threads(algorithm: str, params: dict[str, Any], cpus: int = 0) -> int:
+    """The CPUs one fit of this learner keeps busy: LightGBM's threads under any of its names
+    (0 or less: every core, `cpus` when known); 1 for scikit-learn."""
     if algorithm != "lightgbm":
         return 1
-    return max(1, int(params.get("num_threads", LIGHTGBM_THREADS)))
+    given = next((params[k] for k in THREAD_PARAMS if k in params), LIGHTGBM_THREADS)
+    threads = int(given)
+    return threads if threads > 0 else max(1, cpus or os.cpu_count() or 1)
 
 
 class LightGBMLearner:

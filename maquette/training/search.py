@@ -167,7 +167,8 @@ def run_search(
     as Ray tasks (`training.executor`). `search.method: optuna` runs `tuned_search` instead."""
     spec = data.spec
     sets = [(params, number) for number, params in enumerate(search_space(spec))]
-    cpus = fit_threads(spec.algorithm, spec.params)
+    # The most any trial runs (num_threads may be drawn from the space too).
+    cpus = max(fit_threads(spec.algorithm, params) for params, _ in sets)
     return fits.map(run_trial, data, sets, announce, "trial", cpus)
 
 
