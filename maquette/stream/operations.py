@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from maquette.config import Settings
@@ -57,6 +58,21 @@ def status(settings: Settings) -> StreamStatus:
         stats.get("watermark"),
         stats.get("committed_at"),
     )
+
+
+def wait_until_committed(settings: Settings, timeout_s: float) -> bool:
+    """Wait (up to timeout_s) until the processor has read every event on the stream and
+    committed it: its offline rows written, its entries acknowledged. False when time ran out.
+    The online rows come first (as soon as a batch is read); readers of the offline store, a
+    monitoring pass comparing served features with offline ones, need this too."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = status(settings)
+        if now.pending == 0 and not now.undelivered:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def dead_letters(settings: Settings, count: int = 20) -> list[dict[str, str]]:

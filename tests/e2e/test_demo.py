@@ -116,6 +116,7 @@ def test_quick_demo_runs_the_whole_lifecycle_from_a_fresh_project(quick_demo: De
         "train late_arrival",
         "prediction service ready",
         "replay 2013-12-01 to 2013-12-03",
+        "stream processor's offline rows committed",
         "drain prediction log",
         "monitor",
         "console ready",
