@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import pwd
@@ -313,6 +314,7 @@ def become_os_user(settings: Settings) -> None:
     os.setuid(user.uid)
 
 
+@functools.cache  # `maquette status` and the console ask on every look: one subprocess
 def version() -> str | None:
     with contextlib.suppress(OSError, ConfigError, subprocess.SubprocessError):
         done = subprocess.run(
