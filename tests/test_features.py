@@ -14,7 +14,7 @@ from maquette.errors import DataNotLoaded, FeatureNotFound, InvalidEntityFrame, 
 from maquette.features.layer import FeatureLayer
 from maquette.features.online import NOT_FOUND, OUTSIDE_MAX_AGE, PRESENT
 from maquette.platform.demo import entity_frame
-from tests.conftest import free_port
+from tests.conftest import free_port, on_engine
 
 KEYS = [
     "flight_id",
@@ -34,17 +34,24 @@ def sample_entities(loaded_project: Settings) -> pd.DataFrame:
     return frame.dropna().sample(2_000, random_state=13).reset_index(drop=True)
 
 
+@pytest.fixture(scope="module", params=["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
+def engine_layer(request: pytest.FixtureRequest, loaded_project: Settings) -> FeatureLayer:
+    """The feature layer computing training frames on DuckDB, then on Feast's Spark store: the
+    training-frame tests run on both (their reference stays Feast's own DuckDB store)."""
+    return FeatureLayer(on_engine(loaded_project, request.param))
+
+
 def _equal(ours: pd.Series, feast: pd.Series) -> bool:
     both_null = ours.isna() & feast.isna()
     return bool(((ours == feast) | both_null).all())
 
 
 def test_training_frame_equals_feasts_historical_features(
-    feature_layer: FeatureLayer, sample_entities: pd.DataFrame
+    engine_layer: FeatureLayer, sample_entities: pd.DataFrame
 ) -> None:
-    ours = feature_layer.training_frame(sample_entities).to_pandas()
-    service = feature_layer.feature_service("flight_delay")
-    feast = feature_layer.store.get_historical_features(
+    ours = engine_layer.training_frame(sample_entities).to_pandas()
+    service = engine_layer.feature_service("flight_delay")
+    feast = engine_layer.store.get_historical_features(
         entity_df=sample_entities, features=service
     ).to_df()
     ours = ours.sort_values("flight_id").reset_index(drop=True)
@@ -56,26 +63,26 @@ def test_training_frame_equals_feasts_historical_features(
 
 
 def test_training_frame_keeps_rows_in_order_and_null_keys(
-    feature_layer: FeatureLayer, loaded_project: Settings
+    engine_layer: FeatureLayer, loaded_project: Settings
 ) -> None:
     entities = entity_frame(loaded_project).slice(0, 5_000)
-    frame = feature_layer.training_frame(entities)
+    frame = engine_layer.training_frame(entities)
     assert frame["flight_id"].to_pylist() == entities["flight_id"].to_pylist()
     assert frame.num_rows == 5_000
     no_plane = frame.filter(pa.compute.is_null(frame["tailnum"]))
     assert no_plane.num_rows > 0 and no_plane["seats"].null_count == no_plane.num_rows
 
 
-def test_training_frame_applies_the_view_ttl(feature_layer: FeatureLayer) -> None:
+def test_training_frame_applies_the_view_ttl(engine_layer: FeatureLayer) -> None:
     # The last weather observation is 2013-12-30 23:00 UTC; weather_hourly's TTL is 3 hours.
     last = datetime(2013, 12, 30, 23, tzinfo=UTC)
     times = [last, last + timedelta(hours=2, minutes=59), last + timedelta(hours=3, minutes=1)]
     entities = pd.DataFrame({"origin": ["JFK"] * 3, "event_timestamp": times})
-    frame = feature_layer.training_frame(entities, ["weather_hourly:temp"]).to_pandas()
+    frame = engine_layer.training_frame(entities, ["weather_hourly:temp"]).to_pandas()
     assert frame["temp"].notna().tolist() == [True, True, False]
 
 
-def test_training_frame_never_uses_a_value_from_the_future(feature_layer: FeatureLayer) -> None:
+def test_training_frame_never_uses_a_value_from_the_future(engine_layer: FeatureLayer) -> None:
     # Just before the 06:00 observation, the 05:00 one is the newest known value.
     entities = pd.DataFrame(
         {
@@ -86,8 +93,8 @@ def test_training_frame_never_uses_a_value_from_the_future(feature_layer: Featur
             ],
         }
     )
-    temps = feature_layer.training_frame(entities, ["weather_hourly:temp"])["temp"].to_pylist()
-    weather = pd.read_parquet(feature_layer.settings.offline_store / "weather_hourly.parquet")
+    temps = engine_layer.training_frame(entities, ["weather_hourly:temp"])["temp"].to_pylist()
+    weather = pd.read_parquet(engine_layer.settings.offline_store / "weather_hourly.parquet")
     ewr = weather[weather.origin == "EWR"].set_index("event_timestamp")["temp"]
     assert temps == [
         ewr[pd.Timestamp("2013-01-01 10:00", tz="UTC")],
@@ -96,13 +103,13 @@ def test_training_frame_never_uses_a_value_from_the_future(feature_layer: Featur
 
 
 def test_training_frame_keeps_integer_features_as_integers(
-    feature_layer: FeatureLayer, sample_entities: pd.DataFrame
+    engine_layer: FeatureLayer, sample_entities: pd.DataFrame
 ) -> None:
     # Stock Feast returns nullable integer features as float64; ours stay int64 with nulls.
-    frame = feature_layer.training_frame(sample_entities)
+    frame = engine_layer.training_frame(sample_entities)
     assert frame.schema.field("seats").type == pa.int64()
     assert frame.schema.field("carrier_flights_7d").type == pa.int64()
-    feast = feature_layer.store.get_historical_features(
+    feast = engine_layer.store.get_historical_features(
         entity_df=sample_entities.head(50), features=["plane:seats"]
     ).to_df()
     assert feast["seats"].dtype == "float64"
@@ -130,8 +137,11 @@ def test_online_features_equal_feasts_online_read(
     assert all(v is not None for v in ours["route_arr_delay_28d"])
 
 
-def test_maquette_materialize_writes_what_stock_feast_writes(loaded_project: Settings) -> None:
-    layer = FeatureLayer(loaded_project)
+@pytest.mark.parametrize("engine", ["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
+def test_maquette_materialize_writes_what_stock_feast_writes(
+    loaded_project: Settings, engine: str
+) -> None:
+    layer = FeatureLayer(on_engine(loaded_project, engine))
     client = redis.Redis.from_url(str(loaded_project.redis.url))
 
     def dump() -> dict[bytes, dict[bytes, bytes]]:

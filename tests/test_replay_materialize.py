@@ -14,7 +14,7 @@ from maquette.config import Settings, load_settings
 from maquette.features.layer import FeatureLayer
 from maquette.features.online import PRESENT
 from maquette.platform import replay
-from tests.conftest import copy_feature_tables, make_project
+from tests.conftest import copy_feature_tables, make_project, on_engine
 
 # Two days across midnight: hourly weather and the daily rows both move along the clock.
 START = datetime(2013, 12, 2, tzinfo=UTC)
@@ -104,3 +104,39 @@ def test_replay_records_where_it_stopped_in_feasts_registry(
         assert view.materialization_intervals[1:] == [(START, END)], name
     after = fresh.materialize_incremental(END + timedelta(hours=1), views=_batch_views(fresh))
     assert after.start == END
+
+
+@pytest.mark.spark
+def test_replay_on_spark_leaves_the_online_store_as_on_duckdb(
+    tmp_path_factory: pytest.TempPathFactory,
+    running_redis: str,
+    loaded_project: Settings,
+    replayed_and_stepped: tuple[FeatureLayer, FeatureLayer, replay.ReplayResult],
+) -> None:
+    # The history run, the first step of each view and the rows read ahead for the later
+    # steps all come from Feast's Spark store here.
+    _, stepped, _ = replayed_and_stepped
+    base = running_redis.rsplit("/", 1)[0]
+    folder = tmp_path_factory.mktemp("replayed-spark")
+    settings = on_engine(load_settings(make_project(folder, f"{base}/8")), "spark")
+    copy_feature_tables(loaded_project, settings)
+    layer = FeatureLayer(settings)
+    layer.apply()
+    layer.clear_online()
+    try:
+        layer.materialize(datetime(2013, 1, 1, tzinfo=UTC), START)
+        result = replay.replay(
+            settings,
+            pd.DataFrame({"event_timestamp": pd.Series([], dtype="datetime64[ns, UTC]")}),
+            [],
+            lambda rows, when: [],
+            START,
+            END,
+            slot=SLOT,
+            layer=layer,
+        )
+        assert result.slots == 48
+        ours = _online_store(layer)
+        assert len(ours) > 100 and ours == _online_store(stepped)
+    finally:
+        layer.clear_online()

@@ -1,8 +1,9 @@
 """Materialization: offline Parquet to the online store, in Feast's Redis layout, in bulk.
 
-For each batch view, the newest row per entity in [start, end] is read with DuckDB, encoded a
-whole batch at a time (see `redis_layout`) and written only where it is newer than what Redis
-holds, as Feast's own materialization does; the run is then recorded in Feast's registry.
+For each batch view, the newest row per entity in [start, end] is read with DuckDB (or Feast's
+Spark store, on `feast.offline_engine: spark`: see `spark_engine`), encoded a whole batch at a
+time (see `redis_layout`) and written only where it is newer than what Redis holds, as Feast's
+own materialization does; the run is then recorded in Feast's registry.
 
 An incremental run starts each view where its last run ended, and a view never materialized
 at its oldest row: a static table stamped years ago is covered, not skipped. A view that ends
@@ -39,6 +40,7 @@ from maquette.features.point_in_time import (
 )
 from maquette.features.read_plan import join_key_types, view_source
 from maquette.features.redis_cluster import RoutedPipe, raw_pipe
+from maquette.features.spark_engine import spark_latest_rows, spark_rows_between, uses_spark
 
 # Called as progress(view name, rows read so far, rows to read).
 Progress = Callable[[str, int, int], None]
@@ -91,7 +93,7 @@ def materialize_views(
                 continue
             writes = _ViewWrites.of(view, settings.feast.project)
             read, written = _materialize_view(
-                reader, writer, writes, start, end, settings.feast.materialize_batch_rows, progress
+                settings, reader, writer, writes, start, end, progress
             )
             result.rows_read[view.name], result.rows_written[view.name] = read, written
             note = why_nothing_written(writes.source, start, end, written) if explain else None
@@ -212,10 +214,11 @@ class MaterializationAlongClock:
             rows = ahead.newest(start, end, writes.source.join_keys)
             batches = [b for b in rows.to_batches() if b.num_rows]
             return _write_newer(self._reader, self._writer, writes, batches, 0, None)
-        batch_rows = self.settings.feast.materialize_batch_rows
-        found = _materialize_view(self._reader, self._writer, writes, start, end, batch_rows, None)
+        found = _materialize_view(
+            self.settings, self._reader, self._writer, writes, start, end, None
+        )
         if self.until is not None and end < self.until and ahead is None:
-            self._ahead[name] = _RowsAhead.read(writes.source, end, self.until)
+            self._ahead[name] = _RowsAhead.read(self.settings, writes.source, end, self.until)
         return found
 
     def record(self) -> None:
@@ -243,7 +246,9 @@ class _RowsAhead:
     micros: np.ndarray  # each row's event time, microseconds since the epoch
 
     @classmethod
-    def read(cls, source: ViewSource, lo: datetime, hi: datetime) -> _RowsAhead:
+    def read(cls, settings: Settings, source: ViewSource, lo: datetime, hi: datetime) -> _RowsAhead:
+        if uses_spark(settings):
+            return cls._of(lo, hi, spark_rows_between(settings, source, lo, hi))
         ts = _q(source.timestamp_field)
         cols = ", ".join(_q(c) for c in (*source.join_keys, *source.features))
         created = source.created_timestamp_field
@@ -254,7 +259,10 @@ class _RowsAhead:
             f"SELECT {cols}, {ts}::TIMESTAMPTZ AS __ts FROM read_parquet({_lit(source.path)}) "
             f"WHERE {_between(source, lo, hi)} ORDER BY {order}"
         )
-        rows = duckdb_connection().sql(query).to_arrow_table()
+        return cls._of(lo, hi, duckdb_connection().sql(query).to_arrow_table())
+
+    @classmethod
+    def _of(cls, lo: datetime, hi: datetime, rows: pa.Table) -> _RowsAhead:
         micros = rows["__ts"].cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
         return cls(lo, hi, rows, micros)
 
@@ -367,15 +375,21 @@ class _ViewWrites:
 
 
 def _materialize_view(
+    settings: Settings,
     reader: wire.RespWriter | RoutedPipe,
     writer: wire.RespWriter | RoutedPipe,
     writes: _ViewWrites,
     start: datetime,
     end: datetime,
-    batch_rows: int,
     progress: Progress | None,
 ) -> tuple[int, int]:
-    """(rows read, rows written) of one view."""
+    """(rows read, rows written) of one view: its newest rows per entity read by DuckDB, or by
+    Feast's Spark store (`feast.offline_engine: spark`), written by the same Redis writer."""
+    batch_rows = settings.feast.materialize_batch_rows
+    if uses_spark(settings):
+        latest = spark_latest_rows(settings, writes.source, start, end)
+        batches = latest.to_batches(max_chunksize=batch_rows)
+        return _write_newer(reader, writer, writes, batches, latest.num_rows, progress)
     con = duckdb_connection()
     total = 0
     if progress:  # the count only feeds the progress bar: a replay's steps skip the scan

@@ -32,6 +32,7 @@ from maquette.features.read_plan import (
     request_fields,
     view_source,
 )
+from maquette.features.spark_engine import spark_join, uses_spark
 
 
 def point_in_time_frame(
@@ -40,7 +41,8 @@ def point_in_time_frame(
     entities: pd.DataFrame | pa.Table,
     timestamp_column: str = "event_timestamp",
 ) -> pa.Table:
-    """Point-in-time correct features of the selected views for every entity row, in row order."""
+    """Point-in-time correct features of the selected views for every entity row, in row order
+    (joined by DuckDB, or by Spark on `feast.offline_engine: spark`)."""
     table = (
         entities
         if isinstance(entities, pa.Table)
@@ -57,13 +59,19 @@ def point_in_time_frame(
         table[timestamp_column].cast(pa.timestamp("us", tz="UTC")),
     )
     sources = [view_source(v, fs) for v, fs in batch_views]
-    joined = point_in_time_join(
-        table,
-        sources,
-        timestamp_column,
-        settings.feast.duckdb_memory_limit,
-        settings.state_dir / "duckdb_tmp",
-    )
+    if uses_spark(settings) and sources:
+        features = spark_join(settings, table, sources, timestamp_column)
+        joined = table
+        for name in features.column_names:
+            joined = joined.append_column(name, features[name])
+    else:
+        joined = point_in_time_join(
+            table,
+            sources,
+            timestamp_column,
+            settings.feast.duckdb_memory_limit,
+            settings.state_dir / "duckdb_tmp",
+        )
     for odfv in odfvs:
         joined = _append_on_demand(odfv, joined)
     return joined
