@@ -265,7 +265,7 @@ def _online_rows(
 # ---------------------------------------------------------------- training frames
 
 
-def _entities_file(settings: Settings, dataset: BenchDataset) -> tuple[Path, int]:
+def entities_file(settings: Settings, dataset: BenchDataset) -> tuple[Path, int]:
     """The entity source's rows with what the feature service needs, as a Parquet file."""
     keys = FeatureLayer(settings).request_keys(settings.default_feature_service())
     time_column = "event_timestamp"
@@ -305,7 +305,7 @@ def _frame_cases(
 
 
 def _frame_rows(settings: Settings, dataset: BenchDataset, console: Console) -> list[Row]:
-    path, count = _entities_file(settings, dataset)
+    path, count = entities_file(settings, dataset)
     out = []
     for label, refs, sql in _frame_cases(settings, dataset, path):
         console.print(f"  training frame: {label}, {count:,} rows ...")

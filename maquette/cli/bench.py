@@ -347,3 +347,17 @@ def bench_alerts(
 
     settings = project_settings(project)
     run_alert_bench(settings, faults, out, console, redis_db, references)
+
+
+@bench_app.command("offline-engine")
+def bench_offline_engine(out: OutOpt = None, project: ProjectOpt = None) -> None:
+    """Training frames and materialization's reads on DuckDB and on Feast's Spark store, and
+    Feast's Ray store on a sample (same run).
+
+    Example: maquette bench offline-engine
+    """
+    from maquette.bench.offline_engine import run_offline_engine_benchmark
+
+    markdown = run_offline_engine_benchmark(project_settings(project), console)
+    if out:
+        out.write_text(markdown)
