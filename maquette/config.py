@@ -77,8 +77,9 @@ class FeastSettings(Section):
     offline_engine: Literal["duckdb", "spark"] = Field(
         "duckdb",
         description="What computes training frames and reads the rows materialization writes: "
-        "duckdb (ASOF joins in this process), or spark (Feast's Spark offline store, on "
-        "spark_master; the spark extra and Java 17). Same values either way (tested).",
+        "duckdb (ASOF joins in this process), or spark (an as-of join on Spark and Feast's "
+        "Spark store's reads, on spark_master; the spark extra and Java 17). Feast's "
+        "point-in-time rules on both (tested).",
     )
     spark_master: str = Field(
         "local[*]",

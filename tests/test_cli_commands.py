@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 from maquette import errors, registry
 from maquette.cli import app
 from maquette.cli.render_platform import NOT_UP
-from maquette.config import Settings
+from maquette.config import Settings, load_settings
+from maquette.data import redis_server
 from maquette.errors import (
     ComponentFailed,
     ConfigError,
@@ -157,8 +158,9 @@ def test_every_error_class_has_a_trigger() -> None:
 
 
 @pytest.fixture(scope="module")
-def fresh_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project with nothing loaded, its own ports, and a model whose search cannot parse."""
+def fresh_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A project with nothing loaded, its own ports, and a model whose search cannot parse;
+    the Redis a command starts for it (as for any user) is stopped after the module."""
     folder = make_project(
         tmp_path_factory.mktemp("fresh"),
         None,
@@ -175,7 +177,8 @@ def fresh_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     broken["search"] = {"trials": 1, "space": {"learning_rate": "bogus(1, 2)"}}
     config["models"]["broken_search"] = broken
     (folder / "maquette.yaml").write_text(yaml.safe_dump(config))
-    return folder
+    yield folder
+    redis_server.stop(load_settings(folder))
 
 
 @pytest.fixture(scope="module")

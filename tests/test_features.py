@@ -36,7 +36,7 @@ def sample_entities(loaded_project: Settings) -> pd.DataFrame:
 
 @pytest.fixture(scope="module", params=["duckdb", pytest.param("spark", marks=pytest.mark.spark)])
 def engine_layer(request: pytest.FixtureRequest, loaded_project: Settings) -> FeatureLayer:
-    """The feature layer computing training frames on DuckDB, then on Feast's Spark store: the
+    """The feature layer computing training frames on DuckDB, then on Spark: the
     training-frame tests run on both (their reference stays Feast's own DuckDB store)."""
     return FeatureLayer(on_engine(loaded_project, request.param))
 

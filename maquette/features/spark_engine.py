@@ -7,9 +7,11 @@ engine is a setting, not an edit of the feature repo nor a new `feast apply`: Fe
 gets `SparkSource`s over the same files. The training frame does not use Feast's Spark join
 (`get_historical_features`): it joins each entity row with every feature row of its key inside
 the TTL, which Spark runs as a join on the key and a filter, quadratic on a key of few values
-(`spark_join` says more). Maquette's as-of join gives Feast's values (TTL, created-timestamp
-tie-break, null keys match nothing; tests/test_features.py checks them against Feast's own
-store); rows come back in the entity frame's order, columns typed as their tables hold them.
+(`spark_join` says more). Maquette's as-of join gives Feast's values: tests/test_features.py
+compares it with Feast's own store on the demo's data, tests/test_offline_engines.py checks
+each rule (TTL to the whole second, newest created time, null keys and times match nothing)
+on both engines. Rows come back in the entity frame's order, columns typed as DuckDB reads
+them. The driver collects each frame: what outgrows one process is the join, not its result.
 
 Feast's Ray offline store (0.67) was measured first and not chosen: it ignores view TTLs
 (tests/test_offline_engines.py shows it) and took 160 s for a 2,000-row training frame.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import re
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -32,12 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 from feast import FeatureView
 
 from maquette.config import Settings
+from maquette.data.sql import duckdb_connection
 from maquette.errors import ConfigError
-from maquette.features.point_in_time import ViewSource
+from maquette.features.point_in_time import ViewSource, _lit
 
 if TYPE_CHECKING:
     from feast import RepoConfig
@@ -45,9 +49,10 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 ROW = "maquette_row__"  # the entity row's position, carried through Spark's join
-# One Spark call at a time per process: the session is shared, and Feast's store registers
-# temporary views under names that two calls at once could both use.
+# One Spark call at a time per process: the session is shared, and the temporary views Feast's
+# store registers for a call are dropped after it (another call's must not be).
 _SPARK_CALLS = threading.RLock()
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def uses_spark(settings: Settings) -> bool:
@@ -122,7 +127,8 @@ def spark_repo_config(settings: Settings) -> RepoConfig:
 
 
 def spark_session(settings: Settings) -> SparkSession:
-    """This process's Spark session (started on first use, ~10 s: a JVM)."""
+    """This process's Spark session (started on first use, ~5 s: a JVM). One per process: its
+    master and JVM settings are the first caller's."""
     try:
         from feast.infra.offline_stores.contrib.spark_offline_store.spark import (
             get_spark_session_or_start_new_with_repoconfig,
@@ -149,6 +155,14 @@ def spark_session(settings: Settings) -> SparkSession:
             "and a reachable feast.spark_master; or set feast.offline_engine: duckdb.",
         ) from exc
     session.sparkContext.setLogLevel("ERROR")
+    running = session.sparkContext.master
+    if running != settings.feast.spark_master:
+        raise ConfigError(
+            f"this process's Spark session runs on {running}, not on feast.spark_master "
+            f"({settings.feast.spark_master}): a process has one Spark session.",
+            "Use one spark_master per process (a new process for another), or stop the "
+            "session first (SparkSession.getActiveSession().stop()).",
+        )
     # A session started before (a notebook's) keeps its own settings; the time zone is a
     # runtime one, and Feast's SQL writes its time literals as UTC.
     session.conf.set("spark.sql.session.timeZone", "UTC")
@@ -169,7 +183,7 @@ def _spark_source(source: ViewSource) -> Any:
 
     return SparkSource(
         name=f"{source.name}_spark",
-        path=str(source.path),
+        path=_uri(source.path),
         file_format="parquet",
         timestamp_field=source.timestamp_field,
         created_timestamp_column=source.created_timestamp_field or "",
@@ -184,16 +198,40 @@ def spark_view(view: FeatureView, source: ViewSource) -> FeatureView:
     return spark_view
 
 
+def _duckdb_types(source: ViewSource) -> dict[str, pa.DataType]:
+    """Each column's type as DuckDB reads the view's table (what the DuckDB engine returns)."""
+    query = f"SELECT * FROM read_parquet({_lit(source.path)}) LIMIT 0"
+    schema = duckdb_connection().sql(query).to_arrow_table().schema
+    return {field.name: field.type for field in schema}
+
+
 def _typed_as_tables(table: pa.Table, sources: Sequence[ViewSource]) -> pa.Table:
-    """Feature and key columns cast to their tables' own types, so what Spark gives has DuckDB's
-    schema (Spark has no unsigned integers; Feast's Spark join widened integers to doubles)."""
+    """Feature and key columns cast to the types DuckDB reads them as, so a frame from Spark
+    has the DuckDB engine's schema (Spark has no unsigned integers, nor dictionaries)."""
     for source in sources:
-        schema = pq.read_schema(source.path)
+        types = _duckdb_types(source)
         for name in (*source.features, *source.join_keys):
             i = table.schema.get_field_index(name)
-            if i >= 0 and schema.get_field_index(name) >= 0:
-                table = table.set_column(i, name, table[name].cast(schema.field(name).type))
+            if i >= 0 and name in types:
+                table = table.set_column(i, name, table[name].cast(types[name]))
     return table
+
+
+def _refuse_spark_names(source: ViewSource) -> None:
+    """Spark reads `a.b` as a field of `a`, and Feast's Spark SQL leaves names unquoted."""
+    for name in (*source.join_keys, *source.features, source.timestamp_field):
+        if not _PLAIN_NAME.fullmatch(name):
+            raise ConfigError(
+                f"feature view {source.name!r} has a column {name!r}, which Spark cannot read "
+                "by name (feast.offline_engine: spark).",
+                "Rename it to letters, digits and underscores (e.g. in the table's SQL), or set "
+                "feast.offline_engine: duckdb.",
+            )
+
+
+def _uri(path: Path) -> str:
+    """A local file as a URI, so a cluster whose default file system is HDFS reads it here."""
+    return path.resolve().as_uri()
 
 
 def spark_join(
@@ -207,11 +245,20 @@ def spark_join(
 
     Feast's Spark store joins each entity row with every feature row of its key inside the
     TTL, a range join Spark runs as a join on the key and a filter: on a key of few values
-    (the demo's three airports) that is quadratic (50,000 rows took 68 s; 336,776 ran out of
+    (the demo's three airports) that is quadratic (20,000 rows took 143 s; 336,776 ran out of
     4 GB). Here each view's rows and the entity rows are sorted together by key and time, and
     every entity row takes the newest feature row before it (at the same time included), as
     DuckDB's ASOF join does: Feast's semantics, the equality tests check them on both.
     """
+    if entities.num_rows == 0:  # nothing to join: typed empty columns, no Spark
+        empty = {
+            name: pa.array([], _duckdb_types(source)[name])
+            for source in sources
+            for name in source.features
+        }
+        return pa.table(empty) if empty else pa.table({})
+    for source in sources:
+        _refuse_spark_names(source)
     session = spark_session(settings)
     keys = sorted({k for s in sources for k in s.join_keys})
     # Only the keys, the time and the row's position go to Spark, as Arrow (a pandas detour
@@ -224,16 +271,12 @@ def spark_join(
         }
     )
     out = pa.table({ROW: narrow[ROW]})
-    if entities.num_rows == 0:  # nothing to join: typed empty columns, no Spark job
-        for source in sources:
-            schema = pq.read_schema(source.path)
-            for name in source.features:
-                out = out.append_column(name, pa.array([], schema.field(name).type))
-        return out.drop_columns([ROW])
+    bounds = pc.min_max(narrow["__t"]).as_py()
+    span = (bounds["min"], bounds["max"]) if bounds["min"] is not None else None
     with _SPARK_CALLS:
         rows = session.createDataFrame(narrow)
         for source in sources:
-            found = _as_of(session, rows, source).toArrow().sort_by(ROW)
+            found = _as_of(session, rows, source, span).toArrow().sort_by(ROW)
             for name in source.features:
                 out = out.append_column(name, found[name])
     return _typed_as_tables(out.drop_columns([ROW]), sources)
@@ -260,23 +303,34 @@ def _temp_views_dropped(session: SparkSession) -> Iterator[None]:
                 session.catalog.dropTempView(table.name)
 
 
-def _as_of(session: SparkSession, rows: Any, source: ViewSource) -> Any:
-    """One view's features for each entity row (ROW, features), as a Spark DataFrame."""
+def _as_of(
+    session: SparkSession,
+    rows: Any,
+    source: ViewSource,
+    span: tuple[datetime, datetime] | None,
+) -> Any:
+    """One view's features for each entity row (ROW, features), as a Spark DataFrame.
+    `span`: the oldest and newest entity time (only feature rows that can match are read, as
+    on DuckDB: a batch scored in chunks reads each chunk's slice of the views)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     keys = list(source.join_keys)
-    table = session.read.parquet(str(source.path))
+    created = source.created_timestamp_field
+    table = session.read.parquet(_uri(source.path))
     feature_rows = table.select(
         *keys,
         F.col(source.timestamp_field).cast("timestamp").alias("__t"),
         *source.features,
-        *([source.created_timestamp_field] if source.created_timestamp_field else []),
+        *([created] if created and created not in source.features else []),
     )
-    if source.created_timestamp_field:  # one row per key and time: the newest created
-        newest = Window.partitionBy(*keys, "__t").orderBy(
-            F.col(source.created_timestamp_field).desc_nulls_last()
-        )
+    if span is not None:
+        first, last = span
+        feature_rows = feature_rows.where(F.col("__t") <= F.lit(last))
+        if source.ttl is not None:
+            feature_rows = feature_rows.where(F.col("__t") >= F.lit(first - source.ttl))
+    if created:  # one row per key and time: the newest created
+        newest = Window.partitionBy(*keys, "__t").orderBy(F.col(created).desc_nulls_last())
         feature_rows = feature_rows.withColumn("__n", F.row_number().over(newest)).where("__n = 1")
     # A null key matches nothing (Feast joins keys by equality), nor does a row without time.
     for column in (*keys, "__t"):
@@ -292,7 +346,7 @@ def _as_of(session: SparkSession, rows: Any, source: ViewSource) -> Any:
         found.alias("__found"),
     )
     entity_rows = rows.select(
-        *[F.col(k).cast(table.schema[k].dataType).alias(k) for k in keys],
+        *keys,
         "__t",
         F.lit(1).alias("__entity"),
         ROW,
@@ -311,7 +365,8 @@ def _as_of(session: SparkSession, rows: Any, source: ViewSource) -> Any:
     )
     fresh = F.col("__found").isNotNull()
     if source.ttl is not None:
-        ttl_micros = int(source.ttl.total_seconds() * 1_000_000)
+        # Whole seconds, as Feast's SQL and DuckDB's join write the TTL.
+        ttl_micros = int(source.ttl.total_seconds()) * 1_000_000
         fresh = fresh & (
             F.unix_micros(F.col("__found.__ts")) + F.lit(ttl_micros) >= F.unix_micros("__t")
         )
@@ -325,10 +380,11 @@ def spark_latest_rows(
 ) -> pa.Table:
     """Feast's Spark pull-latest: the newest row per entity with start <= event time <= end
     (keys, features, `__ts`), as `latest_rows_sql` gives it on DuckDB."""
+    _refuse_spark_names(source)
     session = spark_session(settings)  # first: without pyspark it says what to install
     from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkOfflineStore
 
-    with _SPARK_CALLS, quiet(), _temp_views_dropped(session):
+    with _SPARK_CALLS, _temp_views_dropped(session), quiet():
         job = SparkOfflineStore.pull_latest_from_table_or_query(
             config=spark_repo_config(settings),
             data_source=_spark_source(source),
@@ -348,10 +404,11 @@ def spark_rows_between(
 ) -> pa.Table:
     """Every row with lo <= event time <= hi (keys, features, `__ts`), in event time order
     (ties: created time, nulls first), through Feast's Spark pull-all."""
+    _refuse_spark_names(source)
     session = spark_session(settings)
     from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkOfflineStore
 
-    with _SPARK_CALLS, quiet(), _temp_views_dropped(session):
+    with _SPARK_CALLS, _temp_views_dropped(session), quiet():
         job = SparkOfflineStore.pull_all_from_table_or_query(
             config=spark_repo_config(settings),
             data_source=_spark_source(source),
