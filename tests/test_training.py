@@ -215,7 +215,7 @@ def _tuned_settings(loaded_project: Settings) -> Settings:
     settings = loaded_project.model_copy(deep=True)
     spec = settings.models["flight_delay"]
     spec.search.method, spec.search.trials, spec.partition_by = "optuna", 8, None
-    # Rungs at 30, 90, 270 rounds; slow learning rates, so trials reach them.
+    # Rungs at 10, 30, 90, 270 rounds; slow learning rates, so trials reach them.
     spec.search.early_stopping_rounds = 10
     spec.search.space["learning_rate"] = "loguniform(0.01, 0.1)"
     spec.params = {"n_estimators": 300}

@@ -245,7 +245,7 @@ def spark_join(
 
     Feast's Spark store joins each entity row with every feature row of its key inside the
     TTL, a range join Spark runs as a join on the key and a filter: on a key of few values
-    (the demo's three airports) that is quadratic (20,000 rows took 143 s; 336,776 ran out of
+    (the demo's three airports) that is quadratic (20,000 rows took 117-143 s; 336,776 ran out of
     4 GB). Here each view's rows and the entity rows are sorted together by key and time, and
     every entity row takes the newest feature row before it (at the same time included), as
     DuckDB's ASOF join does: Feast's semantics, the equality tests check them on both.
